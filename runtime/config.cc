@@ -1,0 +1,230 @@
+// Copyright 2026 The waveep Authors.
+#include "runtime/config.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "nlohmann/json.hpp"
+
+#ifndef WAVEEP_SOURCE_CONFIG_DIR
+#define WAVEEP_SOURCE_CONFIG_DIR ""
+#endif
+
+namespace waveep {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+Status FieldError(absl::string_view origin, absl::string_view field, absl::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat("model config ", origin, ": field '", field, "' ", why));
+}
+
+// Reads an integer field. `required` fields must exist.
+Status GetInt(const json& j, absl::string_view origin, const char* key, bool required, int64_t* out) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) {
+    if (required) return FieldError(origin, key, "is missing");
+    return absl::OkStatus();
+  }
+  if (!it->is_number_integer()) return FieldError(origin, key, absl::StrCat("must be an integer, got ", it->dump()));
+  *out = it->get<int64_t>();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::string_view ScoringName(Scoring s) { return s == Scoring::kSoftmax ? "softmax" : "sigmoid"; }
+
+Status ValidateModelConfig(const ModelConfig& m) {
+  const std::string& o = m.origin.empty() ? m.name : m.origin;
+  if (m.hidden_size <= 0) return FieldError(o, "hidden_size", absl::StrCat("must be > 0, got ", m.hidden_size));
+  if (m.moe_intermediate_size <= 0)
+    return FieldError(o, "moe_intermediate_size", absl::StrCat("must be > 0, got ", m.moe_intermediate_size));
+  if (m.num_experts <= 0) return FieldError(o, "n_routed_experts", absl::StrCat("must be > 0, got ", m.num_experts));
+  if (m.num_shared_experts < 0)
+    return FieldError(o, "n_shared_experts", absl::StrCat("must be >= 0, got ", m.num_shared_experts));
+  if (m.top_k <= 0 || m.top_k > m.num_experts)
+    return FieldError(o, "num_experts_per_tok",
+                      absl::StrCat("(top-k) must be in [1, n_routed_experts=", m.num_experts, "], got ", m.top_k));
+  if (m.n_group <= 0 || m.num_experts % m.n_group != 0)
+    return FieldError(o, "n_group",
+                      absl::StrCat("must be > 0 and divide n_routed_experts=", m.num_experts, ", got ", m.n_group));
+  if (m.topk_group <= 0 || m.topk_group > m.n_group)
+    return FieldError(o, "topk_group", absl::StrCat("must be in [1, n_group=", m.n_group, "], got ", m.topk_group));
+  if (static_cast<int64_t>(m.topk_group) * (m.num_experts / m.n_group) < m.top_k)
+    return FieldError(o, "topk_group",
+                      absl::StrCat("too small: topk_group * experts per group = ",
+                                   m.topk_group * (m.num_experts / m.n_group), " < top-k ", m.top_k));
+  if (!(m.routed_scaling_factor > 0))
+    return FieldError(o, "routed_scaling_factor", absl::StrCat("must be > 0, got ", m.routed_scaling_factor));
+  if (m.fp8_block_size <= 0) return FieldError(o, "fp8_block_size", "must be > 0");
+  return absl::OkStatus();
+}
+
+StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string_view origin) {
+  json j = json::parse(json_text.begin(), json_text.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) {
+    // Re-parse with exceptions only to get the position for the message; nothing escapes this function.
+    std::string detail = "malformed JSON";
+    try {
+      json unused = json::parse(json_text.begin(), json_text.end());
+    } catch (const json::parse_error& e) {
+      detail = e.what();
+    }
+    return absl::InvalidArgumentError(absl::StrCat("model config ", origin, ": ", detail));
+  }
+  if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat("model config ", origin, ": not a JSON object"));
+  ModelConfig m;
+  m.origin = std::string(origin);
+  if (auto it = j.find("name"); it != j.end() && it->is_string()) m.name = it->get<std::string>();
+  if (auto it = j.find("description"); it != j.end() && it->is_string()) m.description = it->get<std::string>();
+  int64_t v = 0;
+  WAVEEP_RETURN_IF_ERROR(GetInt(j, origin, "hidden_size", true, &m.hidden_size));
+  // Qwen/Mixtral use intermediate_size for the expert FFN when moe_intermediate_size is absent.
+  if (j.contains("moe_intermediate_size")) {
+    WAVEEP_RETURN_IF_ERROR(GetInt(j, origin, "moe_intermediate_size", true, &m.moe_intermediate_size));
+  } else {
+    WAVEEP_RETURN_IF_ERROR(GetInt(j, origin, "intermediate_size", false, &m.moe_intermediate_size));
+    if (m.moe_intermediate_size == 0) return FieldError(origin, "moe_intermediate_size", "is missing");
+  }
+  const char* experts_key = j.contains("n_routed_experts") ? "n_routed_experts"
+                            : j.contains("num_experts")    ? "num_experts"
+                                                           : "num_local_experts";
+  if (!j.contains(experts_key)) return FieldError(origin, "n_routed_experts", "is missing");
+  WAVEEP_RETURN_IF_ERROR(GetInt(j, origin, experts_key, true, &v));
+  m.num_experts = static_cast<int>(v);
+  v = 0;
+  WAVEEP_RETURN_IF_ERROR(GetInt(j, origin, "n_shared_experts", false, &v));
+  m.num_shared_experts = static_cast<int>(v);
+  WAVEEP_RETURN_IF_ERROR(GetInt(j, origin, "num_experts_per_tok", true, &v));
+  m.top_k = static_cast<int>(v);
+  v = 1;
+  WAVEEP_RETURN_IF_ERROR(GetInt(j, origin, "n_group", false, &v));
+  m.n_group = static_cast<int>(v);
+  v = 1;
+  WAVEEP_RETURN_IF_ERROR(GetInt(j, origin, "topk_group", false, &v));
+  m.topk_group = static_cast<int>(v);
+  v = 128;
+  WAVEEP_RETURN_IF_ERROR(GetInt(j, origin, "fp8_block_size", false, &v));
+  m.fp8_block_size = static_cast<int>(v);
+  if (auto it = j.find("scoring_func"); it != j.end() && !it->is_null()) {
+    if (!it->is_string()) return FieldError(origin, "scoring_func", "must be a string");
+    std::string s = it->get<std::string>();
+    if (s == "softmax") {
+      m.scoring = Scoring::kSoftmax;
+    } else if (s == "sigmoid") {
+      m.scoring = Scoring::kSigmoid;
+    } else {
+      return FieldError(origin, "scoring_func", absl::StrCat("must be 'softmax' or 'sigmoid', got '", s, "'"));
+    }
+  }
+  if (auto it = j.find("norm_topk_prob"); it != j.end() && !it->is_null()) {
+    if (!it->is_boolean()) return FieldError(origin, "norm_topk_prob", "must be true or false");
+    m.norm_topk_prob = it->get<bool>();
+  }
+  if (auto it = j.find("routed_scaling_factor"); it != j.end() && !it->is_null()) {
+    if (!it->is_number()) return FieldError(origin, "routed_scaling_factor", "must be a number");
+    m.routed_scaling_factor = it->get<double>();
+  }
+  if (m.name.empty()) m.name = fs::path(std::string(origin)).stem().string();
+  WAVEEP_RETURN_IF_ERROR(ValidateModelConfig(m));
+  return m;
+}
+
+StatusOr<std::string> ReadFileToString(const std::string& path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return absl::NotFoundError(absl::StrCat("file not found: ", path));
+  if (fs::is_directory(path, ec)) return absl::InvalidArgumentError(absl::StrCat("is a directory, not a file: ", path));
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::PermissionDeniedError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) return absl::DataLossError(absl::StrCat("read error on ", path));
+  return ss.str();
+}
+
+std::string ExecutableDir() {
+  std::error_code ec;
+  fs::path p = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) return "";
+  return p.parent_path().string();
+}
+
+std::vector<std::string> ModelConfigDirs() {
+  std::vector<std::string> dirs;
+  if (const char* env = std::getenv("WAVEEP_CONFIG_DIR"); env != nullptr && *env != '\0') {
+    dirs.push_back(absl::StrCat(env, "/models"));
+  }
+  std::string exe = ExecutableDir();
+  if (!exe.empty()) {
+    dirs.push_back(exe + "/../configs/models");
+    dirs.push_back(exe + "/../share/waveep/configs/models");
+  }
+  if (std::string src = WAVEEP_SOURCE_CONFIG_DIR; !src.empty()) dirs.push_back(src + "/models");
+  return dirs;
+}
+
+std::vector<std::string> ListModelPresets() {
+  std::set<std::string> names;
+  for (const std::string& d : ModelConfigDirs()) {
+    std::error_code ec;
+    for (fs::directory_iterator it(d, ec), end; !ec && it != end; it.increment(ec)) {
+      if (it->path().extension() == ".json") names.insert(it->path().stem().string());
+    }
+  }
+  return {names.begin(), names.end()};
+}
+
+StatusOr<ModelConfig> LoadModelConfig(absl::string_view name_or_path) {
+  if (name_or_path.empty()) return absl::InvalidArgumentError("--model is empty: give a preset name or a JSON path");
+  std::string path;
+  if (absl::StrContains(name_or_path, '/') || absl::EndsWith(name_or_path, ".json")) {
+    path = std::string(name_or_path);
+  } else {
+    for (const std::string& d : ModelConfigDirs()) {
+      std::string candidate = absl::StrCat(d, "/", name_or_path, ".json");
+      std::error_code ec;
+      if (fs::exists(candidate, ec)) {
+        path = candidate;
+        break;
+      }
+    }
+    if (path.empty()) {
+      std::vector<std::string> presets = ListModelPresets();
+      std::string list;
+      for (const auto& p : presets) absl::StrAppend(&list, list.empty() ? "" : ", ", p);
+      return absl::NotFoundError(absl::StrCat("unknown model preset '", name_or_path, "' (known: ",
+                                              list.empty() ? "none found; set WAVEEP_CONFIG_DIR" : list, ")"));
+    }
+  }
+  WAVEEP_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  return ParseModelConfig(text, path);
+}
+
+std::string ModelConfigToJson(const ModelConfig& m) {
+  json j;  // nlohmann::json objects keep keys sorted
+  j["name"] = m.name;
+  j["hidden_size"] = m.hidden_size;
+  j["moe_intermediate_size"] = m.moe_intermediate_size;
+  j["n_routed_experts"] = m.num_experts;
+  j["n_shared_experts"] = m.num_shared_experts;
+  j["num_experts_per_tok"] = m.top_k;
+  j["scoring_func"] = std::string(ScoringName(m.scoring));
+  j["n_group"] = m.n_group;
+  j["topk_group"] = m.topk_group;
+  j["norm_topk_prob"] = m.norm_topk_prob;
+  j["routed_scaling_factor"] = m.routed_scaling_factor;
+  j["fp8_block_size"] = m.fp8_block_size;
+  return j.dump();
+}
+
+}  // namespace waveep

@@ -1,0 +1,75 @@
+// Copyright 2026 The waveep Authors.
+//
+// runtime/config.h — MoE model shapes (presets in configs/models/*.json) and their validation.
+//
+//   WAVEEP_ASSIGN_OR_RETURN(ModelConfig m, LoadModelConfig("deepseek-v4-pro"));   // preset by name
+//   WAVEEP_ASSIGN_OR_RETURN(ModelConfig m, LoadModelConfig("/path/to/my.json"));  // or a file
+//   m.hidden_size == 7168; m.moe_intermediate_size == 3072; m.num_experts == 384; m.top_k == 6
+//
+// JSON fields use Hugging Face names so a checkpoint's config.json reads the same way: hidden_size,
+// moe_intermediate_size, n_routed_experts, n_shared_experts, num_experts_per_tok, scoring_func (softmax|sigmoid),
+// n_group, topk_group, norm_topk_prob, routed_scaling_factor; plus name, description, source, fp8_block_size.
+#ifndef WAVEEP_RUNTIME_CONFIG_H_
+#define WAVEEP_RUNTIME_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "runtime/status.h"
+
+namespace waveep {
+
+enum class Scoring { kSoftmax, kSigmoid };
+absl::string_view ScoringName(Scoring s);
+
+struct ModelConfig {
+  std::string name;
+  std::string description;
+  int64_t hidden_size = 0;            // H
+  int64_t moe_intermediate_size = 0;  // I, per routed expert
+  int num_experts = 0;                // E, routed experts
+  int num_shared_experts = 0;         // always-on experts, computed locally (no dispatch)
+  int top_k = 0;                      // K experts per token
+  Scoring scoring = Scoring::kSoftmax;
+  int n_group = 1;                    // group-limited routing (DeepSeek-V3): E split into n_group groups ...
+  int topk_group = 1;                 // ... of which the best topk_group are eligible
+  bool norm_topk_prob = true;         // renormalise the K selected weights to sum to 1
+  double routed_scaling_factor = 1.0; // multiplies the final routed weights
+  int fp8_block_size = 128;           // elements per FP8 scale along H
+  std::string origin;                 // file it was loaded from
+
+  // FLOPs of one (token, expert) pair: gate+up (2*H*2I) + down (2*I*H) = 6*H*I.
+  double FlopsPerPair() const { return 6.0 * static_cast<double>(hidden_size) * moe_intermediate_size; }
+};
+
+// Checks every field; InvalidArgument naming the first bad field and the model.
+Status ValidateModelConfig(const ModelConfig& m);
+
+// Parses JSON text (`origin` names it in errors). Missing required fields and malformed JSON are InvalidArgument.
+StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string_view origin);
+
+// Loads a preset by name (searched in ModelConfigDirs()) or a JSON file by path (anything containing '/' or ending
+// in ".json"). NotFound for an unknown preset lists the presets that exist.
+StatusOr<ModelConfig> LoadModelConfig(absl::string_view name_or_path);
+
+// Directories searched for presets, in order: $WAVEEP_CONFIG_DIR/models, <exe>/../configs/models,
+// <exe>/../share/waveep/configs/models, and the source tree's configs/models.
+std::vector<std::string> ModelConfigDirs();
+
+// Names of the presets found in ModelConfigDirs(), sorted.
+std::vector<std::string> ListModelPresets();
+
+// Canonical JSON (sorted keys, no origin) — identical for identical shapes. Used for fingerprints and outputs.
+std::string ModelConfigToJson(const ModelConfig& m);
+
+// Reads a whole file. NotFound / PermissionDenied / DataLoss with the path in the message.
+StatusOr<std::string> ReadFileToString(const std::string& path);
+
+// Directory holding the running executable ("" if unknown).
+std::string ExecutableDir();
+
+}  // namespace waveep
+
+#endif  // WAVEEP_RUNTIME_CONFIG_H_

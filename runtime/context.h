@@ -1,0 +1,62 @@
+// Copyright 2026 The waveep Authors.
+//
+// runtime/context.h — the MPI process context: world/local rank, node, GPU binding.
+//
+//   int main(int argc, char** argv) {
+//     auto ctx = waveep::InitProcess(&argc, &argv);   // MPI_Init_thread(MPI_THREAD_MULTIPLE)
+//     if (!ctx.ok()) { ...print...; return 1; }
+//     ... ctx->world_rank, ctx->world_size, ctx->local_rank, ctx->node_id ...
+//     waveep::FinalizeProcess();
+//   }
+//
+// Local rank comes from MPI_Comm_split_type(MPI_COMM_TYPE_SHARED) and is cross-checked against
+// OMPI_COMM_WORLD_LOCAL_RANK / SLURM_LOCALID when the launcher sets them. Node ids are dense, in order of each
+// node's lowest world rank.
+#ifndef WAVEEP_RUNTIME_CONTEXT_H_
+#define WAVEEP_RUNTIME_CONTEXT_H_
+
+#include <mpi.h>
+
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "runtime/status.h"
+
+namespace waveep {
+
+struct ProcessContext {
+  int world_rank = 0;
+  int world_size = 1;
+  int local_rank = 0;  // rank among the processes on this node
+  int local_size = 1;
+  int node_id = 0;
+  int num_nodes = 1;
+  std::string hostname;
+  MPI_Comm world = MPI_COMM_NULL;  // duplicate of MPI_COMM_WORLD owned by the context (bootstrap collectives)
+  MPI_Comm node = MPI_COMM_NULL;   // processes on this node
+  int thread_level = 0;            // what MPI provided
+};
+
+// Initialises MPI (once per process) requesting MPI_THREAD_MULTIPLE; fails if less is provided. Sets the
+// diagnostic prefix to "rank R/N" and the trace epoch right after a barrier, so traces from all ranks align.
+StatusOr<ProcessContext> InitProcess(int* argc, char*** argv);
+// Frees the context's communicators and finalises MPI. Safe to call twice.
+void FinalizeProcess();
+// Aborts every rank (MPI_Abort) — for main() after an error that other ranks may not see.
+[[noreturn]] void AbortAllRanks(int exit_code);
+
+// Fails on every rank with one message if `bytes` (e.g. a canonical config) differs between ranks: the message
+// names `what` and the ranks whose hash differs from rank 0's. Collective over ctx.world.
+Status CheckSameOnAllRanks(const ProcessContext& ctx, absl::string_view what, absl::string_view bytes);
+
+// Combines a local Status across ranks: OK only if OK on every rank; otherwise every rank returns the error of the
+// lowest failing rank, prefixed with "rank R: ". Collective. Lets all ranks fail together instead of hanging.
+Status AgreeOnStatus(const ProcessContext& ctx, const Status& local);
+
+// Gathers a variable-length string from every rank to `root` (rank order). Collective; non-roots get {}.
+StatusOr<std::vector<std::string>> GatherStrings(const ProcessContext& ctx, absl::string_view local, int root = 0);
+
+}  // namespace waveep
+
+#endif  // WAVEEP_RUNTIME_CONTEXT_H_

@@ -1,0 +1,79 @@
+// Copyright 2026 The waveep Authors.
+//
+// runtime/trace.h — per-stream spans written as Chrome trace JSON (opens in Perfetto and chrome://tracing).
+//
+// One process per rank, one thread row per stream, one "X" (complete) event per span, with numeric args such as
+// bytes or FLOPs. Spans are recorded cheaply in memory when the tracer is enabled and written at the end:
+//
+//   GlobalTracer().SetEnabled(true);
+//   { ScopedSpan span("compute", "gemm(2)"); span.Arg("flops", 1.2e9); RunGemm(); }   // on the stream's thread
+//   std::string mine = GlobalTracer().ToChromeEvents(/*pid=*/rank);                  // this rank's events
+//   ... gather to rank 0 (GatherStrings) ...
+//   WAVEEP_RETURN_IF_ERROR(WriteChromeTrace("trace.json", fragments));
+//
+// Times are NowUs(): microseconds since the trace epoch, which InitProcess resets right after a barrier so that
+// ranks line up (to within the barrier's skew).
+#ifndef WAVEEP_RUNTIME_TRACE_H_
+#define WAVEEP_RUNTIME_TRACE_H_
+
+#include <mutex>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <utility>
+#include <vector>
+
+#include "runtime/status.h"
+
+namespace waveep {
+
+// Sets time zero of NowUs() to now.
+void ResetTraceEpoch();
+
+struct TraceSpan {
+  std::string row;   // stream name: one thread row per distinct row
+  std::string name;  // e.g. "dispatch(3)"
+  std::string category;
+  double start_us = 0;
+  double dur_us = 0;
+  std::vector<std::pair<std::string, double>> args;
+};
+
+class Tracer {
+ public:
+  void SetEnabled(bool on);
+  bool enabled() const;
+  // Thread-safe; a no-op when disabled.
+  void Add(TraceSpan span);
+  std::vector<TraceSpan> Spans() const;
+  void Clear();
+  // This process's spans as comma-separated Chrome trace events (with process/thread name metadata), pid = rank.
+  std::string ToChromeEvents(int pid) const;
+
+ private:
+  mutable std::mutex mu_;
+  bool enabled_ = false;
+  std::vector<TraceSpan> spans_;
+};
+
+Tracer& GlobalTracer();
+
+// Records [construction, destruction) as a span on `row` when the global tracer is enabled.
+class ScopedSpan {
+ public:
+  ScopedSpan(absl::string_view row, std::string name, absl::string_view category = "");
+  ~ScopedSpan();
+  ScopedSpan& Arg(std::string key, double value);
+  ScopedSpan(const ScopedSpan&) = delete;
+  ScopedSpan& operator=(const ScopedSpan&) = delete;
+
+ private:
+  bool on_;
+  TraceSpan span_;
+};
+
+// Writes {"traceEvents":[...]} from per-rank fragments produced by Tracer::ToChromeEvents.
+Status WriteChromeTrace(const std::string& path, const std::vector<std::string>& fragments);
+
+}  // namespace waveep
+
+#endif  // WAVEEP_RUNTIME_TRACE_H_

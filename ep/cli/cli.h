@@ -1,0 +1,72 @@
+// Copyright 2026 The waveep Authors.
+// IWYU pragma: private
+//
+// The waveep command line: `waveep run | bench | topo`. Flags are Abseil flags defined in flags.cc; each
+// subcommand is one file exposing `int <Name>Main(const ProcessContext&, const std::vector<std::string>& args)`.
+// Exit codes: 0 ok, 1 runtime error, 2 usage / configuration error, 3 verification or --strict check failed.
+#ifndef WAVEEP_EP_CLI_CLI_H_
+#define WAVEEP_EP_CLI_CLI_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/flags/declare.h"
+#include "absl/time/time.h"
+#include "ep/ep.h"
+#include "runtime/runtime.h"
+
+ABSL_DECLARE_FLAG(std::string, model);
+ABSL_DECLARE_FLAG(int64_t, tokens_per_rank);
+ABSL_DECLARE_FLAG(int, steps);
+ABSL_DECLARE_FLAG(int, warmup);
+ABSL_DECLARE_FLAG(std::string, dtype);
+ABSL_DECLARE_FLAG(uint64_t, seed);
+ABSL_DECLARE_FLAG(bool, verify);
+ABSL_DECLARE_FLAG(std::string, json);
+ABSL_DECLARE_FLAG(int, waves);
+ABSL_DECLARE_FLAG(std::string, routing);
+ABSL_DECLARE_FLAG(std::string, backend);
+ABSL_DECLARE_FLAG(double, timeout_s);
+ABSL_DECLARE_FLAG(std::string, trace);
+ABSL_DECLARE_FLAG(std::string, device);
+ABSL_DECLARE_FLAG(int, blas_threads);
+ABSL_DECLARE_FLAG(bool, shared_experts);
+ABSL_DECLARE_FLAG(bool, quiet);
+
+namespace waveep::cli {
+
+enum ExitCode { kOk = 0, kError = 1, kUsage = 2, kCheckFailed = 3 };
+
+// Exit code for a Status: InvalidArgument / NotFound / FailedPrecondition (bad input) -> kUsage, else kError.
+int ExitCodeFor(const Status& s);
+
+// Prints "waveep <cmd>: error: <message>" on rank 0 only (every rank has the same message by construction).
+void ReportError(const ProcessContext& ctx, absl::string_view cmd, const Status& s);
+
+// Returns the layer configuration the flags describe (model loaded, dtype parsed, waves, device), validated for
+// `num_ranks`.
+StatusOr<ep::LayerConfig> LayerConfigFromFlags(int num_ranks);
+
+// BLAS threads per rank from --blas_threads (0 = auto: cores per rank minus one for the comm thread, at least 1).
+int ChooseBlasThreads(const ProcessContext& ctx);
+
+// Canonical text of every flag that must agree across ranks (hashed by CheckSameOnAllRanks).
+std::string CanonicalFlags();
+
+// Median / min / max of a sample (empty -> zeros).
+struct Summary {
+  double median = 0, min = 0, max = 0;
+};
+Summary Summarize(std::vector<double> v);
+
+// Writes `text` to `path` (rank 0 callers only).
+Status WriteTextFile(const std::string& path, const std::string& text);
+
+int RunMain(const ProcessContext& ctx);
+int BenchMain(const ProcessContext& ctx);
+int TopoMain(const ProcessContext& ctx, const std::vector<std::string>& args);
+
+}  // namespace waveep::cli
+
+#endif  // WAVEEP_EP_CLI_CLI_H_

@@ -1,0 +1,85 @@
+// Copyright 2026 The waveep Authors.
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "ep/cli/cli.h"
+
+namespace waveep::cli {
+
+int ExitCodeFor(const Status& s) {
+  switch (s.code()) {
+    case absl::StatusCode::kOk: return kOk;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kOutOfRange: return kUsage;
+    default: return kError;
+  }
+}
+
+void ReportError(const ProcessContext& ctx, absl::string_view cmd, const Status& s) {
+  if (ctx.world_rank != 0) return;
+  std::fprintf(stderr, "waveep %s: error: %s\n", std::string(cmd).c_str(), std::string(s.message()).c_str());
+  std::fflush(stderr);
+}
+
+StatusOr<ep::LayerConfig> LayerConfigFromFlags(int num_ranks) {
+  ep::LayerConfig cfg;
+  WAVEEP_ASSIGN_OR_RETURN(cfg.model, LoadModelConfig(absl::GetFlag(FLAGS_model)));
+  WAVEEP_ASSIGN_OR_RETURN(cfg.dispatch_dtype, ParseDType(absl::GetFlag(FLAGS_dtype)));
+  cfg.num_waves = absl::GetFlag(FLAGS_waves);
+  cfg.shared_experts = absl::GetFlag(FLAGS_shared_experts);
+  const std::string dev = absl::GetFlag(FLAGS_device);
+  if (dev == "cpu") {
+    cfg.device = Device::Cpu();
+  } else if (dev == "cuda" || dev.rfind("cuda:", 0) == 0) {
+    cfg.device = Device::Cuda(0);
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("--device=", dev, " is not cpu or cuda"));
+  }
+  if (absl::GetFlag(FLAGS_tokens_per_rank) < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tokens_per_rank must be >= 0, got ", absl::GetFlag(FLAGS_tokens_per_rank)));
+  }
+  if (absl::GetFlag(FLAGS_steps) < 1) return absl::InvalidArgumentError("--steps must be >= 1");
+  if (absl::GetFlag(FLAGS_warmup) < 0) return absl::InvalidArgumentError("--warmup must be >= 0");
+  if (!(absl::GetFlag(FLAGS_timeout_s) > 0)) return absl::InvalidArgumentError("--timeout_s must be > 0");
+  WAVEEP_RETURN_IF_ERROR(ep::ParseRoutingMode(absl::GetFlag(FLAGS_routing)).status());
+  cfg.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
+  WAVEEP_RETURN_IF_ERROR(ep::ValidateLayerConfig(cfg, num_ranks));
+  return cfg;
+}
+
+int ChooseBlasThreads(const ProcessContext& ctx) {
+  int flag = absl::GetFlag(FLAGS_blas_threads);
+  if (flag > 0) return flag;
+  int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int per_rank = std::max(1, cores / std::max(1, ctx.local_size));
+  return std::max(1, per_rank - 1);
+}
+
+Summary Summarize(std::vector<double> v) {
+  Summary s;
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  s.min = v.front();
+  s.max = v.back();
+  size_t n = v.size();
+  s.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  return s;
+}
+
+Status WriteTextFile(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::trunc);
+  if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
+  out << text;
+  if (!out) return absl::DataLossError(absl::StrCat("write error on ", path));
+  return absl::OkStatus();
+}
+
+}  // namespace waveep::cli

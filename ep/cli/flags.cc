@@ -1,0 +1,43 @@
+// Copyright 2026 The waveep Authors.
+//
+// All waveep flags. Every flag that changes what is computed is part of CanonicalFlags(), hashed across ranks.
+#include <cstdint>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "ep/cli/cli.h"
+
+ABSL_FLAG(std::string, model, "tiny", "Model preset name (configs/models/<name>.json) or path to a model JSON file");
+ABSL_FLAG(int64_t, tokens_per_rank, 128, "Tokens per rank per step (>= 0; 0 is valid)");
+ABSL_FLAG(int, steps, 5, "Timed MoE layer steps");
+ABSL_FLAG(int, warmup, 1, "Untimed warm-up steps before the timed ones");
+ABSL_FLAG(std::string, dtype, "bf16", "Dispatch dtype: bf16, or fp8 (e4m3 with one FP32 scale per 128 elements); "
+                                      "combine is always bf16, accumulation fp32");
+ABSL_FLAG(uint64_t, seed, 1, "Seed for the deterministic weights, hidden states and routing");
+ABSL_FLAG(bool, verify, false, "Check every output against an independent dense reference (non-zero exit on failure)");
+ABSL_FLAG(std::string, json, "", "Write a machine-readable result (one JSON object) to this file");
+ABSL_FLAG(int, waves, 1, "Waves per step: 1 = sequential baseline; up to the experts per rank");
+ABSL_FLAG(std::string, routing, "gate",
+          "Routing of the synthetic tokens: gate (the model's router on random logits), uniform, or skewed "
+          "(half the tokens on expert 0, upper half of the experts unused)");
+ABSL_FLAG(std::string, backend, "mpi", "Communication backend (see `waveep topo probe --help` for the list)");
+ABSL_FLAG(double, timeout_s, 60, "Timeout in seconds for every blocking wait; on expiry the error names rank, wave "
+                                 "and peer");
+ABSL_FLAG(std::string, trace, "", "Write a Chrome trace JSON of the last step (open in Perfetto / chrome://tracing)");
+ABSL_FLAG(std::string, device, "cpu", "Compute device: cpu (cuda lands with the GPU backend)");
+ABSL_FLAG(int, blas_threads, 0, "BLAS threads per rank; 0 = cores per rank minus one for the comm thread (min 1)");
+ABSL_FLAG(bool, shared_experts, true, "Include the model's shared expert(s), computed locally on each rank");
+ABSL_FLAG(bool, quiet, false, "Only errors on stderr (no progress lines)");
+
+namespace waveep::cli {
+
+std::string CanonicalFlags() {
+  return absl::StrCat("model=", absl::GetFlag(FLAGS_model), ";tokens_per_rank=", absl::GetFlag(FLAGS_tokens_per_rank),
+                      ";steps=", absl::GetFlag(FLAGS_steps), ";warmup=", absl::GetFlag(FLAGS_warmup),
+                      ";dtype=", absl::GetFlag(FLAGS_dtype), ";seed=", absl::GetFlag(FLAGS_seed),
+                      ";verify=", absl::GetFlag(FLAGS_verify), ";waves=", absl::GetFlag(FLAGS_waves),
+                      ";routing=", absl::GetFlag(FLAGS_routing), ";backend=", absl::GetFlag(FLAGS_backend),
+                      ";device=", absl::GetFlag(FLAGS_device), ";shared=", absl::GetFlag(FLAGS_shared_experts));
+}
+
+}  // namespace waveep::cli

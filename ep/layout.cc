@@ -1,0 +1,173 @@
+// Copyright 2026 The waveep Authors.
+//
+// Dispatch layout: per-step metadata exchange (counts, wave boundaries) and the deterministic buffer orders.
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+
+#include "ep/ep.h"
+#include "ep/ep_internal.h"
+
+namespace waveep::ep {
+
+StatusOr<std::vector<int>> PartitionWaves(const std::vector<int64_t>& rows, int num_waves) {
+  const int l = static_cast<int>(rows.size());
+  if (num_waves < 1 || num_waves > l) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("waves must be in [1, local experts=", l, "], got ", num_waves));
+  }
+  std::vector<int64_t> prefix(l + 1, 0);
+  for (int e = 0; e < l; ++e) prefix[e + 1] = prefix[e] + rows[e];
+  const int64_t total = prefix[l];
+  std::vector<int> b(num_waves + 1, 0);
+  b[num_waves] = l;
+  for (int w = 1; w < num_waves; ++w) {
+    // Smallest boundary whose prefix reaches w/W of the rows (by expert count when there are no rows), kept strictly
+    // increasing and leaving at least one expert for each remaining wave.
+    int lo = b[w - 1] + 1, hi = l - (num_waves - w);
+    int pick = lo;
+    if (total > 0) {
+      const double target = static_cast<double>(total) * w / num_waves;
+      pick = hi;
+      for (int i = lo; i <= hi; ++i) {
+        // Choose the boundary i whose prefix is closest to the target.
+        if (static_cast<double>(prefix[i]) >= target) {
+          pick = (i > lo && target - prefix[i - 1] < prefix[i] - target) ? i - 1 : i;
+          break;
+        }
+      }
+    } else {
+      pick = std::max(lo, std::min(hi, static_cast<int>(static_cast<int64_t>(l) * w / num_waves)));
+    }
+    b[w] = std::max(lo, std::min(hi, pick));
+  }
+  return b;
+}
+
+namespace internal {
+
+Status AgreeStatus(comm::Communicator& comm, const Status& local) {
+  // Fixed-size record: code + message prefix, so one Allgather suffices.
+  constexpr size_t kMsg = 480;
+  struct Record {
+    int32_t code;
+    char msg[kMsg];
+  };
+  Record mine{};
+  mine.code = static_cast<int32_t>(local.code());
+  std::string text(local.message());
+  std::memcpy(mine.msg, text.data(), std::min(text.size(), kMsg - 1));
+  std::vector<Record> all(comm.size());
+  WAVEEP_RETURN_IF_ERROR(comm.Allgather(&mine, sizeof(Record), all.data()));
+  for (int r = 0; r < comm.size(); ++r) {
+    if (all[r].code != 0) {
+      if (r == comm.rank()) return local;
+      return Status(static_cast<absl::StatusCode>(all[r].code), absl::StrCat("rank ", r, ": ", all[r].msg));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace internal
+
+StatusOr<DispatchLayout> BuildDispatchLayout(const ProcessContext& ctx, comm::Communicator& comm,
+                                             const Placement& placement, const TokenBatch& batch, int num_waves) {
+  DispatchLayout lay;
+  const int r_count = comm.size();
+  const int l = placement.experts_per_rank();
+  const int w_count = num_waves;
+  lay.num_ranks = r_count;
+  lay.rank = comm.rank();
+  lay.local_experts = l;
+  lay.num_waves = w_count;
+  if (placement.num_ranks() != r_count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("placement is for ", placement.num_ranks(), " ranks but the communicator has ", r_count));
+  }
+
+  // 1. Validate this rank's routing; every rank learns about any failure before anyone communicates rows.
+  Status local = absl::OkStatus();
+  if (static_cast<int64_t>(batch.topk_idx.size()) != batch.num_tokens * batch.top_k ||
+      static_cast<int64_t>(batch.topk_weights.size()) != batch.num_tokens * batch.top_k ||
+      static_cast<int64_t>(batch.x.size()) != batch.num_tokens * batch.hidden) {
+    local = absl::InvalidArgumentError(absl::StrCat("token batch sizes are inconsistent: T=", batch.num_tokens,
+                                                    " K=", batch.top_k, " H=", batch.hidden));
+  } else {
+    local = kernels::BuildExpertPermutation(batch.topk_idx.data(), batch.num_tokens, batch.top_k,
+                                            placement.num_experts(), &lay.perm);
+    if (!local.ok()) local = Annotate(local, absl::StrCat("routing of global tokens ", batch.first_token, ".."));
+  }
+  if (w_count < 1 || w_count > l) {
+    local = absl::InvalidArgumentError(absl::StrCat("--waves=", w_count, " must be in [1, ", l, "] (local experts)"));
+  }
+  WAVEEP_RETURN_IF_ERROR(internal::AgreeStatus(comm, local));
+
+  // 2. Counts per (destination rank, its local expert) == per global expert under contiguous placement.
+  std::vector<int64_t> send_counts(static_cast<size_t>(r_count) * l);
+  for (int e = 0; e < placement.num_experts(); ++e)
+    send_counts[e] = lay.perm.expert_offsets[e + 1] - lay.perm.expert_offsets[e];
+  lay.recv_counts.assign(send_counts.size(), 0);
+  WAVEEP_RETURN_IF_ERROR(comm.AlltoallCounts(send_counts.data(), l, lay.recv_counts.data()));
+
+  // 3. My waves, balanced by the rows I will compute; everyone learns everyone's boundaries.
+  std::vector<int64_t> rows(l, 0);
+  for (int s = 0; s < r_count; ++s)
+    for (int e = 0; e < l; ++e) rows[e] += lay.recv_counts[static_cast<size_t>(s) * l + e];
+  WAVEEP_ASSIGN_OR_RETURN(std::vector<int> mine, PartitionWaves(rows, w_count));
+  std::vector<int32_t> mine32(mine.begin(), mine.end()), all32(static_cast<size_t>(r_count) * (w_count + 1));
+  WAVEEP_RETURN_IF_ERROR(comm.Allgather(mine32.data(), mine32.size() * sizeof(int32_t), all32.data()));
+  lay.wave_begin.assign(all32.begin(), all32.end());
+
+  // 4. Sender side: wave w to peer p = p's experts [begin, end) of that wave, contiguous in perm order.
+  lay.send_row_begin.assign(static_cast<size_t>(w_count) * r_count, 0);
+  lay.send_rows.assign(static_cast<size_t>(w_count) * r_count, 0);
+  for (int w = 0; w < w_count; ++w) {
+    for (int p = 0; p < r_count; ++p) {
+      const int gb = placement.FirstExpert(p) + lay.wave_begin[p * (w_count + 1) + w];
+      const int ge = placement.FirstExpert(p) + lay.wave_begin[p * (w_count + 1) + w + 1];
+      lay.send_row_begin[w * r_count + p] = lay.perm.expert_offsets[gb];
+      lay.send_rows[w * r_count + p] = lay.perm.expert_offsets[ge] - lay.perm.expert_offsets[gb];
+    }
+  }
+
+  // 5. Receiver side: wave w's buffer is source-major; within a source block rows are expert-major (the sender's
+  //    perm order). The GEMM wants expert-major, then source, then token: a_rows maps one to the other.
+  lay.recv_row_begin.assign(static_cast<size_t>(w_count) * r_count, 0);
+  lay.recv_rows.assign(static_cast<size_t>(w_count) * r_count, 0);
+  lay.wave_recv_total.assign(w_count, 0);
+  lay.a_rows.resize(w_count);
+  lay.a_expert_offsets.resize(w_count);
+  const int me = comm.rank();
+  for (int w = 0; w < w_count; ++w) {
+    const int eb = lay.wave_begin[me * (w_count + 1) + w], ee = lay.wave_begin[me * (w_count + 1) + w + 1];
+    int64_t off = 0;
+    for (int s = 0; s < r_count; ++s) {
+      int64_t n = 0;
+      for (int e = eb; e < ee; ++e) n += lay.recv_counts[static_cast<size_t>(s) * l + e];
+      lay.recv_row_begin[w * r_count + s] = off;
+      lay.recv_rows[w * r_count + s] = n;
+      off += n;
+    }
+    lay.wave_recv_total[w] = off;
+    lay.total_recv_rows += off;
+    std::vector<int64_t>& a = lay.a_rows[w];
+    std::vector<int64_t>& aoff = lay.a_expert_offsets[w];
+    a.reserve(off);
+    aoff.assign(1, 0);
+    // Cursor per source: next row of that source's block (blocks are expert-major, so walking experts in order
+    // consumes each block front to back).
+    std::vector<int64_t> cursor(r_count);
+    for (int s = 0; s < r_count; ++s) cursor[s] = lay.recv_row_begin[w * r_count + s];
+    for (int e = eb; e < ee; ++e) {
+      for (int s = 0; s < r_count; ++s) {
+        const int64_t n = lay.recv_counts[static_cast<size_t>(s) * l + e];
+        for (int64_t i = 0; i < n; ++i) a.push_back(cursor[s]++);
+      }
+      aoff.push_back(static_cast<int64_t>(a.size()));
+    }
+  }
+  (void)ctx;
+  return lay;
+}
+
+}  // namespace waveep::ep

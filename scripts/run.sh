@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: install dependencies, build (Release), run a verified MoE layer on 4 MPI ranks,
+# check the topology of this machine against the model, print a summary.
+#
+#   scripts/run.sh                 # tiny model, 4 ranks
+#   NP=2 MODEL=qwen3-30b-a3b TOKENS=64 scripts/run.sh
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+NP="${NP:-4}"
+MODEL="${MODEL:-tiny}"
+TOKENS="${TOKENS:-128}"
+OUT_DIR="${OUT_DIR:-$WAVEEP_ROOT/out}"
+
+"$WAVEEP_ROOT/scripts/install_deps.sh"
+waveep_build waveep
+mkdir -p "$OUT_DIR"
+WAVEEP="$WAVEEP_BUILD_DIR/bin/waveep"
+
+log "running: mpirun -np $NP waveep run --model=$MODEL --tokens_per_rank=$TOKENS --verify (bf16, then fp8, then 4 waves)"
+waveep_mpirun -np "$NP" "$WAVEEP" run --model="$MODEL" --tokens_per_rank="$TOKENS" --verify \
+  --json="$OUT_DIR/run_bf16.json"
+waveep_mpirun -np "$NP" "$WAVEEP" run --model="$MODEL" --tokens_per_rank="$TOKENS" --verify --dtype=fp8 \
+  --json="$OUT_DIR/run_fp8.json"
+if [[ -x "$WAVEEP" ]] && "$WAVEEP" topo --help >/dev/null 2>&1 && "$WAVEEP" topo --help | grep -q check; then
+  log "topology check of $MODEL on this machine"
+  waveep_mpirun -np "$NP" "$WAVEEP" topo check --model="$MODEL" --probe --json="$OUT_DIR/topo_check.json" || true
+fi
+
+python3 - "$OUT_DIR" <<'PY'
+import json, sys, os
+out = sys.argv[1]
+print("\n==== waveep summary ====")
+for name in ("run_bf16.json", "run_fp8.json"):
+    p = os.path.join(out, name)
+    if not os.path.exists(p):
+        continue
+    j = json.load(open(p))
+    print(f"{j['model']:>10} np={j['ranks']} dtype={j['dtype']:<4} waves={j['waves']} tokens/rank={j['tokens_per_rank']}: "
+          f"step {j['step_ms_median']:.3f} ms, {j['tflops']:.4f} TFLOP/s, "
+          f"verify {'PASS' if j.get('verify_passed') else 'FAIL'} (err {j.get('verify_max_rel_err', float('nan')):.2e} "
+          f"<= {j.get('verify_tolerance', float('nan')):.2e}), checksum {j['output_checksum']}")
+print(f"results: {out}/*.json")
+PY

@@ -1,0 +1,281 @@
+// Copyright 2026 The waveep Authors.
+//
+// CPU Stream/Event semantics the wave scheduler relies on: in-order execution, cross-stream waits that bind to the
+// latest record, sticky errors that propagate through events, and timeouts that name what was waited for.
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "runtime/runtime.h"
+
+namespace waveep {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::unique_ptr<Stream> MakeStream(const char* name, absl::Duration timeout = absl::Seconds(10)) {
+  StreamOptions o;
+  o.name = name;
+  o.timeout = timeout;
+  auto s = Stream::Create(Device::Cpu(), o);
+  EXPECT_TRUE(s.ok()) << s.status();
+  return *std::move(s);
+}
+
+std::unique_ptr<Event> MakeEvent(const char* name) {
+  auto e = Event::Create(Device::Cpu(), name);
+  EXPECT_TRUE(e.ok()) << e.status();
+  return *std::move(e);
+}
+
+TEST(CpuStream, RunsTasksInEnqueueOrderOnOneThread) {
+  auto s = MakeStream("s");
+  std::vector<int> order;
+  std::thread::id first_thread;
+  std::atomic<bool> same_thread{true};
+  for (int i = 0; i < 1000; ++i) {
+    ASSERT_TRUE(s->Enqueue([&, i] {
+                   if (i == 0) first_thread = std::this_thread::get_id();
+                   else if (std::this_thread::get_id() != first_thread) same_thread = false;
+                   // Random tiny sleeps would expose reordering if the queue were not FIFO.
+                   if (i % 97 == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+                   order.push_back(i);
+                   return absl::OkStatus();
+                 }).ok());
+  }
+  ASSERT_TRUE(s->Synchronize().ok());
+  ASSERT_EQ(order.size(), 1000u);
+  for (int i = 0; i < 1000; ++i) EXPECT_EQ(order[i], i);
+  EXPECT_TRUE(same_thread);
+  EXPECT_NE(first_thread, std::this_thread::get_id());  // not the caller's thread
+}
+
+TEST(CpuStream, EnqueueIsNonBlocking) {
+  auto s = MakeStream("s");
+  std::atomic<bool> release{false};
+  ASSERT_TRUE(s->Enqueue([&] {
+                 while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                 return absl::OkStatus();
+               }).ok());
+  auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(s->Enqueue([] { return absl::OkStatus(); }).ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(1));
+  release = true;
+  EXPECT_TRUE(s->Synchronize().ok());
+}
+
+TEST(CpuStream, WaitOrdersWorkAcrossStreams) {
+  auto producer = MakeStream("producer");
+  auto consumer = MakeStream("consumer");
+  auto ready = MakeEvent("ready");
+  std::atomic<int> value{0};
+  int seen = -1;
+  ASSERT_TRUE(producer->Enqueue([&] {
+                 std::this_thread::sleep_for(std::chrono::milliseconds(50));  // consumer would win without the wait
+                 value = 42;
+                 return absl::OkStatus();
+               }).ok());
+  ASSERT_TRUE(producer->Record(*ready).ok());
+  ASSERT_TRUE(consumer->Wait(*ready).ok());
+  ASSERT_TRUE(consumer->Enqueue([&] {
+                 seen = value;
+                 return absl::OkStatus();
+               }).ok());
+  ASSERT_TRUE(consumer->Synchronize().ok());
+  EXPECT_EQ(seen, 42);
+  EXPECT_TRUE(ready->Query());
+  EXPECT_TRUE(ready->CompletionTimeUs().ok());
+}
+
+TEST(CpuStream, WaitBindsToLatestRecordAtCallTime) {
+  auto a = MakeStream("a");
+  auto b = MakeStream("b");
+  auto ev = MakeEvent("ev");
+  std::atomic<bool> gate1{false}, gate2{false};
+  std::vector<std::string> log;
+  std::mutex mu;
+  auto note = [&](const char* s) {
+    std::lock_guard<std::mutex> l(mu);
+    log.push_back(s);
+  };
+  ASSERT_TRUE(a->Enqueue([&] {
+                 while (!gate1) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                 note("a1");
+                 return absl::OkStatus();
+               }).ok());
+  ASSERT_TRUE(a->Record(*ev).ok());  // record #1
+  ASSERT_TRUE(b->Wait(*ev).ok());    // binds to #1
+  ASSERT_TRUE(b->Enqueue([&] {
+                 note("b");
+                 return absl::OkStatus();
+               }).ok());
+  ASSERT_TRUE(a->Enqueue([&] {
+                 while (!gate2) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                 note("a2");
+                 return absl::OkStatus();
+               }).ok());
+  ASSERT_TRUE(a->Record(*ev).ok());  // record #2 must not delay b
+  gate1 = true;
+  ASSERT_TRUE(b->Synchronize(absl::Seconds(5)).ok());
+  {
+    std::lock_guard<std::mutex> l(mu);
+    EXPECT_THAT(log, ::testing::ElementsAre("a1", "b"));
+  }
+  EXPECT_FALSE(ev->Query());  // record #2 still pending
+  gate2 = true;
+  ASSERT_TRUE(a->Synchronize().ok());
+  EXPECT_TRUE(ev->Query());
+}
+
+TEST(CpuStream, UnrecordedEventDoesNotBlock) {
+  auto s = MakeStream("s");
+  auto ev = MakeEvent("never");
+  ASSERT_TRUE(s->Wait(*ev).ok());
+  EXPECT_TRUE(s->Synchronize(absl::Seconds(2)).ok());
+  EXPECT_TRUE(ev->Synchronize(absl::Seconds(1)).ok());
+}
+
+TEST(CpuStream, ErrorsAreStickyAndPropagateThroughEvents) {
+  auto a = MakeStream("a");
+  auto b = MakeStream("b");
+  auto ev = MakeEvent("after_error");
+  std::atomic<int> ran_after{0};
+  ASSERT_TRUE(a->Enqueue([] { return absl::DataLossError("boom"); }).ok());
+  ASSERT_TRUE(a->Enqueue([&] {
+                 ++ran_after;
+                 return absl::OkStatus();
+               }).ok());
+  ASSERT_TRUE(a->Record(*ev).ok());
+  ASSERT_TRUE(b->Wait(*ev).ok());
+  ASSERT_TRUE(b->Enqueue([&] {
+                 ++ran_after;
+                 return absl::OkStatus();
+               }).ok());
+  Status sa = a->Synchronize();
+  Status sb = b->Synchronize();
+  EXPECT_EQ(sa.code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(sb.code(), absl::StatusCode::kDataLoss);  // the waiting stream fails too instead of hanging
+  EXPECT_EQ(ran_after, 0);
+  EXPECT_EQ(ev->Synchronize(absl::Seconds(1)).code(), absl::StatusCode::kDataLoss);
+}
+
+TEST(CpuStream, WaitTimesOutWithDiagnostic) {
+  SetDiagnosticPrefix("rank 3/4");
+  auto a = MakeStream("comm");
+  auto b = MakeStream("compute", absl::Milliseconds(100));
+  auto ev = MakeEvent("dispatch_done(2)");
+  std::atomic<bool> release{false};
+  ASSERT_TRUE(a->Enqueue([&] {
+                 while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                 return absl::OkStatus();
+               }).ok());
+  ASSERT_TRUE(a->Record(*ev).ok());
+  ASSERT_TRUE(b->Wait(*ev).ok());
+  auto t0 = std::chrono::steady_clock::now();
+  Status s = b->Synchronize(absl::Seconds(10));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("rank 3/4"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("compute"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("dispatch_done(2)"));
+  release = true;
+  EXPECT_TRUE(a->Synchronize().ok());
+  SetDiagnosticPrefix("");
+}
+
+TEST(CpuStream, SynchronizeTimesOut) {
+  auto s = MakeStream("slow");
+  std::atomic<bool> release{false};
+  ASSERT_TRUE(s->Enqueue([&] {
+                 while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                 return absl::OkStatus();
+               }).ok());
+  Status st = s->Synchronize(absl::Milliseconds(50));
+  EXPECT_EQ(st.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("slow"));
+  release = true;
+  EXPECT_TRUE(s->Synchronize().ok());
+}
+
+TEST(CpuStream, PingPongBetweenStreamsManyRounds) {
+  // The wave schedule's shape: two streams alternating through events, re-recorded every round.
+  auto a = MakeStream("a");
+  auto b = MakeStream("b");
+  auto ea = MakeEvent("ea");
+  auto eb = MakeEvent("eb");
+  std::vector<int> trace;
+  std::mutex mu;
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_TRUE(a->Wait(*eb).ok());
+    ASSERT_TRUE(a->Enqueue([&, i] {
+                   std::lock_guard<std::mutex> l(mu);
+                   trace.push_back(2 * i);
+                   return absl::OkStatus();
+                 }).ok());
+    ASSERT_TRUE(a->Record(*ea).ok());
+    ASSERT_TRUE(b->Wait(*ea).ok());
+    ASSERT_TRUE(b->Enqueue([&, i] {
+                   std::lock_guard<std::mutex> l(mu);
+                   trace.push_back(2 * i + 1);
+                   return absl::OkStatus();
+                 }).ok());
+    ASSERT_TRUE(b->Record(*eb).ok());
+  }
+  ASSERT_TRUE(a->Synchronize().ok());
+  ASSERT_TRUE(b->Synchronize().ok());
+  ASSERT_EQ(trace.size(), 400u);
+  for (int i = 0; i < 400; ++i) EXPECT_EQ(trace[i], i);
+}
+
+TEST(CpuStream, DestructorDrainsQueue) {
+  std::atomic<int> n{0};
+  {
+    auto s = MakeStream("s");
+    for (int i = 0; i < 100; ++i) {
+      ASSERT_TRUE(s->Enqueue([&] {
+                     ++n;
+                     return absl::OkStatus();
+                   }).ok());
+    }
+  }
+  EXPECT_EQ(n, 100);
+}
+
+TEST(CudaStream, CreateFailsCleanlyWithoutGpu) {
+  if (CudaDeviceCount() > 0) GTEST_SKIP() << "a GPU is present; covered by the GPU suite";
+  auto s = Stream::Create(Device::Cuda(0), StreamOptions{});
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(CudaStream, OrdersWorkWhenGpuPresent) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device visible (built with CUDA: " << BuiltWithCuda() << ")";
+  StreamOptions o;
+  o.name = "cuda";
+  auto a = Stream::Create(Device::Cuda(0), o);
+  auto b = Stream::Create(Device::Cuda(0), o);
+  auto ev = Event::Create(Device::Cuda(0), "ev");
+  ASSERT_TRUE(a.ok() && b.ok() && ev.ok());
+  std::atomic<int> v{0};
+  int seen = -1;
+  ASSERT_TRUE((*a)->Enqueue([&] {
+                 std::this_thread::sleep_for(std::chrono::milliseconds(20));
+                 v = 7;
+                 return absl::OkStatus();
+               }).ok());
+  ASSERT_TRUE((*a)->Record(**ev).ok());
+  ASSERT_TRUE((*b)->Wait(**ev).ok());
+  ASSERT_TRUE((*b)->Enqueue([&] {
+                 seen = v;
+                 return absl::OkStatus();
+               }).ok());
+  ASSERT_TRUE((*b)->Synchronize().ok());
+  EXPECT_EQ(seen, 7);
+}
+
+}  // namespace
+}  // namespace waveep

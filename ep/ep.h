@@ -176,6 +176,10 @@ class MoeLayer {
   // any rank fails. `stats` may be null.
   Status Forward(const TokenBatch& batch, float* out, StepStats* stats);
 
+  // Changes the number of waves for later steps (weights are kept). Collective: every rank must pass the same value
+  // (checked); InvalidArgument outside [1, local experts].
+  Status SetNumWaves(int num_waves);
+
   const LayerConfig& config() const { return cfg_; }
   const Placement& placement() const { return placement_; }
   // Bytes of one dispatched row (payload + FP8 scales) and of one combined row.

@@ -13,6 +13,9 @@
 namespace waveep::ep {
 namespace {
 
+// Rows per shared-expert GEMM block (see NOTES in Forward).
+constexpr int64_t kSharedBlockRows = 64;
+
 // Grows `b` to at least `bytes` (contents not preserved). Buffers are reused across steps.
 Status Ensure(Buffer& b, size_t bytes) {
   if (b.bytes() >= bytes && b.data() != nullptr) return absl::OkStatus();
@@ -77,7 +80,7 @@ class MoeLayer::Impl {
   // Transit buffers.
   Buffer send, recv[2], ret_send[2], ret_recv;
   // FP32 scratch for one wave: GEMM input, gate/up, activation, output; and the shared expert's.
-  Buffer a, gate_up, act, y, s_gate_up, s_act, s_out;
+  Buffer a, gate_up, act, y, s_in, s_gate_up, s_act, s_blk, s_out;
   DispatchLayout lay;
 
   std::mutex spans_mu;
@@ -178,6 +181,15 @@ StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const ProcessContext& ctx, 
   return layer;
 }
 
+Status MoeLayer::SetNumWaves(int num_waves) {
+  LayerConfig next = cfg_;
+  next.num_waves = num_waves;
+  WAVEEP_RETURN_IF_ERROR(internal::AgreeStatus(*comm_, ValidateLayerConfig(next, comm_->size())));
+  WAVEEP_RETURN_IF_ERROR(CheckSameOnAllRanks(ctx_, "--waves", absl::StrCat(num_waves)));
+  cfg_.num_waves = num_waves;
+  return absl::OkStatus();
+}
+
 // The wave schedule (DESIGN.md §3). Host code only enqueues; the two streams' threads do the work.
 Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) {
   Impl& im = *impl_;
@@ -224,8 +236,10 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
   const bool shared = cfg_.shared_experts && m.num_shared_experts > 0;
   const int64_t si = inter * m.num_shared_experts;
   if (shared) {
-    WAVEEP_RETURN_IF_ERROR(Ensure(im.s_gate_up, batch.num_tokens * 2 * si * 4));
-    WAVEEP_RETURN_IF_ERROR(Ensure(im.s_act, batch.num_tokens * si * 4));
+    WAVEEP_RETURN_IF_ERROR(Ensure(im.s_in, kSharedBlockRows * h * 4));
+    WAVEEP_RETURN_IF_ERROR(Ensure(im.s_gate_up, kSharedBlockRows * 2 * si * 4));
+    WAVEEP_RETURN_IF_ERROR(Ensure(im.s_act, kSharedBlockRows * si * 4));
+    WAVEEP_RETURN_IF_ERROR(Ensure(im.s_blk, kSharedBlockRows * h * 4));
     WAVEEP_RETURN_IF_ERROR(Ensure(im.s_out, batch.num_tokens * h * 4));
   }
   WAVEEP_RETURN_IF_ERROR(im.EnsureEvents(w_count));
@@ -321,13 +335,28 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
       kernels::ConvertF32ToBf16(y + i * h, reinterpret_cast<uint16_t*>(dst + rows[i] * crow), h);
     return absl::OkStatus();
   };
+  // NOTES: BLAS row results depend on M and on the row's position in the GEMM (kernel choice, tile lanes), and the
+  // shared expert's rows are this rank's tokens, which change with np. So the shared expert runs on blocks of
+  // kSharedBlockRows rows aligned to *global* token ids (block b = tokens [b*B, (b+1)*B), absent rows zero): every
+  // token sits at the same position of a same-size GEMM for any np, and its result is bitwise identical.
   auto shared_expert = [&, this]() -> Status {
-    const int64_t off[2] = {0, batch.num_tokens};
+    const int64_t blk = kSharedBlockRows;
+    const int64_t off[2] = {0, blk};
     const float* b13 = im.shared_w13.data();
     const float* b2 = im.shared_w2.data();
-    WAVEEP_RETURN_IF_ERROR(kernels::GroupedGemmNT(batch.x.data(), off, 1, h, &b13, 2 * si, im.s_gate_up.as<float>()));
-    kernels::SwiGLU(im.s_gate_up.as<float>(), batch.num_tokens, si, im.s_act.as<float>());
-    return kernels::GroupedGemmNT(im.s_act.as<float>(), off, 1, si, &b2, h, im.s_out.as<float>());
+    float* xin = im.s_in.as<float>();
+    const int64_t first = batch.first_token, last = batch.first_token + batch.num_tokens;
+    for (int64_t bs = first / blk * blk; bs < last; bs += blk) {
+      const int64_t lo = std::max(bs, first), hi = std::min(bs + blk, last);  // my tokens in this block
+      std::memset(xin, 0, static_cast<size_t>(blk * h) * sizeof(float));
+      std::memcpy(xin + (lo - bs) * h, batch.x.data() + (lo - first) * h, static_cast<size_t>((hi - lo) * h) * 4);
+      WAVEEP_RETURN_IF_ERROR(kernels::GroupedGemmNT(xin, off, 1, h, &b13, 2 * si, im.s_gate_up.as<float>()));
+      kernels::SwiGLU(im.s_gate_up.as<float>(), blk, si, im.s_act.as<float>());
+      WAVEEP_RETURN_IF_ERROR(kernels::GroupedGemmNT(im.s_act.as<float>(), off, 1, si, &b2, h, im.s_blk.as<float>()));
+      std::memcpy(im.s_out.as<float>() + (lo - first) * h, im.s_blk.as<float>() + (lo - bs) * h,
+                  static_cast<size_t>((hi - lo) * h) * 4);
+    }
+    return absl::OkStatus();
   };
   auto reduce = [&, this]() -> Status {
     kernels::CombineReduceBf16(im.ret_recv.as<uint16_t>(), lay.perm.row_of_pair.data(), batch.topk_weights.data(),

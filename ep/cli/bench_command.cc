@@ -1,10 +1,237 @@
 // Copyright 2026 The waveep Authors.
-#include "ep/cli/cli.h"
+//
+// `waveep bench`: scaling sweeps. For every (model, tokens per rank) the layer is built once and the wave counts are
+// interleaved step by step (W=1, W=2, ..., W=1, W=2, ...), so the speedup over W=1 is measured in the same run under
+// the same machine noise. Table on stdout (rank 0), progress on stderr, --csv / --json files.
+#include <cstdio>
+#include <sstream>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "ep/cli/bench_internal.h"
+#include "ep/cli/driver.h"
+#include "kernels/kernels.h"
+#include "nlohmann/json.hpp"
+
+ABSL_FLAG(std::string, models, "tiny", "Comma-separated model presets (or JSON paths) to sweep");
+ABSL_FLAG(std::string, waves_list, "1,2,4,8", "Comma-separated wave counts; 1 (the baseline) is always added");
+ABSL_FLAG(std::string, tokens_list, "128,512", "Comma-separated tokens per rank");
+ABSL_FLAG(std::string, csv, "", "Write the table as CSV to this file");
+ABSL_FLAG(std::string, cluster, "",
+          "Cluster JSON (e.g. from `waveep topo probe`) for the topology model's predicted step time column");
 
 namespace waveep::cli {
-std::vector<std::string> BenchFlagNames() { return {}; }
-int BenchMain(const ProcessContext& ctx) {
-  ReportError(ctx, "bench", absl::UnimplementedError("bench is not implemented yet"));
-  return kError;
+
+std::vector<std::string> BenchFlagNames() {
+  return {"models", "waves_list", "tokens_list", "steps", "warmup", "dtype", "routing", "seed", "csv", "json",
+          "cluster", "backend", "timeout_s", "blas_threads", "shared_experts", "quiet"};
 }
+
+namespace {
+
+StatusOr<std::vector<int64_t>> ParseIntList(absl::string_view flag, absl::string_view text) {
+  std::vector<int64_t> out;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    int64_t v = 0;
+    if (!absl::SimpleAtoi(part, &v))
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, ": '", part, "' is not an integer"));
+    out.push_back(v);
+  }
+  if (out.empty()) return absl::InvalidArgumentError(absl::StrCat("--", flag, " is empty"));
+  return out;
+}
+
+std::string Fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), f, v);
+  return buf;
+}
+
+Status BenchImpl(const ProcessContext& ctx) {
+  WAVEEP_RETURN_IF_ERROR(CheckSameOnAllRanks(
+      ctx, "the command line (flags)",
+      absl::StrCat(CanonicalFlags(), absl::GetFlag(FLAGS_models), absl::GetFlag(FLAGS_waves_list),
+                   absl::GetFlag(FLAGS_tokens_list), absl::GetFlag(FLAGS_cluster))));
+  WAVEEP_ASSIGN_OR_RETURN(std::vector<int64_t> waves, ParseIntList("waves_list", absl::GetFlag(FLAGS_waves_list)));
+  WAVEEP_ASSIGN_OR_RETURN(std::vector<int64_t> tokens, ParseIntList("tokens_list", absl::GetFlag(FLAGS_tokens_list)));
+  if (std::find(waves.begin(), waves.end(), 1) == waves.end()) waves.insert(waves.begin(), 1);
+  std::sort(waves.begin(), waves.end());
+  waves.erase(std::unique(waves.begin(), waves.end()), waves.end());
+  for (int64_t t : tokens)
+    if (t < 0) return absl::InvalidArgumentError(absl::StrCat("--tokens_list: tokens per rank must be >= 0, got ", t));
+  std::vector<std::string> models = absl::StrSplit(absl::GetFlag(FLAGS_models), ',', absl::SkipEmpty());
+  if (models.empty()) return absl::InvalidArgumentError("--models is empty");
+  const int blas = ChooseBlasThreads(ctx);
+  kernels::SetBlasThreads(blas);
+  const bool quiet = absl::GetFlag(FLAGS_quiet);
+  WAVEEP_ASSIGN_OR_RETURN(ep::RoutingMode routing, ep::ParseRoutingMode(absl::GetFlag(FLAGS_routing)));
+  WAVEEP_ASSIGN_OR_RETURN(std::unique_ptr<Predictor> predictor, MakePredictor(absl::GetFlag(FLAGS_cluster), ctx));
+
+  std::vector<BenchRow> rows;
+  for (const std::string& model_name : models) {
+    // Validate the model and every wave count before building anything.
+    ep::LayerConfig cfg;
+    WAVEEP_ASSIGN_OR_RETURN(cfg.model, LoadModelConfig(model_name));
+    WAVEEP_ASSIGN_OR_RETURN(cfg.dispatch_dtype, ParseDType(absl::GetFlag(FLAGS_dtype)));
+    cfg.shared_experts = absl::GetFlag(FLAGS_shared_experts);
+    cfg.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
+    std::vector<int> model_waves;
+    for (int64_t w : waves) {
+      cfg.num_waves = static_cast<int>(w);
+      Status ok = ep::ValidateLayerConfig(cfg, ctx.world_size);
+      if (!ok.ok()) {
+        if (w == 1) return ok;
+        if (ctx.world_rank == 0 && !quiet)
+          std::fprintf(stderr, "[waveep] %s: skipping waves=%lld (%s)\n", model_name.c_str(),
+                       static_cast<long long>(w), std::string(ok.message()).c_str());
+        continue;
+      }
+      model_waves.push_back(static_cast<int>(w));
+    }
+    cfg.num_waves = 1;
+    for (int64_t t : tokens) {
+      RunPoint p;
+      p.cfg = cfg;
+      p.tokens_per_rank = t;
+      p.routing = routing;
+      p.seed = absl::GetFlag(FLAGS_seed);
+      p.steps = 1;
+      p.warmup = 0;
+      p.progress = false;
+      if (ctx.world_rank == 0 && !quiet)
+        std::fprintf(stderr, "[waveep] bench %s tokens/rank=%lld: building layer (%d experts/rank)...\n",
+                     model_name.c_str(), static_cast<long long>(t), cfg.model.num_experts / ctx.world_size);
+      WAVEEP_ASSIGN_OR_RETURN(Session s, OpenSession(ctx, p, absl::GetFlag(FLAGS_backend)));
+      const int steps = absl::GetFlag(FLAGS_steps), warmup = absl::GetFlag(FLAGS_warmup);
+      std::vector<StepSeries> series(model_waves.size());
+      // Interleave wave counts so every configuration sees the same machine state.
+      for (int rep = 0; rep < warmup + steps; ++rep) {
+        for (size_t i = 0; i < model_waves.size(); ++i) {
+          WAVEEP_RETURN_IF_ERROR(s.layer->SetNumWaves(model_waves[i]));
+          p.steps = 1;
+          p.warmup = rep < warmup ? 1 : 0;
+          if (rep < warmup) p.steps = 0;
+          WAVEEP_ASSIGN_OR_RETURN(StepSeries one, RunSteps(ctx, s, p));
+          StepSeries& acc = series[i];
+          for (size_t k = 0; k < one.step_ms.size(); ++k) {
+            acc.step_ms.push_back(one.step_ms[k]);
+            acc.layout_ms.push_back(one.layout_ms[k]);
+            acc.compute_ms.push_back(one.compute_ms[k]);
+            acc.comm_ms.push_back(one.comm_ms[k]);
+            acc.efficiency.push_back(one.efficiency[k]);
+            acc.flops_per_step = one.flops_per_step;
+            acc.bytes_sent_per_step = one.bytes_sent_per_step;
+          }
+        }
+      }
+      double base_median = Summarize(series[0].step_ms).median;
+      for (size_t i = 0; i < model_waves.size(); ++i) {
+        BenchRow r;
+        r.model = cfg.model.name;
+        r.ranks = ctx.world_size;
+        r.tokens_per_rank = t;
+        r.waves = model_waves[i];
+        r.dtype = std::string(DTypeName(cfg.dispatch_dtype));
+        Summary st = Summarize(series[i].step_ms);
+        r.step_ms_median = st.median;
+        r.step_ms_min = st.min;
+        r.step_ms_max = st.max;
+        r.speedup = st.median > 0 ? base_median / st.median : 0;
+        r.compute_ms = Summarize(series[i].compute_ms).median;
+        r.comm_ms = Summarize(series[i].comm_ms).median;
+        r.overlap_efficiency = Summarize(series[i].efficiency).median;
+        r.tflops = st.median > 0 ? series[i].flops_per_step / (st.median * 1e-3) / 1e12 : 0;
+        r.gbps_per_rank = st.median > 0 ? series[i].bytes_sent_per_step / ctx.world_size / (st.median * 1e-3) / 1e9 : 0;
+        if (predictor) {
+          WAVEEP_ASSIGN_OR_RETURN(r.predicted_ms, predictor->StepMs(cfg, t, model_waves[i], ctx.world_size));
+        }
+        rows.push_back(r);
+        if (ctx.world_rank == 0 && !quiet)
+          std::fprintf(stderr, "[waveep]   waves=%d: median %.3f ms (speedup %.2fx, overlap %.2f)\n", r.waves,
+                       r.step_ms_median, r.speedup, r.overlap_efficiency);
+      }
+    }
+  }
+  if (ctx.world_rank != 0) return absl::OkStatus();
+  std::printf("%s", FormatBenchTable(rows, blas).c_str());
+  std::fflush(stdout);
+  if (const std::string path = absl::GetFlag(FLAGS_csv); !path.empty()) {
+    WAVEEP_RETURN_IF_ERROR(WriteTextFile(path, BenchCsv(rows)));
+  }
+  if (const std::string path = absl::GetFlag(FLAGS_json); !path.empty()) {
+    nlohmann::json j;
+    j["command"] = "bench";
+    j["ranks"] = ctx.world_size;
+    j["nodes"] = ctx.num_nodes;
+    j["blas"] = kernels::BlasInfo();
+    j["blas_threads"] = blas;
+    j["steps"] = absl::GetFlag(FLAGS_steps);
+    j["warmup"] = absl::GetFlag(FLAGS_warmup);
+    j["routing"] = absl::GetFlag(FLAGS_routing);
+    j["rows"] = nlohmann::json::parse(BenchJsonRows(rows));
+    WAVEEP_RETURN_IF_ERROR(WriteTextFile(path, j.dump(2) + "\n"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string FormatBenchTable(const std::vector<BenchRow>& rows, int blas_threads) {
+  std::ostringstream o;
+  o << "waveep bench (blas_threads=" << blas_threads << "): speedup is vs waves=1 measured in the same run\n";
+  bool pred = false;
+  for (const BenchRow& r : rows) pred |= r.predicted_ms > 0;
+  char line[512];
+  std::snprintf(line, sizeof(line), "%-18s %5s %8s %5s %5s %10s %9s %9s %8s %10s %10s %8s %9s %10s%s\n", "model",
+                "ranks", "tok/rank", "dtype", "waves", "median_ms", "min_ms", "max_ms", "speedup", "compute_ms",
+                "comm_ms", "overlap", "TFLOP/s", "GB/s/rank", pred ? "  pred_ms  pred/meas" : "");
+  o << line;
+  for (const BenchRow& r : rows) {
+    std::string p = pred ? absl::StrCat("  ", Fmt("%7.3f", r.predicted_ms), "  ",
+                                        Fmt("%9.2f", r.step_ms_median > 0 ? r.predicted_ms / r.step_ms_median : 0))
+                         : "";
+    std::snprintf(line, sizeof(line), "%-18s %5d %8lld %5s %5d %10.3f %9.3f %9.3f %7.2fx %10.3f %10.3f %8.2f %9.4f %10.3f%s\n",
+                  r.model.c_str(), r.ranks, static_cast<long long>(r.tokens_per_rank), r.dtype.c_str(), r.waves,
+                  r.step_ms_median, r.step_ms_min, r.step_ms_max, r.speedup, r.compute_ms, r.comm_ms,
+                  r.overlap_efficiency, r.tflops, r.gbps_per_rank, p.c_str());
+    o << line;
+  }
+  return o.str();
+}
+
+std::string BenchCsv(const std::vector<BenchRow>& rows) {
+  std::ostringstream o;
+  o << "model,ranks,tokens_per_rank,dtype,waves,step_ms_median,step_ms_min,step_ms_max,speedup,compute_ms,comm_ms,"
+       "overlap_efficiency,tflops,gbps_per_rank,predicted_ms\n";
+  for (const BenchRow& r : rows) {
+    o << r.model << ',' << r.ranks << ',' << r.tokens_per_rank << ',' << r.dtype << ',' << r.waves << ','
+      << r.step_ms_median << ',' << r.step_ms_min << ',' << r.step_ms_max << ',' << r.speedup << ',' << r.compute_ms
+      << ',' << r.comm_ms << ',' << r.overlap_efficiency << ',' << r.tflops << ',' << r.gbps_per_rank << ','
+      << r.predicted_ms << '\n';
+  }
+  return o.str();
+}
+
+std::string BenchJsonRows(const std::vector<BenchRow>& rows) {
+  nlohmann::json a = nlohmann::json::array();
+  for (const BenchRow& r : rows) {
+    a.push_back({{"model", r.model}, {"ranks", r.ranks}, {"tokens_per_rank", r.tokens_per_rank}, {"dtype", r.dtype},
+                 {"waves", r.waves}, {"step_ms_median", r.step_ms_median}, {"step_ms_min", r.step_ms_min},
+                 {"step_ms_max", r.step_ms_max}, {"speedup", r.speedup}, {"compute_ms", r.compute_ms},
+                 {"comm_ms", r.comm_ms}, {"overlap_efficiency", r.overlap_efficiency}, {"tflops", r.tflops},
+                 {"gbps_per_rank", r.gbps_per_rank}, {"predicted_ms", r.predicted_ms}});
+  }
+  return a.dump();
+}
+
+int BenchMain(const ProcessContext& ctx) {
+  Status s = BenchImpl(ctx);
+  if (!s.ok()) {
+    ReportError(ctx, "bench", s);
+    return ExitCodeFor(s);
+  }
+  return kOk;
+}
+
 }  // namespace waveep::cli

@@ -139,8 +139,8 @@ INSTANTIATE_TEST_SUITE_P(DtypesAndRouting, LayerTest,
                          ::testing::Values(Case{"bf16", RoutingMode::kGate}, Case{"fp8", RoutingMode::kGate},
                                            Case{"bf16", RoutingMode::kUniform}, Case{"bf16", RoutingMode::kSkewed},
                                            Case{"fp8", RoutingMode::kSkewed}),
-                         [](const auto& info) {
-                           return absl::StrCat(info.param.dtype, "_", RoutingModeName(info.param.routing));
+                         [](const ::testing::TestParamInfo<Case>& p) {
+                           return absl::StrCat(p.param.dtype, "_", RoutingModeName(p.param.routing));
                          });
 
 TEST(Layer, SkewedRoutingLeavesExpertsAndRanksEmpty) {
@@ -193,7 +193,9 @@ TEST(Layer, OutOfRangeExpertFailsOnEveryRank) {
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(s.message()), HasSubstr(absl::StrCat(m.num_experts + 3)));
-  if (ctx.world_rank != bad_rank) EXPECT_THAT(std::string(s.message()), HasSubstr(absl::StrCat("rank ", bad_rank)));
+  if (ctx.world_rank != bad_rank) {
+    EXPECT_THAT(std::string(s.message()), HasSubstr(absl::StrCat("rank ", bad_rank)));
+  }
   // The layer is still usable after a rejected step.
   if (ctx.world_rank == bad_rank) batch->topk_idx[5] = 0;
   EXPECT_TRUE((*layer)->Forward(*batch, out.data(), nullptr).ok());

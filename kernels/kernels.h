@@ -106,6 +106,7 @@ void CombineReduceBf16(const uint16_t* rows, const int64_t* row_of_pair, const f
 
 // ---- BLAS threading ---------------------------------------------------------------------------------------------
 // Sets the BLAS library's thread count (OpenBLAS) for this process; returns the previous count (or -1 if unknown).
+// num_threads < 1 leaves the count unchanged, so SetBlasThreads(0) just queries it.
 int SetBlasThreads(int num_threads);
 // Name and version string of the BLAS in use, e.g. "OpenBLAS 0.3.21 Haswell".
 std::string BlasInfo();

@@ -26,9 +26,9 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "runtime/runtime.h"
 
 namespace waveep::comm {
@@ -41,8 +41,8 @@ struct Capabilities {
 
 // Modelled (not measured) link between this rank and a peer. topology/ uses it when no probe is available.
 struct LinkEstimate {
-  std::string kind;        // "loopback", "shm", "net", ...
-  double bw_gbps = 0;      // per direction, GB/s (1e9 bytes/s)
+  std::string kind;    // "loopback", "shm", "net", ...
+  double bw_gbps = 0;  // per direction, GB/s (1e9 bytes/s)
   double latency_us = 0;
 };
 

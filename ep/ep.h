@@ -73,8 +73,8 @@ StatusOr<RoutingMode> ParseRoutingMode(absl::string_view name);
 absl::string_view RoutingModeName(RoutingMode m);
 
 // Deterministic from (seed, global token id): any rank or a single process regenerates the same batch.
-StatusOr<TokenBatch> MakeSyntheticBatch(const ModelConfig& model, RoutingMode mode, uint64_t seed,
-                                        int64_t first_token, int64_t num_tokens);
+StatusOr<TokenBatch> MakeSyntheticBatch(const ModelConfig& model, RoutingMode mode, uint64_t seed, int64_t first_token,
+                                        int64_t num_tokens);
 
 // ---- weights ---------------------------------------------------------------------------------------------------
 // Source of expert weights in FP32, nn.Linear layout: w13 [2I, H] (rows 0..I-1 gate W1, I..2I-1 up W3), w2 [H, I].
@@ -130,7 +130,7 @@ struct LayerConfig {
   ModelConfig model;
   DType dispatch_dtype = DType::kBF16;  // bf16, or fp8 (e4m3 + per-block scales); combine is always bf16
   int num_waves = 1;
-  bool shared_experts = true;           // add the model's shared expert(s), computed locally
+  bool shared_experts = true;  // add the model's shared expert(s), computed locally
   Device device = Device::Cpu();
   absl::Duration timeout = absl::ZeroDuration();  // zero = DefaultTimeout()
 };
@@ -150,14 +150,14 @@ struct SpanRecord {
 };
 
 struct StepStats {
-  double step_us = 0;           // Forward() wall time, layout included
-  double layout_us = 0;         // routing validation + count/boundary exchange
-  double compute_busy_us = 0;   // union of compute-stream spans
-  double comm_busy_us = 0;      // union of comm-stream spans
+  double step_us = 0;             // Forward() wall time, layout included
+  double layout_us = 0;           // routing validation + count/boundary exchange
+  double compute_busy_us = 0;     // union of compute-stream spans
+  double comm_busy_us = 0;        // union of comm-stream spans
   double overlap_efficiency = 0;  // (comm + compute - (step - layout)) / min(comm, compute), clamped to [0, 1]
-  double flops = 0;             // routed + shared FLOPs computed on this rank
-  double bytes_sent = 0;        // dispatch + combine bytes this rank sent to other ranks
-  int64_t recv_rows = 0;        // rows this rank computed (routed)
+  double flops = 0;               // routed + shared FLOPs computed on this rank
+  double bytes_sent = 0;          // dispatch + combine bytes this rank sent to other ranks
+  int64_t recv_rows = 0;          // rows this rank computed (routed)
   std::vector<SpanRecord> spans;
 };
 
@@ -204,7 +204,7 @@ struct VerifyResult {
   double max_rel_l2 = 0;      // max over tokens of ||out - ref|| / ||ref||
   double max_normalized = 0;  // max over tokens of ||out - ref|| / (sum_k |w_k| ||y_k|| + ||shared||) — checked
   double tolerance = 0;
-  int64_t worst_token = -1;   // global id
+  int64_t worst_token = -1;  // global id
   bool passed = false;
 };
 // Tolerance: combine rows travel in BF16 (unit roundoff 2^-9 per element), so ||out - ref|| <= 2^-9 *

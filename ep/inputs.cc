@@ -19,8 +19,9 @@ void DistinctUniform(uint64_t seed, int64_t token, int lo, int hi, int k, int32_
   uint64_t attempt = 0;
   for (int slot = already; slot < k; ++slot) {
     for (;;) {
-      int e = lo + static_cast<int>(UniformInt(seed, RngStream::kRouting, (static_cast<uint64_t>(token) << 20) + attempt++,
-                                               static_cast<uint64_t>(hi - lo)));
+      int e =
+          lo + static_cast<int>(UniformInt(seed, RngStream::kRouting, (static_cast<uint64_t>(token) << 20) + attempt++,
+                                           static_cast<uint64_t>(hi - lo)));
       if (std::find(idx, idx + slot, e) == idx + slot) {
         idx[slot] = e;
         break;
@@ -105,15 +106,18 @@ StatusOr<RoutingMode> ParseRoutingMode(absl::string_view name) {
 
 absl::string_view RoutingModeName(RoutingMode m) {
   switch (m) {
-    case RoutingMode::kGate: return "gate";
-    case RoutingMode::kUniform: return "uniform";
-    case RoutingMode::kSkewed: return "skewed";
+    case RoutingMode::kGate:
+      return "gate";
+    case RoutingMode::kUniform:
+      return "uniform";
+    case RoutingMode::kSkewed:
+      return "skewed";
   }
   return "?";
 }
 
-StatusOr<TokenBatch> MakeSyntheticBatch(const ModelConfig& model, RoutingMode mode, uint64_t seed,
-                                        int64_t first_token, int64_t num_tokens) {
+StatusOr<TokenBatch> MakeSyntheticBatch(const ModelConfig& model, RoutingMode mode, uint64_t seed, int64_t first_token,
+                                        int64_t num_tokens) {
   if (num_tokens < 0) return absl::InvalidArgumentError(absl::StrCat("tokens must be >= 0, got ", num_tokens));
   WAVEEP_RETURN_IF_ERROR(ValidateModelConfig(model));
   const int64_t h = model.hidden_size;

@@ -13,8 +13,7 @@ namespace waveep::ep {
 StatusOr<std::vector<int>> PartitionWaves(const std::vector<int64_t>& rows, int num_waves) {
   const int l = static_cast<int>(rows.size());
   if (num_waves < 1 || num_waves > l) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("waves must be in [1, local experts=", l, "], got ", num_waves));
+    return absl::InvalidArgumentError(absl::StrCat("waves must be in [1, local experts=", l, "], got ", num_waves));
   }
   std::vector<int64_t> prefix(l + 1, 0);
   for (int e = 0; e < l; ++e) prefix[e + 1] = prefix[e] + rows[e];

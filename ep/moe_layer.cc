@@ -148,8 +148,8 @@ StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const ProcessContext& ctx, 
   if (comm == nullptr) return absl::InvalidArgumentError("MoeLayer::Create: communicator is null");
   Status valid = ValidateLayerConfig(cfg, comm->size());
   WAVEEP_RETURN_IF_ERROR(internal::AgreeStatus(*comm, valid));
-  std::string canon = absl::StrCat(ModelConfigToJson(cfg.model), "|", DTypeName(cfg.dispatch_dtype), "|",
-                                   cfg.num_waves, "|", cfg.shared_experts);
+  std::string canon = absl::StrCat(ModelConfigToJson(cfg.model), "|", DTypeName(cfg.dispatch_dtype), "|", cfg.num_waves,
+                                   "|", cfg.shared_experts);
   WAVEEP_RETURN_IF_ERROR(CheckSameOnAllRanks(ctx, "layer config (model, --dtype, --waves, shared experts)", canon));
   WAVEEP_ASSIGN_OR_RETURN(Placement placement, Placement::Contiguous(cfg.model.num_experts, comm->size()));
   std::unique_ptr<MoeLayer> layer(new MoeLayer(ctx, comm, std::move(cfg), placement));
@@ -209,10 +209,11 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
     std::lock_guard<std::mutex> lock(im.spans_mu);
     im.spans.clear();
   }
-  Status shape_ok = (batch.hidden == h && batch.top_k == k)
-                        ? absl::OkStatus()
-                        : absl::InvalidArgumentError(absl::StrCat("token batch has H=", batch.hidden, " K=",
-                                                                  batch.top_k, " but the model has H=", h, " K=", k));
+  Status shape_ok =
+      (batch.hidden == h && batch.top_k == k)
+          ? absl::OkStatus()
+          : absl::InvalidArgumentError(absl::StrCat("token batch has H=", batch.hidden, " K=", batch.top_k,
+                                                    " but the model has H=", h, " K=", k));
   WAVEEP_RETURN_IF_ERROR(internal::AgreeStatus(*comm_, shape_ok));
   WAVEEP_ASSIGN_OR_RETURN(im.lay, BuildDispatchLayout(ctx_, *comm_, placement_, batch, w_count));
   const DispatchLayout& lay = im.lay;
@@ -308,8 +309,8 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
     for (int64_t i = 0; i < mrows; ++i) {
       const uint8_t* src = recv + rows[i] * drow;
       if (fp8) {
-        WAVEEP_RETURN_IF_ERROR(kernels::DequantizeFp8Blockwise(src, reinterpret_cast<const float*>(src + h), 1, h,
-                                                               block, a + i * h));
+        WAVEEP_RETURN_IF_ERROR(
+            kernels::DequantizeFp8Blockwise(src, reinterpret_cast<const float*>(src + h), 1, h, block, a + i * h));
       } else {
         kernels::ConvertBf16ToF32(reinterpret_cast<const uint16_t*>(src), a + i * h, h);
       }
@@ -321,8 +322,7 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
       b2.push_back(im.w2.data() + static_cast<size_t>(e) * h * inter);
     }
     const int64_t* off = lay.a_expert_offsets[w].data();
-    WAVEEP_RETURN_IF_ERROR(
-        kernels::GroupedGemmNT(a, off, ee - eb, h, b13.data(), 2 * inter, im.gate_up.as<float>()));
+    WAVEEP_RETURN_IF_ERROR(kernels::GroupedGemmNT(a, off, ee - eb, h, b13.data(), 2 * inter, im.gate_up.as<float>()));
     kernels::SwiGLU(im.gate_up.as<float>(), mrows, inter, im.act.as<float>());
     return kernels::GroupedGemmNT(im.act.as<float>(), off, ee - eb, inter, b2.data(), h, im.y.as<float>());
   };

@@ -163,8 +163,8 @@ StatusOr<uint64_t> GlobalChecksum(const ProcessContext& ctx, const float* out, i
   // FNV-1a is sequential, so the running state travels rank 0 -> 1 -> ... -> R-1; then R-1 broadcasts.
   unsigned long long h = 0xcbf29ce484222325ull;
   if (ctx.world_rank > 0)
-    WAVEEP_MPI_RETURN_IF_ERROR(MPI_Recv(&h, 1, MPI_UNSIGNED_LONG_LONG, ctx.world_rank - 1, 77, ctx.world,
-                                        MPI_STATUS_IGNORE));
+    WAVEEP_MPI_RETURN_IF_ERROR(
+        MPI_Recv(&h, 1, MPI_UNSIGNED_LONG_LONG, ctx.world_rank - 1, 77, ctx.world, MPI_STATUS_IGNORE));
   h = Fnv1a64(out, static_cast<size_t>(num_floats) * sizeof(float), h);
   if (ctx.world_rank + 1 < ctx.world_size)
     WAVEEP_MPI_RETURN_IF_ERROR(MPI_Send(&h, 1, MPI_UNSIGNED_LONG_LONG, ctx.world_rank + 1, 77, ctx.world));

@@ -101,8 +101,8 @@ void SwiGLU(const float* gate_up, int64_t m, int64_t intermediate, float* out);
 // (k ascending) so the result is bitwise reproducible. row_of_pair < 0 skips the slot. out is overwritten.
 void CombineReduceF32(const float* rows, const int64_t* row_of_pair, const float* topk_weights, int64_t num_tokens,
                       int top_k, int64_t hidden, float* out);
-void CombineReduceBf16(const uint16_t* rows, const int64_t* row_of_pair, const float* topk_weights,
-                       int64_t num_tokens, int top_k, int64_t hidden, float* out);
+void CombineReduceBf16(const uint16_t* rows, const int64_t* row_of_pair, const float* topk_weights, int64_t num_tokens,
+                       int top_k, int64_t hidden, float* out);
 
 // ---- BLAS threading ---------------------------------------------------------------------------------------------
 // Sets the BLAS library's thread count (OpenBLAS) for this process; returns the previous count (or -1 if unknown).

@@ -14,9 +14,9 @@
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "runtime/status.h"
 
 namespace waveep {
@@ -33,12 +33,12 @@ struct ModelConfig {
   int num_shared_experts = 0;         // always-on experts, computed locally (no dispatch)
   int top_k = 0;                      // K experts per token
   Scoring scoring = Scoring::kSoftmax;
-  int n_group = 1;                    // group-limited routing (DeepSeek-V3): E split into n_group groups ...
-  int topk_group = 1;                 // ... of which the best topk_group are eligible
-  bool norm_topk_prob = true;         // renormalise the K selected weights to sum to 1
-  double routed_scaling_factor = 1.0; // multiplies the final routed weights
-  int fp8_block_size = 128;           // elements per FP8 scale along H
-  std::string origin;                 // file it was loaded from
+  int n_group = 1;                     // group-limited routing (DeepSeek-V3): E split into n_group groups ...
+  int topk_group = 1;                  // ... of which the best topk_group are eligible
+  bool norm_topk_prob = true;          // renormalise the K selected weights to sum to 1
+  double routed_scaling_factor = 1.0;  // multiplies the final routed weights
+  int fp8_block_size = 128;            // elements per FP8 scale along H
+  std::string origin;                  // file it was loaded from
 
   // FLOPs of one (token, expert) pair: gate+up (2*H*2I) + down (2*I*H) = 6*H*I.
   double FlopsPerPair() const { return 6.0 * static_cast<double>(hidden_size) * moe_intermediate_size; }

@@ -25,9 +25,9 @@ StatusOr<ProcessContext> InitProcess(int* argc, char*** argv) {
     MPI_Query_thread(&provided);
   }
   if (provided < MPI_THREAD_MULTIPLE) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "MPI provides thread level ", provided, " but waveep needs MPI_THREAD_MULTIPLE (", MPI_THREAD_MULTIPLE,
-        "): comm and compute streams call MPI from different threads"));
+    return absl::FailedPreconditionError(absl::StrCat("MPI provides thread level ", provided,
+                                                      " but waveep needs MPI_THREAD_MULTIPLE (", MPI_THREAD_MULTIPLE,
+                                                      "): comm and compute streams call MPI from different threads"));
   }
   ProcessContext ctx;
   ctx.thread_level = provided;
@@ -98,8 +98,8 @@ void AbortAllRanks(int exit_code) {
 Status CheckSameOnAllRanks(const ProcessContext& ctx, absl::string_view what, absl::string_view bytes) {
   unsigned long long h = Fnv1a64(bytes.data(), bytes.size());
   std::vector<unsigned long long> all(ctx.world_size);
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allgather(&h, 1, MPI_UNSIGNED_LONG_LONG, all.data(), 1, MPI_UNSIGNED_LONG_LONG,
-                                           ctx.world));
+  WAVEEP_MPI_RETURN_IF_ERROR(
+      MPI_Allgather(&h, 1, MPI_UNSIGNED_LONG_LONG, all.data(), 1, MPI_UNSIGNED_LONG_LONG, ctx.world));
   std::string differ;
   for (int r = 1; r < ctx.world_size; ++r) {
     if (all[r] != all[0]) absl::StrAppend(&differ, differ.empty() ? "" : ", ", r);
@@ -139,8 +139,8 @@ StatusOr<std::vector<std::string>> GatherStrings(const ProcessContext& ctx, absl
     }
   }
   std::string all(static_cast<size_t>(total), '\0');
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Gatherv(local.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(),
-                                         MPI_CHAR, root, ctx.world));
+  WAVEEP_MPI_RETURN_IF_ERROR(
+      MPI_Gatherv(local.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, root, ctx.world));
   std::vector<std::string> out;
   if (ctx.world_rank == root) {
     for (int r = 0; r < ctx.world_size; ++r) out.push_back(all.substr(displs[r], lens[r]));

@@ -18,9 +18,9 @@
 #include <mpi.h>
 
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "runtime/status.h"
 
 namespace waveep {

@@ -51,8 +51,8 @@ class CpuEvent final : public Event {
     if (!cv_.wait_until(lock, deadline, [&] { return completed_ >= gen; })) {
       return absl::DeadlineExceededError(absl::StrCat(DiagnosticPrefix(), DiagnosticPrefix().empty() ? "" : ": ",
                                                       waiter, " timed out after ", absl::FormatDuration(timeout),
-                                                      " waiting for event '", name_, "' (record ", gen,
-                                                      ", completed ", completed_, ")"));
+                                                      " waiting for event '", name_, "' (record ", gen, ", completed ",
+                                                      completed_, ")"));
     }
     return status_;
   }
@@ -148,9 +148,7 @@ class CpuStream final : public Stream {
     uint64_t gen;
   };
 
-  absl::Duration Timeout() const {
-    return opts_.timeout > absl::ZeroDuration() ? opts_.timeout : DefaultTimeout();
-  }
+  absl::Duration Timeout() const { return opts_.timeout > absl::ZeroDuration() ? opts_.timeout : DefaultTimeout(); }
 
   void Push(Item item) {
     {

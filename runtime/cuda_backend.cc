@@ -13,12 +13,12 @@
 #include "runtime/stream_internal.h"
 
 // CUDA runtime return code -> Status with the expression and file:line.
-#define WAVEEP_CUDA_RETURN_IF_ERROR(expr)                                                                    \
-  do {                                                                                                       \
-    cudaError_t waveep_cuda_rc_ = (expr);                                                                    \
-    if (waveep_cuda_rc_ != cudaSuccess)                                                                      \
-      return ::waveep::internal::MakeForeignError(::absl::StatusCode::kInternal, "CUDA", #expr, __FILE__,    \
-                                                  __LINE__, cudaGetErrorString(waveep_cuda_rc_));            \
+#define WAVEEP_CUDA_RETURN_IF_ERROR(expr)                                                                           \
+  do {                                                                                                              \
+    cudaError_t waveep_cuda_rc_ = (expr);                                                                           \
+    if (waveep_cuda_rc_ != cudaSuccess)                                                                             \
+      return ::waveep::internal::MakeForeignError(::absl::StatusCode::kInternal, "CUDA", #expr, __FILE__, __LINE__, \
+                                                  cudaGetErrorString(waveep_cuda_rc_));                             \
   } while (0)
 
 namespace waveep {
@@ -163,8 +163,8 @@ StatusOr<void*> CudaAlloc(Device device, size_t bytes, bool pinned) {
   WAVEEP_RETURN_IF_ERROR(CheckDevice(device));
   cudaError_t rc = cudaMalloc(&p, bytes);
   if (rc == cudaErrorMemoryAllocation)
-    return absl::ResourceExhaustedError(absl::StrCat("cudaMalloc of ", bytes, " bytes on ", device.ToString(),
-                                                     " failed: out of device memory"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cudaMalloc of ", bytes, " bytes on ", device.ToString(), " failed: out of device memory"));
   WAVEEP_CUDA_RETURN_IF_ERROR(rc);
   return p;
 }

@@ -65,10 +65,10 @@ inline Status Annotate(const Status& s, absl::string_view context) {
 #define WAVEEP_CONCAT_(a, b) WAVEEP_CONCAT_INNER_(a, b)
 
 // Returns from the enclosing function if `expr` (an absl::Status) is not OK.
-#define WAVEEP_RETURN_IF_ERROR(expr)                       \
-  do {                                                     \
-    ::absl::Status waveep_status_ = (expr);                \
-    if (!waveep_status_.ok()) return waveep_status_;       \
+#define WAVEEP_RETURN_IF_ERROR(expr)                 \
+  do {                                               \
+    ::absl::Status waveep_status_ = (expr);          \
+    if (!waveep_status_.ok()) return waveep_status_; \
   } while (0)
 
 // `lhs = value` of a StatusOr, or returns its error. `lhs` may declare a variable (`auto x`).
@@ -86,12 +86,12 @@ inline Status Annotate(const Status& s, absl::string_view context) {
     ::waveep::internal::CheckFailer(#cond, __FILE__, __LINE__)
 
 // MPI return code -> Status (kInternal) with the expression, file:line and MPI's error string.
-#define WAVEEP_MPI_RETURN_IF_ERROR(expr)                                                                  \
-  do {                                                                                                    \
-    int waveep_mpi_rc_ = (expr);                                                                          \
-    if (waveep_mpi_rc_ != 0 /* MPI_SUCCESS */)                                                            \
-      return ::waveep::internal::MakeForeignError(::absl::StatusCode::kInternal, "MPI", #expr, __FILE__,  \
-                                                  __LINE__, ::waveep::internal::MpiErrorString(waveep_mpi_rc_)); \
+#define WAVEEP_MPI_RETURN_IF_ERROR(expr)                                                                           \
+  do {                                                                                                             \
+    int waveep_mpi_rc_ = (expr);                                                                                   \
+    if (waveep_mpi_rc_ != 0 /* MPI_SUCCESS */)                                                                     \
+      return ::waveep::internal::MakeForeignError(::absl::StatusCode::kInternal, "MPI", #expr, __FILE__, __LINE__, \
+                                                  ::waveep::internal::MpiErrorString(waveep_mpi_rc_));             \
   } while (0)
 
 namespace waveep::internal {

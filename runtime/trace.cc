@@ -18,8 +18,8 @@ std::atomic<int64_t> g_epoch_ns{std::chrono::steady_clock::now().time_since_epoc
 void ResetTraceEpoch() { g_epoch_ns = std::chrono::steady_clock::now().time_since_epoch().count(); }
 
 double NowUs() {
-  int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                    std::chrono::steady_clock::now().time_since_epoch()).count();
+  int64_t now =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
   return static_cast<double>(now - g_epoch_ns.load(std::memory_order_relaxed)) * 1e-3;
 }
 
@@ -48,18 +48,25 @@ std::string Tracer::ToChromeEvents(int pid) const {
   std::vector<TraceSpan> spans = Spans();
   std::map<std::string, int> tids;
   nlohmann::json events = nlohmann::json::array();
-  events.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", pid}, {"args", {{"name", absl::StrCat("rank ", pid)}}}});
+  events.push_back(
+      {{"name", "process_name"}, {"ph", "M"}, {"pid", pid}, {"args", {{"name", absl::StrCat("rank ", pid)}}}});
   events.push_back({{"name", "process_sort_index"}, {"ph", "M"}, {"pid", pid}, {"args", {{"sort_index", pid}}}});
   for (const TraceSpan& s : spans) {
     auto [it, inserted] = tids.emplace(s.row, static_cast<int>(tids.size()));
     if (inserted) {
-      events.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", pid}, {"tid", it->second},
-                        {"args", {{"name", s.row}}}});
+      events.push_back(
+          {{"name", "thread_name"}, {"ph", "M"}, {"pid", pid}, {"tid", it->second}, {"args", {{"name", s.row}}}});
     }
     nlohmann::json args = nlohmann::json::object();
     for (const auto& [k, v] : s.args) args[k] = v;
-    events.push_back({{"name", s.name}, {"cat", s.category.empty() ? "waveep" : s.category}, {"ph", "X"},
-                      {"pid", pid}, {"tid", it->second}, {"ts", s.start_us}, {"dur", s.dur_us}, {"args", args}});
+    events.push_back({{"name", s.name},
+                      {"cat", s.category.empty() ? "waveep" : s.category},
+                      {"ph", "X"},
+                      {"pid", pid},
+                      {"tid", it->second},
+                      {"ts", s.start_us},
+                      {"dur", s.dur_us},
+                      {"args", args}});
   }
   std::string out;
   for (size_t i = 0; i < events.size(); ++i) absl::StrAppend(&out, i ? ",\n" : "", events[i].dump());
@@ -93,7 +100,8 @@ ScopedSpan& ScopedSpan::Arg(std::string key, double value) {
 
 Status WriteChromeTrace(const std::string& path, const std::vector<std::string>& fragments) {
   std::ofstream out(path, std::ios::trunc);
-  if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write trace file ", path, ": ", std::strerror(errno)));
+  if (!out)
+    return absl::PermissionDeniedError(absl::StrCat("cannot write trace file ", path, ": ", std::strerror(errno)));
   out << "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n";
   bool first = true;
   for (const std::string& f : fragments) {

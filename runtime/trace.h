@@ -18,10 +18,10 @@
 
 #include <mutex>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <utility>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "runtime/status.h"
 
 namespace waveep {

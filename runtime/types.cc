@@ -7,24 +7,36 @@ namespace waveep {
 
 size_t DTypeSize(DType t) {
   switch (t) {
-    case DType::kF32: return 4;
-    case DType::kBF16: return 2;
-    case DType::kF16: return 2;
-    case DType::kFP8E4M3: return 1;
-    case DType::kI32: return 4;
-    case DType::kI64: return 8;
+    case DType::kF32:
+      return 4;
+    case DType::kBF16:
+      return 2;
+    case DType::kF16:
+      return 2;
+    case DType::kFP8E4M3:
+      return 1;
+    case DType::kI32:
+      return 4;
+    case DType::kI64:
+      return 8;
   }
   return 0;
 }
 
 absl::string_view DTypeName(DType t) {
   switch (t) {
-    case DType::kF32: return "f32";
-    case DType::kBF16: return "bf16";
-    case DType::kF16: return "f16";
-    case DType::kFP8E4M3: return "fp8";
-    case DType::kI32: return "i32";
-    case DType::kI64: return "i64";
+    case DType::kF32:
+      return "f32";
+    case DType::kBF16:
+      return "bf16";
+    case DType::kF16:
+      return "f16";
+    case DType::kFP8E4M3:
+      return "fp8";
+    case DType::kI32:
+      return "i32";
+    case DType::kI64:
+      return "i64";
   }
   return "?";
 }
@@ -37,7 +49,8 @@ StatusOr<DType> ParseDType(absl::string_view name) {
   if (n == "fp8" || n == "e4m3" || n == "fp8_e4m3" || n == "f8_e4m3") return DType::kFP8E4M3;
   if (n == "i32" || n == "int32") return DType::kI32;
   if (n == "i64" || n == "int64") return DType::kI64;
-  return absl::InvalidArgumentError(absl::StrCat("unknown dtype '", name, "' (expected bf16, fp8, f32, f16, i32, i64)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown dtype '", name, "' (expected bf16, fp8, f32, f16, i32, i64)"));
 }
 
 std::string Device::ToString() const {

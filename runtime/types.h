@@ -11,8 +11,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 
+#include "absl/strings/string_view.h"
 #include "runtime/status.h"
 
 namespace waveep {
@@ -48,13 +48,13 @@ using StreamHandle = void*;
 // Values depend only on (seed, stream, index), so any rank — or a single process — regenerates exactly the same
 // weights and inputs with no communication. Not cryptographic.
 enum class RngStream : uint64_t {
-  kHidden = 1,       // token hidden states, index = global_token * H + col
-  kLogits = 2,       // router logits, index = global_token * E + expert
-  kW1 = 3,           // expert gate weights, index = expert * I * H + row * H + col
-  kW3 = 4,           // expert up weights
-  kW2 = 5,           // expert down weights, index = expert * H * I + row * I + col
-  kRouting = 6,      // synthetic routing choices
-  kTest = 100,       // tests
+  kHidden = 1,   // token hidden states, index = global_token * H + col
+  kLogits = 2,   // router logits, index = global_token * E + expert
+  kW1 = 3,       // expert gate weights, index = expert * I * H + row * H + col
+  kW3 = 4,       // expert up weights
+  kW2 = 5,       // expert down weights, index = expert * H * I + row * I + col
+  kRouting = 6,  // synthetic routing choices
+  kTest = 100,   // tests
 };
 
 // SplitMix64 finaliser over the three inputs.

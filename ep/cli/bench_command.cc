@@ -24,8 +24,8 @@ ABSL_FLAG(std::string, cluster, "",
 namespace waveep::cli {
 
 std::vector<std::string> BenchFlagNames() {
-  return {"models", "waves_list", "tokens_list", "steps", "warmup", "dtype", "routing", "seed", "csv", "json",
-          "cluster", "backend", "timeout_s", "blas_threads", "shared_experts", "quiet"};
+  return {"models", "waves_list", "tokens_list", "steps",   "warmup",    "dtype",        "routing",        "seed",
+          "csv",    "json",       "cluster",     "backend", "timeout_s", "blas_threads", "shared_experts", "quiet"};
 }
 
 namespace {
@@ -49,10 +49,10 @@ std::string Fmt(const char* f, double v) {
 }
 
 Status BenchImpl(const ProcessContext& ctx) {
-  WAVEEP_RETURN_IF_ERROR(CheckSameOnAllRanks(
-      ctx, "the command line (flags)",
-      absl::StrCat(CanonicalFlags(), absl::GetFlag(FLAGS_models), absl::GetFlag(FLAGS_waves_list),
-                   absl::GetFlag(FLAGS_tokens_list), absl::GetFlag(FLAGS_cluster))));
+  WAVEEP_RETURN_IF_ERROR(
+      CheckSameOnAllRanks(ctx, "the command line (flags)",
+                          absl::StrCat(CanonicalFlags(), absl::GetFlag(FLAGS_models), absl::GetFlag(FLAGS_waves_list),
+                                       absl::GetFlag(FLAGS_tokens_list), absl::GetFlag(FLAGS_cluster))));
   WAVEEP_ASSIGN_OR_RETURN(std::vector<int64_t> waves, ParseIntList("waves_list", absl::GetFlag(FLAGS_waves_list)));
   WAVEEP_ASSIGN_OR_RETURN(std::vector<int64_t> tokens, ParseIntList("tokens_list", absl::GetFlag(FLAGS_tokens_list)));
   if (std::find(waves.begin(), waves.end(), 1) == waves.end()) waves.insert(waves.begin(), 1);
@@ -83,8 +83,8 @@ Status BenchImpl(const ProcessContext& ctx) {
       if (!ok.ok()) {
         if (w == 1) return ok;
         if (ctx.world_rank == 0 && !quiet)
-          std::fprintf(stderr, "[waveep] %s: skipping waves=%lld (%s)\n", model_name.c_str(),
-                       static_cast<long long>(w), std::string(ok.message()).c_str());
+          std::fprintf(stderr, "[waveep] %s: skipping waves=%lld (%s)\n", model_name.c_str(), static_cast<long long>(w),
+                       std::string(ok.message()).c_str());
         continue;
       }
       model_waves.push_back(static_cast<int>(w));
@@ -191,7 +191,8 @@ std::string FormatBenchTable(const std::vector<BenchRow>& rows, int blas_threads
     std::string p = pred ? absl::StrCat("  ", Fmt("%7.3f", r.predicted_ms), "  ",
                                         Fmt("%9.2f", r.step_ms_median > 0 ? r.predicted_ms / r.step_ms_median : 0))
                          : "";
-    std::snprintf(line, sizeof(line), "%-18s %5d %8lld %5s %5d %10.3f %9.3f %9.3f %7.2fx %10.3f %10.3f %8.2f %9.4f %10.3f%s\n",
+    std::snprintf(line, sizeof(line),
+                  "%-18s %5d %8lld %5s %5d %10.3f %9.3f %9.3f %7.2fx %10.3f %10.3f %8.2f %9.4f %10.3f%s\n",
                   r.model.c_str(), r.ranks, static_cast<long long>(r.tokens_per_rank), r.dtype.c_str(), r.waves,
                   r.step_ms_median, r.step_ms_min, r.step_ms_max, r.speedup, r.compute_ms, r.comm_ms,
                   r.overlap_efficiency, r.tflops, r.gbps_per_rank, p.c_str());
@@ -216,11 +217,21 @@ std::string BenchCsv(const std::vector<BenchRow>& rows) {
 std::string BenchJsonRows(const std::vector<BenchRow>& rows) {
   nlohmann::json a = nlohmann::json::array();
   for (const BenchRow& r : rows) {
-    a.push_back({{"model", r.model}, {"ranks", r.ranks}, {"tokens_per_rank", r.tokens_per_rank}, {"dtype", r.dtype},
-                 {"waves", r.waves}, {"step_ms_median", r.step_ms_median}, {"step_ms_min", r.step_ms_min},
-                 {"step_ms_max", r.step_ms_max}, {"speedup", r.speedup}, {"compute_ms", r.compute_ms},
-                 {"comm_ms", r.comm_ms}, {"overlap_efficiency", r.overlap_efficiency}, {"tflops", r.tflops},
-                 {"gbps_per_rank", r.gbps_per_rank}, {"predicted_ms", r.predicted_ms}});
+    a.push_back({{"model", r.model},
+                 {"ranks", r.ranks},
+                 {"tokens_per_rank", r.tokens_per_rank},
+                 {"dtype", r.dtype},
+                 {"waves", r.waves},
+                 {"step_ms_median", r.step_ms_median},
+                 {"step_ms_min", r.step_ms_min},
+                 {"step_ms_max", r.step_ms_max},
+                 {"speedup", r.speedup},
+                 {"compute_ms", r.compute_ms},
+                 {"comm_ms", r.comm_ms},
+                 {"overlap_efficiency", r.overlap_efficiency},
+                 {"tflops", r.tflops},
+                 {"gbps_per_rank", r.gbps_per_rank},
+                 {"predicted_ms", r.predicted_ms}});
   }
   return a.dump();
 }

@@ -13,12 +13,15 @@ namespace waveep::cli {
 
 int ExitCodeFor(const Status& s) {
   switch (s.code()) {
-    case absl::StatusCode::kOk: return kOk;
+    case absl::StatusCode::kOk:
+      return kOk;
     case absl::StatusCode::kInvalidArgument:
     case absl::StatusCode::kNotFound:
     case absl::StatusCode::kFailedPrecondition:
-    case absl::StatusCode::kOutOfRange: return kUsage;
-    default: return kError;
+    case absl::StatusCode::kOutOfRange:
+      return kUsage;
+    default:
+      return kError;
   }
 }
 

@@ -12,9 +12,9 @@ StatusOr<Session> OpenSession(const ProcessContext& ctx, const RunPoint& p, cons
   WAVEEP_ASSIGN_OR_RETURN(s.comm, comm::CreateCommunicator(backend, ctx, opts));
   s.weights = ep::MakeSyntheticWeights(p.cfg.model, p.seed);
   WAVEEP_ASSIGN_OR_RETURN(s.layer, ep::MoeLayer::Create(ctx, s.comm.get(), p.cfg, *s.weights));
-  WAVEEP_ASSIGN_OR_RETURN(s.batch, ep::MakeSyntheticBatch(p.cfg.model, p.routing, p.seed,
-                                                          static_cast<int64_t>(ctx.world_rank) * p.tokens_per_rank,
-                                                          p.tokens_per_rank));
+  WAVEEP_ASSIGN_OR_RETURN(
+      s.batch, ep::MakeSyntheticBatch(p.cfg.model, p.routing, p.seed,
+                                      static_cast<int64_t>(ctx.world_rank) * p.tokens_per_rank, p.tokens_per_rank));
   s.out.assign(static_cast<size_t>(p.tokens_per_rank * p.cfg.model.hidden_size), 0.0f);
   return s;
 }

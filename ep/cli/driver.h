@@ -30,8 +30,8 @@ struct RunPoint {
   uint64_t seed = 1;
   int steps = 1;
   int warmup = 0;
-  bool progress = true;   // per-step lines on stderr (rank 0) when steps are slow
-  std::string label;      // prefix of progress lines
+  bool progress = true;  // per-step lines on stderr (rank 0) when steps are slow
+  std::string label;     // prefix of progress lines
 };
 
 // Everything one configuration needs; `layer` keeps the weights so several steps reuse them.

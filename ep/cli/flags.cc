@@ -11,8 +11,9 @@ ABSL_FLAG(std::string, model, "tiny", "Model preset name (configs/models/<name>.
 ABSL_FLAG(int64_t, tokens_per_rank, 128, "Tokens per rank per step (>= 0; 0 is valid)");
 ABSL_FLAG(int, steps, 5, "Timed MoE layer steps");
 ABSL_FLAG(int, warmup, 1, "Untimed warm-up steps before the timed ones");
-ABSL_FLAG(std::string, dtype, "bf16", "Dispatch dtype: bf16, or fp8 (e4m3 with one FP32 scale per 128 elements); "
-                                      "combine is always bf16, accumulation fp32");
+ABSL_FLAG(std::string, dtype, "bf16",
+          "Dispatch dtype: bf16, or fp8 (e4m3 with one FP32 scale per 128 elements); "
+          "combine is always bf16, accumulation fp32");
 ABSL_FLAG(uint64_t, seed, 1, "Seed for the deterministic weights, hidden states and routing");
 ABSL_FLAG(bool, verify, false, "Check every output against an independent dense reference (non-zero exit on failure)");
 ABSL_FLAG(std::string, json, "", "Write a machine-readable result (one JSON object) to this file");
@@ -21,8 +22,9 @@ ABSL_FLAG(std::string, routing, "gate",
           "Routing of the synthetic tokens: gate (the model's router on random logits), uniform, or skewed "
           "(half the tokens on expert 0, upper half of the experts unused)");
 ABSL_FLAG(std::string, backend, "mpi", "Communication backend (see `waveep topo probe --help` for the list)");
-ABSL_FLAG(double, timeout_s, 60, "Timeout in seconds for every blocking wait; on expiry the error names rank, wave "
-                                 "and peer");
+ABSL_FLAG(double, timeout_s, 60,
+          "Timeout in seconds for every blocking wait; on expiry the error names rank, wave "
+          "and peer");
 ABSL_FLAG(std::string, trace, "", "Write a Chrome trace JSON of the last step (open in Perfetto / chrome://tracing)");
 ABSL_FLAG(std::string, device, "cpu", "Compute device: cpu (cuda lands with the GPU backend)");
 ABSL_FLAG(int, blas_threads, 0, "BLAS threads per rank; 0 = cores per rank minus one for the comm thread (min 1)");

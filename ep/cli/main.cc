@@ -30,10 +30,9 @@ constexpr const char* kUsage =
     "  mpirun -np 4 --oversubscribe waveep run --model=tiny --verify --json=out.json\n";
 
 // Flags shown by `waveep run --help`, in this order.
-const std::vector<std::string> kRunFlags = {"model",  "tokens_per_rank", "steps",   "warmup",       "dtype",
-                                            "waves",  "routing",         "seed",    "verify",       "json",
-                                            "trace",  "backend",         "device",  "timeout_s",    "blas_threads",
-                                            "shared_experts", "quiet"};
+const std::vector<std::string> kRunFlags = {
+    "model", "tokens_per_rank", "steps",   "warmup", "dtype",     "waves",        "routing",        "seed", "verify",
+    "json",  "trace",           "backend", "device", "timeout_s", "blas_threads", "shared_experts", "quiet"};
 
 bool IsRankZero() {
   for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"}) {
@@ -76,13 +75,15 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
       if (!IsRankZero()) return 0;
       if (cmd == "run") {
-        std::printf("usage: mpirun -np N waveep run [flags]\n\nRuns MoE layer steps with synthetic weights and "
-                    "tokens (deterministic from --seed), prints a summary on rank 0.\n\nflags:\n");
+        std::printf(
+            "usage: mpirun -np N waveep run [flags]\n\nRuns MoE layer steps with synthetic weights and "
+            "tokens (deterministic from --seed), prints a summary on rank 0.\n\nflags:\n");
         PrintFlags(kRunFlags);
       } else if (cmd == "bench") {
-        std::printf("usage: mpirun -np N waveep bench [flags]\n\nSweeps --waves_list x --tokens_list x --models; "
-                    "each point: warm-up + repeated steps, speedup vs waves=1 measured in the same run.\n\n"
-                    "flags:\n");
+        std::printf(
+            "usage: mpirun -np N waveep bench [flags]\n\nSweeps --waves_list x --tokens_list x --models; "
+            "each point: warm-up + repeated steps, speedup vs waves=1 measured in the same run.\n\n"
+            "flags:\n");
         PrintFlags(waveep::cli::BenchFlagNames());
       } else {
         std::fputs(waveep::cli::TopoUsage().c_str(), stdout);

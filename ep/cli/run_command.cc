@@ -106,8 +106,8 @@ Status RunImpl(const ProcessContext& ctx, int* exit_code) {
 
   if (ctx.world_rank == 0) {
     std::printf("waveep run: model=%s (H=%lld I=%lld E=%d top-%d, %d shared) ranks=%d nodes=%d\n", m.name.c_str(),
-                static_cast<long long>(m.hidden_size), static_cast<long long>(m.moe_intermediate_size),
-                m.num_experts, m.top_k, cfg.shared_experts ? m.num_shared_experts : 0, ctx.world_size, ctx.num_nodes);
+                static_cast<long long>(m.hidden_size), static_cast<long long>(m.moe_intermediate_size), m.num_experts,
+                m.top_k, cfg.shared_experts ? m.num_shared_experts : 0, ctx.world_size, ctx.num_nodes);
     std::printf("  tokens/rank=%lld experts/rank=%d waves=%d dtype=%s routing=%s backend=%s blas_threads=%d\n",
                 static_cast<long long>(p.tokens_per_rank), l, cfg.num_waves,
                 std::string(DTypeName(cfg.dispatch_dtype)).c_str(), std::string(ep::RoutingModeName(p.routing)).c_str(),
@@ -123,7 +123,8 @@ Status RunImpl(const ProcessContext& ctx, int* exit_code) {
                   v.passed ? "PASS" : "FAIL", v.max_normalized, v.tolerance, v.max_rel_l2, v.worst_token);
     }
     std::printf("  output_checksum %s\n", checksum_hex);
-    if (!trace_path.empty()) std::printf("  trace       %s (last step; open in https://ui.perfetto.dev)\n", trace_path.c_str());
+    if (!trace_path.empty())
+      std::printf("  trace       %s (last step; open in https://ui.perfetto.dev)\n", trace_path.c_str());
     std::fflush(stdout);
 
     if (const std::string path = absl::GetFlag(FLAGS_json); !path.empty()) {

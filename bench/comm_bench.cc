@@ -1,0 +1,273 @@
+// Copyright 2026 The waveep Authors.
+//
+// bench/comm_bench.cc — all-to-all-v bandwidth of a comm backend next to plain MPI_Alltoallv, same buffers and sizes.
+//
+//   mpirun -np 4 --oversubscribe build/bench/waveep_comm_bench --benchmark_counters_tabular=true
+//   mpirun -np 4 ... waveep_comm_bench --comm_bench_backend=mpi --comm_bench_max_bytes=16777216
+//   # the mpi backend's polling knobs (comm/mpi_transport.h, MpiTuning):
+//   mpirun -np 4 ... waveep_comm_bench --comm_bench_spin_us=50 --comm_bench_spin_per_mib_us=1000 ...
+//                                      ... --comm_bench_poll_sleep_us=20
+//
+// For each per-peer block size (1 KiB .. 64 MiB, x4 steps) it runs, side by side:
+//   BM_AlltoallvWaveep  Communicator::AlltoallvAsync + Stream::Synchronize (what the wave scheduler does)
+//   BM_AlltoallvMpi     MPI_Alltoallv on the same buffers, counts and displacements (the baseline)
+// Each iteration starts after a barrier; its time is the slowest rank's (manual time), so all ranks agree. Counters
+// follow nccl-tests: algbw = bytes each rank sends (size x block, self included) / time; busbw = algbw x (n-1)/n.
+// bytes_per_second is algbw. Every rank runs fixed iteration counts so that the ranks stay in lockstep; only rank 0
+// prints (and writes --benchmark_out). The received data is checked after each benchmark.
+#include <mpi.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "benchmark/benchmark.h"
+#include "comm/comm.h"
+#include "comm/mpi_transport.h"  // tuning knobs of the mpi backend (this is the comm module's own bench)
+#include "runtime/runtime.h"
+
+namespace {
+
+using waveep::Status;
+using waveep::comm::AlltoallvArgs;
+
+const waveep::ProcessContext* g_ctx = nullptr;
+std::unique_ptr<waveep::comm::Communicator> g_comm;
+std::unique_ptr<waveep::Stream> g_stream;
+
+// Payload byte i of the block src -> dst: cheap to generate and check, never zero.
+inline char Pattern(int src, int dst, size_t i) {
+  return static_cast<char>(1 + (static_cast<size_t>(src) * 131 + static_cast<size_t>(dst) * 31 + i * 7) % 251);
+}
+
+// Buffers for one block size, shared by both benchmarks of that size (the last size used stays allocated).
+struct Buffers {
+  size_t per_peer = 0;
+  std::vector<char> send;
+  std::vector<char> recv;
+  AlltoallvArgs args;
+  std::vector<int> counts;  // MPI_Alltoallv's int counts/displacements; empty when they would overflow
+  std::vector<int> displs;
+};
+
+Buffers& BuffersFor(size_t per_peer) {
+  static Buffers b;
+  if (b.per_peer == per_peer) return b;
+  const int n = g_ctx->world_size, me = g_ctx->world_rank;
+  b = Buffers{};
+  b.per_peer = per_peer;
+  b.send.resize(per_peer * n);
+  b.recv.resize(per_peer * n);
+  for (int p = 0; p < n; ++p) {
+    for (size_t i = 0; i < per_peer; ++i) b.send[p * per_peer + i] = Pattern(me, p, i);
+  }
+  b.args.send = b.send.data();
+  b.args.recv = b.recv.data();
+  b.args.label = absl::StrCat("bench ", per_peer, " B/peer");
+  for (int p = 0; p < n; ++p) {
+    b.args.send_bytes.push_back(per_peer);
+    b.args.send_offsets.push_back(p * per_peer);
+    b.args.recv_bytes.push_back(per_peer);
+    b.args.recv_offsets.push_back(p * per_peer);
+  }
+  if (per_peer * n <= static_cast<size_t>(INT_MAX)) {
+    for (int p = 0; p < n; ++p) {
+      b.counts.push_back(static_cast<int>(per_peer));
+      b.displs.push_back(static_cast<int>(p * per_peer));
+    }
+  }
+  return b;
+}
+
+bool Received(const Buffers& b) {
+  const int n = g_ctx->world_size, me = g_ctx->world_rank;
+  for (int p = 0; p < n; ++p) {
+    for (size_t i = 0; i < b.per_peer; ++i) {
+      if (b.recv[p * b.per_peer + i] != Pattern(p, me, i)) return false;
+    }
+  }
+  return true;
+}
+
+// Same on every rank, so the ranks run the same number of collective iterations: about 256 MiB per rank per
+// benchmark, between 5 and 500 iterations.
+int64_t IterationsFor(size_t per_peer, int n) {
+  const double bytes = static_cast<double>(per_peer) * n;
+  return std::clamp<int64_t>(static_cast<int64_t>((256.0 * (1 << 20)) / bytes), 5, 500);
+}
+
+// Times `op` per iteration as the slowest rank's time; every rank leaves the loop together on any rank's error.
+void RunTimed(benchmark::State& state, size_t per_peer, const std::function<Status(Buffers&)>& op) {
+  Buffers& b = BuffersFor(per_peer);
+  std::fill(b.recv.begin(), b.recv.end(), 0);
+  const int n = g_ctx->world_size;
+  double total_s = 0;
+  std::string error;
+  for (auto _ : state) {
+    MPI_Barrier(g_ctx->world);
+    const double t0 = MPI_Wtime();
+    Status s = op(b);
+    double v[2] = {MPI_Wtime() - t0, s.ok() ? 0.0 : 1.0};
+    MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_DOUBLE, MPI_MAX, g_ctx->world);
+    if (!s.ok()) error = std::string(s.message());
+    if (v[1] != 0) {
+      state.SkipWithError(error.empty() ? "another rank failed" : error.c_str());
+      break;
+    }
+    state.SetIterationTime(v[0]);
+    total_s += v[0];
+  }
+  if (!error.empty() || total_s <= 0) return;
+  int ok = Received(b) ? 1 : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, g_ctx->world);
+  if (!ok) {
+    state.SkipWithError("received data differs from what was sent");
+    return;
+  }
+  const double bytes = static_cast<double>(per_peer) * n;  // sent by each rank per iteration, self included
+  const double algbw = bytes * static_cast<double>(state.iterations()) / total_s / 1e9;
+  state.SetBytesProcessed(static_cast<int64_t>(bytes) * state.iterations());
+  state.counters["algbw_GBps"] = algbw;
+  state.counters["busbw_GBps"] = algbw * (n - 1) / n;
+  state.counters["ranks"] = n;
+}
+
+void BM_AlltoallvWaveep(benchmark::State& state, size_t per_peer) {
+  RunTimed(state, per_peer, [](Buffers& b) -> Status {
+    WAVEEP_RETURN_IF_ERROR(g_comm->AlltoallvAsync(b.args, *g_stream));
+    return g_stream->Synchronize();
+  });
+}
+
+void BM_AlltoallvMpi(benchmark::State& state, size_t per_peer) {
+  // The ranks decide this identically (sizes are the same everywhere), so they skip together.
+  if (BuffersFor(per_peer).counts.empty()) {
+    state.SkipWithError("MPI_Alltoallv: displacements exceed INT_MAX at this size");
+    return;
+  }
+  RunTimed(state, per_peer, [](Buffers& b) -> Status {
+    WAVEEP_MPI_RETURN_IF_ERROR(MPI_Alltoallv(b.send.data(), b.counts.data(), b.displs.data(), MPI_BYTE, b.recv.data(),
+                                             b.counts.data(), b.displs.data(), MPI_BYTE, g_ctx->world));
+    return absl::OkStatus();
+  });
+}
+
+// Swallows everything: ranks other than 0 run the same benchmarks but print nothing.
+class NullReporter : public benchmark::BenchmarkReporter {
+ public:
+  bool ReportContext(const Context&) override { return true; }
+  void ReportRuns(const std::vector<Run>&) override {}
+};
+
+std::string SizeName(size_t bytes) {
+  if (bytes >= (size_t{1} << 20)) return absl::StrCat(bytes >> 20, "MiB");
+  return absl::StrCat(bytes >> 10, "KiB");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  auto ctx = waveep::InitProcess(&argc, &argv);
+  if (!ctx.ok()) {
+    std::fprintf(stderr, "InitProcess failed: %s\n", std::string(ctx.status().message()).c_str());
+    return 1;
+  }
+  g_ctx = &ctx.value();
+  const bool root = ctx->world_rank == 0;
+
+  // Our flags, then Google Benchmark's. Non-root ranks drop --benchmark_out* so that only rank 0 writes the file.
+  std::string backend = "mpi";
+  size_t max_bytes = size_t{64} << 20;
+  std::vector<char*> args = {argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view a = argv[i];
+    if (absl::ConsumePrefix(&a, "--comm_bench_backend=")) {
+      backend = std::string(a);
+    } else if (absl::ConsumePrefix(&a, "--comm_bench_max_bytes=")) {
+      if (!absl::SimpleAtoi(a, &max_bytes) || max_bytes < 1024) {
+        if (root) std::fprintf(stderr, "--comm_bench_max_bytes wants an integer >= 1024, got '%s'\n", argv[i]);
+        waveep::FinalizeProcess();
+        return 2;
+      }
+    } else if (absl::ConsumePrefix(&a, "--comm_bench_spin_us=") ||
+               absl::ConsumePrefix(&a, "--comm_bench_spin_per_mib_us=") ||
+               absl::ConsumePrefix(&a, "--comm_bench_poll_sleep_us=")) {
+      waveep::comm::internal::MpiTuning t = waveep::comm::internal::GetMpiTuning();
+      int64_t us = 0;
+      const absl::Duration d = absl::Microseconds(absl::SimpleAtoi(a, &us) ? us : -1);
+      if (absl::StartsWith(argv[i], "--comm_bench_spin_us=")) {
+        t.spin = d;
+      } else if (absl::StartsWith(argv[i], "--comm_bench_spin_per_mib_us=")) {
+        t.spin_per_mib = d;
+      } else {
+        t.poll_sleep = d;
+      }
+      if (Status s = waveep::comm::internal::SetMpiTuning(t); !s.ok()) {
+        if (root) std::fprintf(stderr, "%s: %s\n", argv[i], std::string(s.message()).c_str());
+        waveep::FinalizeProcess();
+        return 2;
+      }
+    } else if (root || !absl::StartsWith(a, "--benchmark_out")) {
+      args.push_back(argv[i]);
+    }
+  }
+  int bench_argc = static_cast<int>(args.size());
+  benchmark::Initialize(&bench_argc, args.data());
+  if (benchmark::ReportUnrecognizedArguments(bench_argc, args.data())) {
+    waveep::FinalizeProcess();
+    return 2;
+  }
+
+  auto comm = waveep::comm::CreateCommunicator(backend, *ctx);
+  waveep::StreamOptions stream_opts;
+  stream_opts.name = "comm";
+  auto stream = waveep::Stream::Create(waveep::Device::Cpu(), stream_opts);
+  Status setup = !comm.ok() ? comm.status() : stream.status();
+  if (!setup.ok()) {
+    if (root) std::fprintf(stderr, "setup failed: %s\n", std::string(setup.message()).c_str());
+    waveep::FinalizeProcess();
+    return 1;
+  }
+  g_comm = std::move(comm).value();
+  g_stream = std::move(stream).value();
+
+  benchmark::AddCustomContext("waveep_backend", backend);
+  benchmark::AddCustomContext("waveep_ranks", absl::StrCat(ctx->world_size, " on ", ctx->num_nodes, " node(s)"));
+  benchmark::AddCustomContext("waveep_link_to_next_rank",
+                              g_comm->Estimate((ctx->world_rank + 1) % ctx->world_size).kind);
+  for (size_t per_peer = 1024; per_peer <= max_bytes; per_peer *= 4) {
+    const int64_t iters = IterationsFor(per_peer, ctx->world_size);
+    benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvWaveep/", SizeName(per_peer)).c_str(), BM_AlltoallvWaveep,
+                                 per_peer)
+        ->UseManualTime()
+        ->Iterations(iters)
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvMpi/", SizeName(per_peer)).c_str(), BM_AlltoallvMpi,
+                                 per_peer)
+        ->UseManualTime()
+        ->Iterations(iters)
+        ->Unit(benchmark::kMicrosecond);
+  }
+
+  if (root) {
+    benchmark::RunSpecifiedBenchmarks();
+  } else {
+    NullReporter quiet;
+    benchmark::RunSpecifiedBenchmarks(&quiet);
+  }
+  benchmark::Shutdown();
+  g_stream.reset();
+  g_comm.reset();
+  waveep::FinalizeProcess();
+  return 0;
+}

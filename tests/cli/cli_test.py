@@ -61,7 +61,7 @@ def case_checksum():
 
 def case_trace():
     trace = os.path.join(TMP, "trace.json")
-    j = run(2, "--model=tiny", "--waves=4", "--tokens_per_rank=512", f"--trace={trace}", "--steps=2")
+    j = run(2, "--model=tiny", "--waves=4", "--tokens_per_rank=4096", f"--trace={trace}", "--steps=2")
     t = json.load(open(trace))
     names = {(e["pid"], e["tid"]): e["args"]["name"] for e in t["traceEvents"] if e.get("name") == "thread_name"}
     spans = [(e["pid"], names[(e["pid"], e["tid"])], e["name"], e["ts"], e["ts"] + e["dur"])

@@ -3,7 +3,13 @@
 #ifndef WAVEEP_EP_EP_INTERNAL_H_
 #define WAVEEP_EP_EP_INTERNAL_H_
 
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
 #include "comm/comm.h"
+#include "ep/ep.h"
 #include "runtime/runtime.h"
 
 namespace waveep::ep::internal {
@@ -11,6 +17,64 @@ namespace waveep::ep::internal {
 // OK only if `local` is OK on every rank of `comm`; otherwise every rank returns the lowest failing rank's error
 // ("rank R: ..."). Collective.
 Status AgreeStatus(comm::Communicator& comm, const Status& local);
+
+// What one step does per wave; the WaveScheduler decides when. Bodies run on a stream's thread (CPU) or are
+// enqueued on the stream (CUDA) and must only touch the buffers the schedule gives them:
+//   pack(w)                 comm stream: fill the send rows of wave w
+//   enqueue_dispatch(w, s)  comm stream: enqueue the (asynchronous) exchange of wave w into recv buffer w % 2
+//   gemm(w)                 compute stream: consume recv buffer w % 2 and compute wave w
+//   unpack(w)               compute stream: write wave w's results into return buffer w % 2
+//   enqueue_combine(w, s)   comm stream: enqueue the exchange that sends return buffer w % 2 back
+//   tail()                  compute stream, after the last unpack (overlaps the last combine), optional
+//   finish()                compute stream, after the last combine
+struct WaveOps {
+  std::function<Status(int)> pack;
+  std::function<Status(int, Stream&)> enqueue_dispatch;
+  std::function<Status(int)> gemm;
+  std::function<Status(int)> unpack;
+  std::function<Status(int, Stream&)> enqueue_combine;
+  std::function<Status()> tail;
+  std::function<Status()> finish;
+  // For span annotations (optional).
+  std::function<double(int)> dispatch_bytes, combine_bytes, gemm_flops;
+  double tail_flops = 0;
+};
+
+// The wave schedule of DESIGN.md §3 on a comm and a compute stream:
+//
+//   comm:    pack(0) dispatch(0) pack(1) dispatch(1) combine(0) pack(2) dispatch(2) combine(1) ... combine(W-1)
+//   compute:                     gemm(0) unpack(0)   gemm(1) unpack(1)   gemm(2) ...  tail  finish
+//
+// Dependencies (events): gemm(w) after dispatch(w); pack(w+2) after gemm(w) consumed recv buffer w % 2;
+// unpack(w+2) after combine(w) sent return buffer w % 2; combine(w) after unpack(w); finish after combine(W-1).
+// Written only against Stream/Event, so it runs unchanged on CPU worker threads and CUDA streams.
+class WaveScheduler {
+ public:
+  // `timeout` bounds every wait (zero = DefaultTimeout()).
+  static StatusOr<std::unique_ptr<WaveScheduler>> Create(Device device, absl::Duration timeout);
+
+  // Enqueues one step of `num_waves` (>= 1) waves, waits for both streams, returns the first error of either (a
+  // failing task fails the other stream through the events instead of leaving it waiting; after a failure the
+  // streams are replaced so the next Run starts clean). Appends one span per task to `spans` (may be null).
+  // Not thread-safe: one Run at a time.
+  Status Run(int num_waves, const WaveOps& ops, std::vector<SpanRecord>* spans);
+
+  Stream& comm_stream() { return *comm_; }
+  Stream& compute_stream() { return *compute_; }
+
+ private:
+  WaveScheduler() = default;
+  Status EnsureEvents(int num_waves);
+  void AddSpan(SpanRecord r);
+  Status Timed(Stream& s, std::string name, double bytes, double flops, std::function<Status()> fn);
+
+  Device device_;
+  absl::Duration timeout_;
+  std::unique_ptr<Stream> comm_, compute_;
+  std::vector<std::unique_ptr<Event>> dispatch_done_, recv_free_, unpacked_, combine_done_;
+  std::mutex spans_mu_;
+  std::vector<SpanRecord>* spans_ = nullptr;
+};
 
 }  // namespace waveep::ep::internal
 

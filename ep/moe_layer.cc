@@ -74,62 +74,12 @@ class MoeLayer::Impl {
  public:
   // Weights of the local experts: w13 [L][2I, H], w2 [L][H, I]; shared: [2*nS*I, H], [H, nS*I].
   std::vector<float> w13, w2, shared_w13, shared_w2;
-  std::unique_ptr<Stream> comm, compute;
-  std::vector<std::unique_ptr<Event>> dispatch_done, recv_free, gemm_done, combine_done;
-  std::unique_ptr<Event> reduce_done;
-  // Transit buffers.
+  std::unique_ptr<internal::WaveScheduler> scheduler;
+  // Transit buffers: send rows (perm order), double-buffered receive / return, returned rows (perm order).
   Buffer send, recv[2], ret_send[2], ret_recv;
   // FP32 scratch for one wave: GEMM input, gate/up, activation, output; and the shared expert's.
   Buffer a, gate_up, act, y, s_in, s_gate_up, s_act, s_blk, s_out;
   DispatchLayout lay;
-
-  std::mutex spans_mu;
-  std::vector<SpanRecord> spans;
-
-  void AddSpan(SpanRecord r) {
-    if (GlobalTracer().enabled()) {
-      TraceSpan t;
-      t.row = r.stream;
-      t.name = r.name;
-      t.category = r.stream;
-      t.start_us = r.start_us;
-      t.dur_us = r.end_us - r.start_us;
-      if (r.bytes > 0) t.args.emplace_back("bytes", r.bytes);
-      if (r.flops > 0) t.args.emplace_back("flops", r.flops);
-      GlobalTracer().Add(std::move(t));
-    }
-    std::lock_guard<std::mutex> lock(spans_mu);
-    spans.push_back(std::move(r));
-  }
-
-  // Enqueues `fn` on `s`, timed as one span.
-  Status Timed(Stream& s, std::string name, double bytes, double flops, std::function<Status()> fn) {
-    return s.Enqueue([this, &s, name = std::move(name), bytes, flops, fn = std::move(fn)]() -> Status {
-      SpanRecord r{std::string(s.name()), name, NowUs(), 0, bytes, flops};
-      Status st = fn();
-      r.end_us = NowUs();
-      AddSpan(std::move(r));
-      return st;
-    });
-  }
-
-  Status EnsureEvents(int w_count) {
-    auto grow = [&](std::vector<std::unique_ptr<Event>>& v, const char* what) -> Status {
-      while (static_cast<int>(v.size()) < w_count) {
-        WAVEEP_ASSIGN_OR_RETURN(auto ev, Event::Create(Device::Cpu(), absl::StrCat(what, "(", v.size(), ")")));
-        v.push_back(std::move(ev));
-      }
-      return absl::OkStatus();
-    };
-    WAVEEP_RETURN_IF_ERROR(grow(dispatch_done, "dispatch_done"));
-    WAVEEP_RETURN_IF_ERROR(grow(recv_free, "recv_free"));
-    WAVEEP_RETURN_IF_ERROR(grow(gemm_done, "gemm_done"));
-    WAVEEP_RETURN_IF_ERROR(grow(combine_done, "combine_done"));
-    if (!reduce_done) {
-      WAVEEP_ASSIGN_OR_RETURN(reduce_done, Event::Create(Device::Cpu(), "reduce_done"));
-    }
-    return absl::OkStatus();
-  }
 };
 
 MoeLayer::MoeLayer(const ProcessContext& ctx, comm::Communicator* comm, LayerConfig cfg, Placement placement)
@@ -172,12 +122,7 @@ StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const ProcessContext& ctx, 
     load = weights.LoadShared(im.shared_w13.data(), im.shared_w2.data());
   }
   WAVEEP_RETURN_IF_ERROR(internal::AgreeStatus(*comm, Annotate(load, "loading expert weights")));
-  StreamOptions so;
-  so.timeout = layer->cfg_.timeout;
-  so.name = "comm";
-  WAVEEP_ASSIGN_OR_RETURN(im.comm, Stream::Create(Device::Cpu(), so));
-  so.name = "compute";
-  WAVEEP_ASSIGN_OR_RETURN(im.compute, Stream::Create(Device::Cpu(), so));
+  WAVEEP_ASSIGN_OR_RETURN(im.scheduler, internal::WaveScheduler::Create(Device::Cpu(), layer->cfg_.timeout));
   return layer;
 }
 
@@ -201,14 +146,8 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
   const int64_t drow = dispatch_row_bytes(), crow = combine_row_bytes();
   const bool fp8 = cfg_.dispatch_dtype == DType::kFP8E4M3;
   const int block = m.fp8_block_size;
-  Stream& cs = *im.comm;
-  Stream& xs = *im.compute;
-
   const double t0 = NowUs();
-  {
-    std::lock_guard<std::mutex> lock(im.spans_mu);
-    im.spans.clear();
-  }
+  std::vector<SpanRecord> spans;
   Status shape_ok =
       (batch.hidden == h && batch.top_k == k)
           ? absl::OkStatus()
@@ -218,7 +157,8 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
   WAVEEP_ASSIGN_OR_RETURN(im.lay, BuildDispatchLayout(ctx_, *comm_, placement_, batch, w_count));
   const DispatchLayout& lay = im.lay;
   const double t_layout = NowUs();
-  im.AddSpan(SpanRecord{"comm", "layout", t0, t_layout, 0, 0});
+  spans.push_back(SpanRecord{"comm", "layout", t0, t_layout, 0, 0});
+  if (GlobalTracer().enabled()) GlobalTracer().Add(TraceSpan{"comm", "layout", "comm", t0, t_layout - t0, {}});
 
   // Buffers, grown to this step's needs.
   const int64_t pairs = lay.perm.num_rows();
@@ -243,7 +183,6 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
     WAVEEP_RETURN_IF_ERROR(Ensure(im.s_blk, kSharedBlockRows * h * 4));
     WAVEEP_RETURN_IF_ERROR(Ensure(im.s_out, batch.num_tokens * h * 4));
   }
-  WAVEEP_RETURN_IF_ERROR(im.EnsureEvents(w_count));
   const int me = comm_->rank();
 
   // ---- task bodies ----
@@ -368,73 +307,26 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
     return absl::OkStatus();
   };
 
-  // ---- enqueue the schedule ----
-
-  // Host-side timestamps for comm exchanges: one slot per exchange, filled by marker tasks on the comm stream.
-  std::vector<double> ex_begin(2 * w_count, 0), ex_end(2 * w_count, 0);
-  auto exchange = [&](int slot, comm::AlltoallvArgs args, double bytes) -> Status {
-    std::string name = args.label;
-    WAVEEP_RETURN_IF_ERROR(cs.Enqueue([&ex_begin, slot] {
-      ex_begin[slot] = NowUs();
-      return absl::OkStatus();
-    }));
-    WAVEEP_RETURN_IF_ERROR(comm_->AlltoallvAsync(std::move(args), cs));
-    return cs.Enqueue([&ex_begin, &ex_end, &im, slot, name, bytes] {
-      ex_end[slot] = NowUs();
-      im.AddSpan(SpanRecord{"comm", name, ex_begin[slot], ex_end[slot], bytes, 0});
-      return absl::OkStatus();
-    });
-  };
-  auto do_dispatch = [&](int w) -> Status {
-    if (w >= 2) WAVEEP_RETURN_IF_ERROR(cs.Wait(*im.recv_free[w - 2]));
-    double rows = 0;
-    for (int p = 0; p < r_count; ++p) rows += lay.send_rows[w * r_count + p];
-    WAVEEP_RETURN_IF_ERROR(im.Timed(cs, absl::StrCat("pack(", w, ")"), rows * drow, 0, [&pack, w] { return pack(w); }));
-    WAVEEP_RETURN_IF_ERROR(exchange(2 * w, dispatch_args(w), wave_bytes_sent(w, true)));
-    return cs.Record(*im.dispatch_done[w]);
-  };
-  auto do_combine = [&](int w) -> Status {
-    WAVEEP_RETURN_IF_ERROR(cs.Wait(*im.gemm_done[w]));
-    WAVEEP_RETURN_IF_ERROR(exchange(2 * w + 1, combine_args(w), wave_bytes_sent(w, false)));
-    return cs.Record(*im.combine_done[w]);
-  };
-  auto do_gemm = [&](int w) -> Status {
-    WAVEEP_RETURN_IF_ERROR(xs.Wait(*im.dispatch_done[w]));
-    const double flops = static_cast<double>(lay.wave_recv_total[w]) * m.FlopsPerPair();
-    WAVEEP_RETURN_IF_ERROR(im.Timed(xs, absl::StrCat("gemm(", w, ")"), 0, flops, [&gemm, w] { return gemm(w); }));
-    // gemm(w) has consumed recv[w % 2] (gathered into FP32) — dispatch(w+2) may overwrite it.
-    WAVEEP_RETURN_IF_ERROR(xs.Record(*im.recv_free[w]));
-    if (w >= 2) WAVEEP_RETURN_IF_ERROR(xs.Wait(*im.combine_done[w - 2]));  // ret_send[w % 2] free again
-    WAVEEP_RETURN_IF_ERROR(im.Timed(xs, absl::StrCat("unpack(", w, ")"), 0, 0, [&ret, w] { return ret(w); }));
-    return xs.Record(*im.gemm_done[w]);
-  };
-
-  Status enq = do_dispatch(0);
-  for (int w = 0; w < w_count && enq.ok(); ++w) {
-    enq = do_gemm(w);
-    if (enq.ok() && w + 1 < w_count) enq = do_dispatch(w + 1);
-    if (enq.ok() && w >= 1) enq = do_combine(w - 1);
-  }
-  if (enq.ok()) enq = do_combine(w_count - 1);
-  if (enq.ok() && shared) {
-    enq = im.Timed(xs, "shared", 0, static_cast<double>(batch.num_tokens) * 6.0 * h * si, shared_expert);
-  }
-  if (enq.ok()) enq = xs.Wait(*im.combine_done[w_count - 1]);
-  if (enq.ok()) enq = im.Timed(xs, "reduce", 0, 0, reduce);
-  // Always drain both streams (they reference this frame), even if enqueueing failed part-way.
-  Status s_comm = cs.Synchronize();
-  Status s_comp = xs.Synchronize();
-  Status local = !enq.ok() ? enq : (!s_comp.ok() && s_comm.ok() ? s_comp : s_comm);
-  if (local.ok()) local = s_comp;
+  // ---- run the schedule ----
+  internal::WaveOps ops;
+  ops.pack = pack;
+  ops.enqueue_dispatch = [&](int w, Stream& st) { return comm_->AlltoallvAsync(dispatch_args(w), st); };
+  ops.gemm = gemm;
+  ops.unpack = ret;
+  ops.enqueue_combine = [&](int w, Stream& st) { return comm_->AlltoallvAsync(combine_args(w), st); };
+  if (shared) ops.tail = shared_expert;
+  ops.finish = reduce;
+  ops.dispatch_bytes = [&](int w) { return wave_bytes_sent(w, true); };
+  ops.combine_bytes = [&](int w) { return wave_bytes_sent(w, false); };
+  ops.gemm_flops = [&](int w) { return static_cast<double>(lay.wave_recv_total[w]) * m.FlopsPerPair(); };
+  ops.tail_flops = static_cast<double>(batch.num_tokens) * 6.0 * h * si;
+  Status local = im.scheduler->Run(w_count, ops, &spans);
   WAVEEP_RETURN_IF_ERROR(internal::AgreeStatus(*comm_, local));
   const double t1 = NowUs();
 
   if (stats != nullptr) {
     StepStats st;
-    {
-      std::lock_guard<std::mutex> lock(im.spans_mu);
-      st.spans = im.spans;
-    }
+    st.spans = std::move(spans);
     st.step_us = t1 - t0;
     st.layout_us = t_layout - t0;
     st.compute_busy_us = BusyUs(st.spans, "compute");

@@ -1,0 +1,141 @@
+// Copyright 2026 The waveep Authors.
+#include <algorithm>
+
+#include "ep/ep_internal.h"
+
+namespace waveep::ep::internal {
+
+StatusOr<std::unique_ptr<WaveScheduler>> WaveScheduler::Create(Device device, absl::Duration timeout) {
+  std::unique_ptr<WaveScheduler> s(new WaveScheduler());
+  s->device_ = device;
+  s->timeout_ = timeout;
+  StreamOptions so;
+  so.timeout = timeout;
+  so.name = "comm";
+  WAVEEP_ASSIGN_OR_RETURN(s->comm_, Stream::Create(device, so));
+  so.name = "compute";
+  WAVEEP_ASSIGN_OR_RETURN(s->compute_, Stream::Create(device, so));
+  return s;
+}
+
+Status WaveScheduler::EnsureEvents(int num_waves) {
+  auto grow = [&](std::vector<std::unique_ptr<Event>>& v, const char* what) -> Status {
+    while (static_cast<int>(v.size()) < num_waves) {
+      WAVEEP_ASSIGN_OR_RETURN(auto ev, Event::Create(device_, absl::StrCat(what, "(", v.size(), ")")));
+      v.push_back(std::move(ev));
+    }
+    return absl::OkStatus();
+  };
+  WAVEEP_RETURN_IF_ERROR(grow(dispatch_done_, "dispatch_done"));
+  WAVEEP_RETURN_IF_ERROR(grow(recv_free_, "recv_free"));
+  WAVEEP_RETURN_IF_ERROR(grow(unpacked_, "unpacked"));
+  WAVEEP_RETURN_IF_ERROR(grow(combine_done_, "combine_done"));
+  return absl::OkStatus();
+}
+
+void WaveScheduler::AddSpan(SpanRecord r) {
+  if (GlobalTracer().enabled()) {
+    TraceSpan t;
+    t.row = r.stream;
+    t.name = r.name;
+    t.category = r.stream;
+    t.start_us = r.start_us;
+    t.dur_us = r.end_us - r.start_us;
+    if (r.bytes > 0) t.args.emplace_back("bytes", r.bytes);
+    if (r.flops > 0) t.args.emplace_back("flops", r.flops);
+    GlobalTracer().Add(std::move(t));
+  }
+  std::lock_guard<std::mutex> lock(spans_mu_);
+  if (spans_ != nullptr) spans_->push_back(std::move(r));
+}
+
+Status WaveScheduler::Timed(Stream& s, std::string name, double bytes, double flops, std::function<Status()> fn) {
+  return s.Enqueue([this, &s, name = std::move(name), bytes, flops, fn = std::move(fn)]() -> Status {
+    SpanRecord r{std::string(s.name()), name, NowUs(), 0, bytes, flops};
+    Status st = fn();
+    r.end_us = NowUs();
+    AddSpan(std::move(r));
+    return st;
+  });
+}
+
+Status WaveScheduler::Run(int num_waves, const WaveOps& ops, std::vector<SpanRecord>* spans) {
+  if (num_waves < 1) return absl::InvalidArgumentError(absl::StrCat("waves must be >= 1, got ", num_waves));
+  WAVEEP_RETURN_IF_ERROR(EnsureEvents(num_waves));
+  {
+    std::lock_guard<std::mutex> lock(spans_mu_);
+    spans_ = spans;
+  }
+  Stream& cs = *comm_;
+  Stream& xs = *compute_;
+  auto value = [](const std::function<double(int)>& f, int w) { return f ? f(w) : 0.0; };
+
+  // An exchange is asynchronous on the comm stream; marker tasks around it time it as one span.
+  std::vector<double> begin_us(2 * num_waves, 0);
+  auto exchange = [&](int slot, std::string name, double bytes,
+                      const std::function<Status(int, Stream&)>& enqueue, int w) -> Status {
+    WAVEEP_RETURN_IF_ERROR(cs.Enqueue([&begin_us, slot] {
+      begin_us[slot] = NowUs();
+      return absl::OkStatus();
+    }));
+    WAVEEP_RETURN_IF_ERROR(enqueue(w, cs));
+    return cs.Enqueue([this, &begin_us, slot, name = std::move(name), bytes] {
+      AddSpan(SpanRecord{"comm", name, begin_us[slot], NowUs(), bytes, 0});
+      return absl::OkStatus();
+    });
+  };
+  auto dispatch = [&](int w) -> Status {
+    if (w >= 2) WAVEEP_RETURN_IF_ERROR(cs.Wait(*recv_free_[w - 2]));  // recv buffer w % 2 consumed by gemm(w-2)
+    WAVEEP_RETURN_IF_ERROR(Timed(cs, absl::StrCat("pack(", w, ")"), 0, 0, [&ops, w] { return ops.pack(w); }));
+    WAVEEP_RETURN_IF_ERROR(
+        exchange(2 * w, absl::StrCat("dispatch(", w, ")"), value(ops.dispatch_bytes, w), ops.enqueue_dispatch, w));
+    return cs.Record(*dispatch_done_[w]);
+  };
+  auto combine = [&](int w) -> Status {
+    WAVEEP_RETURN_IF_ERROR(cs.Wait(*unpacked_[w]));
+    WAVEEP_RETURN_IF_ERROR(
+        exchange(2 * w + 1, absl::StrCat("combine(", w, ")"), value(ops.combine_bytes, w), ops.enqueue_combine, w));
+    return cs.Record(*combine_done_[w]);
+  };
+  auto compute = [&](int w) -> Status {
+    WAVEEP_RETURN_IF_ERROR(xs.Wait(*dispatch_done_[w]));
+    WAVEEP_RETURN_IF_ERROR(
+        Timed(xs, absl::StrCat("gemm(", w, ")"), 0, value(ops.gemm_flops, w), [&ops, w] { return ops.gemm(w); }));
+    WAVEEP_RETURN_IF_ERROR(xs.Record(*recv_free_[w]));
+    if (w >= 2) WAVEEP_RETURN_IF_ERROR(xs.Wait(*combine_done_[w - 2]));  // return buffer w % 2 sent by combine(w-2)
+    WAVEEP_RETURN_IF_ERROR(Timed(xs, absl::StrCat("unpack(", w, ")"), 0, 0, [&ops, w] { return ops.unpack(w); }));
+    return xs.Record(*unpacked_[w]);
+  };
+
+  // Host order == DESIGN.md §3: dispatch(0); for each w: gemm(w) | dispatch(w+1), combine(w-1); combine(W-1).
+  Status enq = dispatch(0);
+  for (int w = 0; w < num_waves && enq.ok(); ++w) {
+    enq = compute(w);
+    if (enq.ok() && w + 1 < num_waves) enq = dispatch(w + 1);
+    if (enq.ok() && w >= 1) enq = combine(w - 1);
+  }
+  if (enq.ok()) enq = combine(num_waves - 1);
+  if (enq.ok() && ops.tail) enq = Timed(xs, "shared", 0, ops.tail_flops, ops.tail);
+  if (enq.ok()) enq = xs.Wait(*combine_done_[num_waves - 1]);
+  if (enq.ok() && ops.finish) enq = Timed(xs, "reduce", 0, 0, ops.finish);
+  // Always drain both streams: their tasks reference this frame, even if enqueueing failed part-way.
+  Status s_comm = cs.Synchronize();
+  Status s_comp = xs.Synchronize();
+  {
+    std::lock_guard<std::mutex> lock(spans_mu_);
+    spans_ = nullptr;
+  }
+  Status result = !enq.ok() ? enq : (!s_comm.ok() ? s_comm : s_comp);
+  if (!result.ok()) {
+    // Stream errors are sticky; start the next step on fresh streams so one failed step does not poison the layer.
+    StreamOptions so;
+    so.timeout = timeout_;
+    so.name = "comm";
+    if (auto c = Stream::Create(device_, so); c.ok()) comm_ = *std::move(c);
+    so.name = "compute";
+    if (auto c = Stream::Create(device_, so); c.ok()) compute_ = *std::move(c);
+  }
+  return result;
+}
+
+}  // namespace waveep::ep::internal

@@ -1,0 +1,178 @@
+// Copyright 2026 The waveep Authors.
+//
+// The wave schedule with fake operations (no MPI): dependency order, double-buffer safety, real overlap, errors.
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "ep/ep_internal.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace waveep::ep::internal {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Records [start, end) per operation name and simulates the two double buffers: a write into a slot still holding
+// an unconsumed wave, or a read of a slot holding the wrong wave, is a schedule bug.
+class FakeLayer {
+ public:
+  explicit FakeLayer(int waves, int sleep_ms) : waves_(waves), sleep_ms_(sleep_ms) {}
+
+  WaveOps Ops() {
+    WaveOps ops;
+    ops.pack = [this](int w) { return Op(absl::StrCat("pack(", w, ")"), [] { return absl::OkStatus(); }); };
+    ops.enqueue_dispatch = [this](int w, Stream& s) {
+      return s.Enqueue([this, w] {
+        return Op(absl::StrCat("dispatch(", w, ")"), [this, w] { return Write(recv_, w, "recv"); });
+      });
+    };
+    ops.gemm = [this](int w) {
+      return Op(absl::StrCat("gemm(", w, ")"), [this, w] {
+        if (fail_gemm_ == w) return absl::InternalError("injected gemm failure");
+        return Consume(recv_, w, "recv");
+      });
+    };
+    ops.unpack = [this](int w) {
+      return Op(absl::StrCat("unpack(", w, ")"), [this, w] { return Write(ret_, w, "return"); });
+    };
+    ops.enqueue_combine = [this](int w, Stream& s) {
+      return s.Enqueue([this, w] {
+        return Op(absl::StrCat("combine(", w, ")"), [this, w] { return Consume(ret_, w, "return"); });
+      });
+    };
+    ops.tail = [this] { return Op("tail", [] { return absl::OkStatus(); }); };
+    ops.finish = [this] { return Op("finish", [] { return absl::OkStatus(); }); };
+    return ops;
+  }
+
+  std::pair<double, double> At(const std::string& name) {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = log_.find(name);
+    EXPECT_NE(it, log_.end()) << name;
+    return it == log_.end() ? std::make_pair(0.0, 0.0) : it->second;
+  }
+  bool Ran(const std::string& name) {
+    std::lock_guard<std::mutex> l(mu_);
+    return log_.count(name) > 0;
+  }
+  int fail_gemm_ = -1;
+
+ private:
+  Status Op(std::string name, const std::function<Status()>& body) {
+    double b = NowUs();
+    std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms_));
+    Status s = body();
+    double e = NowUs();
+    std::lock_guard<std::mutex> l(mu_);
+    log_[name] = {b, e};
+    return s;
+  }
+  Status Write(int* slots, int w, const char* what) {
+    std::lock_guard<std::mutex> l(mu_);
+    if (slots[w % 2] != -1)
+      return absl::InternalError(absl::StrCat(what, " slot ", w % 2, " overwritten by wave ", w, " while wave ",
+                                              slots[w % 2], " was unconsumed"));
+    slots[w % 2] = w;
+    return absl::OkStatus();
+  }
+  Status Consume(int* slots, int w, const char* what) {
+    std::lock_guard<std::mutex> l(mu_);
+    if (slots[w % 2] != w)
+      return absl::InternalError(absl::StrCat(what, " slot ", w % 2, " holds wave ", slots[w % 2], ", not ", w));
+    slots[w % 2] = -1;
+    return absl::OkStatus();
+  }
+
+  int waves_, sleep_ms_;
+  std::mutex mu_;
+  std::map<std::string, std::pair<double, double>> log_;
+  int recv_[2] = {-1, -1};
+  int ret_[2] = {-1, -1};
+};
+
+std::unique_ptr<WaveScheduler> MakeScheduler() {
+  auto s = WaveScheduler::Create(Device::Cpu(), absl::Seconds(20));
+  EXPECT_TRUE(s.ok()) << s.status();
+  return *std::move(s);
+}
+
+class WaveSchedulerTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(WaveSchedulerTest, RespectsEveryDependencyAndBuffer) {
+  const int waves = GetParam();
+  auto sched = MakeScheduler();
+  FakeLayer fake(waves, 3);
+  std::vector<SpanRecord> spans;
+  ASSERT_TRUE(sched->Run(waves, fake.Ops(), &spans).ok());
+  auto n = [](const char* op, int w) { return absl::StrCat(op, "(", w, ")"); };
+  for (int w = 0; w < waves; ++w) {
+    EXPECT_GE(fake.At(n("gemm", w)).first, fake.At(n("dispatch", w)).second) << w;
+    EXPECT_GE(fake.At(n("dispatch", w)).first, fake.At(n("pack", w)).second) << w;
+    EXPECT_GE(fake.At(n("combine", w)).first, fake.At(n("unpack", w)).second) << w;
+    EXPECT_GE(fake.At(n("unpack", w)).first, fake.At(n("gemm", w)).second) << w;
+    if (w >= 2) {
+      EXPECT_GE(fake.At(n("pack", w)).first, fake.At(n("gemm", w - 2)).second) << w;
+      EXPECT_GE(fake.At(n("unpack", w)).first, fake.At(n("combine", w - 2)).second) << w;
+    }
+  }
+  EXPECT_GE(fake.At("finish").first, fake.At(n("combine", waves - 1)).second);
+  EXPECT_GE(fake.At("tail").first, fake.At(n("unpack", waves - 1)).second);
+  // One span per task plus the exchanges.
+  EXPECT_EQ(static_cast<int>(spans.size()), 5 * waves + 2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Waves, WaveSchedulerTest, ::testing::Values(1, 2, 3, 4, 8));
+
+TEST(WaveScheduler, OneWaveIsSequential) {
+  auto sched = MakeScheduler();
+  FakeLayer fake(1, 2);
+  ASSERT_TRUE(sched->Run(1, fake.Ops(), nullptr).ok());
+  const char* order[] = {"pack(0)", "dispatch(0)", "gemm(0)", "unpack(0)", "combine(0)", "finish"};
+  for (int i = 1; i < 6; ++i) EXPECT_GE(fake.At(order[i]).first, fake.At(order[i - 1]).second) << order[i];
+}
+
+TEST(WaveScheduler, CommOfNextWaveOverlapsCurrentGemm) {
+  // Operations sleep (no CPU needed), so the two streams really run side by side: dispatch(1) must run during
+  // gemm(0) — the point of the schedule.
+  auto sched = MakeScheduler();
+  FakeLayer fake(4, 25);
+  ASSERT_TRUE(sched->Run(4, fake.Ops(), nullptr).ok());
+  auto g0 = fake.At("gemm(0)");
+  auto p1 = fake.At("pack(1)");
+  EXPECT_LT(p1.first, g0.second);
+  EXPECT_GT(p1.second, g0.first);
+  // The comm stream issues dispatch(w+1) before combine(w-1) (DESIGN.md §3), so combine(0) runs during gemm(2).
+  auto c0 = fake.At("combine(0)");
+  auto g2 = fake.At("gemm(2)");
+  EXPECT_LT(c0.first, g2.second);
+  EXPECT_GT(c0.second, g2.first);
+}
+
+TEST(WaveScheduler, FailureStopsBothStreamsAndSchedulerRecovers) {
+  auto sched = MakeScheduler();
+  FakeLayer fake(4, 1);
+  fake.fail_gemm_ = 1;
+  auto t0 = std::chrono::steady_clock::now();
+  Status s = sched->Run(4, fake.Ops(), nullptr);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.message()), HasSubstr("injected gemm failure"));
+  EXPECT_FALSE(fake.Ran("gemm(2)"));    // compute stopped at the error
+  EXPECT_FALSE(fake.Ran("combine(1)"));  // comm stopped at the event carrying the error
+  EXPECT_FALSE(fake.Ran("finish"));
+  FakeLayer again(3, 1);
+  EXPECT_TRUE(sched->Run(3, again.Ops(), nullptr).ok());
+}
+
+TEST(WaveScheduler, RejectsZeroWaves) {
+  auto sched = MakeScheduler();
+  FakeLayer fake(1, 1);
+  EXPECT_EQ(sched->Run(0, fake.Ops(), nullptr).code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace waveep::ep::internal

@@ -18,23 +18,22 @@ namespace waveep::ep::internal {
 // ("rank R: ..."). Collective.
 Status AgreeStatus(comm::Communicator& comm, const Status& local);
 
-// What one step does per wave; the WaveScheduler decides when. Bodies run on a stream's thread (CPU) or are
-// enqueued on the stream (CUDA) and must only touch the buffers the schedule gives them:
-//   pack(w)                 comm stream: fill the send rows of wave w
-//   enqueue_dispatch(w, s)  comm stream: enqueue the (asynchronous) exchange of wave w into recv buffer w % 2
-//   gemm(w)                 compute stream: consume recv buffer w % 2 and compute wave w
-//   unpack(w)               compute stream: write wave w's results into return buffer w % 2
-//   enqueue_combine(w, s)   comm stream: enqueue the exchange that sends return buffer w % 2 back
-//   tail()                  compute stream, after the last unpack (overlaps the last combine), optional
-//   finish()                compute stream, after the last combine
+// What one step does per wave; the WaveScheduler decides when. Every operation *enqueues* its work on the stream
+// it is given and returns at once: a CPU implementation enqueues a host task (Stream::Enqueue), a CUDA one launches
+// kernels / copies on stream.native(), a communicator enqueues an asynchronous exchange. Work must only touch the
+// buffers the schedule hands it:
+//   pack(w, s)       comm stream: fill the send rows of wave w
+//   dispatch(w, s)   comm stream: exchange wave w into receive buffer w % 2
+//   gemm(w, s)       compute stream: consume receive buffer w % 2 and compute wave w
+//   unpack(w, s)     compute stream: write wave w's results into return buffer w % 2
+//   combine(w, s)    comm stream: send return buffer w % 2 back to the rows' owners
+//   tail(s)          compute stream, after the last unpack (overlaps the last combine); optional
+//   finish(s)        compute stream, after the last combine
 struct WaveOps {
-  std::function<Status(int)> pack;
-  std::function<Status(int, Stream&)> enqueue_dispatch;
-  std::function<Status(int)> gemm;
-  std::function<Status(int)> unpack;
-  std::function<Status(int, Stream&)> enqueue_combine;
-  std::function<Status()> tail;
-  std::function<Status()> finish;
+  using WaveFn = std::function<Status(int, Stream&)>;
+  using StepFn = std::function<Status(Stream&)>;
+  WaveFn pack, dispatch, gemm, unpack, combine;
+  StepFn tail, finish;
   // For span annotations (optional).
   std::function<double(int)> dispatch_bytes, combine_bytes, gemm_flops;
   double tail_flops = 0;
@@ -66,7 +65,10 @@ class WaveScheduler {
   WaveScheduler() = default;
   Status EnsureEvents(int num_waves);
   void AddSpan(SpanRecord r);
-  Status Timed(Stream& s, std::string name, double bytes, double flops, std::function<Status()> fn);
+  // Enqueues `enqueue`'s work on `s` between two marker tasks that time it as one span.
+  // NOTES: on CUDA the markers are host functions (approximate times); event-based timing comes with CUDA waves.
+  Status Timed(Stream& s, int slot, std::string name, double bytes, double flops,
+               const std::function<Status(Stream&)>& enqueue);
 
   Device device_;
   absl::Duration timeout_;
@@ -74,6 +76,7 @@ class WaveScheduler {
   std::vector<std::unique_ptr<Event>> dispatch_done_, recv_free_, unpacked_, combine_done_;
   std::mutex spans_mu_;
   std::vector<SpanRecord>* spans_ = nullptr;
+  std::vector<double> begin_us_;  // one slot per timed operation of the current step
 };
 
 }  // namespace waveep::ep::internal

@@ -217,7 +217,7 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
     comm::AlltoallvArgs a;
     a.send = im.send.data();
     a.recv = im.recv[w % 2].data();
-    a.label = absl::StrCat("dispatch(", w, ")");
+    a.label = absl::StrCat("alltoallv dispatch(", w, ")");
     for (int p = 0; p < r_count; ++p) {
       a.send_bytes.push_back(lay.send_rows[w * r_count + p] * drow);
       a.send_offsets.push_back(lay.send_row_begin[w * r_count + p] * drow);
@@ -230,7 +230,7 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
     comm::AlltoallvArgs a;
     a.send = im.ret_send[w % 2].data();
     a.recv = im.ret_recv.data();
-    a.label = absl::StrCat("combine(", w, ")");
+    a.label = absl::StrCat("alltoallv combine(", w, ")");
     for (int p = 0; p < r_count; ++p) {
       a.send_bytes.push_back(lay.recv_rows[w * r_count + p] * crow);
       a.send_offsets.push_back(lay.recv_row_begin[w * r_count + p] * crow);
@@ -308,14 +308,18 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
   };
 
   // ---- run the schedule ----
+  // CPU: every operation is a host task on its stream; exchanges are the communicator's asynchronous all-to-all-v.
+  auto host = [](std::function<Status(int)> fn) {
+    return [fn](int w, Stream& st) { return st.Enqueue([fn, w] { return fn(w); }); };
+  };
   internal::WaveOps ops;
-  ops.pack = pack;
-  ops.enqueue_dispatch = [&](int w, Stream& st) { return comm_->AlltoallvAsync(dispatch_args(w), st); };
-  ops.gemm = gemm;
-  ops.unpack = ret;
-  ops.enqueue_combine = [&](int w, Stream& st) { return comm_->AlltoallvAsync(combine_args(w), st); };
-  if (shared) ops.tail = shared_expert;
-  ops.finish = reduce;
+  ops.pack = host(pack);
+  ops.dispatch = [&](int w, Stream& st) { return comm_->AlltoallvAsync(dispatch_args(w), st); };
+  ops.gemm = host(gemm);
+  ops.unpack = host(ret);
+  ops.combine = [&](int w, Stream& st) { return comm_->AlltoallvAsync(combine_args(w), st); };
+  if (shared) ops.tail = [&](Stream& st) { return st.Enqueue(shared_expert); };
+  ops.finish = [&](Stream& st) { return st.Enqueue(reduce); };
   ops.dispatch_bytes = [&](int w) { return wave_bytes_sent(w, true); };
   ops.combine_bytes = [&](int w) { return wave_bytes_sent(w, false); };
   ops.gemm_flops = [&](int w) { return static_cast<double>(lay.wave_recv_total[w]) * m.FlopsPerPair(); };

@@ -49,13 +49,16 @@ void WaveScheduler::AddSpan(SpanRecord r) {
   if (spans_ != nullptr) spans_->push_back(std::move(r));
 }
 
-Status WaveScheduler::Timed(Stream& s, std::string name, double bytes, double flops, std::function<Status()> fn) {
-  return s.Enqueue([this, &s, name = std::move(name), bytes, flops, fn = std::move(fn)]() -> Status {
-    SpanRecord r{std::string(s.name()), name, NowUs(), 0, bytes, flops};
-    Status st = fn();
-    r.end_us = NowUs();
-    AddSpan(std::move(r));
-    return st;
+Status WaveScheduler::Timed(Stream& s, int slot, std::string name, double bytes, double flops,
+                            const std::function<Status(Stream&)>& enqueue) {
+  WAVEEP_RETURN_IF_ERROR(s.Enqueue([this, slot] {
+    begin_us_[slot] = NowUs();
+    return absl::OkStatus();
+  }));
+  WAVEEP_RETURN_IF_ERROR(enqueue(s));
+  return s.Enqueue([this, &s, slot, name = std::move(name), bytes, flops] {
+    AddSpan(SpanRecord{std::string(s.name()), name, begin_us_[slot], NowUs(), bytes, flops});
+    return absl::OkStatus();
   });
 }
 
@@ -69,41 +72,30 @@ Status WaveScheduler::Run(int num_waves, const WaveOps& ops, std::vector<SpanRec
   Stream& cs = *comm_;
   Stream& xs = *compute_;
   auto value = [](const std::function<double(int)>& f, int w) { return f ? f(w) : 0.0; };
+  // Timing slots: 5 per wave (pack, dispatch, gemm, unpack, combine) + tail + finish.
+  begin_us_.assign(5 * static_cast<size_t>(num_waves) + 2, 0.0);
+  auto op = [&](const WaveOps::WaveFn& fn, int w) { return [&fn, w](Stream& s) { return fn(w, s); }; };
 
-  // An exchange is asynchronous on the comm stream; marker tasks around it time it as one span.
-  std::vector<double> begin_us(2 * num_waves, 0);
-  auto exchange = [&](int slot, std::string name, double bytes,
-                      const std::function<Status(int, Stream&)>& enqueue, int w) -> Status {
-    WAVEEP_RETURN_IF_ERROR(cs.Enqueue([&begin_us, slot] {
-      begin_us[slot] = NowUs();
-      return absl::OkStatus();
-    }));
-    WAVEEP_RETURN_IF_ERROR(enqueue(w, cs));
-    return cs.Enqueue([this, &begin_us, slot, name = std::move(name), bytes] {
-      AddSpan(SpanRecord{"comm", name, begin_us[slot], NowUs(), bytes, 0});
-      return absl::OkStatus();
-    });
-  };
   auto dispatch = [&](int w) -> Status {
-    if (w >= 2) WAVEEP_RETURN_IF_ERROR(cs.Wait(*recv_free_[w - 2]));  // recv buffer w % 2 consumed by gemm(w-2)
-    WAVEEP_RETURN_IF_ERROR(Timed(cs, absl::StrCat("pack(", w, ")"), 0, 0, [&ops, w] { return ops.pack(w); }));
-    WAVEEP_RETURN_IF_ERROR(
-        exchange(2 * w, absl::StrCat("dispatch(", w, ")"), value(ops.dispatch_bytes, w), ops.enqueue_dispatch, w));
+    if (w >= 2) WAVEEP_RETURN_IF_ERROR(cs.Wait(*recv_free_[w - 2]));  // receive buffer w % 2 consumed by gemm(w-2)
+    WAVEEP_RETURN_IF_ERROR(Timed(cs, 5 * w, absl::StrCat("pack(", w, ")"), 0, 0, op(ops.pack, w)));
+    WAVEEP_RETURN_IF_ERROR(Timed(cs, 5 * w + 1, absl::StrCat("dispatch(", w, ")"), value(ops.dispatch_bytes, w), 0,
+                                 op(ops.dispatch, w)));
     return cs.Record(*dispatch_done_[w]);
   };
   auto combine = [&](int w) -> Status {
     WAVEEP_RETURN_IF_ERROR(cs.Wait(*unpacked_[w]));
-    WAVEEP_RETURN_IF_ERROR(
-        exchange(2 * w + 1, absl::StrCat("combine(", w, ")"), value(ops.combine_bytes, w), ops.enqueue_combine, w));
+    WAVEEP_RETURN_IF_ERROR(Timed(cs, 5 * w + 4, absl::StrCat("combine(", w, ")"), value(ops.combine_bytes, w), 0,
+                                 op(ops.combine, w)));
     return cs.Record(*combine_done_[w]);
   };
   auto compute = [&](int w) -> Status {
     WAVEEP_RETURN_IF_ERROR(xs.Wait(*dispatch_done_[w]));
     WAVEEP_RETURN_IF_ERROR(
-        Timed(xs, absl::StrCat("gemm(", w, ")"), 0, value(ops.gemm_flops, w), [&ops, w] { return ops.gemm(w); }));
+        Timed(xs, 5 * w + 2, absl::StrCat("gemm(", w, ")"), 0, value(ops.gemm_flops, w), op(ops.gemm, w)));
     WAVEEP_RETURN_IF_ERROR(xs.Record(*recv_free_[w]));
     if (w >= 2) WAVEEP_RETURN_IF_ERROR(xs.Wait(*combine_done_[w - 2]));  // return buffer w % 2 sent by combine(w-2)
-    WAVEEP_RETURN_IF_ERROR(Timed(xs, absl::StrCat("unpack(", w, ")"), 0, 0, [&ops, w] { return ops.unpack(w); }));
+    WAVEEP_RETURN_IF_ERROR(Timed(xs, 5 * w + 3, absl::StrCat("unpack(", w, ")"), 0, 0, op(ops.unpack, w)));
     return xs.Record(*unpacked_[w]);
   };
 
@@ -115,9 +107,9 @@ Status WaveScheduler::Run(int num_waves, const WaveOps& ops, std::vector<SpanRec
     if (enq.ok() && w >= 1) enq = combine(w - 1);
   }
   if (enq.ok()) enq = combine(num_waves - 1);
-  if (enq.ok() && ops.tail) enq = Timed(xs, "shared", 0, ops.tail_flops, ops.tail);
+  if (enq.ok() && ops.tail) enq = Timed(xs, 5 * num_waves, "shared", 0, ops.tail_flops, ops.tail);
   if (enq.ok()) enq = xs.Wait(*combine_done_[num_waves - 1]);
-  if (enq.ok() && ops.finish) enq = Timed(xs, "reduce", 0, 0, ops.finish);
+  if (enq.ok() && ops.finish) enq = Timed(xs, 5 * num_waves + 1, "reduce", 0, 0, ops.finish);
   // Always drain both streams: their tasks reference this frame, even if enqueueing failed part-way.
   Status s_comm = cs.Synchronize();
   Status s_comp = xs.Synchronize();

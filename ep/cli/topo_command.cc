@@ -514,6 +514,27 @@ Status ProbeImpl(const ProcessContext& ctx) {
                   q.mpi_max_us, mbus, q.async_avg_us, q.mpi_avg_us > 0 ? q.mpi_avg_us / q.comm_avg_us : 0.0);
     }
   }
+  if (p.alltoall.has_value()) {
+    // The comm backend is meant to be at least as fast as plain MPI_Alltoallv on the same buffers: say where not.
+    int faster = 0, compared = 0;
+    double worst = 1e30;
+    int64_t worst_bytes = 0;
+    for (const topology::AlltoallPoint& q : p.alltoall->points) {
+      if (q.mpi_avg_us <= 0) continue;
+      ++compared;
+      faster += q.comm_avg_us <= q.mpi_avg_us ? 1 : 0;
+      if (q.mpi_avg_us / q.comm_avg_us < worst) {
+        worst = q.mpi_avg_us / q.comm_avg_us;
+        worst_bytes = q.bytes;
+      }
+    }
+    if (compared > 0) {
+      std::printf(
+          "# %s backend vs MPI_Alltoallv: as fast or faster at %d of %d sizes; worst at %s (%.2fx MPI's "
+          "speed)\n",
+          p.backend.c_str(), faster, compared, Sizes(worst_bytes).c_str(), worst);
+    }
+  }
   std::printf("#\n# derived cluster (%s):\n", c.name.c_str());
   for (const std::string& n : p.notes) std::printf("#   %s\n", n.c_str());
   const std::string path = absl::GetFlag(FLAGS_out);
@@ -555,6 +576,7 @@ std::string TopoUsage() {
                           f->DefaultValue().empty() ? "\"\"" : f->DefaultValue());
   }
   absl::StrAppend(&s, "\ncluster presets: ", absl::StrJoin(topology::ListClusterPresets(), ", "), "\n");
+  absl::StrAppend(&s, "comm backends (--backend): ", absl::StrJoin(comm::AvailableBackends(), ", "), "\n");
   return s;
 }
 

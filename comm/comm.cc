@@ -12,7 +12,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "comm/cuda_ipc_transport.h"
 #include "comm/mpi_transport.h"
+#include "comm/nccl_transport.h"
 
 namespace waveep::comm {
 namespace {
@@ -26,10 +28,19 @@ struct Backend {
 
 // In order of preference (see AvailableBackends). A backend gets a factory here when its transport file lands; until
 // then its name is known so that users get Unavailable ("not built") instead of NotFound ("typo").
-// TODO(comm): nccl_transport.cc (WAVEEP_HAVE_NCCL), cuda_ipc_transport.cc (WAVEEP_HAVE_CUDA), ucx_transport.cc.
+// A registered GPU backend still returns Unavailable from its factory on a machine without a device.
+// TODO(comm): ucx_transport.cc.
 constexpr Backend kBackends[] = {
+#ifdef WAVEEP_HAVE_NCCL
+    {"nccl", &internal::NewNcclCommunicator},
+#else
     {"nccl", nullptr},
+#endif
+#ifdef WAVEEP_HAVE_CUDA
+    {"cuda_ipc", &internal::NewCudaIpcCommunicator},
+#else
     {"cuda_ipc", nullptr},
+#endif
     {"ucx", nullptr},
     {"mpi", &internal::NewMpiCommunicator},
 };

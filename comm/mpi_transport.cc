@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "comm/mpi_device_staging_internal.h"
 
 namespace waveep::comm::internal {
 namespace {
@@ -153,6 +154,51 @@ StatusOr<std::shared_ptr<Plan>> MakePlan(const AlltoallvArgs& args, int rank, in
     plan->self_bytes = args.send_bytes[rank];
   }
   return plan;
+}
+
+// The device-memory form of `plan`, or nullptr when every block is in host memory (the host path then runs,
+// untouched). Only called when this rank can stage (DeviceStagingAvailable()).
+StatusOr<std::shared_ptr<const StagedPlan>> MakeStagedPlan(const AlltoallvArgs& args, const Plan& plan, int size) {
+  std::vector<bool> send_dev(size, false), recv_dev(size, false);
+  int device = -1;
+  bool any = false;
+  auto classify = [&](const void* base, const std::vector<size_t>& bytes, const std::vector<size_t>& offsets,
+                      std::vector<bool>& out, const char* side) -> Status {
+    for (int p = 0; p < size; ++p) {
+      if (bytes[p] == 0) continue;
+      int d = -1;
+      if (!IsDevicePointer(static_cast<const char*>(base) + offsets[p], &d)) continue;
+      if (device >= 0 && d != device) {
+        return absl::InvalidArgumentError(absl::StrCat("AlltoallvArgs: ", side, " block of peer ", p,
+                                                       " is on CUDA device ", d, " but another block is on device ",
+                                                       device, " (one device per rank)"));
+      }
+      device = d;
+      out[p] = true;
+      any = true;
+    }
+    return absl::OkStatus();
+  };
+  WAVEEP_RETURN_IF_ERROR(classify(args.send, args.send_bytes, args.send_offsets, send_dev, "send"));
+  WAVEEP_RETURN_IF_ERROR(classify(args.recv, args.recv_bytes, args.recv_offsets, recv_dev, "recv"));
+  if (!any) return std::shared_ptr<const StagedPlan>();
+  auto staged = std::make_shared<StagedPlan>();
+  staged->what = plan.what;
+  staged->label = plan.label;
+  staged->tag = plan.tag;
+  staged->device = device;
+  staged->messages.reserve(plan.messages.size());
+  for (const Message& m : plan.messages) {
+    staged->messages.push_back(StagedMessage{m.peer, m.is_send, m.is_send ? send_dev[m.peer] : recv_dev[m.peer], m.src,
+                                             m.dst, m.bytes, m.block_bytes});
+  }
+  staged->self_src = plan.self_src;
+  staged->self_dst = plan.self_dst;
+  staged->self_bytes = plan.self_bytes;
+  staged->bytes_sent = plan.bytes_sent;
+  staged->bytes_recv = plan.bytes_recv;
+  staged->num_peers = plan.num_peers;
+  return std::shared_ptr<const StagedPlan>(std::move(staged));
 }
 
 std::string DescribeMessage(const Message& m) {
@@ -358,7 +404,11 @@ class MpiCommunicator final : public Communicator {
   absl::string_view name() const override { return "mpi"; }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-  Capabilities capabilities() const override { return Capabilities{}; }  // host memory only
+  Capabilities capabilities() const override {
+    Capabilities caps;
+    caps.device_memory = DeviceStagingAvailable();  // staged through pinned host memory (CUDA builds)
+    return caps;
+  }
 
   LinkEstimate Estimate(int peer) const override {
     if (peer < 0 || peer >= size_) return LinkEstimate{"invalid", 0, 0};
@@ -423,12 +473,17 @@ class MpiCommunicator final : public Communicator {
     WAVEEP_RETURN_IF_ERROR(broken_);
     const MpiTuning tuning = GetMpiTuning();
     const uint64_t seq = coll_seq_;
-    WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<Plan> plan, MakePlan(args, rank_, size_, tuning.max_message_bytes, Tag(seq),
+    WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<Plan> plan, MakePlan(args, rank_, size_, SplitBytes(tuning), Tag(seq),
                                                                  Label(args.label, "alltoallv (blocking)", seq)));
+    std::shared_ptr<const StagedPlan> staged;
+    if (DeviceStagingAvailable()) {
+      WAVEEP_ASSIGN_OR_RETURN(staged, MakeStagedPlan(args, *plan, size_));
+    }
     ++coll_seq_;  // only once validated: invalid calls fail on the caller without consuming a tag
     ScopedSpan span("host", plan->label, "comm");
     span.Arg("bytes_sent", static_cast<double>(plan->bytes_sent));
     span.Arg("bytes_recv", static_cast<double>(plan->bytes_recv));
+    if (staged != nullptr) return RunStagedExchange(coll_->comm, *staged, Timeout(), tuning);
     return RunExchange(coll_->comm, *plan, Timeout(), tuning);
   }
 
@@ -438,8 +493,16 @@ class MpiCommunicator final : public Communicator {
     // decides when the exchange runs. A validation error consumes no sequence number.
     std::lock_guard<std::mutex> lock(p2p_mu_);
     const uint64_t seq = p2p_seq_;
-    WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<Plan> plan, MakePlan(args, rank_, size_, tuning.max_message_bytes, Tag(seq),
+    WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<Plan> plan, MakePlan(args, rank_, size_, SplitBytes(tuning), Tag(seq),
                                                                  Label(args.label, "alltoallv", seq)));
+    if (DeviceStagingAvailable()) {
+      WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<const StagedPlan> staged, MakeStagedPlan(args, *plan, size_));
+      if (staged != nullptr) {
+        WAVEEP_RETURN_IF_ERROR(EnqueueStagedExchange(p2p_, p2p_->comm, std::move(staged), Timeout(), tuning, stream));
+        ++p2p_seq_;
+        return absl::OkStatus();
+      }
+    }
     WAVEEP_RETURN_IF_ERROR(
         stream.Enqueue([comm = p2p_, plan, row = std::string(stream.name()), timeout = Timeout(), tuning]() {
           ScopedSpan span(row, plan->label, "comm");
@@ -451,10 +514,17 @@ class MpiCommunicator final : public Communicator {
     return absl::OkStatus();
   }
 
-  // Second phase of construction: learns every rank's node (collective).
+  // Second phase of construction: learns every rank's node and whether any rank stages device memory (collective).
   Status Init(int node_id) {
+    const int mine[2] = {node_id, DeviceStagingAvailable() ? 1 : 0};
+    std::vector<int> all(2 * static_cast<size_t>(size_));
+    WAVEEP_RETURN_IF_ERROR(Allgather(mine, sizeof(mine), all.data()));
     node_ids_.assign(size_, 0);
-    return Allgather(&node_id, sizeof(node_id), node_ids_.data());
+    for (int p = 0; p < size_; ++p) {
+      node_ids_[p] = all[2 * p];
+      any_rank_stages_ = any_rank_stages_ || all[2 * p + 1] != 0;
+    }
+    return absl::OkStatus();
   }
 
  private:
@@ -465,6 +535,10 @@ class MpiCommunicator final : public Communicator {
 
   absl::Duration Timeout() const {
     return options_.timeout > absl::ZeroDuration() ? options_.timeout : DefaultTimeout();
+  }
+  // Message split: identical on every rank (see MpiTuning::staging_chunk_bytes).
+  size_t SplitBytes(const MpiTuning& tuning) const {
+    return any_rank_stages_ ? std::min(tuning.max_message_bytes, tuning.staging_chunk_bytes) : tuning.max_message_bytes;
   }
   int Tag(uint64_t seq) const { return static_cast<int>(seq % static_cast<uint64_t>(tag_modulus_)); }
   static std::string Label(const std::string& label, absl::string_view fallback, uint64_t seq) {
@@ -512,7 +586,8 @@ class MpiCommunicator final : public Communicator {
   const int size_;
   const int tag_modulus_;
   const Options options_;
-  std::vector<int> node_ids_;  // written once by Init
+  std::vector<int> node_ids_;     // written once by Init
+  bool any_rank_stages_ = false;  // written once by Init
 
   std::mutex coll_mu_;  // serialises blocking calls (they must also be issued in the same order on every rank)
   uint64_t coll_seq_ = 0;
@@ -539,6 +614,14 @@ Status SetMpiTuning(const MpiTuning& tuning) {
   if (tuning.spin < absl::ZeroDuration() || tuning.spin_per_mib < absl::ZeroDuration() ||
       tuning.poll_sleep < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("MpiTuning: spin, spin_per_mib and poll_sleep must not be negative");
+  }
+  if (tuning.staging_chunk_bytes == 0 || tuning.staging_chunk_bytes > static_cast<size_t>(INT_MAX)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("MpiTuning.staging_chunk_bytes = ", tuning.staging_chunk_bytes, ", need [1, ", INT_MAX, "]"));
+  }
+  if (tuning.staging_slots < 2 || tuning.staging_slots > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("MpiTuning.staging_slots = ", tuning.staging_slots, ", need [2, 64] (double-buffered at least)"));
   }
   std::lock_guard<std::mutex> lock(g_tuning_mu);
   g_tuning = tuning;

@@ -29,6 +29,9 @@
 //   never cancels sends) are released to complete on their own and may still read their send buffer if the peer
 //   posts the matching receive later. The error message says how many. Later exchanges are unaffected (they use
 //   other tags).
+// - Blocks in device memory (CUDA builds only; capabilities().device_memory) are staged through pinned host chunks
+//   with cudaMemcpyAsync on private copy streams, pipelined with MPI (mpi_device_staging_internal.h). Exchanges
+//   whose blocks are all in host memory take the host path unchanged.
 // - After a timeout in Barrier / Allgather / AlltoallCounts the nonblocking collective cannot be cancelled: the
 //   communicator keeps it (and its staging buffer) alive and fails every later blocking collective with
 //   FailedPrecondition, since the ranks no longer agree on the collective order.
@@ -65,6 +68,13 @@ struct MpiTuning {
   absl::Duration spin = absl::Microseconds(50);
   absl::Duration spin_per_mib = absl::Microseconds(1000);
   absl::Duration poll_sleep = absl::Microseconds(20);
+  // Device buffers (CUDA builds, mpi_device_staging_internal.h): blocks in GPU memory travel through pinned host
+  // chunks of `staging_chunk_bytes`, `staging_slots` (>= 2) per direction. When any rank of the communicator can
+  // stage (built with CUDA, device visible), every block of every exchange is split at
+  // min(max_message_bytes, staging_chunk_bytes) so that a host block on one rank matches a device block on another;
+  // so both must be identical on every rank. In [1, INT_MAX] and [2, 64].
+  size_t staging_chunk_bytes = size_t{4} << 20;
+  int staging_slots = 4;
 };
 
 // Current knobs. Thread-safe.

@@ -25,6 +25,9 @@
 #include "absl/strings/str_cat.h"
 #include "comm/comm.h"
 #include "comm/mpi_transport.h"
+#ifdef WAVEEP_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
 #include "gtest/gtest.h"
 #include "runtime/runtime.h"
 
@@ -147,6 +150,8 @@ class CommConformanceTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     auto comm = CreateCommunicator(GetParam(), *g_ctx);
+    // A GPU backend built into this binary is Unavailable on a machine without a device (the same on every rank).
+    if (comm.status().code() == absl::StatusCode::kUnavailable) GTEST_SKIP() << comm.status();
     ASSERT_TRUE(comm.ok()) << comm.status();
     comm_ = std::move(comm).value();
     rank_ = comm_->rank();
@@ -527,6 +532,141 @@ TEST_P(CommConformanceTest, InvalidArgumentsFailWithoutCommunicating) {
   EXPECT_EQ(CheckReceived(*blocking), "");
 }
 
+// ---- device memory: every backend with capabilities().device_memory, on a GPU machine -----------------------------
+
+// A TestExchange mirrored into device memory: the payload is copied up before the exchange and the receive buffer
+// (gaps included) copied back for CheckReceived.
+class DeviceExchange {
+ public:
+  static std::unique_ptr<DeviceExchange> Make(std::unique_ptr<TestExchange> host, int device) {
+    auto d = std::unique_ptr<DeviceExchange>(new DeviceExchange);
+    d->host_ = std::move(host);
+    auto send = Buffer::Allocate(Device::Cuda(device), MemoryKind::kDevice, d->host_->send.size());
+    auto recv = Buffer::Allocate(Device::Cuda(device), MemoryKind::kDevice, d->host_->recv.size());
+    EXPECT_TRUE(send.ok() && recv.ok()) << send.status() << recv.status();
+    if (!send.ok() || !recv.ok()) return nullptr;
+    d->send_ = std::move(send).value();
+    d->recv_ = std::move(recv).value();
+#ifdef WAVEEP_HAVE_CUDA
+    EXPECT_EQ(cudaMemcpy(d->send_.data(), d->host_->send.data(), d->host_->send.size(), cudaMemcpyHostToDevice),
+              cudaSuccess);
+    EXPECT_EQ(cudaMemset(d->recv_.data(), 0, d->host_->recv.size()), cudaSuccess);
+#endif
+    return d;
+  }
+
+  AlltoallvArgs Args() const {
+    AlltoallvArgs a = host_->args;
+    a.send = send_.data();
+    a.recv = recv_.data();
+    return a;
+  }
+
+  // Copies the received bytes down and checks them (empty string = correct).
+  std::string Check() {
+#ifdef WAVEEP_HAVE_CUDA
+    if (cudaMemcpy(host_->recv.data(), recv_.data(), host_->recv.size(), cudaMemcpyDeviceToHost) != cudaSuccess) {
+      return "cudaMemcpy of the receive buffer failed";
+    }
+#endif
+    return CheckReceived(*host_);
+  }
+
+ private:
+  DeviceExchange() = default;
+  std::unique_ptr<TestExchange> host_;
+  Buffer send_;
+  Buffer recv_;
+};
+
+class DeviceMemoryTest : public CommConformanceTest {
+ protected:
+  void SetUp() override {
+    CommConformanceTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    if (!BuiltWithCuda() || CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+    if (!comm_->capabilities().device_memory) GTEST_SKIP() << GetParam() << " does not take device buffers";
+    device_ = g_ctx->local_rank % CudaDeviceCount();  // several ranks per GPU under MPS
+  }
+
+  std::unique_ptr<DeviceExchange> MakeDevice(const SizeFn& bytes, std::string label, uint64_t salt) {
+    return DeviceExchange::Make(Make(bytes, std::move(label), salt), device_);
+  }
+
+  // Runs `ex` on a stream of `device` (CPU or CUDA) and checks it.
+  void RunOn(Device device, DeviceExchange& ex) {
+    StreamOptions opts;
+    opts.name = "comm";
+    auto stream = Stream::Create(device, opts);
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    Status s = comm_->AlltoallvAsync(ex.Args(), **stream);
+    if (s.code() == absl::StatusCode::kFailedPrecondition && device.is_cpu()) {
+      GTEST_SKIP() << GetParam() << " needs a CUDA stream: " << s;
+    }
+    ASSERT_TRUE(s.ok()) << s;
+    s = (*stream)->Synchronize();
+    ASSERT_TRUE(s.ok()) << s;
+    EXPECT_EQ(ex.Check(), "");
+  }
+
+  int device_ = 0;
+};
+
+TEST_P(DeviceMemoryTest, AsyncUnevenSizesOnCudaStream) {
+  auto ex = MakeDevice(UnevenSizes(seed_ + 100), "device-uneven", 100);
+  ASSERT_NE(ex, nullptr);
+  RunOn(Device::Cuda(device_), *ex);
+}
+
+TEST_P(DeviceMemoryTest, AsyncUnevenSizesOnCpuStream) {
+  auto ex = MakeDevice(UnevenSizes(seed_ + 101), "device-uneven-cpu-stream", 101);
+  ASSERT_NE(ex, nullptr);
+  RunOn(Device::Cpu(), *ex);
+}
+
+TEST_P(DeviceMemoryTest, BlockingUnevenSizes) {
+  auto ex = MakeDevice(UnevenSizes(seed_ + 102), "device-blocking", 102);
+  ASSERT_NE(ex, nullptr);
+  Status s = comm_->Alltoallv(ex->Args());
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(ex->Check(), "");
+}
+
+TEST_P(DeviceMemoryTest, ZeroSizeBlocks) {
+  auto ex = MakeDevice([](int src, int dst) -> size_t { return src == 0 || (src + dst) % 2 == 0 ? 0 : 4097; },
+                       "device-zero-blocks", 103);
+  ASSERT_NE(ex, nullptr);
+  RunOn(Device::Cuda(device_), *ex);
+}
+
+// Several staging chunks per block, with a chunk size that does not divide the block: exercises the pipeline.
+TEST_P(DeviceMemoryTest, LargeBlocksPipelined) {
+  internal::MpiTuning t = internal::GetMpiTuning();
+  t.staging_chunk_bytes = (size_t{1} << 20) + 4096;
+  t.staging_slots = 2;
+  ScopedMpiTuning tuning(t);
+  auto ex = MakeDevice([](int src, int dst) -> size_t { return (size_t{8} << 20) + 977 * (src + 1) + dst; },
+                       "device-large", 104);
+  ASSERT_NE(ex, nullptr);
+  RunOn(Device::Cuda(device_), *ex);
+}
+
+TEST_P(DeviceMemoryTest, BackToBackOnOneCudaStream) {
+  StreamOptions opts;
+  opts.name = "comm";
+  auto stream = Stream::Create(Device::Cuda(device_), opts);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  std::vector<std::unique_ptr<DeviceExchange>> exs;
+  for (int i = 0; i < 4; ++i) {
+    exs.push_back(MakeDevice(UnevenSizes(seed_ + 110 + i), absl::StrCat("device-b2b(", i, ")"), 110 + i));
+    ASSERT_NE(exs.back(), nullptr);
+    ASSERT_TRUE(comm_->AlltoallvAsync(exs.back()->Args(), **stream).ok());
+  }
+  Status s = (*stream)->Synchronize();
+  ASSERT_TRUE(s.ok()) << s;
+  for (auto& ex : exs) EXPECT_EQ(ex->Check(), "");
+}
+
 // ---- timeouts: a rank that skips an exchange makes the others fail, not hang ------------------------------------
 
 class TimeoutTest : public CommConformanceTest {
@@ -536,6 +676,7 @@ class TimeoutTest : public CommConformanceTest {
 
   void SetUp() override {
     CommConformanceTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     if (size_ < 2) GTEST_SKIP() << "needs at least two ranks";
     Options opts;
     opts.timeout = kShort;
@@ -630,6 +771,7 @@ std::string BackendName(const ::testing::TestParamInfo<std::string>& info) { ret
 
 INSTANTIATE_TEST_SUITE_P(Backends, CommConformanceTest, ::testing::ValuesIn(AvailableBackends()), BackendName);
 INSTANTIATE_TEST_SUITE_P(Backends, TimeoutTest, ::testing::ValuesIn(AvailableBackends()), BackendName);
+INSTANTIATE_TEST_SUITE_P(Backends, DeviceMemoryTest, ::testing::ValuesIn(AvailableBackends()), BackendName);
 
 }  // namespace
 }  // namespace waveep::comm

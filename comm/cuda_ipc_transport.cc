@@ -1,0 +1,545 @@
+// Copyright 2026 The waveep Authors.
+//
+// The "cuda_ipc" backend (design in cuda_ipc_transport.h). Host code against the CUDA runtime headers; every copy
+// is a cudaMemcpyAsync (copy engine).
+#include "comm/cuda_ipc_transport.h"
+
+#include <cuda_runtime_api.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "comm/cuda_status_internal.h"
+#include "comm/mpi_transport.h"
+
+namespace waveep::comm::internal {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// NOTES: modelled, not measured: NVLink-class peers, or one GPU shared under MPS (then HBM-bound).
+constexpr double kIpcBwGbps = 150.0;
+constexpr double kIpcLatencyUs = 15.0;  // control message + copy launch + completion message
+constexpr double kLocalBwGbps = 1000.0;
+constexpr double kLocalLatencyUs = 5.0;
+constexpr size_t kArenaAlign = 256;
+constexpr absl::Duration kCancelGrace = absl::Milliseconds(200);
+
+std::string WithPrefix(absl::string_view msg) {
+  std::string prefix = DiagnosticPrefix();
+  return absl::StrCat(prefix, prefix.empty() ? "" : ": ", msg);
+}
+
+size_t AlignUp(size_t x) { return (x + kArenaAlign - 1) / kArenaAlign * kArenaAlign; }
+
+// Receiver -> sender, once per exchange and block: where in the receiver's arena the block goes.
+struct ControlMsg {
+  uint64_t generation;  // of the receiver's arena; a new one means "reopen the handle"
+  uint64_t offset;
+  cudaIpcMemHandle_t handle;
+};
+
+// Everything an exchange needs, fixed when it is issued.
+struct IpcPlan {
+  std::string what;
+  uint64_t seq = 0;
+  int tag = 0;  // control messages; completion messages use tag + 1
+  AlltoallvArgs args;
+};
+
+// The arena, the peers' mapped arenas and the private copy stream; shared with queued exchanges.
+struct IpcState {
+  int rank = 0;
+  int size = 0;
+  int device = 0;
+  MPI_Comm ctrl = MPI_COMM_NULL;
+
+  // Exchanges run in issue order on every rank (they share the arena).
+  std::mutex run_mu;
+  std::condition_variable run_cv;
+  uint64_t next_run = 0;
+
+  // Touched only by the exchange holding the turn.
+  char* arena = nullptr;
+  size_t arena_bytes = 0;
+  uint64_t generation = 0;
+  cudaIpcMemHandle_t handle{};
+  struct Mapped {
+    uint64_t generation = 0;  // 0: not mapped
+    char* base = nullptr;
+  };
+  std::vector<Mapped> peers;
+  cudaStream_t copy = nullptr;
+  std::vector<cudaEvent_t> copy_done;  // per peer: our copy into its arena finished
+  cudaEvent_t local_done = nullptr;    // arena -> caller copies finished
+
+  ~IpcState() {
+    // Best effort; the driver may already be going away at exit.
+    for (Mapped& m : peers) {
+      if (m.base != nullptr) cudaIpcCloseMemHandle(m.base);
+    }
+    for (cudaEvent_t e : copy_done) cudaEventDestroy(e);
+    if (local_done != nullptr) cudaEventDestroy(local_done);
+    if (copy != nullptr) cudaStreamDestroy(copy);
+    if (arena != nullptr) cudaFree(arena);
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized && ctrl != MPI_COMM_NULL) MPI_Comm_free(&ctrl);
+  }
+
+  Status EnsureArena(size_t bytes) {
+    if (bytes <= arena_bytes) return absl::OkStatus();
+    // Grow-only. Safe to free: every earlier exchange finished (turns), so no peer writes into the old arena, and the
+    // new generation makes the peers reopen before their next copy.
+    if (arena != nullptr) WAVEEP_CUDA_RETURN_IF_ERROR(cudaFree(arena));
+    arena = nullptr;
+    arena_bytes = 0;
+    const size_t grown = std::max(bytes, size_t{1} << 20);
+    cudaError_t rc = cudaMalloc(reinterpret_cast<void**>(&arena), grown);
+    if (rc == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(
+          WithPrefix(absl::StrCat("cuda_ipc: receive arena of ", grown, " bytes does not fit on device ", device)));
+    }
+    WAVEEP_CUDA_RETURN_IF_ERROR(rc);
+    WAVEEP_CUDA_RETURN_IF_ERROR(cudaIpcGetMemHandle(&handle, arena));
+    arena_bytes = grown;
+    ++generation;
+    return absl::OkStatus();
+  }
+
+  StatusOr<char*> PeerArena(int peer, const ControlMsg& c) {
+    Mapped& m = peers[peer];
+    if (m.generation != c.generation) {
+      if (m.base != nullptr) WAVEEP_CUDA_RETURN_IF_ERROR(cudaIpcCloseMemHandle(m.base));
+      m.base = nullptr;
+      void* p = nullptr;
+      WAVEEP_CUDA_RETURN_IF_ERROR(cudaIpcOpenMemHandle(&p, c.handle, cudaIpcMemLazyEnablePeerAccess));
+      m.base = static_cast<char*>(p);
+      m.generation = c.generation;
+    }
+    return m.base;
+  }
+};
+
+// Runs one exchange on the calling thread (CUDA allowed). Blocking, bounded by `timeout`.
+class IpcExchange {
+ public:
+  IpcExchange(IpcState& s, const IpcPlan& plan) : s_(s), plan_(plan), a_(plan.args) {}
+
+  Status Run(absl::Duration timeout) {
+    const Clock::time_point deadline = Clock::now() + absl::ToChronoNanoseconds(timeout);
+    WAVEEP_CUDA_RETURN_IF_ERROR(cudaSetDevice(s_.device));
+    const int n = s_.size;
+    const int me = s_.rank;
+    // Arena layout by sender; the block to self never goes through it.
+    std::vector<size_t> arena_off(n, 0);
+    size_t total = 0;
+    for (int p = 0; p < n; ++p) {
+      if (p == me || a_.recv_bytes[p] == 0) continue;
+      arena_off[p] = total;
+      total += AlignUp(a_.recv_bytes[p]);
+    }
+    WAVEEP_RETURN_IF_ERROR(s_.EnsureArena(total));
+
+    ctrl_out_.resize(n);
+    ctrl_in_.resize(n);
+    // Requests: [0, n) control in (from senders to me), [n, 2n) control out, [2n, 3n) completion in,
+    // [3n, 4n) completion out.
+    reqs_.assign(4 * static_cast<size_t>(n), MPI_REQUEST_NULL);
+    done_word_.assign(n, 0);
+    ack_word_.assign(n, 1);
+    for (int p = 0; p < n; ++p) {
+      if (p == me) continue;
+      if (a_.send_bytes[p] > 0) {
+        WAVEEP_MPI_RETURN_IF_ERROR(
+            MPI_Irecv(&ctrl_in_[p], sizeof(ControlMsg), MPI_BYTE, p, plan_.tag, s_.ctrl, &reqs_[p]));
+      }
+      if (a_.recv_bytes[p] > 0) {
+        ctrl_out_[p] = ControlMsg{s_.generation, arena_off[p], s_.handle};
+        WAVEEP_MPI_RETURN_IF_ERROR(
+            MPI_Irecv(&done_word_[p], 1, MPI_UINT64_T, p, plan_.tag + 1, s_.ctrl, &reqs_[2 * n + p]));
+        WAVEEP_MPI_RETURN_IF_ERROR(
+            MPI_Isend(&ctrl_out_[p], sizeof(ControlMsg), MPI_BYTE, p, plan_.tag, s_.ctrl, &reqs_[n + p]));
+      }
+    }
+    std::vector<bool> copying(n, false);
+    int copies_in_flight = 0;
+    Status st;
+    for (;;) {
+      bool progressed = false;
+      int outcount = 0;
+      idx_.resize(reqs_.size());
+      const int rc =
+          MPI_Testsome(static_cast<int>(reqs_.size()), reqs_.data(), &outcount, idx_.data(), MPI_STATUSES_IGNORE);
+      if (rc != MPI_SUCCESS) {
+        st = absl::InternalError(
+            WithPrefix(absl::StrCat(plan_.what, ": MPI_Testsome failed: ", ::waveep::internal::MpiErrorString(rc))));
+        break;
+      }
+      if (outcount != MPI_UNDEFINED) {
+        for (int k = 0; k < outcount && st.ok(); ++k) {
+          progressed = true;
+          const int i = idx_[k];
+          if (i >= n) continue;  // sends done, or a completion received
+          // A receiver told us where our block goes: copy it into its arena.
+          const int p = i;
+          StatusOr<char*> base = s_.PeerArena(p, ctrl_in_[p]);
+          if (!base.ok()) {
+            st = base.status();
+            break;
+          }
+          st = [&]() -> Status {
+            WAVEEP_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(*base + ctrl_in_[p].offset,
+                                                        static_cast<const char*>(a_.send) + a_.send_offsets[p],
+                                                        a_.send_bytes[p], cudaMemcpyDefault, s_.copy));
+            WAVEEP_CUDA_RETURN_IF_ERROR(cudaEventRecord(s_.copy_done[p], s_.copy));
+            return absl::OkStatus();
+          }();
+          copying[p] = true;
+          ++copies_in_flight;
+        }
+      }
+      if (!st.ok()) break;
+      // Copies that landed in a peer's arena: tell the peer.
+      for (int p = 0; p < n && copies_in_flight > 0; ++p) {
+        if (!copying[p]) continue;
+        const cudaError_t q = cudaEventQuery(s_.copy_done[p]);
+        if (q == cudaErrorNotReady) continue;
+        if (q != cudaSuccess) {
+          st = ::waveep::internal::MakeForeignError(absl::StatusCode::kInternal, "CUDA", "cudaEventQuery(copy)",
+                                                    __FILE__, __LINE__, cudaGetErrorString(q));
+          break;
+        }
+        copying[p] = false;
+        --copies_in_flight;
+        progressed = true;
+        const int mrc = MPI_Isend(&ack_word_[p], 1, MPI_UINT64_T, p, plan_.tag + 1, s_.ctrl, &reqs_[3 * n + p]);
+        if (mrc != MPI_SUCCESS) {
+          st = absl::InternalError(WithPrefix(absl::StrCat(plan_.what, ": MPI_Isend of a completion to rank ", p,
+                                                           " failed: ", ::waveep::internal::MpiErrorString(mrc))));
+          break;
+        }
+      }
+      if (!st.ok()) break;
+      if (outcount == MPI_UNDEFINED && copies_in_flight == 0) break;  // everything done
+      if (progressed) continue;
+      if (Clock::now() >= deadline) {
+        st = absl::DeadlineExceededError(WithPrefix(
+            absl::StrCat(plan_.what, " timed out after ", absl::FormatDuration(timeout), "; still pending: ",
+                         DescribePending(copying), ". Did every rank issue this exchange, in the same order?")));
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(5));
+    }
+    if (!st.ok()) {
+      Abandon();
+      return st;
+    }
+    // Every sender completed: arena -> caller's blocks, plus the block to self, on the local copy engine.
+    WAVEEP_RETURN_IF_ERROR([&]() -> Status {
+      for (int p = 0; p < n; ++p) {
+        if (a_.recv_bytes[p] == 0) continue;
+        const char* src = p == me ? static_cast<const char*>(a_.send) + a_.send_offsets[me] : s_.arena + arena_off[p];
+        WAVEEP_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(static_cast<char*>(a_.recv) + a_.recv_offsets[p], src,
+                                                    a_.recv_bytes[p], cudaMemcpyDefault, s_.copy));
+      }
+      WAVEEP_CUDA_RETURN_IF_ERROR(cudaEventRecord(s_.local_done, s_.copy));
+      return absl::OkStatus();
+    }());
+    for (;;) {
+      const cudaError_t q = cudaEventQuery(s_.local_done);
+      if (q == cudaSuccess) return absl::OkStatus();
+      if (q != cudaErrorNotReady) WAVEEP_CUDA_RETURN_IF_ERROR(q);
+      if (Clock::now() >= deadline) {
+        return absl::DeadlineExceededError(WithPrefix(
+            absl::StrCat(plan_.what, ": local arena copies did not finish within ", absl::FormatDuration(timeout))));
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(5));
+    }
+  }
+
+ private:
+  std::string DescribePending(const std::vector<bool>& copying) const {
+    const int n = s_.size;
+    std::string out;
+    auto add = [&](const std::string& what) { absl::StrAppend(&out, out.empty() ? "" : ", ", what); };
+    for (int p = 0; p < n; ++p) {
+      if (reqs_[p] != MPI_REQUEST_NULL) add(absl::StrCat("arena offset from rank ", p));
+      if (copying[p]) add(absl::StrCat("copy into rank ", p, "'s arena"));
+      if (reqs_[2 * n + p] != MPI_REQUEST_NULL) add(absl::StrCat("completion from rank ", p));
+      if (reqs_[n + p] != MPI_REQUEST_NULL || reqs_[3 * n + p] != MPI_REQUEST_NULL) {
+        add(absl::StrCat("control message to rank ", p));
+      }
+    }
+    return out.empty() ? "nothing" : out;
+  }
+
+  // After an error: cancel what MPI still holds (control buffers live in this object: wait for them briefly, then
+  // free the requests) and let our copies drain.
+  void Abandon() {
+    for (MPI_Request& r : reqs_) {
+      if (r != MPI_REQUEST_NULL) MPI_Cancel(&r);
+    }
+    const Clock::time_point deadline = Clock::now() + absl::ToChronoNanoseconds(kCancelGrace);
+    for (;;) {
+      int flag = 0;
+      if (MPI_Testall(static_cast<int>(reqs_.size()), reqs_.data(), &flag, MPI_STATUSES_IGNORE) != MPI_SUCCESS ||
+          flag || Clock::now() >= deadline) {
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+    for (MPI_Request& r : reqs_) {
+      if (r != MPI_REQUEST_NULL) MPI_Request_free(&r);
+    }
+    while (cudaStreamQuery(s_.copy) == cudaErrorNotReady && Clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+    cudaGetLastError();
+  }
+
+  IpcState& s_;
+  const IpcPlan& plan_;
+  const AlltoallvArgs& a_;
+  std::vector<ControlMsg> ctrl_out_;
+  std::vector<ControlMsg> ctrl_in_;
+  std::vector<uint64_t> done_word_;
+  std::vector<uint64_t> ack_word_;
+  std::vector<MPI_Request> reqs_;
+  std::vector<int> idx_;
+};
+
+// Runs the exchange once every exchange issued before it ran (bounded by the timeout).
+Status RunInTurn(const std::shared_ptr<IpcState>& s, const IpcPlan& plan, absl::Duration timeout) {
+  {
+    std::unique_lock<std::mutex> lock(s->run_mu);
+    if (!s->run_cv.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] { return s->next_run == plan.seq; })) {
+      return absl::DeadlineExceededError(
+          WithPrefix(absl::StrCat(plan.what, ": exchange #", s->next_run, " issued before it did not finish within ",
+                                  absl::FormatDuration(timeout), " (cuda_ipc runs exchanges in issue order)")));
+    }
+  }
+  ScopedSpan span("cuda_ipc", plan.what, "comm");
+  IpcExchange ex(*s, plan);
+  Status st = ex.Run(timeout);
+  {
+    std::lock_guard<std::mutex> lock(s->run_mu);
+    ++s->next_run;  // also after an error, so that later exchanges fail on their own instead of waiting here
+  }
+  s->run_cv.notify_all();
+  return st;
+}
+
+struct Job {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool finished = false;
+  Status status;
+};
+
+class CudaIpcCommunicator final : public Communicator {
+ public:
+  CudaIpcCommunicator(std::unique_ptr<Communicator> host, std::shared_ptr<IpcState> state, absl::Duration timeout,
+                      int tag_modulus)
+      : host_(std::move(host)), s_(std::move(state)), timeout_(timeout), tag_modulus_(tag_modulus) {}
+
+  absl::string_view name() const override { return "cuda_ipc"; }
+  int rank() const override { return s_->rank; }
+  int size() const override { return s_->size; }
+  Capabilities capabilities() const override {
+    Capabilities caps;
+    caps.host_memory = false;
+    caps.device_memory = true;
+    return caps;
+  }
+  LinkEstimate Estimate(int peer) const override {
+    if (peer < 0 || peer >= size()) return LinkEstimate{"invalid", 0, 0};
+    if (peer == rank()) return LinkEstimate{"loopback", kLocalBwGbps, kLocalLatencyUs};
+    return LinkEstimate{"cuda_ipc", kIpcBwGbps, kIpcLatencyUs};
+  }
+
+  Status Barrier() override { return host_->Barrier(); }
+  Status Allgather(const void* send, size_t bytes, void* recv) override { return host_->Allgather(send, bytes, recv); }
+  Status AlltoallCounts(const int64_t* send, int64_t n, int64_t* recv) override {
+    return host_->AlltoallCounts(send, n, recv);
+  }
+
+  Status Alltoallv(const AlltoallvArgs& args) override {
+    WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<IpcPlan> plan, Issue(args, "(blocking)"));
+    return RunInTurn(s_, *plan, timeout_);
+  }
+
+  Status AlltoallvAsync(AlltoallvArgs args, Stream& stream) override {
+    std::lock_guard<std::mutex> lock(issue_mu_);  // keeps the sequence number and the enqueue order together
+    WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<IpcPlan> plan, MakePlan(args, ""));
+    if (stream.native() == nullptr) {
+      WAVEEP_RETURN_IF_ERROR(
+          stream.Enqueue([s = s_, plan, timeout = timeout_]() { return RunInTurn(s, *plan, timeout); }));
+      ++seq_;
+      return absl::OkStatus();
+    }
+    // CUDA stream: host functions must not call CUDA, so a helper thread runs the exchange once the stream reached
+    // it, and a host function holds the stream until the helper finished.
+    WAVEEP_CUDA_RETURN_IF_ERROR(cudaSetDevice(s_->device));
+    cudaEvent_t start = nullptr;
+    WAVEEP_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&start, cudaEventDisableTiming));
+    cudaError_t rc = cudaEventRecord(start, static_cast<cudaStream_t>(stream.native()));
+    if (rc != cudaSuccess) cudaEventDestroy(start);
+    WAVEEP_CUDA_RETURN_IF_ERROR(rc);
+    auto job = std::make_shared<Job>();
+    const absl::Duration gate_timeout = 3 * timeout_ + absl::Seconds(1);
+    Status enq = stream.Enqueue([job, plan, gate_timeout]() -> Status {
+      std::unique_lock<std::mutex> jl(job->mu);
+      if (!job->cv.wait_for(jl, absl::ToChronoNanoseconds(gate_timeout), [&] { return job->finished; })) {
+        return absl::DeadlineExceededError(WithPrefix(
+            absl::StrCat(plan->what, ": cuda_ipc helper did not finish within ", absl::FormatDuration(gate_timeout))));
+      }
+      return job->status;
+    });
+    if (!enq.ok()) {
+      cudaEventDestroy(start);
+      return enq;
+    }
+    ++seq_;
+    std::thread([s = s_, plan, job, start, timeout = timeout_]() {
+      Status st = [&]() -> Status {
+        WAVEEP_CUDA_RETURN_IF_ERROR(cudaSetDevice(s->device));
+        const Clock::time_point deadline = Clock::now() + absl::ToChronoNanoseconds(timeout);
+        for (;;) {
+          const cudaError_t q = cudaEventQuery(start);
+          if (q == cudaSuccess) break;
+          if (q != cudaErrorNotReady) WAVEEP_CUDA_RETURN_IF_ERROR(q);
+          if (Clock::now() >= deadline) {
+            return absl::DeadlineExceededError(WithPrefix(absl::StrCat(
+                plan->what, ": the CUDA stream did not reach this exchange within ", absl::FormatDuration(timeout))));
+          }
+          std::this_thread::sleep_for(std::chrono::microseconds(10));
+        }
+        return RunInTurn(s, *plan, timeout);
+      }();
+      cudaEventDestroy(start);
+      {
+        std::lock_guard<std::mutex> jl(job->mu);
+        job->status = std::move(st);
+        job->finished = true;
+      }
+      job->cv.notify_all();
+    }).detach();
+    return absl::OkStatus();
+  }
+
+ private:
+  StatusOr<std::shared_ptr<IpcPlan>> Issue(const AlltoallvArgs& args, absl::string_view suffix) {
+    std::lock_guard<std::mutex> lock(issue_mu_);
+    WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<IpcPlan> plan, MakePlan(args, suffix));
+    ++seq_;
+    return plan;
+  }
+
+  // Validates and fixes the exchange's sequence number (consumed by the caller once the exchange is queued).
+  // Requires issue_mu_.
+  StatusOr<std::shared_ptr<IpcPlan>> MakePlan(const AlltoallvArgs& args, absl::string_view suffix) {
+    WAVEEP_RETURN_IF_ERROR(ValidateAlltoallvArgs(args, size()));
+    const int me = rank();
+    if (args.send_bytes[me] != args.recv_bytes[me]) {
+      return absl::InvalidArgumentError(absl::StrCat("AlltoallvArgs: send_bytes[", me, "] = ", args.send_bytes[me],
+                                                     " but recv_bytes[", me, "] = ", args.recv_bytes[me]));
+    }
+    for (const auto& [base, bytes, side] :
+         {std::make_tuple(args.send, &args.send_bytes, "send"),
+          std::make_tuple(static_cast<const void*>(args.recv), &args.recv_bytes, "recv")}) {
+      if (std::all_of(bytes->begin(), bytes->end(), [](size_t b) { return b == 0; })) continue;
+      cudaPointerAttributes attr{};
+      if (cudaPointerGetAttributes(&attr, base) != cudaSuccess || attr.type != cudaMemoryTypeDevice) {
+        cudaGetLastError();
+        return absl::InvalidArgumentError(absl::StrCat(
+            "AlltoallvArgs.", side,
+            " is not CUDA device memory; the cuda_ipc backend takes device buffers only (use --backend=mpi)"));
+      }
+    }
+    auto plan = std::make_shared<IpcPlan>();
+    plan->seq = seq_;
+    // Two tags per exchange (control, completion), wrapping well below MPI_TAG_UB.
+    plan->tag = static_cast<int>((seq_ % static_cast<uint64_t>(tag_modulus_ / 2)) * 2);
+    plan->what = absl::StrCat("cuda_ipc alltoallv '", args.label.empty() ? absl::StrCat("#", seq_) : args.label, "'",
+                              suffix.empty() ? "" : " ", suffix);
+    plan->args = args;
+    return plan;
+  }
+
+  std::unique_ptr<Communicator> host_;
+  std::shared_ptr<IpcState> s_;
+  const absl::Duration timeout_;
+  const int tag_modulus_;
+  std::mutex issue_mu_;
+  uint64_t seq_ = 0;
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Communicator>> NewCudaIpcCommunicator(const ProcessContext& ctx, Options options) {
+  if (ctx.world == MPI_COMM_NULL) {
+    return absl::FailedPreconditionError("cuda_ipc communicator: ProcessContext has no world communicator");
+  }
+  const int num_devices = CudaDeviceCount();
+  if (num_devices == 0) return absl::UnavailableError("comm backend 'cuda_ipc': no CUDA device is visible");
+  WAVEEP_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> host, NewMpiCommunicator(ctx, options));
+  const int me = host->rank();
+  const int n = host->size();
+  std::vector<int> nodes(n);
+  WAVEEP_RETURN_IF_ERROR(host->Allgather(&ctx.node_id, sizeof(int), nodes.data()));
+  for (int p = 0; p < n; ++p) {
+    if (nodes[p] != nodes[0]) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cuda_ipc communicator: rank 0 (node ", nodes[0], ") and rank ", p, " (node ", nodes[p],
+          ") are on different nodes; CUDA IPC only connects processes of one node (use --backend=nccl or mpi)"));
+    }
+  }
+  auto s = std::make_shared<IpcState>();
+  s->rank = me;
+  s->size = n;
+  s->device = ctx.local_rank % num_devices;  // several ranks per GPU (MPS) when local_size > num_devices
+  s->peers.resize(n);
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_dup(ctx.world, &s->ctrl));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_set_errhandler(s->ctrl, MPI_ERRORS_RETURN));
+  const Status local = [&]() -> Status {
+    WAVEEP_CUDA_RETURN_IF_ERROR(cudaSetDevice(s->device));
+    WAVEEP_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s->copy, cudaStreamNonBlocking));
+    for (int p = 0; p < n; ++p) {
+      cudaEvent_t e = nullptr;
+      WAVEEP_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      s->copy_done.push_back(e);
+    }
+    WAVEEP_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&s->local_done, cudaEventDisableTiming));
+    return absl::OkStatus();
+  }();
+  // Agree on success, so that no rank is left holding a communicator its peers lack.
+  const int ok = local.ok() ? 1 : 0;
+  std::vector<int> oks(n);
+  WAVEEP_RETURN_IF_ERROR(host->Allgather(&ok, sizeof(ok), oks.data()));
+  if (!local.ok()) return local;
+  for (int p = 0; p < n; ++p) {
+    if (!oks[p]) return absl::InternalError(absl::StrCat("cuda_ipc communicator: CUDA setup failed on rank ", p));
+  }
+  void* attr = nullptr;
+  int flag = 0;
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_get_attr(s->ctrl, MPI_TAG_UB, &attr, &flag));
+  const int tag_modulus = std::min(flag ? *static_cast<int*>(attr) : 32767, 1 << 30);
+  const absl::Duration timeout = options.timeout > absl::ZeroDuration() ? options.timeout : DefaultTimeout();
+  return std::unique_ptr<Communicator>(new CudaIpcCommunicator(std::move(host), std::move(s), timeout, tag_modulus));
+}
+
+}  // namespace waveep::comm::internal

@@ -1,0 +1,84 @@
+// Copyright 2026 The waveep Authors.
+// IWYU pragma: private, include "comm/mpi_transport.h"
+//
+// comm/mpi_device_staging_internal.h — the device-memory path of the "mpi" backend. MPI builds we meet are not
+// CUDA-aware, so blocks in GPU memory travel through pinned host staging chunks:
+//
+//   send block (device) --D2H chunk--> pinned slot --MPI_Isend-->  ... --MPI_Irecv--> pinned slot --H2D--> recv block
+//
+// Copies are cudaMemcpyAsync on two private non-blocking streams (one per direction, so both copy engines work) and
+// use no SMs. Each direction has MpiTuning::staging_slots chunk slots (>= 2: double-buffered), so the D2H of chunk
+// k+1 and the H2D of chunk k-1 overlap the MPI transfer of chunk k. Host blocks of the same exchange go straight to
+// MPI as in the host path. mpi_transport.cc decides per exchange whether any block is in device memory and only then
+// comes here; without CUDA (mpi_device_staging_stub.cc) DeviceStagingAvailable() is false and nothing else is called.
+//
+// NOTES: chunk order. Sends are D2H-copied and posted in plan order (by step, then chunk) and receives are posted in
+// plan order, so with any number of slots >= 1 the globally first unfinished message is at the head of both its
+// sender's and its receiver's queue: the pipeline cannot deadlock.
+#ifndef WAVEEP_COMM_MPI_DEVICE_STAGING_INTERNAL_H_
+#define WAVEEP_COMM_MPI_DEVICE_STAGING_INTERNAL_H_
+
+#include <mpi.h>
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "comm/mpi_transport.h"
+#include "runtime/runtime.h"
+
+namespace waveep::comm::internal {
+
+// True when this binary was built with CUDA and a CUDA device is visible. Cached after the first call; thread-safe.
+bool DeviceStagingAvailable();
+
+// True when `p` points into CUDA device memory (cudaMemoryTypeDevice) and stores its device ordinal in *device.
+// False for null, host, pinned-host and managed memory, and always false without CUDA. Non-blocking, thread-safe.
+bool IsDevicePointer(const void* p, int* device);
+
+// One MPI message of a staged exchange: a block, or a chunk of one (<= MpiTuning::staging_chunk_bytes when the
+// block is in device memory).
+struct StagedMessage {
+  int peer = 0;
+  bool is_send = false;
+  bool on_device = false;  // the user's side of this message lives in device memory
+  const char* src = nullptr;
+  char* dst = nullptr;
+  int bytes = 0;
+  size_t block_bytes = 0;  // the whole block (diagnostics)
+};
+
+// An exchange with at least one block in device memory, fixed when it is issued.
+struct StagedPlan {
+  std::string what;  // "alltoallv 'dispatch(0)'"
+  std::string label;
+  int tag = 0;
+  int device = 0;                       // CUDA ordinal of the device blocks (one device per rank)
+  std::vector<StagedMessage> messages;  // receives first, then sends, each in step order
+  const char* self_src = nullptr;
+  char* self_dst = nullptr;
+  size_t self_bytes = 0;
+  size_t bytes_sent = 0;
+  size_t bytes_recv = 0;
+  int num_peers = 0;
+};
+
+// Runs one staged exchange to completion on the calling thread, which may call CUDA (the host thread or a CPU
+// stream's worker, never a CUDA host function). Blocking, bounded by `timeout` (DeadlineExceeded naming the pending
+// peers). After an error, pending receives are cancelled and any staging memory MPI may still touch is leaked rather
+// than reused. Thread-safe: concurrent exchanges use separate staging sets from a process-wide pool.
+Status RunStagedExchange(MPI_Comm comm, const StagedPlan& plan, absl::Duration timeout, const MpiTuning& tuning);
+
+// Orders a staged exchange on `stream`. On a CPU stream the exchange runs as a task (RunStagedExchange on the
+// stream's thread). On a CUDA stream, where host functions must not call CUDA, it records an event on the stream,
+// runs the exchange on a helper thread once the event completed (waiting at most `timeout` for the stream to get
+// there), and enqueues a host function that holds the stream until the helper finished and returns its Status (the
+// stream's sticky error). `keep_alive` owns `comm` for as long as the exchange may use it. Non-blocking.
+Status EnqueueStagedExchange(std::shared_ptr<void> keep_alive, MPI_Comm comm, std::shared_ptr<const StagedPlan> plan,
+                             absl::Duration timeout, const MpiTuning& tuning, Stream& stream);
+
+}  // namespace waveep::comm::internal
+
+#endif  // WAVEEP_COMM_MPI_DEVICE_STAGING_INTERNAL_H_

@@ -1,0 +1,419 @@
+// Copyright 2026 The waveep Authors.
+//
+// The "nccl" backend (design in nccl_transport.h). Host code against the CUDA and NCCL headers; NCCL launches its
+// own kernels.
+#include "comm/nccl_transport.h"
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "comm/cuda_status_internal.h"
+#include "comm/mpi_transport.h"
+
+// NCCL return code -> Status with the expression, file:line and NCCL's last error text.
+#define WAVEEP_NCCL_RETURN_IF_ERROR(expr)                                                        \
+  do {                                                                                           \
+    ncclResult_t waveep_nccl_rc_ = (expr);                                                       \
+    if (waveep_nccl_rc_ != ncclSuccess && waveep_nccl_rc_ != ncclInProgress)                     \
+      return ::waveep::internal::MakeForeignError(                                               \
+          ::absl::StatusCode::kInternal, "NCCL", #expr, __FILE__, __LINE__,                      \
+          ::absl::StrCat(ncclGetErrorString(waveep_nccl_rc_), ": ", ncclGetLastError(nullptr))); \
+  } while (0)
+
+namespace waveep::comm::internal {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// NOTES: modelled, not measured (topology/ probes the real link): NVLink-class peers on one node, a 400 Gb/s NIC
+// across nodes.
+constexpr double kNvlinkBwGbps = 150.0;
+constexpr double kNvlinkLatencyUs = 5.0;
+constexpr double kNicBwGbps = 45.0;
+constexpr double kNicLatencyUs = 10.0;
+constexpr double kLocalBwGbps = 1000.0;
+constexpr double kLocalLatencyUs = 3.0;
+
+std::string WithPrefix(absl::string_view msg) {
+  std::string prefix = DiagnosticPrefix();
+  return absl::StrCat(prefix, prefix.empty() ? "" : ": ", msg);
+}
+
+// Polls a non-blocking NCCL communicator until its pending operation (init, group end) is no longer in progress.
+Status WaitNotInProgress(ncclComm_t comm, absl::Duration timeout, absl::string_view what) {
+  const Clock::time_point deadline = Clock::now() + absl::ToChronoNanoseconds(timeout);
+  for (;;) {
+    ncclResult_t async = ncclSuccess;
+    WAVEEP_NCCL_RETURN_IF_ERROR(ncclCommGetAsyncError(comm, &async));
+    if (async == ncclSuccess) return absl::OkStatus();
+    if (async != ncclInProgress) WAVEEP_NCCL_RETURN_IF_ERROR(async);
+    if (Clock::now() >= deadline) {
+      return absl::DeadlineExceededError(
+          WithPrefix(absl::StrCat("nccl: ", what, " did not finish within ", absl::FormatDuration(timeout))));
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
+// The NCCL communicator and its health, shared with queued host functions and the watchdog.
+struct NcclState {
+  ncclComm_t comm = nullptr;
+  std::mutex mu;
+  Status broken;  // set once, before ncclCommAbort
+  bool aborted = false;
+
+  // Fails the communicator and releases its kernels. Idempotent.
+  void Abort(Status why) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (aborted) return;
+    broken = absl::FailedPreconditionError(
+        absl::StrCat("nccl communicator aborted after an earlier failure: ", why.message()));
+    aborted = true;
+    ncclCommAbort(comm);
+  }
+  Status Health() {
+    std::lock_guard<std::mutex> lock(mu);
+    return broken;
+  }
+  ~NcclState() {
+    if (!aborted && comm != nullptr) ncclCommDestroy(comm);
+  }
+};
+
+// One queued exchange as the watchdog sees it.
+struct Watch {
+  std::string what;
+  cudaEvent_t started = nullptr;  // recorded before the group
+  std::atomic<bool> finished{false};
+  std::mutex mu;
+  Status verdict;  // the watchdog's, read by the host function after the group
+  bool timer_running = false;
+  Clock::time_point start_time;
+};
+
+class NcclCommunicator final : public Communicator {
+ public:
+  NcclCommunicator(std::unique_ptr<Communicator> host, std::shared_ptr<NcclState> state, int device,
+                   std::vector<int> node_ids, absl::Duration timeout)
+      : host_(std::move(host)),
+        state_(std::move(state)),
+        device_(device),
+        node_ids_(std::move(node_ids)),
+        timeout_(timeout),
+        watchdog_([this] { WatchdogLoop(); }) {}
+
+  ~NcclCommunicator() override {
+    {
+      std::lock_guard<std::mutex> lock(watch_mu_);
+      stop_ = true;
+    }
+    watch_cv_.notify_all();
+    watchdog_.join();
+    for (auto& w : watches_) cudaEventDestroy(w->started);
+    if (blocking_stream_ != nullptr) cudaStreamDestroy(blocking_stream_);
+  }
+
+  absl::string_view name() const override { return "nccl"; }
+  int rank() const override { return host_->rank(); }
+  int size() const override { return host_->size(); }
+  Capabilities capabilities() const override {
+    Capabilities caps;
+    caps.host_memory = false;
+    caps.device_memory = true;
+    return caps;
+  }
+  LinkEstimate Estimate(int peer) const override {
+    if (peer < 0 || peer >= size()) return LinkEstimate{"invalid", 0, 0};
+    if (peer == rank()) return LinkEstimate{"loopback", kLocalBwGbps, kLocalLatencyUs};
+    if (node_ids_[peer] == node_ids_[rank()]) return LinkEstimate{"nvlink", kNvlinkBwGbps, kNvlinkLatencyUs};
+    return LinkEstimate{"net", kNicBwGbps, kNicLatencyUs};
+  }
+
+  Status Barrier() override { return host_->Barrier(); }
+  Status Allgather(const void* send, size_t bytes, void* recv) override { return host_->Allgather(send, bytes, recv); }
+  Status AlltoallCounts(const int64_t* send, int64_t n, int64_t* recv) override {
+    return host_->AlltoallCounts(send, n, recv);
+  }
+
+  Status Alltoallv(const AlltoallvArgs& args) override {
+    std::lock_guard<std::mutex> lock(blocking_mu_);
+    WAVEEP_RETURN_IF_ERROR(CheckArgs(args));
+    WAVEEP_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    if (blocking_stream_ == nullptr) {
+      WAVEEP_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&blocking_stream_, cudaStreamNonBlocking));
+    }
+    const std::string what = absl::StrCat("nccl alltoallv '", args.label, "' (blocking)");
+    ScopedSpan span("host", args.label.empty() ? "alltoallv" : args.label, "comm");
+    WAVEEP_RETURN_IF_ERROR(Launch(args, blocking_stream_, what));
+    const Clock::time_point deadline = Clock::now() + absl::ToChronoNanoseconds(timeout_);
+    for (;;) {
+      const cudaError_t rc = cudaStreamQuery(blocking_stream_);
+      if (rc == cudaSuccess) return absl::OkStatus();
+      if (rc != cudaErrorNotReady) WAVEEP_CUDA_RETURN_IF_ERROR(rc);
+      ncclResult_t async = ncclSuccess;
+      ncclCommGetAsyncError(state_->comm, &async);
+      if (async != ncclSuccess && async != ncclInProgress) {
+        Status s = absl::InternalError(WithPrefix(absl::StrCat(what, ": NCCL error ", ncclGetErrorString(async))));
+        state_->Abort(s);
+        return s;
+      }
+      if (Clock::now() >= deadline) {
+        Status s = absl::DeadlineExceededError(
+            WithPrefix(absl::StrCat(what, " timed out after ", absl::FormatDuration(timeout_), "; ", PeersOf(args),
+                                    ". Did every rank issue this exchange, in the same order?")));
+        state_->Abort(s);
+        return s;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+  }
+
+  Status AlltoallvAsync(AlltoallvArgs args, Stream& stream) override {
+    if (stream.native() == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat("nccl backend needs a CUDA stream; '", stream.name(),
+                                                        "' is a CPU stream (use --backend=mpi for host streams)"));
+    }
+    WAVEEP_RETURN_IF_ERROR(CheckArgs(args));
+    auto s = static_cast<cudaStream_t>(stream.native());
+    WAVEEP_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    auto watch = std::make_shared<Watch>();
+    watch->what = absl::StrCat("nccl alltoallv '", args.label, "' (", PeersOf(args), ")");
+    WAVEEP_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&watch->started, cudaEventDisableTiming));
+    cudaError_t rc = cudaEventRecord(watch->started, s);
+    if (rc != cudaSuccess) cudaEventDestroy(watch->started);
+    WAVEEP_CUDA_RETURN_IF_ERROR(rc);
+    Status st = Launch(args, s, watch->what);
+    if (st.ok()) {
+      // Runs after NCCL's kernels returned, normally or released by an abort: reports the watchdog's verdict.
+      st = stream.Enqueue([watch, state = state_]() -> Status {
+        watch->finished.store(true);
+        WAVEEP_RETURN_IF_ERROR(state->Health());
+        std::lock_guard<std::mutex> lock(watch->mu);
+        return watch->verdict;
+      });
+    }
+    if (!st.ok()) {
+      cudaEventDestroy(watch->started);
+      return st;
+    }
+    {
+      std::lock_guard<std::mutex> lock(watch_mu_);
+      watches_.push_back(std::move(watch));
+    }
+    watch_cv_.notify_all();
+    return absl::OkStatus();
+  }
+
+ private:
+  Status CheckArgs(const AlltoallvArgs& args) const {
+    WAVEEP_RETURN_IF_ERROR(state_->Health());
+    WAVEEP_RETURN_IF_ERROR(ValidateAlltoallvArgs(args, size()));
+    const int me = rank();
+    if (args.send_bytes[me] != args.recv_bytes[me]) {
+      return absl::InvalidArgumentError(absl::StrCat("AlltoallvArgs: send_bytes[", me, "] = ", args.send_bytes[me],
+                                                     " but recv_bytes[", me, "] = ", args.recv_bytes[me]));
+    }
+    for (const auto& [base, bytes, side] :
+         {std::make_tuple(static_cast<const void*>(args.send), &args.send_bytes, "send"),
+          std::make_tuple(static_cast<const void*>(args.recv), &args.recv_bytes, "recv")}) {
+      bool any = false;
+      for (size_t b : *bytes) any = any || b > 0;
+      if (!any) continue;
+      cudaPointerAttributes attr{};
+      if (cudaPointerGetAttributes(&attr, base) != cudaSuccess || attr.type != cudaMemoryTypeDevice) {
+        cudaGetLastError();
+        return absl::InvalidArgumentError(absl::StrCat("AlltoallvArgs.", side,
+                                                       " is not CUDA device memory; the nccl backend takes device "
+                                                       "buffers only (use --backend=mpi for host memory)"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  static std::string PeersOf(const AlltoallvArgs& args) {
+    int sends = 0, recvs = 0;
+    for (size_t b : args.send_bytes) sends += b > 0;
+    for (size_t b : args.recv_bytes) recvs += b > 0;
+    return absl::StrCat(sends, " send and ", recvs, " receive blocks");
+  }
+
+  // Enqueues the grouped point-to-point exchange on `s`. Non-blocking apart from the group launch.
+  Status Launch(const AlltoallvArgs& args, cudaStream_t s, absl::string_view what) {
+    const int me = rank();
+    if (args.send_bytes[me] > 0) {
+      WAVEEP_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(static_cast<char*>(args.recv) + args.recv_offsets[me],
+                                                  static_cast<const char*>(args.send) + args.send_offsets[me],
+                                                  args.send_bytes[me], cudaMemcpyDeviceToDevice, s));
+    }
+    WAVEEP_NCCL_RETURN_IF_ERROR(ncclGroupStart());
+    for (int i = 1; i < size(); ++i) {
+      const int to = (me + i) % size();
+      const int from = (me - i + size()) % size();
+      if (args.send_bytes[to] > 0) {
+        WAVEEP_NCCL_RETURN_IF_ERROR(ncclSend(static_cast<const char*>(args.send) + args.send_offsets[to],
+                                             args.send_bytes[to], ncclUint8, to, state_->comm, s));
+      }
+      if (args.recv_bytes[from] > 0) {
+        WAVEEP_NCCL_RETURN_IF_ERROR(ncclRecv(static_cast<char*>(args.recv) + args.recv_offsets[from],
+                                             args.recv_bytes[from], ncclUint8, from, state_->comm, s));
+      }
+    }
+    WAVEEP_NCCL_RETURN_IF_ERROR(ncclGroupEnd());
+    Status st = WaitNotInProgress(state_->comm, timeout_, absl::StrCat(what, " group launch"));
+    if (!st.ok()) state_->Abort(st);
+    return st;
+  }
+
+  // Bounds every queued exchange by the timeout, counted from when its stream reached it.
+  void WatchdogLoop() {
+    std::unique_lock<std::mutex> lock(watch_mu_);
+    while (!stop_) {
+      if (watches_.empty()) {
+        watch_cv_.wait(lock, [&] { return stop_ || !watches_.empty(); });
+      } else {
+        watch_cv_.wait_for(lock, std::chrono::microseconds(100), [&] { return stop_; });
+      }
+      for (auto it = watches_.begin(); it != watches_.end();) {
+        Watch& w = **it;
+        if (w.finished.load()) {
+          cudaEventDestroy(w.started);
+          it = watches_.erase(it);
+          continue;
+        }
+        if (!w.timer_running && cudaEventQuery(w.started) == cudaSuccess) {
+          w.timer_running = true;
+          w.start_time = Clock::now();
+        }
+        ncclResult_t async = ncclSuccess;
+        ncclCommGetAsyncError(state_->comm, &async);
+        Status verdict;
+        if (async != ncclSuccess && async != ncclInProgress) {
+          verdict = absl::InternalError(WithPrefix(absl::StrCat(w.what, ": NCCL error ", ncclGetErrorString(async))));
+        } else if (w.timer_running && Clock::now() - w.start_time > absl::ToChronoNanoseconds(timeout_)) {
+          verdict = absl::DeadlineExceededError(
+              WithPrefix(absl::StrCat(w.what, " timed out after ", absl::FormatDuration(timeout_),
+                                      " on the stream; the communicator was aborted. Did every rank issue this "
+                                      "exchange, in the same order?")));
+        }
+        if (!verdict.ok()) {
+          {
+            std::lock_guard<std::mutex> wl(w.mu);
+            w.verdict = verdict;
+          }
+          state_->Abort(verdict);  // releases the kernels; the host function then reports the verdict
+        }
+        ++it;
+      }
+    }
+  }
+
+  std::unique_ptr<Communicator> host_;  // "mpi": blocking host collectives
+  std::shared_ptr<NcclState> state_;
+  const int device_;
+  const std::vector<int> node_ids_;
+  const absl::Duration timeout_;
+
+  std::mutex blocking_mu_;
+  cudaStream_t blocking_stream_ = nullptr;
+
+  std::mutex watch_mu_;
+  std::condition_variable watch_cv_;
+  std::list<std::shared_ptr<Watch>> watches_;
+  bool stop_ = false;
+  std::thread watchdog_;  // last: starts once everything above exists
+};
+
+// What each rank tells the others before NCCL starts.
+struct RankInfo {
+  int node_id;
+  int device;
+  char bus_id[64];
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Communicator>> NewNcclCommunicator(const ProcessContext& ctx, Options options) {
+  if (ctx.world == MPI_COMM_NULL) {
+    return absl::FailedPreconditionError("nccl communicator: ProcessContext has no world communicator");
+  }
+  const int num_devices = CudaDeviceCount();
+  if (num_devices == 0) return absl::UnavailableError("comm backend 'nccl': no CUDA device is visible");
+  WAVEEP_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> host, NewMpiCommunicator(ctx, options));
+  const absl::Duration timeout = options.timeout > absl::ZeroDuration() ? options.timeout : DefaultTimeout();
+  const int me = host->rank();
+  const int n = host->size();
+
+  // Collective from here on: every rank reaches each Allgather, even when its own step failed, so that an error on
+  // one rank never leaves the others waiting.
+  RankInfo info{};
+  info.node_id = ctx.node_id;
+  info.device = ctx.local_rank % num_devices;
+  Status local = [&]() -> Status {
+    WAVEEP_CUDA_RETURN_IF_ERROR(cudaSetDevice(info.device));
+    WAVEEP_CUDA_RETURN_IF_ERROR(cudaDeviceGetPCIBusId(info.bus_id, sizeof(info.bus_id), info.device));
+    return absl::OkStatus();
+  }();
+  if (!local.ok()) std::snprintf(info.bus_id, sizeof(info.bus_id), "error");
+  std::vector<RankInfo> all(n);
+  WAVEEP_RETURN_IF_ERROR(host->Allgather(&info, sizeof(info), all.data()));
+  for (int a = 0; a < n; ++a) {
+    if (std::strcmp(all[a].bus_id, "error") == 0) {
+      return absl::InternalError(absl::StrCat("nccl communicator: rank ", a, " could not query its GPU",
+                                              a == me ? absl::StrCat(": ", local.message()) : std::string()));
+    }
+    for (int b = a + 1; b < n; ++b) {
+      if (all[a].node_id == all[b].node_id && std::strcmp(all[a].bus_id, all[b].bus_id) == 0) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "nccl communicator: ranks ", a, " and ", b, " share GPU ", all[a].bus_id, " on node ", all[a].node_id,
+            "; NCCL needs one GPU per rank. Use --backend=mpi (host-staged) or "
+            "--backend=cuda_ipc for several ranks per GPU under MPS, or launch one rank per GPU"));
+      }
+    }
+  }
+
+  ncclUniqueId id{};
+  ncclResult_t id_rc = ncclSuccess;
+  if (me == 0) id_rc = ncclGetUniqueId(&id);
+  struct IdMsg {
+    int ok;
+    ncclUniqueId id;
+  } mine{id_rc == ncclSuccess ? 1 : 0, id};
+  std::vector<IdMsg> ids(n);
+  WAVEEP_RETURN_IF_ERROR(host->Allgather(&mine, sizeof(mine), ids.data()));
+  if (!ids[0].ok) {
+    return absl::InternalError(absl::StrCat("nccl communicator: ncclGetUniqueId failed on rank 0",
+                                            me == 0 ? absl::StrCat(": ", ncclGetErrorString(id_rc)) : std::string()));
+  }
+
+  auto state = std::make_shared<NcclState>();
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;  // bounded init and launches (ncclInProgress + ncclCommGetAsyncError)
+  WAVEEP_NCCL_RETURN_IF_ERROR(ncclCommInitRankConfig(&state->comm, n, ids[0].id, me, &config));
+  Status init = WaitNotInProgress(state->comm, timeout, "ncclCommInitRank");
+  if (!init.ok()) {
+    state->Abort(init);
+    return init;
+  }
+  std::vector<int> node_ids(n);
+  for (int p = 0; p < n; ++p) node_ids[p] = all[p].node_id;
+  return std::unique_ptr<Communicator>(
+      new NcclCommunicator(std::move(host), std::move(state), info.device, std::move(node_ids), timeout));
+}
+
+}  // namespace waveep::comm::internal

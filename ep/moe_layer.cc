@@ -285,6 +285,7 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
     const float* b2 = im.shared_w2.data();
     float* xin = im.s_in.as<float>();
     const int64_t first = batch.first_token, last = batch.first_token + batch.num_tokens;
+    if (batch.num_tokens == 0) return absl::OkStatus();
     for (int64_t bs = first / blk * blk; bs < last; bs += blk) {
       const int64_t lo = std::max(bs, first), hi = std::min(bs + blk, last);  // my tokens in this block
       std::memset(xin, 0, static_cast<size_t>(blk * h) * sizeof(float));

@@ -18,8 +18,6 @@ ABSL_FLAG(std::string, models, "tiny", "Comma-separated model presets (or JSON p
 ABSL_FLAG(std::string, waves_list, "1,2,4,8", "Comma-separated wave counts; 1 (the baseline) is always added");
 ABSL_FLAG(std::string, tokens_list, "128,512", "Comma-separated tokens per rank");
 ABSL_FLAG(std::string, csv, "", "Write the table as CSV to this file");
-ABSL_FLAG(std::string, cluster, "",
-          "Cluster JSON (e.g. from `waveep topo probe`) for the topology model's predicted step time column");
 
 namespace waveep::cli {
 

@@ -29,7 +29,20 @@ ABSL_FLAG(std::string, trace, "", "Write a Chrome trace JSON of the last step (o
 ABSL_FLAG(std::string, device, "cpu", "Compute device: cpu (cuda lands with the GPU backend)");
 ABSL_FLAG(int, blas_threads, 0, "BLAS threads per rank; 0 = cores per rank minus one for the comm thread (min 1)");
 ABSL_FLAG(bool, shared_experts, true, "Include the model's shared expert(s), computed locally on each rank");
+ABSL_FLAG(std::string, cluster, "",
+          "Cluster description: a preset in configs/clusters/ or a JSON path (e.g. written by `waveep topo probe`); "
+          "topo check/model/tune use it, bench adds the topology model's predicted step time next to the measured");
 ABSL_FLAG(bool, quiet, false, "Only errors on stderr (no progress lines)");
+ABSL_FLAG(std::string, checkpoint, "",
+          "Hugging Face-style checkpoint directory (config.json + *.safetensors): run one MoE layer with its weights; "
+          "the model shape comes from its config.json (else from --model)");
+ABSL_FLAG(int, layer, -1, "MoE layer of --checkpoint to run; -1 = the first layer that has expert tensors");
+ABSL_FLAG(std::string, input, "",
+          "safetensors file with hidden_states [T, H] (F32/BF16, rounded to BF16) and optionally topk_idx + "
+          "topk_weights [T, K]; the T tokens are split in order over the ranks (replaces --tokens_per_rank)");
+ABSL_FLAG(std::string, output, "",
+          "Write the layer output [T, H] (F32) and the routing used (topk_idx, topk_weights), gathered in token "
+          "order, to this safetensors file (rank 0)");
 
 namespace waveep::cli {
 
@@ -39,7 +52,9 @@ std::string CanonicalFlags() {
                       ";dtype=", absl::GetFlag(FLAGS_dtype), ";seed=", absl::GetFlag(FLAGS_seed),
                       ";verify=", absl::GetFlag(FLAGS_verify), ";waves=", absl::GetFlag(FLAGS_waves),
                       ";routing=", absl::GetFlag(FLAGS_routing), ";backend=", absl::GetFlag(FLAGS_backend),
-                      ";device=", absl::GetFlag(FLAGS_device), ";shared=", absl::GetFlag(FLAGS_shared_experts));
+                      ";device=", absl::GetFlag(FLAGS_device), ";shared=", absl::GetFlag(FLAGS_shared_experts),
+                      ";checkpoint=", absl::GetFlag(FLAGS_checkpoint), ";layer=", absl::GetFlag(FLAGS_layer),
+                      ";input=", absl::GetFlag(FLAGS_input), ";output=", absl::GetFlag(FLAGS_output));
 }
 
 }  // namespace waveep::cli

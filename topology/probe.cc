@@ -1,0 +1,623 @@
+// Copyright 2026 The waveep Authors.
+//
+// `waveep topo probe`: measures the job's ranks and links and writes them as a Cluster. Every rank runs every step
+// in the same order (the comm backend's exchanges are matched by call order); per-rank numbers are combined with
+// MPI reductions so that every rank returns the same Cluster.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <cmath>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "kernels/kernels.h"
+#include "topology/topology.h"
+#include "topology/topology_internal.h"
+
+namespace waveep::topology {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Every rank's `v`, concatenated in rank order.
+StatusOr<std::vector<double>> AllgatherVector(const ProcessContext& ctx, const std::vector<double>& v) {
+  std::vector<double> all(v.size() * ctx.world_size);
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allgather(v.data(), static_cast<int>(v.size()), MPI_DOUBLE, all.data(),
+                                           static_cast<int>(v.size()), MPI_DOUBLE, ctx.world));
+  return all;
+}
+
+std::string CpuModelName() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      const size_t colon = line.find(':');
+      if (colon != std::string::npos) return std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
+    }
+  }
+  return "host CPU";
+}
+
+std::string UtcNow() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+double NodeMemoryGib() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<double>(pages) * page / (1024.0 * 1024.0 * 1024.0) : 0.0;
+}
+
+// Repeats `fn` until at least `min_s` seconds passed (and at least twice); returns seconds per call.
+template <typename Fn>
+double TimePerCall(Fn&& fn, double min_s) {
+  fn();  // warm-up (page faults, BLAS buffers)
+  int n = 0;
+  const Clock::time_point t0 = Clock::now();
+  double el = 0;
+  do {
+    fn();
+    ++n;
+    el = SecondsSince(t0);
+  } while (el < min_s || n < 2);
+  return el / n;
+}
+
+// An all-to-all-v with `bytes` from `src` to `dst` only; every other block is empty. Every rank builds the same
+// call shape so they all issue it (the backend posts nothing for empty blocks).
+comm::AlltoallvArgs PairArgs(int me, int size, int src, int dst, size_t bytes, const char* send, char* recv) {
+  comm::AlltoallvArgs a;
+  a.send = send;
+  a.recv = recv;
+  a.send_bytes.assign(size, 0);
+  a.send_offsets.assign(size, 0);
+  a.recv_bytes.assign(size, 0);
+  a.recv_offsets.assign(size, 0);
+  if (me == src) a.send_bytes[dst] = bytes;
+  if (me == dst) a.recv_bytes[src] = bytes;
+  a.label = "probe pair";
+  return a;
+}
+
+struct PairResult {
+  double latency_us = 0, uni_gbps = 0, bidir_gbps = 0;
+};
+
+// Ping-pong latency and uni/bidirectional bandwidth between ranks a < b, measured on rank a (others pass through).
+StatusOr<PairResult> MeasurePair(const ProcessContext& ctx, comm::Communicator& comm, int a, int b,
+                                 const ProbeOptions& opt, std::vector<char>& sbuf, std::vector<char>& rbuf) {
+  const int me = ctx.world_rank, n = ctx.world_size;
+  const size_t big = static_cast<size_t>(opt.pair_bytes);
+  PairResult res;
+  const comm::AlltoallvArgs ping = PairArgs(me, n, a, b, 8, sbuf.data(), rbuf.data());
+  const comm::AlltoallvArgs pong = PairArgs(me, n, b, a, 8, sbuf.data(), rbuf.data());
+  const comm::AlltoallvArgs uni = PairArgs(me, n, a, b, big, sbuf.data(), rbuf.data());
+  comm::AlltoallvArgs bidir = PairArgs(me, n, a, b, big, sbuf.data(), rbuf.data());
+  if (me == b) bidir.send_bytes[a] = big;
+  if (me == a) bidir.recv_bytes[b] = big;
+  const int lat_iters = std::max(10, 10 * opt.pair_iters / 3);
+
+  for (int i = 0; i < 2; ++i) {  // warm-up: connections, registration
+    WAVEEP_RETURN_IF_ERROR(comm.Alltoallv(ping));
+    WAVEEP_RETURN_IF_ERROR(comm.Alltoallv(pong));
+  }
+  // Best of a few batches: a rank descheduled by a neighbour (2 cores, oversubscribed) inflates one batch, not
+  // the link. Each batch starts after a barrier so the pair starts together.
+  constexpr int kBatches = 3;
+  res.latency_us = std::numeric_limits<double>::infinity();
+  for (int batch = 0; batch < kBatches; ++batch) {
+    WAVEEP_RETURN_IF_ERROR(comm.Barrier());
+    const Clock::time_point t0 = Clock::now();
+    for (int i = 0; i < lat_iters; ++i) {
+      WAVEEP_RETURN_IF_ERROR(comm.Alltoallv(ping));
+      WAVEEP_RETURN_IF_ERROR(comm.Alltoallv(pong));
+    }
+    res.latency_us = std::min(res.latency_us, SecondsSince(t0) * 1e6 / (2.0 * lat_iters));
+  }
+
+  WAVEEP_RETURN_IF_ERROR(comm.Alltoallv(uni));  // warm-up of the large path
+  WAVEEP_RETURN_IF_ERROR(comm.Alltoallv(pong));
+  for (int batch = 0; batch < kBatches; ++batch) {
+    WAVEEP_RETURN_IF_ERROR(comm.Barrier());
+    const Clock::time_point t0 = Clock::now();
+    for (int i = 0; i < opt.pair_iters; ++i) WAVEEP_RETURN_IF_ERROR(comm.Alltoallv(uni));
+    WAVEEP_RETURN_IF_ERROR(comm.Alltoallv(pong));  // a knows b has everything
+    res.uni_gbps = std::max(res.uni_gbps, static_cast<double>(big) * opt.pair_iters / SecondsSince(t0) / 1e9);
+  }
+
+  WAVEEP_RETURN_IF_ERROR(comm.Alltoallv(bidir));
+  for (int batch = 0; batch < kBatches; ++batch) {
+    WAVEEP_RETURN_IF_ERROR(comm.Barrier());
+    const Clock::time_point t0 = Clock::now();
+    for (int i = 0; i < opt.pair_iters; ++i) WAVEEP_RETURN_IF_ERROR(comm.Alltoallv(bidir));
+    res.bidir_gbps = std::max(res.bidir_gbps, 2.0 * static_cast<double>(big) * opt.pair_iters / SecondsSince(t0) / 1e9);
+  }
+  return res;
+}
+
+// Runs `body` `iters` times after a barrier; returns this rank's elapsed seconds.
+template <typename Body>
+StatusOr<double> TimeLocal(comm::Communicator& comm, int iters, Body&& body) {
+  WAVEEP_RETURN_IF_ERROR(comm.Barrier());
+  const Clock::time_point t0 = Clock::now();
+  for (int i = 0; i < iters; ++i) WAVEEP_RETURN_IF_ERROR(body());
+  return SecondsSince(t0);
+}
+
+// avg / min / max over ranks of one rank's mean microseconds per iteration (the OSU convention).
+struct Spread {
+  double avg_us = 0, min_us = 0, max_us = 0;
+};
+StatusOr<Spread> ReduceSpread(const ProcessContext& ctx, double mine_us) {
+  Spread s;
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&mine_us, &s.avg_us, 1, MPI_DOUBLE, MPI_SUM, ctx.world));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&mine_us, &s.min_us, 1, MPI_DOUBLE, MPI_MIN, ctx.world));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&mine_us, &s.max_us, 1, MPI_DOUBLE, MPI_MAX, ctx.world));
+  s.avg_us /= ctx.world_size;
+  return s;
+}
+
+Status ValidateOptions(const ProbeOptions& o) {
+  if (o.min_bytes < 1) return absl::InvalidArgumentError("--probe_min_bytes must be >= 1");
+  if (o.max_bytes < o.min_bytes)
+    return absl::InvalidArgumentError(
+        absl::StrCat("--probe_max_bytes=", o.max_bytes, " is below --probe_min_bytes=", o.min_bytes));
+  if (o.iters < 1) return absl::InvalidArgumentError("--probe_iters must be >= 1");
+  if (o.warmup < 0) return absl::InvalidArgumentError("--probe_warmup must be >= 0");
+  if (o.pair_bytes < 1) return absl::InvalidArgumentError("--probe_pair_bytes must be >= 1");
+  if (o.pair_iters < 1) return absl::InvalidArgumentError("pair_iters must be >= 1");
+  if (o.gemm_max_rows < 1) return absl::InvalidArgumentError("--probe_gemm_max_rows must be >= 1");
+  if (!(o.gemm_min_ms > 0)) return absl::InvalidArgumentError("gemm_min_ms must be > 0");
+  if (o.blas_threads < 1) return absl::InvalidArgumentError("blas_threads must be >= 1");
+  return absl::OkStatus();
+}
+
+// The GEMM-rate probe: the expert FFN (gate/up GEMM, SwiGLU, down GEMM) of `groups` experts with m rows each, FP32
+// through kernels::GroupedGemmNT — what MoeLayer computes on the CPU. Returns FLOP/s per m.
+StatusOr<std::vector<double>> GemmRates(comm::Communicator& comm, const ModelConfig& model, const std::vector<int>& ms,
+                                        int groups, double min_s) {
+  const int64_t h = model.hidden_size, inter = model.moe_intermediate_size;
+  const int mmax = ms.back();
+  std::vector<float> w13(static_cast<size_t>(groups) * 2 * inter * h), w2(static_cast<size_t>(groups) * h * inter);
+  for (size_t i = 0; i < w13.size(); ++i) w13[i] = 0.05f * UniformSym(7, RngStream::kW1, i);
+  for (size_t i = 0; i < w2.size(); ++i) w2[i] = 0.05f * UniformSym(7, RngStream::kW2, i);
+  const size_t rows = static_cast<size_t>(mmax) * groups;
+  std::vector<float> a(rows * h), gate_up(rows * 2 * inter), act(rows * inter), y(rows * h);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = UniformSym(7, RngStream::kHidden, i);
+  std::vector<const float*> b13(groups), b2(groups);
+  for (int g = 0; g < groups; ++g) {
+    b13[g] = w13.data() + static_cast<size_t>(g) * 2 * inter * h;
+    b2[g] = w2.data() + static_cast<size_t>(g) * h * inter;
+  }
+  std::vector<double> rates;
+  for (int m : ms) {
+    std::vector<int64_t> off(groups + 1);
+    for (int g = 0; g <= groups; ++g) off[g] = static_cast<int64_t>(g) * m;
+    Status st;
+    // Every rank computes at once (as in a step); best of three runs filters out neighbours' bursts.
+    WAVEEP_RETURN_IF_ERROR(comm.Barrier());
+    double s = std::numeric_limits<double>::infinity();
+    for (int rep = 0; rep < 3; ++rep) {
+      s = std::min(s, TimePerCall(
+                          [&] {
+                            Status x = kernels::GroupedGemmNT(a.data(), off.data(), groups, h, b13.data(), 2 * inter,
+                                                              gate_up.data());
+                            kernels::SwiGLU(gate_up.data(), off[groups], inter, act.data());
+                            if (x.ok())
+                              x = kernels::GroupedGemmNT(act.data(), off.data(), groups, inter, b2.data(), h, y.data());
+                            if (st.ok()) st = x;
+                          },
+                          min_s));
+    }
+    WAVEEP_RETURN_IF_ERROR(st);
+    rates.push_back(static_cast<double>(groups) * m * model.FlopsPerPair() / s);
+  }
+  return rates;
+}
+
+// FP32 GB/s of the four conversions the CPU layer does per row: to/from BF16 (combine, BF16 dispatch) and to/from
+// FP8 with block scales (FP8 dispatch).
+StatusOr<std::vector<double>> ConvertRates(const ModelConfig& model, double min_s) {
+  const int64_t h = model.hidden_size;
+  const int64_t rows = std::max<int64_t>(1, (4 << 20) / (4 * h));
+  const int64_t n = rows * h;
+  std::vector<float> x(n), back(n);
+  for (int64_t i = 0; i < n; ++i) x[i] = UniformSym(3, RngStream::kTest, i);
+  std::vector<uint16_t> bf(n);
+  std::vector<uint8_t> q(n);
+  const int block = model.fp8_block_size;
+  const bool fp8_ok = h % block == 0;
+  std::vector<float> scales(fp8_ok ? n / block : 1);
+  Status st;
+  const double bytes = 4.0 * n;
+  std::vector<double> out;
+  out.push_back(bytes / TimePerCall([&] { kernels::ConvertF32ToBf16(x.data(), bf.data(), n); }, min_s) / 1e9);
+  out.push_back(bytes / TimePerCall([&] { kernels::ConvertBf16ToF32(bf.data(), back.data(), n); }, min_s) / 1e9);
+  if (fp8_ok) {
+    // Row by row, as MoeLayer packs and unpacks one row at a time.
+    out.push_back(bytes /
+                  TimePerCall(
+                      [&] {
+                        for (int64_t r = 0; r < rows && st.ok(); ++r)
+                          st = kernels::QuantizeFp8Blockwise(x.data() + r * h, 1, h, block, q.data() + r * h,
+                                                             scales.data() + r * (h / block));
+                      },
+                      min_s) /
+                  1e9);
+    out.push_back(bytes /
+                  TimePerCall(
+                      [&] {
+                        for (int64_t r = 0; r < rows && st.ok(); ++r)
+                          st = kernels::DequantizeFp8Blockwise(q.data() + r * h, scales.data() + r * (h / block), 1, h,
+                                                               block, back.data() + r * h);
+                      },
+                      min_s) /
+                  1e9);
+  } else {
+    out.push_back(0);
+    out.push_back(0);
+  }
+  WAVEEP_RETURN_IF_ERROR(st);
+  return out;
+}
+
+}  // namespace
+
+StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& model, const ProbeOptions& opt) {
+  WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, ValidateOptions(opt)));
+  WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, ValidateModelConfig(model)));
+  const bool root = ctx.world_rank == 0;
+  auto say = [&](const std::string& line) {
+    if (root && opt.progress) opt.progress(line);
+  };
+  const int n = ctx.world_size;
+
+  // ---- who is where: ranks per node must be equal (devices_per_node) -------------------------------------------
+  std::vector<int> local_sizes(n), node_ids(n), local_ranks(n);
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allgather(&ctx.local_size, 1, MPI_INT, local_sizes.data(), 1, MPI_INT, ctx.world));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allgather(&ctx.node_id, 1, MPI_INT, node_ids.data(), 1, MPI_INT, ctx.world));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allgather(&ctx.local_rank, 1, MPI_INT, local_ranks.data(), 1, MPI_INT, ctx.world));
+  for (int r = 0; r < n; ++r) {
+    if (local_sizes[r] != local_sizes[0]) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("topo probe needs the same number of ranks on every node: rank 0's node has ", local_sizes[0],
+                       ", rank ", r, "'s has ", local_sizes[r], " (use --map-by ppr:N:node)"));
+    }
+  }
+  const int dpn = local_sizes[0];
+  WAVEEP_ASSIGN_OR_RETURN(std::vector<std::string> hosts, GatherStrings(ctx, ctx.hostname));
+  std::string hostnames;
+  if (root) {
+    std::vector<std::string> uniq;
+    for (int r = 0; r < n; ++r) {
+      if (local_ranks[r] == 0) uniq.push_back(hosts[r]);
+    }
+    hostnames = absl::StrJoin(uniq, ",");
+  }
+
+  // The probe runs BLAS with the thread count the layer will use; the caller's setting comes back on every exit.
+  struct BlasThreadsGuard {
+    int previous;
+    ~BlasThreadsGuard() {
+      if (previous > 0) kernels::SetBlasThreads(previous);
+    }
+  } blas_guard{kernels::SetBlasThreads(opt.blas_threads)};
+  comm::Options copt;
+  copt.timeout = opt.timeout;
+  auto comm_or = comm::CreateCommunicator(opt.backend, ctx, copt);
+  WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, comm_or.status()));
+  std::unique_ptr<comm::Communicator> comm = *std::move(comm_or);
+  say(absl::StrFormat("[topo probe] %d ranks on %d node(s) (%d per node), backend %s, %d BLAS thread(s) per rank", n,
+                      ctx.num_nodes, dpn, opt.backend, opt.blas_threads));
+
+  Cluster c;
+  ProbeInfo info;
+  info.date = UtcNow();
+  info.backend = opt.backend;
+  info.ranks = n;
+  info.model = model.name;
+  info.blas_threads = opt.blas_threads;
+
+  // ---- pairwise latency and bandwidth ----------------------------------------------------------------------------
+  {
+    std::vector<char> sbuf(std::max<int64_t>(opt.pair_bytes, 8), 1), rbuf(std::max<int64_t>(opt.pair_bytes, 8));
+    const int num_pairs = n * (n - 1) / 2;
+    std::vector<double> mine(3 * num_pairs, 0.0), all(3 * num_pairs, 0.0);
+    int k = 0;
+    for (int a = 0; a < n; ++a) {
+      for (int b = a + 1; b < n; ++b, ++k) {
+        auto res = MeasurePair(ctx, *comm, a, b, opt, sbuf, rbuf);
+        WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, res.status()));
+        if (ctx.world_rank == a) {
+          mine[3 * k] = res->latency_us;
+          mine[3 * k + 1] = res->uni_gbps;
+          mine[3 * k + 2] = res->bidir_gbps;
+        }
+      }
+    }
+    if (num_pairs > 0) {
+      WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(mine.data(), all.data(), 3 * num_pairs, MPI_DOUBLE, MPI_MAX, ctx.world));
+    }
+    k = 0;
+    for (int a = 0; a < n; ++a) {
+      for (int b = a + 1; b < n; ++b, ++k) {
+        PairMeasurement m;
+        m.a = a;
+        m.b = b;
+        m.kind = node_ids[a] == node_ids[b] ? "shm" : "net";
+        m.latency_us = all[3 * k];
+        m.uni_gbps = all[3 * k + 1];
+        m.bidir_gbps = all[3 * k + 2];
+        info.pairs.push_back(m);
+        say(absl::StrFormat("[topo probe] pair %d<->%d (%s): latency %.2f us, uni %.2f GB/s, bidir %.2f GB/s", a, b,
+                            m.kind, m.latency_us, m.uni_gbps, m.bidir_gbps));
+      }
+    }
+  }
+
+  // ---- per-rank host figures: memcpy, conversions, stream task cost, GEMM rates (all ranks at once) --------------
+  std::vector<int> ms;
+  for (int m = 1; m < opt.gemm_max_rows; m *= 2) ms.push_back(m);
+  ms.push_back(opt.gemm_max_rows);
+  const int64_t expert_bytes = 3 * model.hidden_size * model.moe_intermediate_size * 4;
+  const int local_experts = std::max(1, model.num_experts / n);
+  const int groups = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>(local_experts, (int64_t{256} << 20) / std::max<int64_t>(1, expert_bytes))));
+  std::vector<double> local;  // memcpy GB/s, op overhead us, 4 convert rates, then one rate per m
+  {
+    WAVEEP_RETURN_IF_ERROR(comm->Barrier());
+    const size_t bytes = static_cast<size_t>(std::max<int64_t>(opt.pair_bytes, 1 << 20));
+    std::vector<char> src(bytes, 3), dst(bytes);
+    const double s = TimePerCall([&] { std::memcpy(dst.data(), src.data(), bytes); }, 0.02);
+    local.push_back(static_cast<double>(bytes) / s / 1e9);
+
+    WAVEEP_ASSIGN_OR_RETURN(auto stream, Stream::Create(Device::Cpu(), StreamOptions{"probe", opt.timeout}));
+    constexpr int kTasks = 200;
+    const double per_batch = TimePerCall(
+        [&] {
+          for (int i = 0; i < kTasks; ++i) (void)stream->Enqueue([] { return absl::OkStatus(); });
+          (void)stream->Synchronize();
+        },
+        0.01);
+    local.push_back(per_batch / kTasks * 1e6);
+    WAVEEP_RETURN_IF_ERROR(stream->status());
+
+    WAVEEP_RETURN_IF_ERROR(comm->Barrier());
+    say(absl::StrFormat("[topo probe] conversions (FP32 <-> BF16 / FP8, H=%d) on every rank at once...",
+                        static_cast<int>(model.hidden_size)));
+    auto conv = ConvertRates(model, 0.01);
+    WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, conv.status()));
+    local.insert(local.end(), conv->begin(), conv->end());
+
+    WAVEEP_RETURN_IF_ERROR(comm->Barrier());
+    say(
+        absl::StrFormat("[topo probe] expert FFN GEMM rate (%s: H=%d I=%d, %d expert(s) per call, M=1..%d) on "
+                        "every rank at once...",
+                        model.name, static_cast<int>(model.hidden_size), static_cast<int>(model.moe_intermediate_size),
+                        groups, opt.gemm_max_rows));
+    auto rates = GemmRates(*comm, model, ms, groups, opt.gemm_min_ms / 1e3);
+    WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, rates.status()));
+    local.insert(local.end(), rates->begin(), rates->end());
+  }
+  WAVEEP_ASSIGN_OR_RETURN(std::vector<double> gathered, AllgatherVector(ctx, local));
+  auto median_of = [&](size_t idx) {
+    std::vector<double> v;
+    for (int r = 0; r < n; ++r) v.push_back(gathered[r * local.size() + idx]);
+    return Median(v);
+  };
+  const double memcpy_gbps = median_of(0);
+  const double op_overhead_us = median_of(1);
+  std::vector<double> gemm_rates;
+  for (size_t i = 0; i < ms.size(); ++i) gemm_rates.push_back(median_of(6 + i));
+  const double peak = *std::max_element(gemm_rates.begin(), gemm_rates.end());
+  for (size_t i = 0; i < ms.size(); ++i) {
+    say(absl::StrFormat("[topo probe]   M=%-5d %8.2f GFLOP/s per rank (%.2f of the best)", ms[i], gemm_rates[i] / 1e9,
+                        gemm_rates[i] / peak));
+  }
+
+  // ---- all-to-all-v sweep: comm backend (blocking, async on a stream) and plain MPI_Alltoallv ---------------------
+  AlltoallCurve curve;
+  curve.ranks = n;
+  curve.backend = opt.backend;
+  {
+    // Buffers hold one block per rank; keep them to 1 GiB per side whatever the rank count.
+    int64_t max_bytes = opt.max_bytes;
+    const int64_t cap = (int64_t{1} << 30) / n;
+    if (max_bytes > cap) {
+      max_bytes = std::max<int64_t>(opt.min_bytes, cap);
+      info.notes.push_back(absl::StrCat("all-to-all sweep capped at ", max_bytes, " bytes per block (1 GiB buffers)"));
+    }
+    std::vector<char> sbuf(static_cast<size_t>(max_bytes) * n), rbuf(static_cast<size_t>(max_bytes) * n);
+    for (size_t i = 0; i < sbuf.size(); ++i) sbuf[i] = static_cast<char>((i * 131 + ctx.world_rank) & 0xff);
+    MPI_Comm mpi_comm = MPI_COMM_NULL;
+    WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_dup(ctx.world, &mpi_comm));
+    struct FreeComm {
+      MPI_Comm* c;
+      ~FreeComm() { MPI_Comm_free(c); }
+    } free_comm{&mpi_comm};
+    WAVEEP_ASSIGN_OR_RETURN(auto stream, Stream::Create(Device::Cpu(), StreamOptions{"probe-comm", opt.timeout}));
+    say(absl::StrFormat("[topo probe] all-to-all-v sweep %d .. %d bytes per block (%s vs MPI_Alltoallv)",
+                        static_cast<int>(opt.min_bytes), static_cast<int>(max_bytes), opt.backend));
+    std::vector<int64_t> sizes;
+    for (int64_t s = opt.min_bytes; s < max_bytes; s *= 2) sizes.push_back(s);
+    sizes.push_back(max_bytes);
+    for (int64_t s : sizes) {
+      comm::AlltoallvArgs args;
+      args.send = sbuf.data();
+      args.recv = rbuf.data();
+      args.label = absl::StrCat("probe alltoallv ", s);
+      std::vector<int> counts(n, static_cast<int>(std::min<int64_t>(s, INT_MAX))), displs(n);
+      for (int p = 0; p < n; ++p) {
+        args.send_bytes.push_back(static_cast<size_t>(s));
+        args.recv_bytes.push_back(static_cast<size_t>(s));
+        args.send_offsets.push_back(static_cast<size_t>(p) * s);
+        args.recv_offsets.push_back(static_cast<size_t>(p) * s);
+        displs[p] = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(p) * s, INT_MAX));
+      }
+      const bool mpi_ok = s * n <= INT_MAX;
+      // Small exchanges are cheap and noisy: more iterations, as the OSU benchmarks do.
+      const int iters = s <= (64 << 10) ? opt.iters * 5 : opt.iters;
+      AlltoallPoint pt;
+      pt.bytes = s;
+      // Three methods on the same buffers, interleaved in rotating order over three rounds so that drift and
+      // neighbours' noise spread over all of them instead of biasing the one that ran last.
+      std::function<Status()> bodies[3] = {
+          [&] { return comm->Alltoallv(args); },
+          [&]() -> Status {
+            WAVEEP_MPI_RETURN_IF_ERROR(MPI_Alltoallv(sbuf.data(), counts.data(), displs.data(), MPI_BYTE, rbuf.data(),
+                                                     counts.data(), displs.data(), MPI_BYTE, mpi_comm));
+            return absl::OkStatus();
+          },
+          [&]() -> Status {
+            WAVEEP_RETURN_IF_ERROR(comm->AlltoallvAsync(args, *stream));
+            return stream->Synchronize();
+          }};
+      double total_s[3] = {0, 0, 0};
+      int done_iters[3] = {0, 0, 0};
+      for (int m = 0; m < 3; ++m) {
+        if (m == 1 && !mpi_ok) continue;
+        for (int i = 0; i < opt.warmup; ++i) WAVEEP_RETURN_IF_ERROR(bodies[m]());
+      }
+      constexpr int kRounds = 3;
+      for (int round = 0; round < kRounds; ++round) {
+        const int n_it = std::max(1, (iters + kRounds - 1) / kRounds);
+        for (int k = 0; k < 3; ++k) {
+          const int m = (round + k) % 3;
+          if (m == 1 && !mpi_ok) continue;
+          WAVEEP_ASSIGN_OR_RETURN(double sec, TimeLocal(*comm, n_it, bodies[m]));
+          total_s[m] += sec;
+          done_iters[m] += n_it;
+        }
+      }
+      WAVEEP_ASSIGN_OR_RETURN(Spread cs, ReduceSpread(ctx, total_s[0] * 1e6 / done_iters[0]));
+      WAVEEP_ASSIGN_OR_RETURN(Spread as, ReduceSpread(ctx, total_s[2] * 1e6 / done_iters[2]));
+      if (mpi_ok) {
+        WAVEEP_ASSIGN_OR_RETURN(Spread mp, ReduceSpread(ctx, total_s[1] * 1e6 / done_iters[1]));
+        pt.mpi_avg_us = mp.avg_us;
+        pt.mpi_min_us = mp.min_us;
+        pt.mpi_max_us = mp.max_us;
+      }
+      pt.comm_avg_us = cs.avg_us;
+      pt.comm_min_us = cs.min_us;
+      pt.comm_max_us = cs.max_us;
+      pt.async_avg_us = as.avg_us;
+      curve.points.push_back(pt);
+      const double moved = static_cast<double>(s) * (n - 1);
+      say(absl::StrFormat("[topo probe]   %9d B  %s %9.2f us  MPI %9.2f us  async %9.2f us  (%.3f GB/s)",
+                          static_cast<int>(s), opt.backend, pt.comm_avg_us, pt.mpi_avg_us, pt.async_avg_us,
+                          moved / (pt.comm_avg_us * 1e3)));
+    }
+  }
+
+  // ---- the cluster description -----------------------------------------------------------------------------------
+  c.name = absl::StrCat("probed-", ctx.hostname, "-np", n);
+  c.description = absl::StrFormat(
+      "Measured by `waveep topo probe` with %d ranks (%d per node, %d node(s)); a device is one rank's share of the "
+      "host (FP32 BLAS, %d thread(s)); links are the %s backend between ranks.",
+      n, dpn, ctx.num_nodes, opt.blas_threads, opt.backend);
+  c.sources.push_back(absl::StrCat("measured on ", root ? hostnames : ctx.hostname, " at ", info.date));
+  c.num_nodes = ctx.num_nodes;
+  c.devices_per_node = dpn;
+  DeviceSpec& d = c.device;
+  const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+  d.model = absl::StrFormat("%s (1 of %d ranks on %u cores)", CpuModelName(), dpn, hw);
+  d.kind = "cpu";
+  d.compute_tflops["f32"] = peak / 1e12;
+  d.gemm_dtype = "f32";
+  d.max_gemm_efficiency = 1.0;
+  d.memory_bw_gbps = 2.0 * memcpy_gbps;
+  d.memory_gib = NodeMemoryGib() / dpn;
+  d.cores = static_cast<int>(hw);
+  d.op_overhead_us = op_overhead_us;
+  for (size_t i = 0; i < ms.size(); ++i) {
+    d.gemm_efficiency.rows.push_back(ms[i]);
+    d.gemm_efficiency.efficiency.push_back(std::max(1e-4, gemm_rates[i] / peak));
+  }
+  const char* conv_keys[] = {"to_bf16", "from_bf16", "to_fp8", "from_fp8"};
+  for (int i = 0; i < 4; ++i) {
+    const double v = median_of(2 + i);
+    if (v > 0) d.convert_gbps[conv_keys[i]] = v;
+  }
+  info.notes.push_back(absl::StrFormat(
+      "device.compute_tflops.f32 = best per-rank rate of the expert FFN (%s, %d expert(s) per call) with all %d "
+      "ranks computing at once; gemm_efficiency = rate(M) / best",
+      model.name, groups, n));
+  info.notes.push_back(absl::StrFormat(
+      "device.memory_bw_gbps = 2 x memcpy rate (read + write), median over ranks copying at once: %.2f GB/s copied",
+      memcpy_gbps));
+  info.notes.push_back(
+      absl::StrFormat("device.op_overhead_us = cost of one empty stream task: %.2f us", op_overhead_us));
+
+  auto add_link = [&](const char* kind, const char* sw, bool intra) {
+    std::vector<double> uni, bidir, lat;
+    for (const PairMeasurement& m : info.pairs) {
+      if ((m.kind == "shm") != intra) continue;
+      uni.push_back(m.uni_gbps);
+      bidir.push_back(m.bidir_gbps);
+      lat.push_back(m.latency_us);
+    }
+    if (uni.empty()) return;
+    LinkSpec l;
+    l.name = kind;
+    l.kind = intra ? LinkKind::kShm : LinkKind::kNet;
+    l.from = "device";
+    l.to = sw;
+    l.bw_gbps = Median(uni);
+    l.latency_us = Median(lat) / 2;  // a pair's path crosses two such links
+    // Full duplex if both directions together move clearly more than one alone.
+    l.duplex = Median(bidir) >= 1.5 * Median(uni);
+    c.link_specs.push_back(l);
+    info.notes.push_back(absl::StrFormat(
+        "links \"%s\": bw_gbps = median unidirectional pair bandwidth (%d pairs, %d-byte messages); latency_us = "
+        "half the median pair latency (two hops per pair); duplex = bidirectional sum %.2f GB/s >= 1.5 x %.2f",
+        kind, static_cast<int>(uni.size()), static_cast<int>(opt.pair_bytes), Median(bidir), Median(uni)));
+  };
+  if (dpn > 1) {
+    c.switches.push_back(SwitchSpec{"shm", 0, "node", 0});
+    add_link("shm", "shm", true);
+  }
+  if (ctx.num_nodes > 1) {
+    c.switches.push_back(SwitchSpec{"net", 0, "cluster", 0});
+    add_link("net", "net", false);
+  }
+  LinkSpec lb;
+  lb.name = "loopback";
+  lb.kind = LinkKind::kLoopback;
+  lb.duplex = false;
+  lb.bw_gbps = memcpy_gbps;
+  lb.latency_us = 0;
+  c.loopback = lb;
+  info.hostnames = root ? hostnames : ctx.hostname;
+  info.alltoall = std::move(curve);
+  c.probe = std::move(info);
+  // Every rank has the same numbers except hostnames/date strings; only rank 0's are written by the CLI.
+  WAVEEP_RETURN_IF_ERROR(ExpandCluster(&c));
+  return c;
+}
+
+}  // namespace waveep::topology

@@ -1,0 +1,444 @@
+// Copyright 2026 The waveep Authors.
+//
+// topology/topology.h — the public header of the topology module: cluster descriptions, the per-link balance
+// check, the wave-pipeline performance model, the tuner, and the link/GEMM probe.
+//
+// A Cluster is a graph: devices (one per EP rank) and switches are vertices, links are edges with a kind, a
+// bandwidth per direction (GB/s = 1e9 B/s) and a latency (us). It is loaded from JSON (presets in
+// configs/clusters/, schema in docs/topology.md) or measured by ProbeCluster under mpirun. Traffic between two
+// devices follows the cheapest path (sum of 1/bandwidth), so sharing — several GPUs behind one NIC, a PCIe uplink,
+// a cross-socket bus — falls out of the graph without special cases.
+//
+//   WAVEEP_ASSIGN_OR_RETURN(ModelConfig model, LoadModelConfig("deepseek-v4-pro"));
+//   WAVEEP_ASSIGN_OR_RETURN(topology::Cluster cluster, topology::LoadCluster("h800-8x-ib400"));
+//
+//   // 1. The balance threshold and one verdict per link (waveep topo check).
+//   topology::CheckOptions opts;
+//   opts.dispatch_dtype = DType::kFP8E4M3;
+//   opts.tokens_per_rank = 4096;
+//   WAVEEP_ASSIGN_OR_RETURN(topology::CheckReport report, topology::CheckBalance(model, cluster, opts));
+//   report.threshold.published_flops_per_byte == 6144   // 6HI / 3H = 2I
+//   for (const topology::LinkCheck& l : report.links) ... l.margin, l.comm_bound, l.exposed_fraction ...
+//
+//   // 2. Predicted step time for W = 1..Wmax (waveep topo model; bench prints it next to measurements).
+//   topology::StepShape shape;
+//   shape.tokens_per_rank = 4096;
+//   shape.dispatch_dtype = DType::kFP8E4M3;
+//   WAVEEP_ASSIGN_OR_RETURN(topology::Prediction p, topology::PredictStep(model, cluster, shape));
+//   p.t_seq_us, p.waves[w - 1].step_us, p.best_waves, p.best_speedup
+//
+// Units everywhere: bytes, GB/s (1e9 bytes/s, per direction), microseconds, TFLOP/s (1e12 FLOP/s, dense).
+// Thread safety: every function is pure (reads its arguments, returns a value) except ProbeCluster, which is a
+// collective over MPI and must be called by every rank. Nothing here throws or exits.
+#ifndef WAVEEP_TOPOLOGY_TOPOLOGY_H_
+#define WAVEEP_TOPOLOGY_TOPOLOGY_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "comm/comm.h"
+#include "runtime/runtime.h"
+
+namespace waveep::topology {
+
+// ==== cluster description ==========================================================================================
+
+// What a link is physically. "nic" in JSON is accepted as an alias of rdma.
+enum class LinkKind {
+  kNvlink,    // GPU <-> NVSwitch (or GPU <-> GPU) NVLink
+  kPcie,      // PCIe (GPU <-> PCIe switch <-> root complex)
+  kRdma,      // RDMA NIC (InfiniBand / RoCE) into a fabric
+  kNet,       // non-RDMA network (TCP through MPI)
+  kXbus,      // CPU socket interconnect (UPI / Infinity Fabric)
+  kShm,       // processes on one host exchanging through shared memory
+  kLoopback,  // a rank's block to itself (one memcpy)
+};
+// "nvlink", "pcie", "rdma", "net", "xbus", "shm", "loopback".
+absl::string_view LinkKindName(LinkKind k);
+// Parses the names above (and "nic" -> kRdma). InvalidArgument listing the valid names otherwise.
+StatusOr<LinkKind> ParseLinkKind(absl::string_view name);
+
+// GEMM efficiency (achieved / peak) as a function of the rows of one expert's GEMM (M). Points are interpolated
+// linearly in log2(M) and clamped at both ends. Empty = derive from the roofline (see DeviceSpec).
+struct GemmEfficiencyCurve {
+  std::vector<double> rows;        // strictly increasing, > 0
+  std::vector<double> efficiency;  // same length, in (0, 1]
+  bool empty() const { return rows.empty(); }
+  // Efficiency at `m` rows (m <= 0 is treated as 1 row). Requires !empty().
+  double At(double m) const;
+};
+
+// One accelerator (or, on a CPU-only machine, one rank's share of the host). Every rank of a cluster runs on a
+// device of this type (clusters are homogeneous).
+struct DeviceSpec {
+  std::string model;         // "NVIDIA H800 SXM5 80GB", "AMD EPYC (2 cores)"
+  std::string kind = "gpu";  // "gpu" or "cpu"
+  // Dense peak per device, TFLOP/s, keyed by dtype name ("fp8", "bf16", "f32"). At least one entry.
+  std::map<std::string, double> compute_tflops;
+  // If set, expert GEMMs always run in this dtype whatever the dispatch dtype (CPU: "f32"). Otherwise GEMMs run in
+  // the dispatch dtype (FP8 dispatch -> FP8 GEMM, BF16 -> BF16).
+  std::string gemm_dtype;
+  // Best achievable fraction of peak for large GEMMs (used by the roofline when no curve is given). (0, 1].
+  double max_gemm_efficiency = 0.7;
+  double memory_bw_gbps = 0;  // device memory bandwidth (read + write), GB/s; > 0
+  double memory_gib = 0;      // device memory, GiB (0 = unknown); the tuner checks expert weights against it
+  int sm_count = 0;           // GPU: SMs, for the grouped-GEMM tile-quantisation term (0 = ignore)
+  // CPU only: cores shared by the ranks of one node (0 = no contention model). With it, the model slows compute
+  // and comm down while both streams of a rank are busy and threads outnumber cores.
+  int cores = 0;
+  GemmEfficiencyCurve gemm_efficiency;  // measured curve (probe) or published points; empty = roofline
+  // Optional host-side conversion rates, GB/s of FP32 data: "to_bf16", "from_bf16", "to_fp8", "from_fp8". Absent
+  // conversions are free (GPU kernels fuse them). The probe measures them on the CPU.
+  std::map<std::string, double> convert_gbps;
+  // Fixed cost of one scheduled operation (stream task / kernel launch), microseconds.
+  double op_overhead_us = 0;
+
+  // Peak TFLOP/s for `dtype_name`; NotFound naming the dtype and the rates that exist.
+  StatusOr<double> PeakTflops(absl::string_view dtype_name) const;
+};
+
+// A switch (or any non-device vertex: NVSwitch, PCIe switch, CPU socket, NIC, fabric) as declared in JSON.
+struct SwitchSpec {
+  std::string name;            // with "count" > 0: instances name0 .. name{count-1}
+  int count = 0;               // 0 = one switch called `name`
+  std::string scope = "node";  // "node" (one per node), "group" (one per `group_nodes` nodes), "cluster"
+  int group_nodes = 0;         // for scope "group"
+};
+
+// A link template as declared in JSON. Endpoints are "device" or a switch name; "{d}" is the device index within
+// its node and "{i}" the instance index, with "/" and "%" by integer constants allowed: "plx{d/2}", "cpu{i/2}".
+// A link with a "device" endpoint has one instance per device; otherwise `count` instances ({i} = 0..count-1),
+// repeated once per node / group when an endpoint switch has that scope.
+struct LinkSpec {
+  std::string name;  // e.g. "nvlink"; rows of `topo check` are labelled with it
+  LinkKind kind = LinkKind::kNvlink;
+  std::string from = "device";
+  std::string to;
+  int count = 1;
+  double bw_gbps = 0;           // per direction, > 0
+  double latency_us = 0;        // >= 0
+  bool duplex = true;           // false: both directions share bw_gbps (shared memory, loopback memcpy)
+  double oversubscription = 1;  // >= 1: the fabric behind the link delivers bw_gbps / oversubscription under load
+};
+
+// One vertex of the expanded graph.
+struct Vertex {
+  std::string name;  // "n0.d3", "n0.nvswitch", "ib", "g0.leaf"
+  int device = -1;   // global device index (node * devices_per_node + d), -1 for switches
+  int node = -1;     // node index, -1 for group/cluster-scoped switches
+};
+
+// One link instance of the expanded graph.
+struct Link {
+  std::string name;  // the template's name
+  LinkKind kind = LinkKind::kNvlink;
+  int a = 0, b = 0;  // vertex indices; "forward" is a -> b. Loopback links have a == b.
+  double bw_gbps = 0;
+  double latency_us = 0;
+  bool duplex = true;
+  double oversubscription = 1;
+  double effective_bw_gbps() const { return bw_gbps / oversubscription; }
+};
+
+// All-to-all-v timings measured by the probe (OSU style: `bytes` per peer block, every rank to every rank).
+struct AlltoallPoint {
+  int64_t bytes = 0;        // per (source, destination) block
+  double comm_avg_us = 0;   // comm backend, blocking Alltoallv; avg over ranks of the per-iteration mean
+  double comm_min_us = 0;   // fastest rank's mean
+  double comm_max_us = 0;   // slowest rank's mean
+  double async_avg_us = 0;  // comm backend, AlltoallvAsync on a stream + Synchronize (what the MoE layer does)
+  double mpi_avg_us = 0;    // plain MPI_Alltoallv on the same buffers, same run (0 = not measured)
+  double mpi_min_us = 0;
+  double mpi_max_us = 0;
+};
+struct AlltoallCurve {
+  int ranks = 0;
+  std::string backend;
+  std::vector<AlltoallPoint> points;  // increasing bytes
+  // Time of one exchange with `block_bytes` per peer, interpolated linearly between points and extrapolated past
+  // the last one with the slope of the last two. Uses async_avg_us when measured, else comm_avg_us.
+  double ExchangeUs(double block_bytes) const;
+};
+
+// Pairwise measurement between two ranks (probe).
+struct PairMeasurement {
+  int a = 0, b = 0;       // world ranks, a < b
+  std::string kind;       // "shm" or "net"
+  double latency_us = 0;  // half round trip of an 8-byte ping-pong
+  double uni_gbps = 0;    // a -> b only
+  double bidir_gbps = 0;  // both directions at once, sum of both
+};
+
+// Present when the cluster was measured (`"probed": true` in JSON).
+struct ProbeInfo {
+  std::string date;       // ISO 8601, UTC
+  std::string hostnames;  // comma-separated, one per node
+  std::string backend;
+  int ranks = 0;
+  std::string model;  // model whose shapes the GEMM probe used
+  int blas_threads = 0;
+  std::vector<PairMeasurement> pairs;
+  std::optional<AlltoallCurve> alltoall;
+  std::vector<std::string> notes;  // how each figure in the file was derived
+};
+
+struct Cluster {
+  std::string name;
+  std::string description;
+  std::vector<std::string> sources;  // where every figure comes from
+  std::string origin;                // file it was loaded from ("" if built in code)
+  int num_nodes = 1;
+  int devices_per_node = 1;
+  DeviceSpec device;
+  std::vector<SwitchSpec> switches;
+  std::vector<LinkSpec> link_specs;
+  std::optional<LinkSpec> loopback;  // absent: memcpy at device.memory_bw_gbps / 2, latency 0
+  std::optional<ProbeInfo> probe;
+
+  // The expanded graph, filled by ExpandCluster (ParseCluster/LoadCluster/WithNodes do it). Devices are vertices
+  // 0 .. num_devices()-1, in global device order.
+  std::vector<Vertex> vertices;
+  std::vector<Link> links;
+
+  int num_devices() const { return num_nodes * devices_per_node; }
+  bool probed() const { return probe.has_value(); }
+};
+
+// Builds `vertices` and `links` from the templates and validates everything (ValidateCluster). InvalidArgument naming
+// the field, e.g. `links[1] ("nic").to = "ibb": no switch named "ibb" (switches: nvswitch, ib)`.
+Status ExpandCluster(Cluster* cluster);
+
+// Checks the templates and, if expanded, that every device can reach every other. InvalidArgument naming the field:
+// unknown link endpoints, bandwidth <= 0, negative latency, missing compute rate, bad scopes.
+Status ValidateCluster(const Cluster& cluster);
+
+// Parses and expands JSON text; `origin` names it in errors. Unknown fields are errors (typos get caught).
+StatusOr<Cluster> ParseCluster(absl::string_view json_text, absl::string_view origin);
+
+// A preset by name (searched in ClusterConfigDirs()) or a file by path (anything with '/' or ending in ".json").
+// NotFound for an unknown preset lists the presets.
+StatusOr<Cluster> LoadCluster(absl::string_view name_or_path);
+
+// $WAVEEP_CONFIG_DIR/clusters, <exe>/../configs/clusters, <exe>/../share/waveep/configs/clusters, source tree.
+std::vector<std::string> ClusterConfigDirs();
+// Preset names found in ClusterConfigDirs(), sorted.
+std::vector<std::string> ListClusterPresets();
+
+// The same cluster with `num_nodes` identical nodes (re-expanded). InvalidArgument if num_nodes < 1 or if a
+// group-scoped switch does not divide it.
+StatusOr<Cluster> WithNodes(const Cluster& cluster, int num_nodes);
+
+// JSON in the schema ParseCluster reads (pretty-printed, 2 spaces). Round-trips: ParseCluster(ClusterToJson(c))
+// describes the same cluster.
+std::string ClusterToJson(const Cluster& cluster);
+
+// "n0.d3 -> n0.nvswitch" style label of a link (loopback: "n0.d3 (self)").
+std::string LinkLabel(const Cluster& cluster, const Link& link);
+
+// ==== routing and traffic ==========================================================================================
+
+// Path between two devices: the links it crosses and, for each, whether it goes a -> b (forward).
+struct Route {
+  std::vector<int> links;
+  std::vector<bool> forward;
+  double latency_us = 0;  // sum of link latencies
+};
+
+// Cheapest path (sum of 1 / effective bandwidth, then fewest hops, then lowest link index) from device `src` to
+// device `dst` (global indices); src == dst uses the device's loopback link. Switches forward, devices do not.
+// NotFound if unreachable, OutOfRange for bad indices.
+StatusOr<Route> FindRoute(const Cluster& cluster, int src, int dst);
+
+// Per link, the expert traffic of one step under uniform routing over `num_ranks` ranks placed on devices
+// 0 .. num_ranks-1 with contiguous expert placement: every rank sends 1/R of its (token, expert) pairs to every rank
+// (itself included), dispatch rows out and combine rows back.
+struct LinkTraffic {
+  // Fraction of one rank's pairs whose dispatch (resp. combine) row crosses the link in each direction. A device's
+  // NVLink port in EP8 carries 7/8 of its pairs' dispatch rows forward (out) and 7/8 of others' rows back (in).
+  double dispatch_fwd = 0, dispatch_rev = 0, combine_fwd = 0, combine_rev = 0;
+  int num_flows = 0;  // (src, dst) rank pairs crossing the link
+  // Ranks behind the link: of the ranks whose dispatch rows cross it, the smaller set of the two directions. A
+  // GPU's own port: 1; a NIC shared by 4 GPUs: 4; a PCIe uplink of a 2-GPU switch: 2.
+  int num_devices = 0;
+  // Share of one rank's pair bytes (dispatch + combine) carried in the busiest direction, or in both together on a
+  // half-duplex link. `dispatch_bytes` / `combine_bytes` are the row sizes.
+  double Share(double dispatch_bytes, double combine_bytes, bool duplex) const;
+};
+// One entry per link of cluster.links. InvalidArgument if num_ranks is < 1 or exceeds the devices.
+StatusOr<std::vector<LinkTraffic>> ExpertTraffic(const Cluster& cluster, int num_ranks);
+
+// ==== balance threshold and check ==================================================================================
+
+// The FLOPs-per-byte threshold of DESIGN.md §1, derived from the model shape and dtypes (never hard-coded).
+struct Threshold {
+  double flops_per_pair = 0;            // 6 * H * I
+  double published_bytes_per_pair = 0;  // (1 + 2) * H: FP8 dispatch + BF16 combine, no refinements
+  double published_flops_per_byte = 0;  // 6HI / 3H = 2I (6144 for V4-Pro, 4096 for V4-Flash)
+  double dtype_bytes_per_pair = 0;      // (b_dispatch + 2) * H for the dtype asked for, no refinements
+  double dtype_flops_per_byte = 0;
+  double scale_bytes_per_pair = 0;           // FP8: 4 bytes per fp8_block_size elements of H; 0 for BF16
+  double metadata_bytes_per_pair = 0;        // count exchange (E int64 per rank per step) over T*K pairs
+  double refined_bytes_per_pair = 0;         // dtype + scales + metadata
+  double refined_flops_per_byte = 0;         // per byte moved, local pairs included
+  double local_fraction = 0;                 // 1 / R of the pairs never leave their rank
+  double refined_remote_flops_per_byte = 0;  // per byte that crosses a link: refined / (1 - 1/R)
+};
+// InvalidArgument for R < 1, a dtype other than bf16/fp8, or an invalid model. tokens_per_rank 0 leaves the
+// metadata term out.
+StatusOr<Threshold> DeriveThreshold(const ModelConfig& model, DType dispatch_dtype, int num_ranks,
+                                    int64_t tokens_per_rank);
+
+struct CheckOptions {
+  DType dispatch_dtype = DType::kFP8E4M3;  // combine is always BF16
+  int64_t tokens_per_rank = 4096;          // sets rows per expert, hence the GEMM efficiency
+  int num_ranks = 0;                       // EP group size; 0 = every device of the cluster
+};
+
+struct LinkCheck {
+  int link = 0;              // index into cluster.links
+  std::string label;         // LinkLabel
+  double bw_gbps = 0;        // effective (after oversubscription), per direction
+  double share = 0;          // LinkTraffic::Share: fraction of one rank's pair bytes on this link
+  int num_devices = 0;       // ranks behind the link (LinkTraffic::num_devices): GPUs per NIC, ...
+  double required_gbps = 0;  // bandwidth that keeps the link hidden behind the expert GEMMs
+  // Device FLOPs per byte this link can move for it: effective FLOP/s / (bw / share). Balanced iff it is at most
+  // CheckReport::pair_flops_per_byte (the link's own form of "C / B <= 2I").
+  double flops_per_byte = 0;
+  double margin = 0;            // bw / required (1e30 if the link's share is 0)
+  bool comm_bound = false;      // margin < 1
+  double exposed_fraction = 0;  // comm-bound: 1 - margin, the part of the link's transfer time compute cannot hide
+};
+
+struct CheckReport {
+  Threshold threshold;
+  int num_ranks = 0;
+  int local_experts = 0;
+  double rows_per_expert = 0;  // T * K * R / E under uniform routing
+  std::string gemm_dtype;      // dtype the expert GEMMs run in
+  double peak_tflops = 0;
+  double gemm_efficiency = 0;   // at rows_per_expert
+  double effective_tflops = 0;  // peak * efficiency
+  // 6HI over the bytes of one pair (dispatch row with scales + combine row): the threshold each link's
+  // flops_per_byte is held against. Equals threshold.refined_remote_flops_per_byte * (1 - 1/R) minus metadata.
+  double pair_flops_per_byte = 0;
+  std::vector<LinkCheck> links;  // one per link instance that carries expert traffic, in cluster.links order
+  bool any_comm_bound = false;
+  int worst = -1;  // index into `links` with the smallest margin (-1 if none carries traffic)
+};
+
+// Per-link balance: required_gbps = share * effective FLOP/s / (6HI / pair bytes). InvalidArgument when the model
+// does not split over the ranks (E % R), when the cluster lacks the compute rate for the GEMM dtype, etc.
+StatusOr<CheckReport> CheckBalance(const ModelConfig& model, const Cluster& cluster, const CheckOptions& options);
+
+// ==== performance model =============================================================================================
+
+// How waves split the work. waveep's scheduler splits each rank's experts (per-expert M is unchanged; each wave's
+// grouped GEMM has fewer experts). kTokens models schedulers that split tokens (per-expert M shrinks with W).
+enum class WaveSplit { kExperts, kTokens };
+
+struct StepShape {
+  int64_t tokens_per_rank = 128;        // T, >= 0
+  DType dispatch_dtype = DType::kBF16;  // bf16 or fp8; combine is BF16
+  int num_ranks = 0;                    // R; 0 = every device of the cluster (ranks on devices 0..R-1)
+  // Wmax: predictions for W = 1..Wmax. 0 = min(local experts, 16). InvalidArgument above the local experts when
+  // waves split experts (waveep refuses that W too).
+  int max_waves = 0;
+  bool shared_experts = true;  // the model's shared expert(s), computed locally after the last wave
+  int blas_threads = 0;        // CPU contention model; 0 = cores per rank - 1 (min 1), as the CLI
+  WaveSplit split = WaveSplit::kExperts;
+  bool use_measured_alltoall = true;  // use the probe's all-to-all curve when it matches R
+};
+
+// Per-wave figures for one W. Times are for one wave unless named otherwise.
+struct WavePrediction {
+  int waves = 1;
+  double step_us = 0;          // simulated two-stream schedule (layout and tail included) — the prediction
+  double formula_us = 0;       // DESIGN.md closed form d + (W-1)*max(c, d+r) + c + r (routed experts only)
+  double dispatch_us = 0;      // d: pack + exchange of one wave (mean over waves)
+  double compute_us = 0;       // c: gather/convert + expert FFN + result conversion of one wave (mean)
+  double combine_us = 0;       // r: exchange of one wave's results (mean)
+  double gemm_efficiency = 0;  // of one wave's grouped GEMM
+  double exposed_comm_us = 0;  // step_us - (busy compute time of the step): communication not hidden
+  double speedup = 0;          // t_seq_us / step_us
+};
+
+struct Prediction {
+  int num_ranks = 0;
+  int local_experts = 0;
+  double rows_per_expert = 0;          // per step, uniform routing
+  double local_fraction = 0;           // 1 / R
+  double dispatch_row_bytes = 0;       // H * b + FP8 scales
+  double combine_row_bytes = 0;        // 2H
+  double dispatch_bytes_per_rank = 0;  // sent to other ranks per step
+  double combine_bytes_per_rank = 0;
+  std::string gemm_dtype;
+  double peak_tflops = 0;
+  // Whole-step phase times at W = 1 (sum over waves): D, C, R of DESIGN.md.
+  double dispatch_us = 0, compute_us = 0, combine_us = 0;
+  double layout_us = 0;               // routing check + count exchange + wave boundaries
+  double shared_us = 0;               // shared expert(s), overlapping the last combine
+  double reduce_us = 0;               // weighted combine-reduce at the origin
+  double t_seq_us = 0;                // == waves[0].step_us
+  std::vector<WavePrediction> waves;  // W = 1 .. Wmax
+  int best_waves = 1;
+  double best_speedup = 1;
+  std::string comm_source;         // "measured all-to-all (probe, R ranks)" or "link model (bottleneck: ...)"
+  std::vector<std::string> notes;  // assumptions that shaped the numbers
+};
+
+// Predicts one MoE layer step per rank for W = 1..Wmax (see docs/topology.md for every equation). InvalidArgument
+// for shapes that waveep itself would refuse (E % R, bad dtype, T < 0) and for clusters lacking a needed rate.
+StatusOr<Prediction> PredictStep(const ModelConfig& model, const Cluster& cluster, const StepShape& shape);
+
+// ==== tuner ========================================================================================================
+
+struct TuneCandidate {
+  int group_size = 0;  // EP ranks per group (devices 0..G-1, i.e. filling nodes in order)
+  int nodes_spanned = 0;
+  std::string layout;  // "within one node (nvlink)", "across 2 nodes (rdma)", ...
+  int best_waves = 1;
+  double step_us = 0;  // at best_waves
+  double t_seq_us = 0;
+  double weight_gib_per_device = 0;  // this layer's routed expert weights per device
+  bool fits = true;                  // weights fit in device memory
+  std::string bottleneck;            // slowest link kind for this group
+};
+struct TuneResult {
+  std::vector<TuneCandidate> candidates;  // increasing group size
+  int best = -1;                          // index of the fastest candidate that fits (-1: none)
+};
+// Tries every EP group size G that divides the cluster's devices and the experts, predicts each at its best W.
+StatusOr<TuneResult> Tune(const ModelConfig& model, const Cluster& cluster, const StepShape& shape);
+
+// ==== probe ========================================================================================================
+
+struct ProbeOptions {
+  std::string backend = "mpi";  // comm backend measured (comm::AvailableBackends())
+  int64_t min_bytes = 1024;     // all-to-all sweep, per peer block, doubling
+  int64_t max_bytes = 64ll << 20;
+  int iters = 20;  // timed iterations per size (small sizes run more, see docs)
+  int warmup = 2;
+  int64_t pair_bytes = 4ll << 20;  // pairwise bandwidth message size
+  int pair_iters = 10;
+  int gemm_max_rows = 256;  // GEMM-rate probe: M = 1, 2, 4, .. this
+  double gemm_min_ms = 20;  // each GEMM point runs at least this long
+  int blas_threads = 1;     // set by the caller (CLI: ChooseBlasThreads)
+  // Called on rank 0 with one line per step (the CLI prints them on stderr). May be empty.
+  std::function<void(absl::string_view)> progress;
+  absl::Duration timeout = absl::Seconds(60);
+};
+
+// Measures the cluster the job runs on (collective over ctx.world; every rank must call it with the same options).
+// Devices are ranks (ranks per node must be equal on every node); links are shm within a node, net between nodes,
+// and loopback; the GEMM rate of `model`'s expert FFN (FP32 via kernels::GroupedGemmNT on the CPU) gives the compute
+// rate and the efficiency curve. Every rank returns the same Cluster (probed, expanded, valid).
+StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& model, const ProbeOptions& options);
+
+}  // namespace waveep::topology
+
+#endif  // WAVEEP_TOPOLOGY_TOPOLOGY_H_

@@ -118,6 +118,95 @@ bool CudaKernelsCompiledIn();
 Status CudaConvertF32ToBf16(const float* in_dev, uint16_t* out_dev, int64_t n, Stream& stream);
 Status CudaConvertBf16ToF32(const uint16_t* in_dev, float* out_dev, int64_t n, Stream& stream);
 
+// ==== CUDA kernels: device versions of the functions above ========================================================
+// Conventions for every function in this section:
+//  - `*_dev` pointers are device memory on stream.device(); arrays without the suffix live on the host.
+//  - The work is enqueued on `stream` and runs asynchronously: outputs are valid once the stream reaches it.
+//    Arguments are checked on the host before anything is enqueued, so an error Status means nothing was launched.
+//    InvalidArgument for a CPU stream; Unavailable in builds without CUDA (kernels/cuda_stub.cc).
+//  - Device data (indices, NaNs) cannot be checked without a synchronisation; each function says what bad data does.
+//  - Scratch memory is stream-ordered (cudaMallocAsync/cudaFreeAsync on `stream`).
+//  - Numerics are bitwise equal to the CPU reference unless the comment gives the difference.
+//  - Thread-compatible; calls on different streams may run concurrently.
+
+// TopkGating on the device (same parameters, same limits, plus num_experts <= 4096 and top_k <= 64). Scores use
+// expf (a few ulp from std::exp) and a fixed tree for the softmax sum, so weights match the CPU to ~1e-6 relative
+// and the selection is identical unless two biased scores are within that distance; exact ties (equal logits) go
+// to the lower expert id as on the CPU. Run to run deterministic. NaN/+inf logits are not detected (the CPU
+// rejects them): that token's output is unspecified, but its indices stay in [0, E).
+Status CudaTopkGating(const float* logits_dev, const float* bias_dev, int64_t num_tokens, const GateParams& p,
+                      int32_t* topk_idx_dev, float* topk_weights_dev, Stream& stream);
+
+// BuildExpertPermutation on the device: expert_offsets_dev [E + 1], pair_of_row_dev and row_of_pair_dev [T*K]
+// (int64), in exactly the CPU's order (a deterministic counting sort; no order depends on atomics). Limits:
+// num_experts <= 4096, T*K < 2^31. An index outside [0, E) (e.g. -1 for "not routed here") is skipped instead of
+// rejected: its row_of_pair is -1, expert_offsets[E] counts only the routed pairs, and pair_of_row rows past it are
+// -1.
+Status CudaBuildExpertPermutation(const int32_t* topk_idx_dev, int64_t num_tokens, int top_k, int num_experts,
+                                  int64_t* expert_offsets_dev, int64_t* pair_of_row_dev, int64_t* row_of_pair_dev,
+                                  Stream& stream);
+// GatherRows on the device: dst row i = src row (src_rows[i] / src_row_divisor); pass top_k as the divisor to
+// gather token rows by pair index. A negative index zero-fills the dst row.
+Status CudaGatherRows(const void* src_dev, int64_t row_bytes, const int64_t* src_rows_dev, int64_t num_rows,
+                      void* dst_dev, Stream& stream, int64_t src_row_divisor = 1);
+// ScatterRows on the device: dst row dst_rows[i] = src row i; negative indices are skipped. Indices must be
+// distinct (a permutation), or the surviving copy is unspecified.
+Status CudaScatterRows(const void* src_dev, int64_t row_bytes, const int64_t* dst_rows_dev, int64_t num_rows,
+                       void* dst_dev, Stream& stream);
+
+// QuantizeFp8Blockwise / DequantizeFp8Blockwise on the device, bit for bit (NaN payloads excepted: the GPU returns
+// the canonical NaN). The Bf16 variant reads BF16 x, exactly as the CPU path on Bf16ToFloat(x).
+Status CudaQuantizeFp8Blockwise(const float* x_dev, int64_t rows, int64_t cols, int block, uint8_t* q_dev,
+                                float* scales_dev, Stream& stream);
+Status CudaQuantizeFp8BlockwiseBf16(const uint16_t* x_dev, int64_t rows, int64_t cols, int block, uint8_t* q_dev,
+                                    float* scales_dev, Stream& stream);
+Status CudaDequantizeFp8Blockwise(const uint8_t* q_dev, const float* scales_dev, int64_t rows, int64_t cols, int block,
+                                  float* x_dev, Stream& stream);
+
+// SwiGLU on the device (expf: within a few FP32 ulp of the CPU). The Bf16 variant reads and writes BF16 and
+// computes in FP32 (within one BF16 ulp of FloatToBf16(SwiGLU(widened input)). CudaSwiGLUQuantizeFp8 fuses SwiGLU
+// with QuantizeFp8Blockwise of the FP32 result (no BF16 rounding in between): q [m, I], scales [m, I / block].
+Status CudaSwiGLU(const float* gate_up_dev, int64_t m, int64_t intermediate, float* out_dev, Stream& stream);
+Status CudaSwiGLUBf16(const uint16_t* gate_up_dev, int64_t m, int64_t intermediate, uint16_t* out_dev, Stream& stream);
+Status CudaSwiGLUQuantizeFp8(const uint16_t* gate_up_dev, int64_t m, int64_t intermediate, int block, uint8_t* q_dev,
+                             float* scales_dev, Stream& stream);
+
+// CombineReduceF32 / CombineReduceBf16 on the device, bitwise (same slot order, FP32, no FMA contraction).
+Status CudaCombineReduceF32(const float* rows_dev, const int64_t* row_of_pair_dev, const float* topk_weights_dev,
+                            int64_t num_tokens, int top_k, int64_t hidden, float* out_dev, Stream& stream);
+Status CudaCombineReduceBf16(const uint16_t* rows_dev, const int64_t* row_of_pair_dev, const float* topk_weights_dev,
+                             int64_t num_tokens, int top_k, int64_t hidden, float* out_dev, Stream& stream);
+
+// ---- grouped GEMM on the device ----------------------------------------------------------------------------------
+enum class GemmBackend {
+  kAuto,           // the launch heuristic (kernels/gemm_heuristics.cc) picks per call
+  kCublasLt,       // one cublasLtMatmul per non-empty group (BF16 and FP8); the default library path
+  kCublasGrouped,  // one cublasGemmGroupedBatchedEx over all groups (BF16 only)
+  kSm90,           // EXPERIMENTAL: our persistent TMA + wgmma kernel (BF16; sm_90a builds on CC 9.0 only).
+                   // kAuto picks it only when WAVEEP_GEMM_EXPERIMENTAL=1 is set in the environment.
+};
+absl::string_view GemmBackendName(GemmBackend backend);  // "auto", "cublaslt", "cublas_grouped", "sm90"
+
+// C[rows of g, N] = A[rows of g, K] * B[g]^T on the device, FP32 accumulation, like GroupedGemmNT: rows of group g
+// are [group_offsets[g], group_offsets[g+1]) of A and C (no padding; M = 0 groups are skipped). `group_offsets`
+// [num_groups + 1] and `b_dev` [num_groups] (device pointers to [N, K] row-major weights) are HOST arrays: the
+// per-expert counts are known on the host once the dispatch layout is exchanged. C is BF16 (round to nearest even)
+// or F32 per `c_dtype`. The host arrays may be reused as soon as the call returns.
+// Accuracy (tests/kernels/cuda_grouped_gemm_test.cc): versus the CPU GEMM on the widened inputs, |err| <=
+// 2^-18 * sum_k |a_k * b_k| + (BF16 C: 2^-8 * |c|).
+Status CudaGroupedGemmNTBf16(const uint16_t* a_dev, const int64_t* group_offsets, int num_groups, int64_t k,
+                             const uint16_t* const* b_dev, int64_t n, void* c_dev, DType c_dtype, Stream& stream,
+                             GemmBackend backend = GemmBackend::kAuto);
+// FP8 e4m3 inputs with one FP32 scale per 128 consecutive K elements of every row of A and of every B[g]: the
+// layout QuantizeFp8Blockwise(block = 128) produces, a_scales_dev [M_total, K / 128] (row r of A owns row r) and
+// b_scales_dev[g] [N, K / 128] (a host array of device pointers). 128 x 128 weight scales (DeepSeek checkpoints)
+// are this with each scale repeated over its 128 rows. Value = fp8 * scale; requires K % 128 == 0 and N % 16 == 0.
+// Accuracy: as BF16, against the CPU GEMM on the dequantized inputs.
+Status CudaGroupedGemmNTFp8(const uint8_t* a_dev, const float* a_scales_dev, const int64_t* group_offsets,
+                            int num_groups, int64_t k, const uint8_t* const* b_dev, const float* const* b_scales_dev,
+                            int64_t n, void* c_dev, DType c_dtype, Stream& stream,
+                            GemmBackend backend = GemmBackend::kAuto);
+
 }  // namespace waveep::kernels
 
 #endif  // WAVEEP_KERNELS_KERNELS_H_

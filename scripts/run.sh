@@ -22,10 +22,11 @@ waveep_mpirun -np "$NP" "$WAVEEP" run --model="$MODEL" --tokens_per_rank="$TOKEN
   --json="$OUT_DIR/run_bf16.json"
 waveep_mpirun -np "$NP" "$WAVEEP" run --model="$MODEL" --tokens_per_rank="$TOKENS" --verify --dtype=fp8 \
   --json="$OUT_DIR/run_fp8.json"
-if [[ -x "$WAVEEP" ]] && "$WAVEEP" topo --help >/dev/null 2>&1 && "$WAVEEP" topo --help | grep -q check; then
-  log "topology check of $MODEL on this machine"
-  waveep_mpirun -np "$NP" "$WAVEEP" topo check --model="$MODEL" --probe --json="$OUT_DIR/topo_check.json" || true
-fi
+log "topology: probe this machine with $NP ranks, then check $MODEL against the measured links"
+waveep_mpirun -np "$NP" "$WAVEEP" topo probe --model="$MODEL" --probe_max_bytes=$((4 << 20)) \
+  --out="$OUT_DIR/cluster-probed.json"
+"$WAVEEP" topo check --model="$MODEL" --cluster="$OUT_DIR/cluster-probed.json" --tokens_per_rank="$TOKENS" \
+  --json="$OUT_DIR/topo_check.json"
 
 python3 - "$OUT_DIR" <<'PY'
 import json, sys, os
@@ -40,5 +41,11 @@ for name in ("run_bf16.json", "run_fp8.json"):
           f"step {j['step_ms_median']:.3f} ms, {j['tflops']:.4f} TFLOP/s, "
           f"verify {'PASS' if j.get('verify_passed') else 'FAIL'} (err {j.get('verify_max_rel_err', float('nan')):.2e} "
           f"<= {j.get('verify_tolerance', float('nan')):.2e}), checksum {j['output_checksum']}")
+p = os.path.join(out, "topo_check.json")
+if os.path.exists(p):
+    t = json.load(open(p))
+    worst = min(t["links"], key=lambda l: l.get("margin", float("inf"))) if t.get("links") else {}
+    print(f"topology check: {t['model']} on {t['cluster']} ({t['ranks']} ranks): "
+          f"{'COMM-BOUND' if t['any_comm_bound'] else 'balanced'}; worst link margin {worst.get('margin', float('nan')):.2f}x")
 print(f"results: {out}/*.json")
 PY

@@ -31,8 +31,10 @@ constexpr const char* kUsage =
 
 // Flags shown by `waveep run --help`, in this order.
 const std::vector<std::string> kRunFlags = {
-    "model", "tokens_per_rank", "steps",   "warmup", "dtype",     "waves",        "routing",        "seed", "verify",
-    "json",  "trace",           "backend", "device", "timeout_s", "blas_threads", "shared_experts", "quiet"};
+    "model",        "tokens_per_rank", "steps",      "warmup", "dtype",   "waves",  "routing",
+    "seed",         "verify",          "json",       "trace",  "backend", "device", "timeout_s",
+    "blas_threads", "shared_experts",  "checkpoint", "layer",  "input",   "output", "cluster",
+    "quiet"};
 
 bool IsRankZero() {
   for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"}) {
@@ -76,8 +78,9 @@ int main(int argc, char** argv) {
       if (!IsRankZero()) return 0;
       if (cmd == "run") {
         std::printf(
-            "usage: mpirun -np N waveep run [flags]\n\nRuns MoE layer steps with synthetic weights and "
-            "tokens (deterministic from --seed), prints a summary on rank 0.\n\nflags:\n");
+            "usage: mpirun -np N waveep run [flags]\n\nRuns MoE layer steps -- synthetic weights and tokens "
+            "(deterministic from --seed), or a checkpoint's layer (--checkpoint, --layer) on your hidden states "
+            "(--input, --output) -- and prints a summary on rank 0.\n\nflags:\n");
         PrintFlags(kRunFlags);
       } else if (cmd == "bench") {
         std::printf(

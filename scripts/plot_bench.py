@@ -37,20 +37,27 @@ def main():
     if not rows:
         sys.exit("no rows in " + sys.argv[1])
 
-    # 1. speedup vs waves, one line per (model, ranks, tokens)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    groups = defaultdict(list)
-    for r in rows:
-        groups[(r["model"], r["ranks"], r["tokens_per_rank"])].append(r)
-    for (model, ranks, tokens), g in sorted(groups.items()):
-        g.sort(key=lambda r: r["waves"])
-        ax.plot([r["waves"] for r in g], [r["speedup"] for r in g], marker="o", label=f"{model} np{ranks} T{tokens}")
-    ax.axhline(1.0, color="gray", lw=0.8, ls="--")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("waves (W)")
-    ax.set_ylabel("speedup over W=1 (same run)")
-    ax.set_title("Wave pipelining speedup")
-    ax.legend(fontsize=7, ncol=2)
+    # 1. speedup vs waves: one panel per model; colour = ranks, line style = tokens per rank
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    rank_colors = {n: plt.cm.tab10(i) for i, n in enumerate(sorted({r["ranks"] for r in rows}))}
+    styles = ["-", "--", ":", "-."]
+    token_style = {t: styles[i % len(styles)] for i, t in enumerate(sorted({r["tokens_per_rank"] for r in rows}))}
+    for ax, model in zip(axes[0], models):
+        groups = defaultdict(list)
+        for r in rows:
+            if r["model"] == model:
+                groups[(r["ranks"], r["tokens_per_rank"])].append(r)
+        for (ranks, tokens), g in sorted(groups.items()):
+            g.sort(key=lambda r: r["waves"])
+            ax.plot([r["waves"] for r in g], [r["speedup"] for r in g], marker="o", color=rank_colors[ranks],
+                    ls=token_style[tokens], label=f"np{ranks} T{tokens}")
+        ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("waves (W)")
+        ax.set_ylabel("speedup over W=1 (same run)")
+        ax.set_title(f"{model}: wave pipelining speedup")
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "speedup_vs_waves.png"), dpi=120)
 

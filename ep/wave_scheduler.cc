@@ -79,14 +79,14 @@ Status WaveScheduler::Run(int num_waves, const WaveOps& ops, std::vector<SpanRec
   auto dispatch = [&](int w) -> Status {
     if (w >= 2) WAVEEP_RETURN_IF_ERROR(cs.Wait(*recv_free_[w - 2]));  // receive buffer w % 2 consumed by gemm(w-2)
     WAVEEP_RETURN_IF_ERROR(Timed(cs, 5 * w, absl::StrCat("pack(", w, ")"), 0, 0, op(ops.pack, w)));
-    WAVEEP_RETURN_IF_ERROR(Timed(cs, 5 * w + 1, absl::StrCat("dispatch(", w, ")"), value(ops.dispatch_bytes, w), 0,
-                                 op(ops.dispatch, w)));
+    WAVEEP_RETURN_IF_ERROR(
+        Timed(cs, 5 * w + 1, absl::StrCat("dispatch(", w, ")"), value(ops.dispatch_bytes, w), 0, op(ops.dispatch, w)));
     return cs.Record(*dispatch_done_[w]);
   };
   auto combine = [&](int w) -> Status {
     WAVEEP_RETURN_IF_ERROR(cs.Wait(*unpacked_[w]));
-    WAVEEP_RETURN_IF_ERROR(Timed(cs, 5 * w + 4, absl::StrCat("combine(", w, ")"), value(ops.combine_bytes, w), 0,
-                                 op(ops.combine, w)));
+    WAVEEP_RETURN_IF_ERROR(
+        Timed(cs, 5 * w + 4, absl::StrCat("combine(", w, ")"), value(ops.combine_bytes, w), 0, op(ops.combine, w)));
     return cs.Record(*combine_done_[w]);
   };
   auto compute = [&](int w) -> Status {

@@ -23,7 +23,8 @@ class TopologyPredictor final : public Predictor {
     shape.blas_threads = blas_threads_;
     WAVEEP_ASSIGN_OR_RETURN(topology::Prediction p, topology::PredictStep(cfg.model, cluster_, shape));
     if (static_cast<int>(p.waves.size()) < waves)
-      return absl::InternalError(absl::StrCat("topology model returned ", p.waves.size(), " wave counts, need ", waves));
+      return absl::InternalError(
+          absl::StrCat("topology model returned ", p.waves.size(), " wave counts, need ", waves));
     return p.waves[waves - 1].step_us * 1e-3;
   }
 

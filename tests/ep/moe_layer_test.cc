@@ -150,7 +150,7 @@ TEST(Layer, SkewedRoutingLeavesExpertsAndRanksEmpty) {
   ASSERT_TRUE(batch.ok());
   std::vector<int> count(m.num_experts, 0);
   for (int32_t e : batch->topk_idx) count[e]++;
-  EXPECT_GE(count[0], 32);                            // half the tokens on expert 0
+  EXPECT_GE(count[0], 32);                                                         // half the tokens on expert 0
   for (int e = m.num_experts / 2; e < m.num_experts; ++e) EXPECT_EQ(count[e], 0);  // upper half unused
   // With >= 2 ranks the upper ranks receive nothing at all, and the layer still works (covered above).
   (void)ctx;
@@ -314,7 +314,8 @@ TEST(PartitionWaves, BalancesRowsNotExperts) {
 }
 
 TEST(BusyUs, UnionOfIntervals) {
-  std::vector<SpanRecord> s = {{"comm", "a", 0, 10}, {"comm", "b", 5, 15}, {"comm", "c", 20, 25}, {"compute", "d", 0, 100}};
+  std::vector<SpanRecord> s = {
+      {"comm", "a", 0, 10}, {"comm", "b", 5, 15}, {"comm", "c", 20, 25}, {"compute", "d", 0, 100}};
   EXPECT_DOUBLE_EQ(BusyUs(s, "comm"), 20);
   EXPECT_DOUBLE_EQ(BusyUs(s, "compute"), 100);
 }

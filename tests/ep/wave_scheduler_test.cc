@@ -26,7 +26,8 @@ class FakeLayer {
     // Each fake operation is a host task that sleeps and checks the simulated buffers.
     auto task = [this](const char* what, std::function<Status(int)> body) {
       return [this, what, body](int w, Stream& s) {
-        return s.Enqueue([this, what, body, w] { return Op(absl::StrCat(what, "(", w, ")"), [&] { return body(w); }); });
+        return s.Enqueue(
+            [this, what, body, w] { return Op(absl::StrCat(what, "(", w, ")"), [&] { return body(w); }); });
       };
     };
     WaveOps ops;
@@ -157,7 +158,7 @@ TEST(WaveScheduler, FailureStopsBothStreamsAndSchedulerRecovers) {
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
   ASSERT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.message()), HasSubstr("injected gemm failure"));
-  EXPECT_FALSE(fake.Ran("gemm(2)"));    // compute stopped at the error
+  EXPECT_FALSE(fake.Ran("gemm(2)"));     // compute stopped at the error
   EXPECT_FALSE(fake.Ran("combine(1)"));  // comm stopped at the event carrying the error
   EXPECT_FALSE(fake.Ran("finish"));
   FakeLayer again(3, 1);

@@ -170,7 +170,10 @@ TEST(Buffer, AllocatesAlignedAndMoves) {
 TEST(Trace, WritesChromeTraceJson) {
   GlobalTracer().Clear();
   GlobalTracer().SetEnabled(true);
-  { ScopedSpan s("compute", "gemm(0)"); s.Arg("flops", 123); }
+  {
+    ScopedSpan s("compute", "gemm(0)");
+    s.Arg("flops", 123);
+  }
   { ScopedSpan s("comm", "dispatch(1)"); }
   GlobalTracer().SetEnabled(false);
   { ScopedSpan s("comm", "ignored"); }

@@ -11,7 +11,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-
 TEST(Context, RanksAndNodesAreConsistent) {
   const ProcessContext& c = waveep::testing::MpiTestContext();
   int size = 0;
@@ -45,8 +44,8 @@ TEST(Context, DifferentConfigFailsOnEveryRank) {
 TEST(Context, AgreeOnStatusSpreadsTheLowestFailingRank) {
   const ProcessContext& c = waveep::testing::MpiTestContext();
   EXPECT_TRUE(AgreeOnStatus(c, absl::OkStatus()).ok());
-  Status local = c.world_rank == c.world_size - 1 ? absl::InvalidArgumentError("bad expert index 99")
-                                                  : absl::OkStatus();
+  Status local =
+      c.world_rank == c.world_size - 1 ? absl::InvalidArgumentError("bad expert index 99") : absl::OkStatus();
   Status s = AgreeOnStatus(c, local);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
@@ -72,4 +71,3 @@ TEST(Context, GatherStringsInRankOrder) {
 
 }  // namespace
 }  // namespace waveep
-

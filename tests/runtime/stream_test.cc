@@ -39,8 +39,10 @@ TEST(CpuStream, RunsTasksInEnqueueOrderOnOneThread) {
   std::atomic<bool> same_thread{true};
   for (int i = 0; i < 1000; ++i) {
     ASSERT_TRUE(s->Enqueue([&, i] {
-                   if (i == 0) first_thread = std::this_thread::get_id();
-                   else if (std::this_thread::get_id() != first_thread) same_thread = false;
+                   if (i == 0)
+                     first_thread = std::this_thread::get_id();
+                   else if (std::this_thread::get_id() != first_thread)
+                     same_thread = false;
                    // Random tiny sleeps would expose reordering if the queue were not FIFO.
                    if (i % 97 == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
                    order.push_back(i);
@@ -74,17 +76,21 @@ TEST(CpuStream, WaitOrdersWorkAcrossStreams) {
   auto ready = MakeEvent("ready");
   std::atomic<int> value{0};
   int seen = -1;
-  ASSERT_TRUE(producer->Enqueue([&] {
-                 std::this_thread::sleep_for(std::chrono::milliseconds(50));  // consumer would win without the wait
-                 value = 42;
-                 return absl::OkStatus();
-               }).ok());
+  ASSERT_TRUE(producer
+                  ->Enqueue([&] {
+                    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // consumer would win without the wait
+                    value = 42;
+                    return absl::OkStatus();
+                  })
+                  .ok());
   ASSERT_TRUE(producer->Record(*ready).ok());
   ASSERT_TRUE(consumer->Wait(*ready).ok());
-  ASSERT_TRUE(consumer->Enqueue([&] {
-                 seen = value;
-                 return absl::OkStatus();
-               }).ok());
+  ASSERT_TRUE(consumer
+                  ->Enqueue([&] {
+                    seen = value;
+                    return absl::OkStatus();
+                  })
+                  .ok());
   ASSERT_TRUE(consumer->Synchronize().ok());
   EXPECT_EQ(seen, 42);
   EXPECT_TRUE(ready->Query());
@@ -263,16 +269,18 @@ TEST(CudaStream, OrdersWorkWhenGpuPresent) {
   std::atomic<int> v{0};
   int seen = -1;
   ASSERT_TRUE((*a)->Enqueue([&] {
-                 std::this_thread::sleep_for(std::chrono::milliseconds(20));
-                 v = 7;
-                 return absl::OkStatus();
-               }).ok());
+                    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+                    v = 7;
+                    return absl::OkStatus();
+                  })
+                  .ok());
   ASSERT_TRUE((*a)->Record(**ev).ok());
   ASSERT_TRUE((*b)->Wait(**ev).ok());
   ASSERT_TRUE((*b)->Enqueue([&] {
-                 seen = v;
-                 return absl::OkStatus();
-               }).ok());
+                    seen = v;
+                    return absl::OkStatus();
+                  })
+                  .ok());
   ASSERT_TRUE((*b)->Synchronize().ok());
   EXPECT_EQ(seen, 7);
 }

@@ -13,14 +13,7 @@
 
 #include "kernels/kernels.h"
 
-// CUDA runtime return code -> Status with the expression and file:line.
-#define WAVEEP_CUDA_RETURN_IF_ERROR(expr)                                                                           \
-  do {                                                                                                              \
-    cudaError_t waveep_cuda_rc_ = (expr);                                                                           \
-    if (waveep_cuda_rc_ != cudaSuccess)                                                                             \
-      return ::waveep::internal::MakeForeignError(::absl::StatusCode::kInternal, "CUDA", #expr, __FILE__, __LINE__, \
-                                                  cudaGetErrorString(waveep_cuda_rc_));                             \
-  } while (0)
+// WAVEEP_CUDA_RETURN_IF_ERROR comes from runtime/status.h.
 
 // Checks the launch that just happened on this thread (configuration errors surface here, faults later).
 #define WAVEEP_CUDA_RETURN_IF_LAUNCH_FAILED() WAVEEP_CUDA_RETURN_IF_ERROR(cudaGetLastError())

@@ -12,14 +12,7 @@
 #include "runtime/buffer.h"
 #include "runtime/stream_internal.h"
 
-// CUDA runtime return code -> Status with the expression and file:line.
-#define WAVEEP_CUDA_RETURN_IF_ERROR(expr)                                                                           \
-  do {                                                                                                              \
-    cudaError_t waveep_cuda_rc_ = (expr);                                                                           \
-    if (waveep_cuda_rc_ != cudaSuccess)                                                                             \
-      return ::waveep::internal::MakeForeignError(::absl::StatusCode::kInternal, "CUDA", #expr, __FILE__, __LINE__, \
-                                                  cudaGetErrorString(waveep_cuda_rc_));                             \
-  } while (0)
+// WAVEEP_CUDA_RETURN_IF_ERROR comes from runtime/status.h.
 
 namespace waveep {
 namespace internal {

@@ -94,6 +94,17 @@ inline Status Annotate(const Status& s, absl::string_view context) {
                                                   ::waveep::internal::MpiErrorString(waveep_mpi_rc_));             \
   } while (0)
 
+// CUDA runtime return code -> Status (kInternal) with the expression, file:line and cudaGetErrorString. Defined
+// here so every module uses one macro; it only expands in files that include the CUDA runtime headers themselves
+// (this header never includes them).
+#define WAVEEP_CUDA_RETURN_IF_ERROR(expr)                                                                           \
+  do {                                                                                                              \
+    cudaError_t waveep_cuda_rc_ = (expr);                                                                           \
+    if (waveep_cuda_rc_ != cudaSuccess)                                                                             \
+      return ::waveep::internal::MakeForeignError(::absl::StatusCode::kInternal, "CUDA", #expr, __FILE__, __LINE__, \
+                                                  cudaGetErrorString(waveep_cuda_rc_));                             \
+  } while (0)
+
 namespace waveep::internal {
 std::string MpiErrorString(int rc);
 }  // namespace waveep::internal

@@ -33,14 +33,14 @@ class CpuEvent final : public Event {
     return recorded_;
   }
   // Called by the stream thread when it reaches the marker of generation `gen`.
+  // NOTES: notify while holding the lock: a waiter that sees the completion may destroy the event right away, so
+  // this thread must not touch cv_ after releasing mu_ (TSan caught the notify-after-unlock version).
   void Complete(uint64_t gen, const Status& s) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (gen > completed_) {
-        completed_ = gen;
-        status_ = s;
-        time_us_ = NowUs();
-      }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (gen > completed_) {
+      completed_ = gen;
+      status_ = s;
+      time_us_ = NowUs();
     }
     cv_.notify_all();
   }

@@ -17,7 +17,7 @@ waveep_build waveep
 mkdir -p "$OUT_DIR"
 WAVEEP="$WAVEEP_BUILD_DIR/bin/waveep"
 
-log "running: mpirun -np $NP waveep run --model=$MODEL --tokens_per_rank=$TOKENS --verify (bf16, then fp8, then 4 waves)"
+log "running: mpirun -np $NP waveep run --model=$MODEL --tokens_per_rank=$TOKENS --verify (bf16, then fp8)"
 waveep_mpirun -np "$NP" "$WAVEEP" run --model="$MODEL" --tokens_per_rank="$TOKENS" --verify \
   --json="$OUT_DIR/run_bf16.json"
 waveep_mpirun -np "$NP" "$WAVEEP" run --model="$MODEL" --tokens_per_rank="$TOKENS" --verify --dtype=fp8 \

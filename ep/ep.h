@@ -124,8 +124,8 @@ struct DispatchLayout {
 
 // Collective. Validates routing on every rank first (an out-of-range expert index anywhere fails every rank with the
 // offending rank/token/slot named), then exchanges counts and wave boundaries.
-StatusOr<DispatchLayout> BuildDispatchLayout(const ProcessContext& ctx, comm::Communicator& comm,
-                                             const Placement& placement, const TokenBatch& batch, int num_waves);
+StatusOr<DispatchLayout> BuildDispatchLayout(comm::Communicator& comm, const Placement& placement,
+                                             const TokenBatch& batch, int num_waves);
 
 // ---- the layer -------------------------------------------------------------------------------------------------
 struct LayerConfig {

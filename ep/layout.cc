@@ -69,8 +69,8 @@ Status AgreeStatus(comm::Communicator& comm, const Status& local) {
 
 }  // namespace internal
 
-StatusOr<DispatchLayout> BuildDispatchLayout(const ProcessContext& ctx, comm::Communicator& comm,
-                                             const Placement& placement, const TokenBatch& batch, int num_waves) {
+StatusOr<DispatchLayout> BuildDispatchLayout(comm::Communicator& comm, const Placement& placement,
+                                             const TokenBatch& batch, int num_waves) {
   DispatchLayout lay;
   const int r_count = comm.size();
   const int l = placement.experts_per_rank();
@@ -165,7 +165,6 @@ StatusOr<DispatchLayout> BuildDispatchLayout(const ProcessContext& ctx, comm::Co
       aoff.push_back(static_cast<int64_t>(a.size()));
     }
   }
-  (void)ctx;
   return lay;
 }
 

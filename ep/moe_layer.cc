@@ -75,8 +75,9 @@ class MoeLayer::Impl {
   // Weights of the local experts: w13 [L][2I, H], w2 [L][H, I]; shared: [2*nS*I, H], [H, nS*I].
   std::vector<float> w13, w2, shared_w13, shared_w2;
   std::unique_ptr<internal::WaveScheduler> scheduler;
-  // Transit buffers: send rows (perm order), double-buffered receive / return, returned rows (perm order).
-  Buffer send, recv[2], ret_send[2], ret_recv;
+  // Transit buffers: local tokens encoded once, send rows (perm order), double-buffered receive / return, returned
+  // rows (perm order).
+  Buffer tokens, send, recv[2], ret_send[2], ret_recv;
   // FP32 scratch for one wave: GEMM input, gate/up, activation, output; and the shared expert's.
   Buffer a, gate_up, act, y, s_in, s_gate_up, s_act, s_blk, s_out;
   DispatchLayout lay;
@@ -154,7 +155,7 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
           : absl::InvalidArgumentError(absl::StrCat("token batch has H=", batch.hidden, " K=", batch.top_k,
                                                     " but the model has H=", h, " K=", k));
   WAVEEP_RETURN_IF_ERROR(internal::AgreeStatus(*comm_, shape_ok));
-  WAVEEP_ASSIGN_OR_RETURN(im.lay, BuildDispatchLayout(ctx_, *comm_, placement_, batch, w_count));
+  WAVEEP_ASSIGN_OR_RETURN(im.lay, BuildDispatchLayout(*comm_, placement_, batch, w_count));
   const DispatchLayout& lay = im.lay;
   const double t_layout = NowUs();
   spans.push_back(SpanRecord{"comm", "layout", t0, t_layout, 0, 0});
@@ -164,6 +165,7 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
   const int64_t pairs = lay.perm.num_rows();
   int64_t max_wave = 0;
   for (int64_t n : lay.wave_recv_total) max_wave = std::max(max_wave, n);
+  WAVEEP_RETURN_IF_ERROR(Ensure(im.tokens, batch.num_tokens * drow));
   WAVEEP_RETURN_IF_ERROR(Ensure(im.send, pairs * drow));
   WAVEEP_RETURN_IF_ERROR(Ensure(im.ret_recv, pairs * crow));
   for (int j = 0; j < 2; ++j) {
@@ -187,21 +189,30 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
 
   // ---- task bodies ----
   // pack(w): my rows for every peer's wave w, converted to the transit dtype, in perm order.
+  // pack(w): my rows for every peer's wave w, in perm order. Each token is encoded to the transit dtype once per
+  // step (at the start of pack(0)) and then copied to its K rows, instead of being re-encoded for every slot.
+  auto encode_tokens = [&, this]() -> Status {
+    uint8_t* tok = im.tokens.as<uint8_t>();
+    if (!fp8) {
+      kernels::ConvertF32ToBf16(batch.x.data(), reinterpret_cast<uint16_t*>(tok), batch.num_tokens * h);
+      return absl::OkStatus();
+    }
+    std::vector<float> scales(h / block);
+    for (int64_t t = 0; t < batch.num_tokens; ++t) {
+      uint8_t* dst = tok + t * drow;
+      WAVEEP_RETURN_IF_ERROR(kernels::QuantizeFp8Blockwise(batch.x.data() + t * h, 1, h, block, dst, scales.data()));
+      std::memcpy(dst + h, scales.data(), scales.size() * sizeof(float));
+    }
+    return absl::OkStatus();
+  };
   auto pack = [&, this](int w) -> Status {
+    if (w == 0) WAVEEP_RETURN_IF_ERROR(encode_tokens());
+    const uint8_t* tok = im.tokens.as<uint8_t>();
     uint8_t* send = im.send.as<uint8_t>();
-    std::vector<float> scales(fp8 ? h / block : 0);
     for (int p = 0; p < r_count; ++p) {
       const int64_t b = lay.send_row_begin[w * r_count + p], n = lay.send_rows[w * r_count + p];
-      for (int64_t r = b; r < b + n; ++r) {
-        const float* src = batch.x.data() + (lay.perm.pair_of_row[r] / k) * h;
-        uint8_t* dst = send + r * drow;
-        if (fp8) {
-          WAVEEP_RETURN_IF_ERROR(kernels::QuantizeFp8Blockwise(src, 1, h, block, dst, scales.data()));
-          std::memcpy(dst + h, scales.data(), scales.size() * sizeof(float));
-        } else {
-          kernels::ConvertF32ToBf16(src, reinterpret_cast<uint16_t*>(dst), h);
-        }
-      }
+      for (int64_t r = b; r < b + n; ++r)
+        std::memcpy(send + r * drow, tok + (lay.perm.pair_of_row[r] / k) * drow, static_cast<size_t>(drow));
     }
     return absl::OkStatus();
   };

@@ -5,12 +5,15 @@
 //   mpirun -np 4 --oversubscribe build/bench/waveep_comm_bench --benchmark_counters_tabular=true
 //   mpirun -np 4 ... waveep_comm_bench --comm_bench_backend=mpi --comm_bench_max_bytes=16777216
 //   # the mpi backend's polling knobs (comm/mpi_transport.h, MpiTuning):
-//   mpirun -np 4 ... waveep_comm_bench --comm_bench_spin_us=50 --comm_bench_spin_per_mib_us=1000 ...
+//   mpirun -np 4 ... waveep_comm_bench --comm_bench_busy_us=10 --comm_bench_spin_us=50
+//   --comm_bench_spin_per_mib_us=1000 ...
 //                                      ... --comm_bench_poll_sleep_us=20
 //
 // For each per-peer block size (1 KiB .. 64 MiB, x4 steps) it runs, side by side:
-//   BM_AlltoallvWaveep  Communicator::AlltoallvAsync + Stream::Synchronize (what the wave scheduler does)
-//   BM_AlltoallvMpi     MPI_Alltoallv on the same buffers, counts and displacements (the baseline)
+//   BM_AlltoallvWaveep          Communicator::AlltoallvAsync + Stream::Synchronize (what the wave scheduler does:
+//                               the exchange plus the hand-off to the stream's thread and back)
+//   BM_AlltoallvWaveepBlocking  Communicator::Alltoallv on the calling thread (like for like with the baseline)
+//   BM_AlltoallvMpi             MPI_Alltoallv on the same buffers, counts and displacements (the baseline)
 // Each iteration starts after a barrier; its time is the slowest rank's (manual time), so all ranks agree. Counters
 // follow nccl-tests: algbw = bytes each rank sends (size x block, self included) / time; busbw = algbw x (n-1)/n.
 // bytes_per_second is algbw. Every rank runs fixed iteration counts so that the ranks stay in lockstep; only rank 0
@@ -149,6 +152,10 @@ void BM_AlltoallvWaveep(benchmark::State& state, size_t per_peer) {
   });
 }
 
+void BM_AlltoallvWaveepBlocking(benchmark::State& state, size_t per_peer) {
+  RunTimed(state, per_peer, [](Buffers& b) { return g_comm->Alltoallv(b.args); });
+}
+
 void BM_AlltoallvMpi(benchmark::State& state, size_t per_peer) {
   // The ranks decide this identically (sizes are the same everywhere), so they skip together.
   if (BuffersFor(per_peer).counts.empty()) {
@@ -199,13 +206,15 @@ int main(int argc, char** argv) {
         waveep::FinalizeProcess();
         return 2;
       }
-    } else if (absl::ConsumePrefix(&a, "--comm_bench_spin_us=") ||
+    } else if (absl::ConsumePrefix(&a, "--comm_bench_busy_us=") || absl::ConsumePrefix(&a, "--comm_bench_spin_us=") ||
                absl::ConsumePrefix(&a, "--comm_bench_spin_per_mib_us=") ||
                absl::ConsumePrefix(&a, "--comm_bench_poll_sleep_us=")) {
       waveep::comm::internal::MpiTuning t = waveep::comm::internal::GetMpiTuning();
       int64_t us = 0;
       const absl::Duration d = absl::Microseconds(absl::SimpleAtoi(a, &us) ? us : -1);
-      if (absl::StartsWith(argv[i], "--comm_bench_spin_us=")) {
+      if (absl::StartsWith(argv[i], "--comm_bench_busy_us=")) {
+        t.busy_poll = d;
+      } else if (absl::StartsWith(argv[i], "--comm_bench_spin_us=")) {
         t.spin = d;
       } else if (absl::StartsWith(argv[i], "--comm_bench_spin_per_mib_us=")) {
         t.spin_per_mib = d;
@@ -249,6 +258,11 @@ int main(int argc, char** argv) {
     const int64_t iters = IterationsFor(per_peer, ctx->world_size);
     benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvWaveep/", SizeName(per_peer)).c_str(), BM_AlltoallvWaveep,
                                  per_peer)
+        ->UseManualTime()
+        ->Iterations(iters)
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvWaveepBlocking/", SizeName(per_peer)).c_str(),
+                                 BM_AlltoallvWaveepBlocking, per_peer)
         ->UseManualTime()
         ->Iterations(iters)
         ->Unit(benchmark::kMicrosecond);

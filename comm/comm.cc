@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "comm/cuda_ipc_transport.h"
@@ -60,9 +61,11 @@ struct Range {
   int peer;
   bool is_send;
 };
+// Inline storage for 8 ranks' send and receive blocks: validation allocates nothing at small scale.
+using Ranges = absl::InlinedVector<Range, 16>;
 
 Status CheckSide(const char* side, const void* base, const std::vector<size_t>& bytes,
-                 const std::vector<size_t>& offsets, std::vector<Range>* ranges) {
+                 const std::vector<size_t>& offsets, Ranges* ranges) {
   const uintptr_t b = reinterpret_cast<uintptr_t>(base);
   for (size_t p = 0; p < bytes.size(); ++p) {
     if (bytes[p] == 0) continue;  // a zero block may have any offset and a null buffer
@@ -122,7 +125,7 @@ Status ValidateAlltoallvArgs(const AlltoallvArgs& args, int comm_size) {
           absl::StrCat("AlltoallvArgs.", field, " has ", vec->size(), " entries, expected ", n, " (one per rank)"));
     }
   }
-  std::vector<Range> ranges;
+  Ranges ranges;
   ranges.reserve(2 * n);
   WAVEEP_RETURN_IF_ERROR(CheckSide("send", args.send, args.send_bytes, args.send_offsets, &ranges));
   WAVEEP_RETURN_IF_ERROR(CheckSide("recv", args.recv, args.recv_bytes, args.recv_offsets, &ranges));

@@ -361,33 +361,18 @@ Status RunPipeline(MPI_Comm comm, const StagedPlan& plan, StagingSet& set, absl:
   *reusable = false;
   Pipeline pipe(comm, plan, set);
   Status st = pipe.Start();
-  // Same spin-then-sleep policy as the host path, with the spin window scaled by the bytes moved.
-  const auto spin = absl::ToChronoNanoseconds(
-      tuning.spin + tuning.spin_per_mib * (static_cast<double>(std::max(plan.bytes_sent, plan.bytes_recv)) /
-                                           static_cast<double>(1 << 20)));
-  const auto sleep = absl::ToChronoNanoseconds(tuning.poll_sleep);
-  Clock::time_point last_progress = Clock::now();
-  const Clock::time_point deadline = last_progress + absl::ToChronoNanoseconds(timeout);
+  // Same polling policy as the host path, with the spin window scaled by the bytes moved.
+  Poller poller(tuning, timeout, std::max(plan.bytes_sent, plan.bytes_recv));
   while (st.ok() && !pipe.Finished()) {
     bool progressed = false;
     st = pipe.Poll(&progressed);
     if (!st.ok() || pipe.Finished()) break;
-    const Clock::time_point now = Clock::now();
-    if (progressed) {
-      last_progress = now;
-      continue;
-    }
-    if (now >= deadline) {
+    if (!poller.Next(progressed)) {
       st = absl::DeadlineExceededError(WithPrefix(
           absl::StrCat(plan.what, " (tag ", plan.tag, ", device buffers staged through host) timed out after ",
                        absl::FormatDuration(timeout), "; still pending: ", pipe.DescribePending(),
                        ". Did every rank issue this exchange, in the same order, with matching sizes and MpiTuning?")));
       break;
-    }
-    if (now - last_progress < spin || sleep.count() == 0) {
-      std::this_thread::yield();
-    } else {
-      std::this_thread::sleep_for(sleep);
     }
   }
   if (st.ok()) {

@@ -20,9 +20,11 @@
 
 #include <mpi.h>
 
+#include <chrono>
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -30,6 +32,63 @@
 #include "runtime/runtime.h"
 
 namespace waveep::comm::internal {
+
+// Busy-then-yield-then-sleep polling with a deadline on a monotonic clock, shared by the host and staged paths.
+// After each poll that completed nothing: the first kUncheckedPolls idle polls follow each other at once without
+// even reading the clock (a small exchange completes within a few polls, and a clock read, a yield or a sleep costs
+// more than one); then, within `busy_poll` of the first checked idle poll, polls still follow back to back; within
+// the spin window (`spin`, plus `spin_per_mib` per MiB of `bytes_in_flight`: a large transfer completes nothing for
+// a long time while it moves fragments, and sleeping then would throttle it) they yield the core; past it they sleep
+// `poll_sleep`. Any completion restarts the sequence. The timeout runs from the first clock read.
+class Poller {
+ public:
+  static constexpr int kUncheckedPolls = 256;
+
+  Poller(const MpiTuning& tuning, absl::Duration timeout, size_t bytes_in_flight = 0)
+      : tuning_(tuning), timeout_(timeout), bytes_in_flight_(bytes_in_flight) {}
+
+  // Call after each poll; `progressed` = the poll completed something. Returns false once the deadline passed.
+  bool Next(bool progressed) {
+    if (progressed) {
+      idle_polls_ = 0;
+      return true;
+    }
+    if (++idle_polls_ <= kUncheckedPolls) return true;
+    const Clock::time_point now = Clock::now();
+    if (!started_) {
+      started_ = true;
+      deadline_ = now + absl::ToChronoNanoseconds(timeout_);
+      busy_ = absl::ToChronoNanoseconds(tuning_.busy_poll);
+      spin_ = absl::ToChronoNanoseconds(
+          tuning_.spin + tuning_.spin_per_mib * (static_cast<double>(bytes_in_flight_) / static_cast<double>(1 << 20)));
+      sleep_ = absl::ToChronoNanoseconds(tuning_.poll_sleep);
+    }
+    if (idle_polls_ == kUncheckedPolls + 1) idle_since_ = now;
+    if (now >= deadline_) return false;
+    const Clock::duration idle = now - idle_since_;
+    if (idle < busy_) return true;
+    // Yielding costs ~1 us when the core is free and hands it over when ranks outnumber cores.
+    if (idle < spin_ || sleep_.count() == 0) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(sleep_);
+    }
+    return true;
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  const MpiTuning& tuning_;
+  const absl::Duration timeout_;
+  const size_t bytes_in_flight_;
+  int idle_polls_ = 0;
+  bool started_ = false;  // the fields below are set at the first clock read
+  Clock::time_point deadline_;
+  Clock::time_point idle_since_;
+  std::chrono::nanoseconds busy_{0};
+  std::chrono::nanoseconds spin_{0};
+  std::chrono::nanoseconds sleep_{0};
+};
 
 // True when this binary was built with CUDA and a CUDA device is visible. Cached after the first call; thread-safe.
 bool DeviceStagingAvailable();

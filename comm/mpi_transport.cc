@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <climits>
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -40,48 +41,12 @@ constexpr int kMaxPeersInMessage = 8;
 
 std::mutex g_tuning_mu;
 MpiTuning g_tuning;
+std::atomic<uint64_t> g_tuning_generation{0};  // bumped by every SetMpiTuning
 
 std::string WithPrefix(absl::string_view msg) {
   std::string prefix = DiagnosticPrefix();
   return absl::StrCat(prefix, prefix.empty() ? "" : ": ", msg);
 }
-
-// Spin-then-sleep polling with a deadline on a monotonic clock.
-class Poller {
- public:
-  // `bytes_in_flight` lengthens the spin window by tuning.spin_per_mib per MiB: a large transfer completes nothing
-  // for a long time while it moves fragments, and sleeping then would throttle it (both sides must progress).
-  Poller(const MpiTuning& tuning, absl::Duration timeout, size_t bytes_in_flight = 0)
-      : spin_(absl::ToChronoNanoseconds(
-            tuning.spin + tuning.spin_per_mib * (static_cast<double>(bytes_in_flight) / static_cast<double>(1 << 20)))),
-        sleep_(absl::ToChronoNanoseconds(tuning.poll_sleep)),
-        last_progress_(Clock::now()),
-        deadline_(last_progress_ + absl::ToChronoNanoseconds(timeout)) {}
-
-  // Call after each poll; `progressed` = the poll completed something. Returns false once the deadline passed.
-  bool Next(bool progressed) {
-    const Clock::time_point now = Clock::now();
-    if (progressed) {
-      last_progress_ = now;
-      return true;
-    }
-    if (now >= deadline_) return false;
-    // Yielding while spinning costs ~1 us when the core is free and hands it over when ranks outnumber cores.
-    if (now - last_progress_ < spin_ || sleep_.count() == 0) {
-      std::this_thread::yield();
-    } else {
-      std::this_thread::sleep_for(sleep_);
-    }
-    return true;
-  }
-
- private:
-  using Clock = std::chrono::steady_clock;
-  const std::chrono::nanoseconds spin_;
-  const std::chrono::nanoseconds sleep_;
-  Clock::time_point last_progress_;
-  const Clock::time_point deadline_;
-};
 
 // One MPI message of an exchange (a block, or a chunk of one).
 struct Message {
@@ -93,9 +58,9 @@ struct Message {
   size_t block_bytes;  // the whole block this message belongs to (diagnostics)
 };
 
-// Everything an exchange needs, fixed when it is issued.
+// Everything an exchange needs, fixed when it is issued. The blocking path refills one Plan per communicator, so
+// building it allocates nothing once its vectors have grown.
 struct Plan {
-  std::string what;  // "alltoallv 'dispatch(0)'" for messages
   std::string label;
   int tag = 0;
   std::vector<Message> messages;  // receives first, then sends
@@ -107,24 +72,62 @@ struct Plan {
   int num_peers = 0;      // other ranks with a nonzero block in either direction
 };
 
-StatusOr<std::shared_ptr<Plan>> MakePlan(const AlltoallvArgs& args, int rank, int size, size_t max_message_bytes,
-                                         int tag, std::string label) {
+// "alltoallv 'dispatch(0)'", for messages (built only when one is).
+std::string What(const Plan& plan) { return absl::StrCat("alltoallv '", plan.label, "'"); }
+
+// The layout a Plan was built for. A blocking exchange with the same buffers, block sizes, offsets and message split
+// as the previous one (the probe's loops, repeated steps with the same buffers) reuses its plan as it is, skipping
+// validation and planning.
+struct PlanKey {
+  bool valid = false;
+  const void* send = nullptr;
+  const void* recv = nullptr;
+  size_t split = 0;
+  std::vector<size_t> send_bytes, send_offsets, recv_bytes, recv_offsets;
+
+  bool Matches(const AlltoallvArgs& a, size_t max_message_bytes) const {
+    return valid && send == a.send && recv == a.recv && split == max_message_bytes && send_bytes == a.send_bytes &&
+           recv_bytes == a.recv_bytes && send_offsets == a.send_offsets && recv_offsets == a.recv_offsets;
+  }
+  void Set(const AlltoallvArgs& a, size_t max_message_bytes) {
+    send = a.send;
+    recv = a.recv;
+    split = max_message_bytes;
+    send_bytes.assign(a.send_bytes.begin(), a.send_bytes.end());
+    send_offsets.assign(a.send_offsets.begin(), a.send_offsets.end());
+    recv_bytes.assign(a.recv_bytes.begin(), a.recv_bytes.end());
+    recv_offsets.assign(a.recv_offsets.begin(), a.recv_offsets.end());
+    valid = true;
+  }
+};
+
+// Request and status arrays of one exchange, reused from call to call on the blocking path.
+struct Scratch {
+  std::vector<MPI_Request> reqs;
+  std::vector<int> idx;
+  std::vector<MPI_Status> st;
+};
+
+// Validates `args` and refills `plan`'s layout (reusing its storage): everything but the tag and the label, which the
+// caller sets.
+Status FillPlan(const AlltoallvArgs& args, int rank, int size, size_t max_message_bytes, Plan* plan) {
   WAVEEP_RETURN_IF_ERROR(ValidateAlltoallvArgs(args, size));
   if (args.send_bytes[rank] != args.recv_bytes[rank]) {
     return absl::InvalidArgumentError(absl::StrCat("AlltoallvArgs: send_bytes[", rank, "] = ", args.send_bytes[rank],
                                                    " but recv_bytes[", rank, "] = ", args.recv_bytes[rank],
                                                    " (the block a rank sends itself has one size)"));
   }
-  auto plan = std::make_shared<Plan>();
-  plan->label = std::move(label);
-  plan->what = absl::StrCat("alltoallv '", plan->label, "'");
-  plan->tag = tag;
-  std::vector<bool> active(size, false);
+  plan->messages.clear();
+  plan->self_src = nullptr;
+  plan->self_dst = nullptr;
+  plan->self_bytes = 0;
+  plan->bytes_sent = 0;
+  plan->bytes_recv = 0;
+  plan->num_peers = 0;
   // `src` for a send, `dst` for a receive: the start of the block. Empty blocks are skipped before any pointer
   // arithmetic, since their buffer may be null.
   auto add = [&](int peer, bool is_send, size_t offset, size_t block) {
     if (block == 0) return;
-    active[peer] = true;
     for (size_t off = 0; off < block; off += max_message_bytes) {
       Message m{peer, is_send, nullptr, nullptr, static_cast<int>(std::min(max_message_bytes, block - off)), block};
       if (is_send) {
@@ -147,13 +150,15 @@ StatusOr<std::shared_ptr<Plan>> MakePlan(const AlltoallvArgs& args, int rank, in
     add(p, true, args.send_offsets[p], args.send_bytes[p]);
     plan->bytes_sent += args.send_bytes[p];
   }
-  plan->num_peers = static_cast<int>(std::count(active.begin(), active.end(), true));
+  for (int p = 0; p < size; ++p) {
+    if (p != rank && (args.send_bytes[p] > 0 || args.recv_bytes[p] > 0)) ++plan->num_peers;
+  }
   if (args.send_bytes[rank] > 0) {
     plan->self_src = static_cast<const char*>(args.send) + args.send_offsets[rank];
     plan->self_dst = static_cast<char*>(args.recv) + args.recv_offsets[rank];
     plan->self_bytes = args.send_bytes[rank];
   }
-  return plan;
+  return absl::OkStatus();
 }
 
 // The device-memory form of `plan`, or nullptr when every block is in host memory (the host path then runs,
@@ -183,7 +188,7 @@ StatusOr<std::shared_ptr<const StagedPlan>> MakeStagedPlan(const AlltoallvArgs& 
   WAVEEP_RETURN_IF_ERROR(classify(args.recv, args.recv_bytes, args.recv_offsets, recv_dev, "recv"));
   if (!any) return std::shared_ptr<const StagedPlan>();
   auto staged = std::make_shared<StagedPlan>();
-  staged->what = plan.what;
+  staged->what = What(plan);
   staged->label = plan.label;
   staged->tag = plan.tag;
   staged->device = device;
@@ -295,15 +300,16 @@ Status TestsomeError(int rc, const Plan& plan, const std::vector<int>& idx, cons
     }
   }
   Status s = ::waveep::internal::MakeForeignError(absl::StatusCode::kInternal, "MPI", "MPI_Testsome(...)", __FILE__,
-                                                  __LINE__, absl::StrCat(plan.what, ": ", detail));
+                                                  __LINE__, absl::StrCat(What(plan), ": ", detail));
   return Status(s.code(), WithPrefix(s.message()));
 }
 
 // Polls the posted messages until all completed, an error, or the timeout.
-Status PollExchange(const Plan& plan, std::vector<MPI_Request>& reqs, absl::Duration timeout, const MpiTuning& tuning) {
+Status PollExchange(const Plan& plan, Scratch& scratch, absl::Duration timeout, const MpiTuning& tuning) {
+  std::vector<MPI_Request>& reqs = scratch.reqs;
+  std::vector<int>& idx = scratch.idx;
+  std::vector<MPI_Status>& st = scratch.st;
   const int n = static_cast<int>(reqs.size());
-  std::vector<int> idx(n);
-  std::vector<MPI_Status> st(n);
   size_t remaining = reqs.size();
   Poller poller(tuning, timeout, std::max(plan.bytes_sent, plan.bytes_recv));
   while (remaining > 0) {
@@ -318,7 +324,7 @@ Status PollExchange(const Plan& plan, std::vector<MPI_Request>& reqs, absl::Dura
       WAVEEP_MPI_RETURN_IF_ERROR(MPI_Get_count(&st[i], MPI_BYTE, &count));
       if (count != m.bytes) {
         return absl::InvalidArgumentError(
-            WithPrefix(absl::StrCat(plan.what, ": received ", count, " bytes from rank ", m.peer, " where ", m.bytes,
+            WithPrefix(absl::StrCat(What(plan), ": received ", count, " bytes from rank ", m.peer, " where ", m.bytes,
                                     " were expected (recv_bytes[", m.peer, "] = ", m.block_bytes,
                                     " disagrees with what rank ", m.peer, " sends)")));
       }
@@ -326,7 +332,7 @@ Status PollExchange(const Plan& plan, std::vector<MPI_Request>& reqs, absl::Dura
     remaining -= static_cast<size_t>(outcount);
     if (!poller.Next(outcount > 0)) {
       return absl::DeadlineExceededError(
-          WithPrefix(absl::StrCat(plan.what, " (tag ", plan.tag, ") timed out after ", absl::FormatDuration(timeout),
+          WithPrefix(absl::StrCat(What(plan), " (tag ", plan.tag, ") timed out after ", absl::FormatDuration(timeout),
                                   "; still pending: ", DescribePending(plan, reqs),
                                   ". Did every rank issue this exchange, in the same order, with matching sizes?")));
     }
@@ -347,16 +353,19 @@ Status PostAll(MPI_Comm comm, const Plan& plan, std::vector<MPI_Request>& reqs) 
 }
 
 // Runs one exchange to completion on the calling thread.
-Status RunExchange(MPI_Comm comm, const Plan& plan, absl::Duration timeout, const MpiTuning& tuning) {
-  std::vector<MPI_Request> reqs(plan.messages.size(), MPI_REQUEST_NULL);
-  Status st = PostAll(comm, plan, reqs);
+Status RunExchange(MPI_Comm comm, const Plan& plan, Scratch& scratch, absl::Duration timeout, const MpiTuning& tuning) {
+  const size_t n = plan.messages.size();
+  scratch.reqs.assign(n, MPI_REQUEST_NULL);
+  scratch.idx.resize(n);
+  scratch.st.resize(n);
+  Status st = PostAll(comm, plan, scratch.reqs);
   if (st.ok()) {
     // The self block overlaps with the network transfers just posted.
     if (plan.self_bytes > 0) std::memcpy(plan.self_dst, plan.self_src, plan.self_bytes);
-    st = PollExchange(plan, reqs, timeout, tuning);
+    st = PollExchange(plan, scratch, timeout, tuning);
   }
   if (st.ok()) return st;
-  return Status(st.code(), absl::StrCat(st.message(), ReleasePending(plan, reqs, tuning)));
+  return Status(st.code(), absl::StrCat(st.message(), ReleasePending(plan, scratch.reqs, tuning)));
 }
 
 // An MPI communicator that queued stream tasks may outlive the Communicator with.
@@ -471,20 +480,34 @@ class MpiCommunicator final : public Communicator {
   Status Alltoallv(const AlltoallvArgs& args) override {
     std::lock_guard<std::mutex> lock(coll_mu_);
     WAVEEP_RETURN_IF_ERROR(broken_);
-    const MpiTuning tuning = GetMpiTuning();
+    // The knobs, re-read only when SetMpiTuning changed them (a mutex less on the small-message path).
+    if (const uint64_t gen = g_tuning_generation.load(std::memory_order_acquire); gen != blocking_tuning_generation_) {
+      blocking_tuning_ = GetMpiTuning();
+      blocking_tuning_generation_ = gen;
+    }
+    const MpiTuning& tuning = blocking_tuning_;
     const uint64_t seq = coll_seq_;
-    WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<Plan> plan, MakePlan(args, rank_, size_, SplitBytes(tuning), Tag(seq),
-                                                                 Label(args.label, "alltoallv (blocking)", seq)));
+    Plan& plan = blocking_plan_;
+    const size_t split = SplitBytes(tuning);
+    if (!blocking_key_.Matches(args, split)) {
+      blocking_key_.valid = false;
+      WAVEEP_RETURN_IF_ERROR(FillPlan(args, rank_, size_, split, &plan));
+      blocking_key_.Set(args, split);
+    }
+    std::string fallback;
+    const absl::string_view label = LabelOr(args.label, "alltoallv (blocking)", seq, &fallback);
+    plan.label.assign(label.data(), label.size());
+    plan.tag = Tag(seq);
     std::shared_ptr<const StagedPlan> staged;
     if (DeviceStagingAvailable()) {
-      WAVEEP_ASSIGN_OR_RETURN(staged, MakeStagedPlan(args, *plan, size_));
+      WAVEEP_ASSIGN_OR_RETURN(staged, MakeStagedPlan(args, plan, size_));
     }
     ++coll_seq_;  // only once validated: invalid calls fail on the caller without consuming a tag
-    ScopedSpan span("host", plan->label, "comm");
-    span.Arg("bytes_sent", static_cast<double>(plan->bytes_sent));
-    span.Arg("bytes_recv", static_cast<double>(plan->bytes_recv));
+    ScopedSpan span("host", plan.label, "comm");
+    span.Arg("bytes_sent", static_cast<double>(plan.bytes_sent));
+    span.Arg("bytes_recv", static_cast<double>(plan.bytes_recv));
     if (staged != nullptr) return RunStagedExchange(coll_->comm, *staged, Timeout(), tuning);
-    return RunExchange(coll_->comm, *plan, Timeout(), tuning);
+    return RunExchange(coll_->comm, plan, blocking_scratch_, Timeout(), tuning);
   }
 
   Status AlltoallvAsync(AlltoallvArgs args, Stream& stream) override {
@@ -493,8 +516,11 @@ class MpiCommunicator final : public Communicator {
     // decides when the exchange runs. A validation error consumes no sequence number.
     std::lock_guard<std::mutex> lock(p2p_mu_);
     const uint64_t seq = p2p_seq_;
-    WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<Plan> plan, MakePlan(args, rank_, size_, SplitBytes(tuning), Tag(seq),
-                                                                 Label(args.label, "alltoallv", seq)));
+    auto plan = std::make_shared<Plan>();
+    WAVEEP_RETURN_IF_ERROR(FillPlan(args, rank_, size_, SplitBytes(tuning), plan.get()));
+    std::string fallback;
+    plan->label = std::string(LabelOr(args.label, "alltoallv", seq, &fallback));
+    plan->tag = Tag(seq);
     if (DeviceStagingAvailable()) {
       WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<const StagedPlan> staged, MakeStagedPlan(args, *plan, size_));
       if (staged != nullptr) {
@@ -508,7 +534,8 @@ class MpiCommunicator final : public Communicator {
           ScopedSpan span(row, plan->label, "comm");
           span.Arg("bytes_sent", static_cast<double>(plan->bytes_sent));
           span.Arg("bytes_recv", static_cast<double>(plan->bytes_recv));
-          return RunExchange(comm->comm, *plan, timeout, tuning);
+          Scratch scratch;
+          return RunExchange(comm->comm, *plan, scratch, timeout, tuning);
         }));
     ++p2p_seq_;
     return absl::OkStatus();
@@ -541,8 +568,12 @@ class MpiCommunicator final : public Communicator {
     return any_rank_stages_ ? std::min(tuning.max_message_bytes, tuning.staging_chunk_bytes) : tuning.max_message_bytes;
   }
   int Tag(uint64_t seq) const { return static_cast<int>(seq % static_cast<uint64_t>(tag_modulus_)); }
-  static std::string Label(const std::string& label, absl::string_view fallback, uint64_t seq) {
-    return label.empty() ? absl::StrCat(fallback, " #", seq) : label;
+  // The caller's label, or "<fallback> #<seq>" built in *storage.
+  static absl::string_view LabelOr(const std::string& label, absl::string_view fallback, uint64_t seq,
+                                   std::string* storage) {
+    if (!label.empty()) return label;
+    *storage = absl::StrCat(fallback, " #", seq);
+    return *storage;
   }
 
   // Waits for a nonblocking collective on coll_. On timeout the request (and `staging`, which MPI may still write)
@@ -592,6 +623,11 @@ class MpiCommunicator final : public Communicator {
   std::mutex coll_mu_;  // serialises blocking calls (they must also be issued in the same order on every rank)
   uint64_t coll_seq_ = 0;
   Status broken_;
+  MpiTuning blocking_tuning_;  // GetMpiTuning() as of generation blocking_tuning_generation_
+  uint64_t blocking_tuning_generation_ = ~uint64_t{0};
+  Plan blocking_plan_;        // the last blocking Alltoallv's plan ...
+  PlanKey blocking_key_;      // ... the layout it was built for ...
+  Scratch blocking_scratch_;  // ... and its requests and statuses
   std::vector<Abandoned> abandoned_;
   bool leak_coll_ = false;
 
@@ -611,9 +647,9 @@ Status SetMpiTuning(const MpiTuning& tuning) {
     return absl::InvalidArgumentError(
         absl::StrCat("MpiTuning.max_message_bytes = ", tuning.max_message_bytes, ", need [1, ", INT_MAX, "]"));
   }
-  if (tuning.spin < absl::ZeroDuration() || tuning.spin_per_mib < absl::ZeroDuration() ||
-      tuning.poll_sleep < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("MpiTuning: spin, spin_per_mib and poll_sleep must not be negative");
+  if (tuning.busy_poll < absl::ZeroDuration() || tuning.spin < absl::ZeroDuration() ||
+      tuning.spin_per_mib < absl::ZeroDuration() || tuning.poll_sleep < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("MpiTuning: busy_poll, spin, spin_per_mib and poll_sleep must not be negative");
   }
   if (tuning.staging_chunk_bytes == 0 || tuning.staging_chunk_bytes > static_cast<size_t>(INT_MAX)) {
     return absl::InvalidArgumentError(
@@ -625,6 +661,7 @@ Status SetMpiTuning(const MpiTuning& tuning) {
   }
   std::lock_guard<std::mutex> lock(g_tuning_mu);
   g_tuning = tuning;
+  g_tuning_generation.fetch_add(1, std::memory_order_release);
   return absl::OkStatus();
 }
 

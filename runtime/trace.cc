@@ -78,11 +78,11 @@ Tracer& GlobalTracer() {
   return *t;
 }
 
-ScopedSpan::ScopedSpan(absl::string_view row, std::string name, absl::string_view category)
+ScopedSpan::ScopedSpan(absl::string_view row, absl::string_view name, absl::string_view category)
     : on_(GlobalTracer().enabled()) {
   if (!on_) return;
   span_.row = std::string(row);
-  span_.name = std::move(name);
+  span_.name = std::string(name);
   span_.category = std::string(category);
   span_.start_us = NowUs();
 }

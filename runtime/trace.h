@@ -60,7 +60,7 @@ Tracer& GlobalTracer();
 // Records [construction, destruction) as a span on `row` when the global tracer is enabled.
 class ScopedSpan {
  public:
-  ScopedSpan(absl::string_view row, std::string name, absl::string_view category = "");
+  ScopedSpan(absl::string_view row, absl::string_view name, absl::string_view category = "");
   ~ScopedSpan();
   ScopedSpan& Arg(std::string key, double value);
   ScopedSpan(const ScopedSpan&) = delete;

@@ -298,6 +298,8 @@ Status ParseProbe(Obj& root, Cluster* c) {
         WAVEEP_RETURN_IF_ERROR(q.Number("mpi_avg_us", false, &pt.mpi_avg_us));
         WAVEEP_RETURN_IF_ERROR(q.Number("mpi_min_us", false, &pt.mpi_min_us));
         WAVEEP_RETURN_IF_ERROR(q.Number("mpi_max_us", false, &pt.mpi_max_us));
+        WAVEEP_RETURN_IF_ERROR(q.Number("comm_spread", false, &pt.comm_spread));
+        WAVEEP_RETURN_IF_ERROR(q.Number("mpi_spread", false, &pt.mpi_spread));
         // Derived columns written for readers (GB/s) are accepted and recomputed.
         double ignored = 0;
         WAVEEP_RETURN_IF_ERROR(q.Number("comm_busbw_gbps", false, &ignored));
@@ -519,6 +521,13 @@ StatusOr<double> DeviceSpec::PeakTflops(absl::string_view dtype_name) const {
   return absl::InvalidArgumentError(absl::StrCat("device \"", model, "\" has no compute rate for ", dtype_name,
                                                  " (device.compute_tflops has ", absl::StrJoin(have, ", "),
                                                  "); add it or pick another --dtype"));
+}
+
+AlltoallPoint::VersusMpi AlltoallPoint::CompareWithMpi() const {
+  if (mpi_avg_us <= 0 || comm_avg_us <= 0) return VersusMpi::kNotCompared;
+  if (comm_avg_us <= mpi_avg_us) return VersusMpi::kFaster;
+  if (comm_avg_us <= mpi_avg_us * (1 + std::max(comm_spread, mpi_spread))) return VersusMpi::kWithinNoise;
+  return VersusMpi::kSlower;
 }
 
 double AlltoallCurve::ExchangeUs(double block_bytes) const {
@@ -896,6 +905,8 @@ std::string ClusterToJson(const Cluster& c) {
                 {"mpi_avg_us", q.mpi_avg_us},
                 {"mpi_min_us", q.mpi_min_us},
                 {"mpi_max_us", q.mpi_max_us},
+                {"comm_spread", q.comm_spread},
+                {"mpi_spread", q.mpi_spread},
                 {"comm_busbw_gbps", moved / (q.comm_avg_us * 1e3)}};
         if (q.mpi_avg_us > 0) qj["mpi_busbw_gbps"] = moved / (q.mpi_avg_us * 1e3);
         pts.push_back(qj);

@@ -461,6 +461,25 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
       ~FreeComm() { MPI_Comm_free(c); }
     } free_comm{&mpi_comm};
     WAVEEP_ASSIGN_OR_RETURN(auto stream, Stream::Create(Device::Cpu(), StreamOptions{"probe-comm", opt.timeout}));
+    // What the async column adds to the blocking one: one task handed to the stream's thread and its completion
+    // handed back (an empty task, Enqueue + Synchronize), median over ranks.
+    {
+      WAVEEP_RETURN_IF_ERROR(comm->Barrier());
+      const double handoff_s = TimePerCall(
+          [&] {
+            (void)stream->Enqueue([] { return absl::OkStatus(); });
+            (void)stream->Synchronize();
+          },
+          0.01);
+      WAVEEP_RETURN_IF_ERROR(stream->status());
+      WAVEEP_ASSIGN_OR_RETURN(std::vector<double> all, AllgatherVector(ctx, {handoff_s * 1e6}));
+      const double handoff_us = Median(all);
+      info.notes.push_back(absl::StrFormat(
+          "async all-to-all = blocking exchange + the stream hand-off (an empty task enqueued and synchronized: "
+          "%.2f us, median over ranks)",
+          handoff_us));
+      say(absl::StrFormat("[topo probe] stream hand-off (empty task, Enqueue + Synchronize): %.2f us", handoff_us));
+    }
     say(absl::StrFormat("[topo probe] all-to-all-v sweep %d .. %d bytes per block (%s vs MPI_Alltoallv)",
                         static_cast<int>(opt.min_bytes), static_cast<int>(max_bytes), opt.backend));
     std::vector<int64_t> sizes;
@@ -503,7 +522,8 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
         if (m == 1 && !mpi_ok) continue;
         for (int i = 0; i < opt.warmup; ++i) WAVEEP_RETURN_IF_ERROR(bodies[m]());
       }
-      constexpr int kRounds = 3;
+      constexpr int kRounds = 5;
+      double round_us[3 * kRounds] = {};  // [method][round]: this rank's per-iteration mean
       for (int round = 0; round < kRounds; ++round) {
         const int n_it = std::max(1, (iters + kRounds - 1) / kRounds);
         for (int k = 0; k < 3; ++k) {
@@ -512,8 +532,20 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
           WAVEEP_ASSIGN_OR_RETURN(double sec, TimeLocal(*comm, n_it, bodies[m]));
           total_s[m] += sec;
           done_iters[m] += n_it;
+          round_us[m * kRounds + round] = sec * 1e6 / n_it;
         }
       }
+      // Round-to-round spread of each method, each round averaged over ranks: the noise the verdict allows for.
+      WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(MPI_IN_PLACE, round_us, 3 * kRounds, MPI_DOUBLE, MPI_SUM, ctx.world));
+      auto spread = [&](int m) {
+        const double* r = round_us + m * kRounds;
+        const auto [lo, hi] = std::minmax_element(r, r + kRounds);
+        double sum = 0;
+        for (int i = 0; i < kRounds; ++i) sum += r[i];
+        return sum > 0 ? (*hi - *lo) / (sum / kRounds) : 0.0;
+      };
+      pt.comm_spread = spread(0);
+      if (mpi_ok) pt.mpi_spread = spread(1);
       WAVEEP_ASSIGN_OR_RETURN(Spread cs, ReduceSpread(ctx, total_s[0] * 1e6 / done_iters[0]));
       WAVEEP_ASSIGN_OR_RETURN(Spread as, ReduceSpread(ctx, total_s[2] * 1e6 / done_iters[2]));
       if (mpi_ok) {
@@ -528,9 +560,10 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
       pt.async_avg_us = as.avg_us;
       curve.points.push_back(pt);
       const double moved = static_cast<double>(s) * (n - 1);
-      say(absl::StrFormat("[topo probe]   %9d B  %s %9.2f us  MPI %9.2f us  async %9.2f us  (%.3f GB/s)",
+      say(absl::StrFormat("[topo probe]   %9d B  %s %9.2f us  MPI %9.2f us  async %9.2f us  (%.3f GB/s)%s",
                           static_cast<int>(s), opt.backend, pt.comm_avg_us, pt.mpi_avg_us, pt.async_avg_us,
-                          moved / (pt.comm_avg_us * 1e3)));
+                          moved / (pt.comm_avg_us * 1e3),
+                          pt.CompareWithMpi() == AlltoallPoint::VersusMpi::kSlower ? "  SLOWER than MPI" : ""));
     }
   }
 

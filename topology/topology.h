@@ -155,6 +155,16 @@ struct AlltoallPoint {
   double mpi_avg_us = 0;    // plain MPI_Alltoallv on the same buffers, same run (0 = not measured)
   double mpi_min_us = 0;
   double mpi_max_us = 0;
+  // Round-to-round noise: the probe times each method in several interleaved rounds; (slowest - fastest round) /
+  // mean, each round averaged over ranks. 0 = not measured (files from older probes).
+  double comm_spread = 0;
+  double mpi_spread = 0;
+
+  // How the comm backend's blocking exchange compares with MPI_Alltoallv at this size: kFaster when its mean is at
+  // or below MPI's; kWithinNoise when it is slower by no more than the larger of the two round-to-round spreads
+  // (the runs cannot tell them apart); kSlower otherwise; kNotCompared when MPI was not measured.
+  enum class VersusMpi { kNotCompared, kFaster, kWithinNoise, kSlower };
+  VersusMpi CompareWithMpi() const;
 };
 struct AlltoallCurve {
   int ranks = 0;

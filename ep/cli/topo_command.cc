@@ -505,38 +505,55 @@ Status ProbeImpl(const ProcessContext& ctx) {
         "of the per-iteration mean\n");
     std::printf(
         "# algbw = Size*R/avg, busbw = Size*(R-1)/avg (bytes leaving a rank); %s = comm backend blocking "
-        "Alltoallv, async = AlltoallvAsync on a stream\n",
+        "Alltoallv, async = AlltoallvAsync on a stream + Synchronize (adds the hand-off to the stream's thread, see "
+        "the notes below);\n# noise = (slowest - fastest) / mean of the interleaved timing rounds\n",
         a.backend.c_str());
-    std::printf("# %-10s %10s %10s %10s %9s %9s | %10s %10s %10s %9s | %10s | %8s\n", "Size", "Avg(us)", "Min(us)",
-                "Max(us)", "algbw", "busbw", "MPI Avg", "MPI Min", "MPI Max", "MPI busbw", "async Avg", "MPI/comm");
+    std::printf("# %-10s %10s %10s %10s %9s %9s | %10s %10s %10s %9s | %10s | %8s %6s %9s\n", "Size", "Avg(us)",
+                "Min(us)", "Max(us)", "algbw", "busbw", "MPI Avg", "MPI Min", "MPI Max", "MPI busbw", "async Avg",
+                "MPI/comm", "noise", "MPI noise");
     for (const topology::AlltoallPoint& q : a.points) {
       const double alg = static_cast<double>(q.bytes) * a.ranks / (q.comm_avg_us * 1e3);
       const double bus = static_cast<double>(q.bytes) * (a.ranks - 1) / (q.comm_avg_us * 1e3);
       const double mbus = q.mpi_avg_us > 0 ? static_cast<double>(q.bytes) * (a.ranks - 1) / (q.mpi_avg_us * 1e3) : 0;
-      std::printf("  %-10" PRId64 " %10.2f %10.2f %10.2f %9.3f %9.3f | %10.2f %10.2f %10.2f %9.3f | %10.2f | %7.2fx\n",
+      std::printf("  %-10" PRId64
+                  " %10.2f %10.2f %10.2f %9.3f %9.3f | %10.2f %10.2f %10.2f %9.3f | %10.2f | %7.2fx %5.1f%% %8.1f%%\n",
                   q.bytes, q.comm_avg_us, q.comm_min_us, q.comm_max_us, alg, bus, q.mpi_avg_us, q.mpi_min_us,
-                  q.mpi_max_us, mbus, q.async_avg_us, q.mpi_avg_us > 0 ? q.mpi_avg_us / q.comm_avg_us : 0.0);
+                  q.mpi_max_us, mbus, q.async_avg_us, q.mpi_avg_us > 0 ? q.mpi_avg_us / q.comm_avg_us : 0.0,
+                  100 * q.comm_spread, 100 * q.mpi_spread);
     }
   }
   if (p.alltoall.has_value()) {
     // The comm backend is meant to be at least as fast as plain MPI_Alltoallv on the same buffers: say where not.
-    int faster = 0, compared = 0;
+    int faster = 0, within_noise = 0, slower = 0;
     double worst = 1e30;
     int64_t worst_bytes = 0;
+    std::vector<std::string> slower_sizes;
     for (const topology::AlltoallPoint& q : p.alltoall->points) {
-      if (q.mpi_avg_us <= 0) continue;
-      ++compared;
-      faster += q.comm_avg_us <= q.mpi_avg_us ? 1 : 0;
+      switch (q.CompareWithMpi()) {
+        case topology::AlltoallPoint::VersusMpi::kNotCompared:
+          continue;
+        case topology::AlltoallPoint::VersusMpi::kFaster:
+          ++faster;
+          break;
+        case topology::AlltoallPoint::VersusMpi::kWithinNoise:
+          ++within_noise;
+          break;
+        case topology::AlltoallPoint::VersusMpi::kSlower:
+          ++slower;
+          slower_sizes.push_back(Sizes(q.bytes));
+          break;
+      }
       if (q.mpi_avg_us / q.comm_avg_us < worst) {
         worst = q.mpi_avg_us / q.comm_avg_us;
         worst_bytes = q.bytes;
       }
     }
-    if (compared > 0) {
+    if (faster + within_noise + slower > 0) {
       std::printf(
-          "# %s backend vs MPI_Alltoallv: as fast or faster at %d of %d sizes; worst at %s (%.2fx MPI's "
-          "speed)\n",
-          p.backend.c_str(), faster, compared, Sizes(worst_bytes).c_str(), worst);
+          "# %s backend vs MPI_Alltoallv: faster at %d of %d sizes, slower by less than the round-to-round noise at "
+          "%d, slower beyond it at %d%s%s; worst ratio at %s (%.2fx MPI's speed)\n",
+          p.backend.c_str(), faster, faster + within_noise + slower, within_noise, slower, slower > 0 ? ": " : "",
+          absl::StrJoin(slower_sizes, ", ").c_str(), Sizes(worst_bytes).c_str(), worst);
     }
   }
   std::printf("#\n# derived cluster (%s):\n", c.name.c_str());

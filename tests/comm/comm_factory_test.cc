@@ -168,6 +168,9 @@ TEST(MpiTuningTest, RejectsBadKnobs) {
   t = internal::MpiTuning{};
   t.spin_per_mib = absl::Microseconds(-1);
   EXPECT_EQ(internal::SetMpiTuning(t).code(), absl::StatusCode::kInvalidArgument);
+  t = internal::MpiTuning{};
+  t.busy_poll = absl::Microseconds(-1);
+  EXPECT_EQ(internal::SetMpiTuning(t).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(internal::GetMpiTuning().max_message_bytes, internal::kDefaultMaxMessageBytes);
 }
 

@@ -291,6 +291,62 @@ TEST_P(CommConformanceTest, BlockingUnevenSizes) {
   EXPECT_EQ(CheckReceived(*ex), "");
 }
 
+// The blocking path reuses the previous call's plan when the buffers, sizes, offsets and message split repeat. New
+// contents in the same buffers must arrive, and any change of layout or split must be planned (and validated) anew.
+TEST_P(CommConformanceTest, BlockingRepeatsWithNewContentsAndChangedLayouts) {
+  REQUIRE_HOST_MEMORY();
+  auto ex = Make(UnevenSizes(seed_ + 7), "repeat-blocking");
+  auto refill = [&](uint64_t seed) {
+    ex->seed = seed;
+    for (int p = 0; p < size_; ++p) {
+      FillBlock(ex->send.data() + ex->args.send_offsets[p], ex->args.send_bytes[p], seed, rank_, p);
+    }
+    std::fill(ex->recv.begin(), ex->recv.end(), 0);
+  };
+  for (int i = 0; i < 3; ++i) {  // same layout, new contents each time
+    refill(seed_ + 100 + i);
+    Status s = comm_->Alltoallv(ex->Args());
+    ASSERT_TRUE(s.ok()) << s;
+    EXPECT_EQ(CheckReceived(*ex), "") << "repeat " << i;
+  }
+  for (bool send_side : {true, false}) {  // the same buffers with one size changed: validated, not reused
+    AlltoallvArgs bad = ex->Args();
+    (send_side ? bad.send_bytes : bad.recv_bytes)[rank_] += 1;
+    Status s = comm_->Alltoallv(bad);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << (send_side ? "send" : "recv") << ": " << s;
+  }
+  if (GetParam() == "mpi") {  // the same layout under another message split
+    internal::MpiTuning t = internal::GetMpiTuning();
+    t.max_message_bytes = 100;
+    ScopedMpiTuning scoped(t);
+    refill(seed_ + 200);
+    Status s = comm_->Alltoallv(ex->Args());
+    ASSERT_TRUE(s.ok()) << s;
+    EXPECT_EQ(CheckReceived(*ex), "") << "split at 100 bytes";
+  }
+  // The same buffers with every block halved (consistent on all ranks: the sender halves what the receiver halves).
+  refill(seed_ + 300);
+  AlltoallvArgs half = ex->Args();
+  for (int p = 0; p < size_; ++p) {
+    half.send_bytes[p] /= 2;
+    half.recv_bytes[p] /= 2;
+  }
+  Status s = comm_->Alltoallv(half);
+  ASSERT_TRUE(s.ok()) << s;
+  for (int p = 0; p < size_; ++p) {
+    const char* block = ex->recv.data() + half.recv_offsets[p];
+    EXPECT_EQ(FirstMismatch(block, half.recv_bytes[p], ex->seed, p, rank_), -1) << "half block from rank " << p;
+    for (size_t i = half.recv_bytes[p]; i < ex->args.recv_bytes[p]; ++i) {
+      ASSERT_EQ(block[i], 0) << "byte " << i << " of the block from rank " << p << " is past the halved size";
+    }
+  }
+  // And back to the full layout.
+  refill(seed_ + 400);
+  s = comm_->Alltoallv(ex->Args());
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(CheckReceived(*ex), "");
+}
+
 TEST_P(CommConformanceTest, ZeroSizeBlocks) {
   REQUIRE_HOST_MEMORY();
   // Rank 0 sends nothing at all; otherwise blocks between ranks of equal parity are empty (self included), so some

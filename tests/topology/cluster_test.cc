@@ -235,5 +235,42 @@ TEST(Cluster, AlltoallCurveInterpolates) {
   EXPECT_DOUBLE_EQ(c.ExchangeUs(8192), 90);  // extrapolated with the last slope (20 us per 2048 B)
 }
 
+TEST(Cluster, AlltoallPointComparesWithMpiAllowingForNoise) {
+  AlltoallPoint q;
+  q.bytes = 1024;
+  q.comm_avg_us = 10;
+  EXPECT_EQ(q.CompareWithMpi(), AlltoallPoint::VersusMpi::kNotCompared);  // MPI not measured
+  q.mpi_avg_us = 10;
+  EXPECT_EQ(q.CompareWithMpi(), AlltoallPoint::VersusMpi::kFaster);  // equal counts as at least as fast
+  q.mpi_avg_us = 9.5;                                                // 5.3% slower ...
+  EXPECT_EQ(q.CompareWithMpi(), AlltoallPoint::VersusMpi::kSlower);  // ... with no noise measured
+  q.mpi_spread = 0.06;
+  EXPECT_EQ(q.CompareWithMpi(), AlltoallPoint::VersusMpi::kWithinNoise);  // MPI's own rounds vary by 6%
+  q.mpi_spread = 0;
+  q.comm_spread = 0.06;
+  EXPECT_EQ(q.CompareWithMpi(), AlltoallPoint::VersusMpi::kWithinNoise);  // the larger spread counts
+  q.comm_spread = 0.05;
+  EXPECT_EQ(q.CompareWithMpi(), AlltoallPoint::VersusMpi::kSlower);
+
+  // The spreads survive the cluster file.
+  auto loaded = LoadCluster("pcie-8x-l40s");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  Cluster c = *loaded;
+  ProbeInfo info;
+  info.ranks = 2;
+  AlltoallCurve curve;
+  curve.ranks = 2;
+  curve.backend = "mpi";
+  curve.points = {q};
+  info.alltoall = curve;
+  c.probe = info;
+  auto back = ParseCluster(ClusterToJson(c), "spread.json");
+  ASSERT_TRUE(back.ok()) << back.status();
+  const AlltoallPoint& r = back->probe->alltoall->points.at(0);
+  EXPECT_DOUBLE_EQ(r.comm_spread, 0.05);
+  EXPECT_DOUBLE_EQ(r.mpi_spread, 0);
+  EXPECT_EQ(r.CompareWithMpi(), AlltoallPoint::VersusMpi::kSlower);
+}
+
 }  // namespace
 }  // namespace waveep::topology

@@ -81,6 +81,9 @@ TEST(Probe, ProducesAClusterThatCheckAndModelAccept) {
     EXPECT_GE(q.comm_max_us, q.comm_avg_us);
     EXPECT_GT(q.mpi_avg_us, 0);
     EXPECT_GT(q.async_avg_us, 0);
+    EXPECT_GE(q.comm_spread, 0);
+    EXPECT_GE(q.mpi_spread, 0);
+    EXPECT_NE(q.CompareWithMpi(), AlltoallPoint::VersusMpi::kNotCompared);
   }
   // Links: shm ports (one per rank) and loopbacks.
   int shm = 0, loop = 0;

@@ -16,10 +16,13 @@
 //   exchanges issued to different streams match even when they run concurrently). Blocks larger than
 //   MpiTuning::max_message_bytes are split into consecutive messages with the same tag; MPI's non-overtaking rule
 //   keeps them in order.
-// - Waits poll MPI_Testsome: back to back for MpiTuning::busy_poll after the last completion, then for a spin window
-//   (MpiTuning::spin, plus spin_per_mib for each MiB moved) they poll and yield, then they sleep MpiTuning::poll_sleep
-//   between polls, until done or the timeout expires. An async exchange's timeout runs from when the stream starts it,
-//   not from when it was issued.
+// - Waits poll MPI_Testsome: back to back (the first few hundred idle polls without even reading the clock, then for
+//   MpiTuning::busy_poll), then for a spin window (MpiTuning::spin, plus spin_per_mib for each MiB moved) they poll
+//   and yield, then they sleep MpiTuning::poll_sleep between polls, until done or the timeout expires. Any completion
+//   restarts the sequence. An async exchange's timeout runs from when the stream starts it, not from when it was
+//   issued.
+// - The blocking Alltoallv keeps its last plan: a call with the same buffers, block sizes, offsets and message split
+//   reuses it without validating or planning again (repeated layouts cost only the MPI calls).
 // - The blocking Alltoallv uses the same point-to-point engine on `coll`, with its own sequence numbers. Barrier,
 //   Allgather and AlltoallCounts are MPI_Ibarrier / MPI_Iallgather / MPI_Ialltoall polled with the same backoff, on
 //   private staging copies so that an abandoned collective never touches the caller's memory. Blocking calls are
@@ -66,9 +69,10 @@ struct MpiTuning {
   // rank waits for a peer that is late rather than slow: tens of microseconds give the core away without adding much
   // latency. bench/comm_bench.cc takes --comm_bench_spin_us, --comm_bench_spin_per_mib_us and
   // --comm_bench_poll_sleep_us to measure other values.
-  // Before any of that, within `busy_poll` of the last completion, polls follow each other without yielding: a small
-  // exchange needs a few polls, and a yield between them made a 1 KiB exchange at np 2 cost 1.9 us instead of 1.2 us
-  // (docs/perf/cpu-2core-2026-11-23). Zero: yield from the first idle poll.
+  // Before any of that, polls follow each other without yielding: for Poller::kUncheckedPolls idle polls without
+  // reading the clock, then for `busy_poll`. A small exchange needs a few polls, and a yield between them made a 1 KiB
+  // exchange at np 2 cost 1.9 us instead of 1.2 us (docs/perf/cpu-2core-2026-11-23). busy_poll zero: yield once the
+  // unchecked polls are spent. --comm_bench_busy_us sets it in bench/comm_bench.cc.
   absl::Duration busy_poll = absl::Microseconds(10);
   absl::Duration spin = absl::Microseconds(50);
   absl::Duration spin_per_mib = absl::Microseconds(1000);

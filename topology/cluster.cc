@@ -298,6 +298,8 @@ Status ParseProbe(Obj& root, Cluster* c) {
         WAVEEP_RETURN_IF_ERROR(q.Number("mpi_avg_us", false, &pt.mpi_avg_us));
         WAVEEP_RETURN_IF_ERROR(q.Number("mpi_min_us", false, &pt.mpi_min_us));
         WAVEEP_RETURN_IF_ERROR(q.Number("mpi_max_us", false, &pt.mpi_max_us));
+        WAVEEP_RETURN_IF_ERROR(q.Number("comm_median_us", false, &pt.comm_median_us));
+        WAVEEP_RETURN_IF_ERROR(q.Number("mpi_median_us", false, &pt.mpi_median_us));
         WAVEEP_RETURN_IF_ERROR(q.Number("comm_spread", false, &pt.comm_spread));
         WAVEEP_RETURN_IF_ERROR(q.Number("mpi_spread", false, &pt.mpi_spread));
         // Derived columns written for readers (GB/s) are accepted and recomputed.
@@ -524,9 +526,11 @@ StatusOr<double> DeviceSpec::PeakTflops(absl::string_view dtype_name) const {
 }
 
 AlltoallPoint::VersusMpi AlltoallPoint::CompareWithMpi() const {
-  if (mpi_avg_us <= 0 || comm_avg_us <= 0) return VersusMpi::kNotCompared;
-  if (comm_avg_us <= mpi_avg_us) return VersusMpi::kFaster;
-  if (comm_avg_us <= mpi_avg_us * (1 + std::max(comm_spread, mpi_spread))) return VersusMpi::kWithinNoise;
+  const double comm = comm_median_us > 0 ? comm_median_us : comm_avg_us;
+  const double mpi = mpi_median_us > 0 ? mpi_median_us : mpi_avg_us;
+  if (mpi <= 0 || comm <= 0) return VersusMpi::kNotCompared;
+  if (comm <= mpi) return VersusMpi::kFaster;
+  if (comm <= mpi * (1 + std::max(comm_spread, mpi_spread))) return VersusMpi::kWithinNoise;
   return VersusMpi::kSlower;
 }
 
@@ -905,6 +909,8 @@ std::string ClusterToJson(const Cluster& c) {
                 {"mpi_avg_us", q.mpi_avg_us},
                 {"mpi_min_us", q.mpi_min_us},
                 {"mpi_max_us", q.mpi_max_us},
+                {"comm_median_us", q.comm_median_us},
+                {"mpi_median_us", q.mpi_median_us},
                 {"comm_spread", q.comm_spread},
                 {"mpi_spread", q.mpi_spread},
                 {"comm_busbw_gbps", moved / (q.comm_avg_us * 1e3)}};

@@ -189,6 +189,9 @@ Status ValidateOptions(const ProbeOptions& o) {
         absl::StrCat("--probe_max_bytes=", o.max_bytes, " is below --probe_min_bytes=", o.min_bytes));
   if (o.iters < 1) return absl::InvalidArgumentError("--probe_iters must be >= 1");
   if (o.warmup < 0) return absl::InvalidArgumentError("--probe_warmup must be >= 0");
+  if (!(o.round_min_ms >= 0 && o.round_min_ms <= 60e3)) {
+    return absl::InvalidArgumentError(absl::StrCat("--probe_round_ms=", o.round_min_ms, " must be in [0, 60000]"));
+  }
   if (o.pair_bytes < 1) return absl::InvalidArgumentError("--probe_pair_bytes must be >= 1");
   if (o.pair_iters < 1) return absl::InvalidArgumentError("pair_iters must be >= 1");
   if (o.gemm_max_rows < 1) return absl::InvalidArgumentError("--probe_gemm_max_rows must be >= 1");
@@ -499,7 +502,7 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
         displs[p] = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(p) * s, INT_MAX));
       }
       const bool mpi_ok = s * n <= INT_MAX;
-      // Small exchanges are cheap and noisy: more iterations, as the OSU benchmarks do.
+      // Small exchanges are cheap and noisy: more iterations, as the OSU benchmarks do (and see round_min_ms below).
       const int iters = s <= (64 << 10) ? opt.iters * 5 : opt.iters;
       AlltoallPoint pt;
       pt.bytes = s;
@@ -518,17 +521,29 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
           }};
       double total_s[3] = {0, 0, 0};
       int done_iters[3] = {0, 0, 0};
+      constexpr int kRounds = 5;
+      // Warm-up, timed: it sets each method's iterations per round, the same on every rank (the loops are
+      // collective): iters / kRounds, or more where a round would last less than round_min_ms on the slowest rank.
+      double warm_us[3] = {0, 0, 0};
       for (int m = 0; m < 3; ++m) {
         if (m == 1 && !mpi_ok) continue;
-        for (int i = 0; i < opt.warmup; ++i) WAVEEP_RETURN_IF_ERROR(bodies[m]());
+        const int w = std::max(1, opt.warmup);
+        WAVEEP_ASSIGN_OR_RETURN(double sec, TimeLocal(*comm, w, bodies[m]));
+        warm_us[m] = sec * 1e6 / w;
       }
-      constexpr int kRounds = 5;
+      WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(MPI_IN_PLACE, warm_us, 3, MPI_DOUBLE, MPI_MAX, ctx.world));
+      int round_iters[3];
+      for (int m = 0; m < 3; ++m) {
+        const double want = opt.round_min_ms * 1e3 / std::max(warm_us[m], 1e-3);
+        round_iters[m] = static_cast<int>(
+            std::clamp<double>(std::ceil(want), std::max(1, (iters + kRounds - 1) / kRounds), 1 << 20));
+      }
       double round_us[3 * kRounds] = {};  // [method][round]: this rank's per-iteration mean
       for (int round = 0; round < kRounds; ++round) {
-        const int n_it = std::max(1, (iters + kRounds - 1) / kRounds);
         for (int k = 0; k < 3; ++k) {
           const int m = (round + k) % 3;
           if (m == 1 && !mpi_ok) continue;
+          const int n_it = round_iters[m];
           WAVEEP_ASSIGN_OR_RETURN(double sec, TimeLocal(*comm, n_it, bodies[m]));
           total_s[m] += sec;
           done_iters[m] += n_it;
@@ -544,8 +559,15 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
         for (int i = 0; i < kRounds; ++i) sum += r[i];
         return sum > 0 ? (*hi - *lo) / (sum / kRounds) : 0.0;
       };
+      auto median = [&](int m) {
+        return Median(std::vector<double>(round_us + m * kRounds, round_us + (m + 1) * kRounds)) / n;
+      };
       pt.comm_spread = spread(0);
-      if (mpi_ok) pt.mpi_spread = spread(1);
+      pt.comm_median_us = median(0);
+      if (mpi_ok) {
+        pt.mpi_spread = spread(1);
+        pt.mpi_median_us = median(1);
+      }
       WAVEEP_ASSIGN_OR_RETURN(Spread cs, ReduceSpread(ctx, total_s[0] * 1e6 / done_iters[0]));
       WAVEEP_ASSIGN_OR_RETURN(Spread as, ReduceSpread(ctx, total_s[2] * 1e6 / done_iters[2]));
       if (mpi_ok) {

@@ -155,14 +155,18 @@ struct AlltoallPoint {
   double mpi_avg_us = 0;    // plain MPI_Alltoallv on the same buffers, same run (0 = not measured)
   double mpi_min_us = 0;
   double mpi_max_us = 0;
-  // Round-to-round noise: the probe times each method in several interleaved rounds; (slowest - fastest round) /
-  // mean, each round averaged over ranks. 0 = not measured (files from older probes).
+  // The probe times each method in several interleaved rounds, each round's per-iteration mean averaged over ranks:
+  // the median round (robust to a round hit by descheduling) and the round-to-round spread, (slowest - fastest) /
+  // mean. 0 = not measured (files from older probes).
+  double comm_median_us = 0;
+  double mpi_median_us = 0;
   double comm_spread = 0;
   double mpi_spread = 0;
 
-  // How the comm backend's blocking exchange compares with MPI_Alltoallv at this size: kFaster when its mean is at
-  // or below MPI's; kWithinNoise when it is slower by no more than the larger of the two round-to-round spreads
-  // (the runs cannot tell them apart); kSlower otherwise; kNotCompared when MPI was not measured.
+  // How the comm backend's blocking exchange compares with MPI_Alltoallv at this size, on the median rounds (the
+  // means where medians were not measured): kFaster when at or below MPI's; kWithinNoise when slower by no more than
+  // the larger of the two round-to-round spreads (the runs cannot tell them apart); kSlower otherwise; kNotCompared
+  // when MPI was not measured.
   enum class VersusMpi { kNotCompared, kFaster, kWithinNoise, kSlower };
   VersusMpi CompareWithMpi() const;
 };
@@ -431,8 +435,11 @@ struct ProbeOptions {
   std::string backend = "mpi";  // comm backend measured (comm::AvailableBackends())
   int64_t min_bytes = 1024;     // all-to-all sweep, per peer block, doubling
   int64_t max_bytes = 64ll << 20;
-  int iters = 20;  // timed iterations per size (small sizes run more, see docs)
+  int iters = 20;  // timed iterations per size and method, at least (small sizes run more, see docs)
   int warmup = 2;
+  // Each of the all-to-all sweep's timing rounds (5 per method and size) runs at least this long on the slowest
+  // rank: iterations are added to short rounds (small blocks) so that one descheduling cannot dominate a round.
+  double round_min_ms = 5;
   int64_t pair_bytes = 4ll << 20;  // pairwise bandwidth message size
   int pair_iters = 10;
   int gemm_max_rows = 256;  // GEMM-rate probe: M = 1, 2, 4, .. this

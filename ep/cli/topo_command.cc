@@ -36,6 +36,9 @@ ABSL_FLAG(int64_t, probe_min_bytes, 1024, "probe: smallest all-to-all block per 
 ABSL_FLAG(int64_t, probe_max_bytes, 64ll << 20, "probe: largest all-to-all block per peer (bytes); doubling sizes");
 ABSL_FLAG(int, probe_iters, 20, "probe: timed iterations per all-to-all size (x5 for blocks <= 64 KiB)");
 ABSL_FLAG(int, probe_warmup, 2, "probe: untimed iterations before each measurement");
+ABSL_FLAG(double, probe_round_ms, 5,
+          "probe: each of the all-to-all sweep's 5 timing rounds per method and size lasts at least this long (small "
+          "blocks run more iterations)");
 ABSL_FLAG(int64_t, probe_pair_bytes, 4ll << 20, "probe: message size of the pairwise bandwidth test (bytes)");
 ABSL_FLAG(int, probe_pair_iters, 10, "probe: messages per pairwise bandwidth test (x10 ping-pongs for latency)");
 ABSL_FLAG(int, probe_gemm_max_rows, 256, "probe: GEMM-rate probe runs M = 1, 2, 4, .. this rows per expert");
@@ -65,6 +68,7 @@ const std::vector<std::string> kTopoFlags = {"model",
                                              "probe_max_bytes",
                                              "probe_iters",
                                              "probe_warmup",
+                                             "probe_round_ms",
                                              "probe_pair_bytes",
                                              "probe_pair_iters",
                                              "probe_gemm_max_rows",
@@ -80,8 +84,8 @@ std::string CanonicalTopoFlags() {
                       ";nodes=", absl::GetFlag(FLAGS_nodes), ";backend=", absl::GetFlag(FLAGS_backend),
                       ";pmin=", absl::GetFlag(FLAGS_probe_min_bytes), ";pmax=", absl::GetFlag(FLAGS_probe_max_bytes),
                       ";pit=", absl::GetFlag(FLAGS_probe_iters), ";pw=", absl::GetFlag(FLAGS_probe_warmup),
-                      ";ppb=", absl::GetFlag(FLAGS_probe_pair_bytes), ";ppi=", absl::GetFlag(FLAGS_probe_pair_iters),
-                      ";pgm=", absl::GetFlag(FLAGS_probe_gemm_max_rows),
+                      ";prm=", absl::GetFlag(FLAGS_probe_round_ms), ";ppb=", absl::GetFlag(FLAGS_probe_pair_bytes),
+                      ";ppi=", absl::GetFlag(FLAGS_probe_pair_iters), ";pgm=", absl::GetFlag(FLAGS_probe_gemm_max_rows),
                       ";pgt=", absl::GetFlag(FLAGS_probe_gemm_min_ms), ";blas=", absl::GetFlag(FLAGS_blas_threads));
 }
 
@@ -112,6 +116,7 @@ topology::ProbeOptions ProbeOptionsFromFlags(const ProcessContext& ctx) {
   o.max_bytes = absl::GetFlag(FLAGS_probe_max_bytes);
   o.iters = absl::GetFlag(FLAGS_probe_iters);
   o.warmup = absl::GetFlag(FLAGS_probe_warmup);
+  o.round_min_ms = absl::GetFlag(FLAGS_probe_round_ms);
   o.pair_bytes = absl::GetFlag(FLAGS_probe_pair_bytes);
   o.pair_iters = absl::GetFlag(FLAGS_probe_pair_iters);
   o.gemm_max_rows = absl::GetFlag(FLAGS_probe_gemm_max_rows);

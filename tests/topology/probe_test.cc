@@ -22,6 +22,7 @@ ProbeOptions FastOptions() {
   o.max_bytes = 16384;
   o.iters = 2;
   o.warmup = 1;
+  o.round_min_ms = 0.2;
   o.pair_bytes = 65536;
   o.pair_iters = 2;
   o.gemm_max_rows = 8;

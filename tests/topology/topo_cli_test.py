@@ -11,8 +11,9 @@ import sys
 import tempfile
 
 MPI, WAVEEP, CASE = sys.argv[1], sys.argv[2], sys.argv[3]
-FAST_PROBE = ["--probe_max_bytes=16384", "--probe_iters=2", "--probe_warmup=1", "--probe_pair_bytes=65536",
-              "--probe_pair_iters=2", "--probe_gemm_max_rows=16", "--probe_gemm_min_ms=2", "--quiet"]
+FAST_PROBE = ["--probe_max_bytes=16384", "--probe_iters=2", "--probe_warmup=1", "--probe_round_ms=0.2",
+              "--probe_pair_bytes=65536", "--probe_pair_iters=2", "--probe_gemm_max_rows=16", "--probe_gemm_min_ms=2",
+              "--quiet"]
 
 
 def run(args, np=None, timeout=120):
@@ -71,6 +72,8 @@ def check_errors():
     expect_error(run(["topo", "check", "--model=tiny"]), 2, r"--cluster is missing")
     expect_error(run(["topo", "frobnicate"]), 2, r"unknown subcommand 'frobnicate'")
     expect_error(run(["topo", "check", "--model=tiny", "--cluster=h800-8x-ib400", "--dtype=f32"]), 2, r"--dtype=f32")
+    expect_error(run(["topo", "probe", "--model=tiny", "--probe_round_ms=-1", "--out=/dev/null"]), 2,
+                 r"--probe_round_ms=-1 must be in \[0, 60000\]")
     with tempfile.TemporaryDirectory() as d:
         bad = os.path.join(d, "bad.json")
         text = open(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "clusters",
@@ -114,6 +117,8 @@ def probe(np):
         expect("MPI Avg" in p.stdout, "MPI_Alltoallv side by side")
         rows = [l for l in p.stdout.splitlines() if re.match(r"\s+\d+\s+\d+\.\d+", l) and "|" in l]
         expect(len(rows) == 5, f"5 sizes (1..16 KiB), got {len(rows)}")
+        expect(re.search(r"mpi backend vs MPI_Alltoallv: faster at \d+ of 5 sizes, slower by less than the "
+                         r"round-to-round noise at \d+, slower beyond it at \d+", p.stdout), "verdict against MPI")
         j = json.load(open(out))
         expect(j["probed"] is True and j["devices_per_node"] == np, "probed cluster file")
         expect(j["device"]["gemm_dtype"] == "f32" and "f32" in j["device"]["compute_tflops"], "FP32 rate")

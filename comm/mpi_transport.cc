@@ -496,7 +496,7 @@ class MpiCommunicator final : public Communicator {
     }
     std::string fallback;
     const absl::string_view label = LabelOr(args.label, "alltoallv (blocking)", seq, &fallback);
-    plan.label.assign(label.data(), label.size());
+    if (plan.label != label) plan.label.assign(label.data(), label.size());
     plan.tag = Tag(seq);
     std::shared_ptr<const StagedPlan> staged;
     if (DeviceStagingAvailable()) {

@@ -2,8 +2,10 @@
 //
 // CPU Stream/Event: one worker thread per stream drains an in-order queue. Events are generation counters so that
 // re-recording works like cudaEventRecord: a Wait() binds to the record that was latest when Wait() was called.
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -15,7 +17,8 @@ namespace waveep {
 namespace {
 
 std::mutex g_settings_mu;
-absl::Duration g_default_timeout = absl::Seconds(300);
+// Read on every timed wait and exchange: an atomic, not under g_settings_mu.
+std::atomic<int64_t> g_default_timeout_ns{int64_t{300} * 1000 * 1000 * 1000};
 std::string g_prefix;
 
 class CpuEvent final : public Event {
@@ -208,13 +211,9 @@ class CpuStream final : public Stream {
 }  // namespace
 
 void SetDefaultTimeout(absl::Duration timeout) {
-  std::lock_guard<std::mutex> lock(g_settings_mu);
-  g_default_timeout = timeout;
+  g_default_timeout_ns.store(absl::ToInt64Nanoseconds(timeout), std::memory_order_relaxed);
 }
-absl::Duration DefaultTimeout() {
-  std::lock_guard<std::mutex> lock(g_settings_mu);
-  return g_default_timeout;
-}
+absl::Duration DefaultTimeout() { return absl::Nanoseconds(g_default_timeout_ns.load(std::memory_order_relaxed)); }
 void SetDiagnosticPrefix(std::string prefix) {
   std::lock_guard<std::mutex> lock(g_settings_mu);
   g_prefix = std::move(prefix);

@@ -93,8 +93,8 @@ ScopedSpan::~ScopedSpan() {
   GlobalTracer().Add(std::move(span_));
 }
 
-ScopedSpan& ScopedSpan::Arg(std::string key, double value) {
-  if (on_) span_.args.emplace_back(std::move(key), value);
+ScopedSpan& ScopedSpan::Arg(absl::string_view key, double value) {
+  if (on_) span_.args.emplace_back(std::string(key), value);
   return *this;
 }
 

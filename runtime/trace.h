@@ -62,7 +62,7 @@ class ScopedSpan {
  public:
   ScopedSpan(absl::string_view row, absl::string_view name, absl::string_view category = "");
   ~ScopedSpan();
-  ScopedSpan& Arg(std::string key, double value);
+  ScopedSpan& Arg(absl::string_view key, double value);
   ScopedSpan(const ScopedSpan&) = delete;
   ScopedSpan& operator=(const ScopedSpan&) = delete;
 

@@ -38,5 +38,8 @@ done
 
 log "4/4 microbenchmarks"
 "$WAVEEP_BUILD_DIR/bench/waveep_kernels_bench" --benchmark_min_time=0.2 > "$OUT/kernels_bench.txt" 2>&1 || true
-waveep_mpirun -np 2 "$WAVEEP_BUILD_DIR/bench/waveep_comm_bench" > "$OUT/comm_bench_np2.txt" 2>&1 || true
+for np in 2 4; do
+  waveep_mpirun -np $np "$WAVEEP_BUILD_DIR/bench/waveep_comm_bench" --benchmark_counters_tabular=true \
+    --comm_bench_max_bytes=$((16 << 20)) > "$OUT/comm_bench_np$np.txt" 2>&1 || true
+done
 log "done: $OUT"

@@ -387,13 +387,13 @@ StatusOr<std::shared_ptr<OwnedComm>> DupComm(MPI_Comm parent) {
 
 class MpiCommunicator final : public Communicator {
  public:
-  MpiCommunicator(std::shared_ptr<OwnedComm> coll, std::shared_ptr<OwnedComm> p2p, int rank, int size, int tag_modulus,
-                  Options options)
+  MpiCommunicator(std::shared_ptr<OwnedComm> coll, std::shared_ptr<OwnedComm> p2p, int rank, int size,
+                  uint64_t tag_mask, Options options)
       : coll_(std::move(coll)),
         p2p_(std::move(p2p)),
         rank_(rank),
         size_(size),
-        tag_modulus_(tag_modulus),
+        tag_mask_(tag_mask),
         options_(options) {}
 
   ~MpiCommunicator() override {
@@ -567,7 +567,7 @@ class MpiCommunicator final : public Communicator {
   size_t SplitBytes(const MpiTuning& tuning) const {
     return any_rank_stages_ ? std::min(tuning.max_message_bytes, tuning.staging_chunk_bytes) : tuning.max_message_bytes;
   }
-  int Tag(uint64_t seq) const { return static_cast<int>(seq % static_cast<uint64_t>(tag_modulus_)); }
+  int Tag(uint64_t seq) const { return static_cast<int>(seq & tag_mask_); }
   // The caller's label, or "<fallback> #<seq>" built in *storage.
   static absl::string_view LabelOr(const std::string& label, absl::string_view fallback, uint64_t seq,
                                    std::string* storage) {
@@ -615,7 +615,7 @@ class MpiCommunicator final : public Communicator {
   std::shared_ptr<OwnedComm> p2p_;
   const int rank_;
   const int size_;
-  const int tag_modulus_;
+  const uint64_t tag_mask_;  // tags are the sequence number modulo a power of two
   const Options options_;
   std::vector<int> node_ids_;     // written once by Init
   bool any_rank_stages_ = false;  // written once by Init
@@ -680,14 +680,16 @@ StatusOr<std::unique_ptr<Communicator>> NewMpiCommunicator(const ProcessContext&
   int rank = 0, size = 0;
   WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_rank(p2p->comm, &rank));
   WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_size(p2p->comm, &size));
-  // Tags wrap well below MPI_TAG_UB (at least 32767 by the standard; INT_MAX in Open MPI). Wrapping is harmless as
-  // long as fewer exchanges than that are in flight at once.
+  // Tags wrap at the largest power of two in [0, MPI_TAG_UB] up to 2^30 (MPI_TAG_UB is at least 32767 by the
+  // standard; INT_MAX in Open MPI): a mask, not a division, per exchange. Wrapping is harmless as long as fewer
+  // exchanges than that are in flight at once.
   void* attr = nullptr;
   int flag = 0;
   WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_get_attr(p2p->comm, MPI_TAG_UB, &attr, &flag));
   const int tag_ub = flag ? *static_cast<int*>(attr) : 32767;
-  const int tag_modulus = std::min(tag_ub, 1 << 30);
-  auto comm = std::make_unique<MpiCommunicator>(std::move(coll), std::move(p2p), rank, size, tag_modulus, options);
+  uint64_t tag_modulus = 1;
+  while (tag_modulus < (uint64_t{1} << 30) && 2 * tag_modulus - 1 <= static_cast<uint64_t>(tag_ub)) tag_modulus *= 2;
+  auto comm = std::make_unique<MpiCommunicator>(std::move(coll), std::move(p2p), rank, size, tag_modulus - 1, options);
   WAVEEP_RETURN_IF_ERROR(comm->Init(ctx.node_id));
   return std::unique_ptr<Communicator>(std::move(comm));
 }

@@ -23,17 +23,10 @@ double NowUs() {
   return static_cast<double>(now - g_epoch_ns.load(std::memory_order_relaxed)) * 1e-3;
 }
 
-void Tracer::SetEnabled(bool on) {
-  std::lock_guard<std::mutex> lock(mu_);
-  enabled_ = on;
-}
-bool Tracer::enabled() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return enabled_;
-}
+void Tracer::SetEnabled(bool on) { enabled_.store(on, std::memory_order_relaxed); }
 void Tracer::Add(TraceSpan span) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (enabled_) spans_.push_back(std::move(span));
+  if (enabled()) spans_.push_back(std::move(span));
 }
 std::vector<TraceSpan> Tracer::Spans() const {
   std::lock_guard<std::mutex> lock(mu_);
@@ -78,24 +71,17 @@ Tracer& GlobalTracer() {
   return *t;
 }
 
-ScopedSpan::ScopedSpan(absl::string_view row, absl::string_view name, absl::string_view category)
-    : on_(GlobalTracer().enabled()) {
-  if (!on_) return;
-  span_.row = std::string(row);
-  span_.name = std::string(name);
-  span_.category = std::string(category);
-  span_.start_us = NowUs();
+void ScopedSpan::Begin(absl::string_view row, absl::string_view name, absl::string_view category) {
+  span_ = std::make_unique<TraceSpan>();
+  span_->row = std::string(row);
+  span_->name = std::string(name);
+  span_->category = std::string(category);
+  span_->start_us = NowUs();
 }
 
-ScopedSpan::~ScopedSpan() {
-  if (!on_) return;
-  span_.dur_us = NowUs() - span_.start_us;
-  GlobalTracer().Add(std::move(span_));
-}
-
-ScopedSpan& ScopedSpan::Arg(absl::string_view key, double value) {
-  if (on_) span_.args.emplace_back(std::string(key), value);
-  return *this;
+void ScopedSpan::End() {
+  span_->dur_us = NowUs() - span_->start_us;
+  GlobalTracer().Add(std::move(*span_));
 }
 
 Status WriteChromeTrace(const std::string& path, const std::vector<std::string>& fragments) {

@@ -16,6 +16,8 @@
 #ifndef WAVEEP_RUNTIME_TRACE_H_
 #define WAVEEP_RUNTIME_TRACE_H_
 
+#include <atomic>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -41,7 +43,8 @@ struct TraceSpan {
 class Tracer {
  public:
   void SetEnabled(bool on);
-  bool enabled() const;
+  // Lock-free: every ScopedSpan asks, on hot paths.
+  bool enabled() const { return enabled_.load(std::memory_order_relaxed); }
   // Thread-safe; a no-op when disabled.
   void Add(TraceSpan span);
   std::vector<TraceSpan> Spans() const;
@@ -51,24 +54,33 @@ class Tracer {
 
  private:
   mutable std::mutex mu_;
-  bool enabled_ = false;
+  std::atomic<bool> enabled_{false};
   std::vector<TraceSpan> spans_;
 };
 
 Tracer& GlobalTracer();
 
 // Records [construction, destruction) as a span on `row` when the global tracer is enabled.
+// With the tracer off it costs an atomic load and a branch (inline), nothing else.
 class ScopedSpan {
  public:
-  ScopedSpan(absl::string_view row, absl::string_view name, absl::string_view category = "");
-  ~ScopedSpan();
-  ScopedSpan& Arg(absl::string_view key, double value);
+  ScopedSpan(absl::string_view row, absl::string_view name, absl::string_view category = "") {
+    if (GlobalTracer().enabled()) Begin(row, name, category);
+  }
+  ~ScopedSpan() {
+    if (span_ != nullptr) End();
+  }
+  ScopedSpan& Arg(absl::string_view key, double value) {
+    if (span_ != nullptr) span_->args.emplace_back(std::string(key), value);
+    return *this;
+  }
   ScopedSpan(const ScopedSpan&) = delete;
   ScopedSpan& operator=(const ScopedSpan&) = delete;
 
  private:
-  bool on_;
-  TraceSpan span_;
+  void Begin(absl::string_view row, absl::string_view name, absl::string_view category);
+  void End();
+  std::unique_ptr<TraceSpan> span_;  // null while the tracer is off
 };
 
 // Writes {"traceEvents":[...]} from per-rank fragments produced by Tracer::ToChromeEvents.

@@ -44,8 +44,14 @@ class Poller {
  public:
   static constexpr int kUncheckedPolls = 256;
 
+  // Copies what it needs from `tuning` (callers may pass a temporary, e.g. GetMpiTuning()).
   Poller(const MpiTuning& tuning, absl::Duration timeout, size_t bytes_in_flight = 0)
-      : tuning_(tuning), timeout_(timeout), bytes_in_flight_(bytes_in_flight) {}
+      : busy_poll_(tuning.busy_poll),
+        spin_base_(tuning.spin),
+        spin_per_mib_(tuning.spin_per_mib),
+        poll_sleep_(tuning.poll_sleep),
+        timeout_(timeout),
+        bytes_in_flight_(bytes_in_flight) {}
 
   // Call after each poll; `progressed` = the poll completed something. Returns false once the deadline passed.
   bool Next(bool progressed) {
@@ -58,10 +64,10 @@ class Poller {
     if (!started_) {
       started_ = true;
       deadline_ = now + absl::ToChronoNanoseconds(timeout_);
-      busy_ = absl::ToChronoNanoseconds(tuning_.busy_poll);
+      busy_ = absl::ToChronoNanoseconds(busy_poll_);
       spin_ = absl::ToChronoNanoseconds(
-          tuning_.spin + tuning_.spin_per_mib * (static_cast<double>(bytes_in_flight_) / static_cast<double>(1 << 20)));
-      sleep_ = absl::ToChronoNanoseconds(tuning_.poll_sleep);
+          spin_base_ + spin_per_mib_ * (static_cast<double>(bytes_in_flight_) / static_cast<double>(1 << 20)));
+      sleep_ = absl::ToChronoNanoseconds(poll_sleep_);
     }
     if (idle_polls_ == kUncheckedPolls + 1) idle_since_ = now;
     if (now >= deadline_) return false;
@@ -78,7 +84,10 @@ class Poller {
 
  private:
   using Clock = std::chrono::steady_clock;
-  const MpiTuning& tuning_;
+  const absl::Duration busy_poll_;
+  const absl::Duration spin_base_;
+  const absl::Duration spin_per_mib_;
+  const absl::Duration poll_sleep_;
   const absl::Duration timeout_;
   const size_t bytes_in_flight_;
   int idle_polls_ = 0;

@@ -506,7 +506,7 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
       const int iters = s <= (64 << 10) ? opt.iters * 5 : opt.iters;
       AlltoallPoint pt;
       pt.bytes = s;
-      // Three methods on the same buffers, interleaved in rotating order over three rounds so that drift and
+      // Three methods on the same buffers, interleaved in rotating order over five rounds so that drift and
       // neighbours' noise spread over all of them instead of biasing the one that ran last.
       std::function<Status()> bodies[3] = {
           [&] { return comm->Alltoallv(args); },

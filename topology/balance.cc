@@ -83,8 +83,15 @@ StatusOr<Threshold> DeriveThreshold(const ModelConfig& model, DType dispatch_dty
   return t;
 }
 
-StatusOr<CheckReport> CheckBalance(const ModelConfig& model, const Cluster& cluster, const CheckOptions& options) {
-  const int r = options.num_ranks > 0 ? options.num_ranks : cluster.num_devices();
+namespace internal {
+
+StatusOr<int> ValidateStep(const ModelConfig& model, const Cluster& cluster, int num_ranks, int64_t tokens_per_rank,
+                           DType dispatch_dtype) {
+  WAVEEP_RETURN_IF_ERROR(ValidateModelConfig(model));
+  if (num_ranks < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--ranks=", num_ranks, " must be >= 0 (0 = every device)"));
+  }
+  const int r = num_ranks > 0 ? num_ranks : cluster.num_devices();
   if (r > cluster.num_devices()) {
     return absl::InvalidArgumentError(absl::StrCat("--ranks=", r, " exceeds the ", cluster.num_devices(),
                                                    " devices of cluster '", cluster.name, "' (add --nodes)"));
@@ -93,6 +100,23 @@ StatusOr<CheckReport> CheckBalance(const ModelConfig& model, const Cluster& clus
     return absl::InvalidArgumentError(
         absl::StrCat("model ", model.name, ": ", model.num_experts, " experts are not divisible by ranks (", r, ")"));
   }
+  if (tokens_per_rank < 0) return absl::InvalidArgumentError("--tokens_per_rank must be >= 0");
+  if (dispatch_dtype != DType::kBF16 && dispatch_dtype != DType::kFP8E4M3) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--dtype=", DTypeName(dispatch_dtype), ": the dispatch dtype must be bf16 or fp8"));
+  }
+  if (dispatch_dtype == DType::kFP8E4M3 && model.hidden_size % model.fp8_block_size != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("hidden_size=", model.hidden_size,
+                                                   " is not a multiple of the FP8 block (", model.fp8_block_size, ")"));
+  }
+  return r;
+}
+
+}  // namespace internal
+
+StatusOr<CheckReport> CheckBalance(const ModelConfig& model, const Cluster& cluster, const CheckOptions& options) {
+  WAVEEP_ASSIGN_OR_RETURN(const int r, internal::ValidateStep(model, cluster, options.num_ranks,
+                                                              options.tokens_per_rank, options.dispatch_dtype));
   CheckReport rep;
   WAVEEP_ASSIGN_OR_RETURN(rep.threshold, DeriveThreshold(model, options.dispatch_dtype, r, options.tokens_per_rank));
   rep.num_ranks = r;

@@ -400,6 +400,11 @@ Status ValidateTemplates(const Cluster& c) {
   if (c.name.empty()) return err("name", "is missing or empty");
   if (c.num_nodes < 1) return err("nodes", absl::StrCat("must be >= 1, got ", c.num_nodes));
   if (c.devices_per_node < 1) return err("devices_per_node", absl::StrCat("must be >= 1, got ", c.devices_per_node));
+  // The graph is expanded per device and routed from every device: keep it to a size that expands in seconds.
+  constexpr int64_t kMaxDevices = 65536;
+  if (int64_t{c.num_nodes} * c.devices_per_node > kMaxDevices)
+    return err("nodes", absl::StrCat("x devices_per_node = ", int64_t{c.num_nodes} * c.devices_per_node,
+                                     " devices, more than the ", kMaxDevices, " supported"));
   const DeviceSpec& d = c.device;
   if (d.kind != "gpu" && d.kind != "cpu")
     return err("device.kind", absl::StrCat("must be gpu or cpu, got \"", d.kind, "\""));
@@ -439,7 +444,8 @@ Status ValidateTemplates(const Cluster& c) {
     const std::string f = absl::StrCat("switches[", s, "]");
     if (sw.name.empty() || sw.name == "device" || absl::StrContains(sw.name, "{") || absl::StrContains(sw.name, "."))
       return err(absl::StrCat(f, ".name"), absl::StrCat("\"", sw.name, "\" is empty, reserved or has '{' or '.'"));
-    if (sw.count < 0) return err(absl::StrCat(f, ".count"), "must be >= 0");
+    if (sw.count < 0 || sw.count > kMaxDevices)
+      return err(absl::StrCat(f, ".count"), absl::StrCat("must be in [0, ", kMaxDevices, "], got ", sw.count));
     if (sw.scope != "node" && sw.scope != "group" && sw.scope != "cluster")
       return err(absl::StrCat(f, ".scope"), absl::StrCat("must be node, group or cluster, got \"", sw.scope, "\""));
     if (sw.scope == "group" && (sw.group_nodes < 1 || c.num_nodes % sw.group_nodes != 0))
@@ -467,7 +473,8 @@ Status ValidateTemplates(const Cluster& c) {
     if (l.latency_us < 0) return err(absl::StrCat(f, ".latency_us"), absl::StrCat("must be >= 0, got ", l.latency_us));
     if (!(l.oversubscription >= 1))
       return err(absl::StrCat(f, ".oversubscription"), absl::StrCat("must be >= 1, got ", l.oversubscription));
-    if (l.count < 1) return err(absl::StrCat(f, ".count"), absl::StrCat("must be >= 1, got ", l.count));
+    if (l.count < 1 || l.count > kMaxDevices)
+      return err(absl::StrCat(f, ".count"), absl::StrCat("must be in [1, ", kMaxDevices, "], got ", l.count));
     if (l.from == "device" && l.to == "device")
       return err(f,
                  "connects device to device: put a switch between them (\"from\": \"device\", \"to\": \"nvswitch\")");
@@ -525,9 +532,19 @@ StatusOr<double> DeviceSpec::PeakTflops(absl::string_view dtype_name) const {
                                                  "); add it or pick another --dtype"));
 }
 
+namespace {
+// The statistic the verdict compares: the median round where measured, the mean otherwise.
+double CommUs(const AlltoallPoint& p) { return p.comm_median_us > 0 ? p.comm_median_us : p.comm_avg_us; }
+double MpiUs(const AlltoallPoint& p) { return p.mpi_median_us > 0 ? p.mpi_median_us : p.mpi_avg_us; }
+}  // namespace
+
+double AlltoallPoint::MpiOverComm() const {
+  const double comm = CommUs(*this), mpi = MpiUs(*this);
+  return mpi > 0 && comm > 0 ? mpi / comm : 0.0;
+}
+
 AlltoallPoint::VersusMpi AlltoallPoint::CompareWithMpi() const {
-  const double comm = comm_median_us > 0 ? comm_median_us : comm_avg_us;
-  const double mpi = mpi_median_us > 0 ? mpi_median_us : mpi_avg_us;
+  const double comm = CommUs(*this), mpi = MpiUs(*this);
   if (mpi <= 0 || comm <= 0) return VersusMpi::kNotCompared;
   if (comm <= mpi) return VersusMpi::kFaster;
   if (comm <= mpi * (1 + std::max(comm_spread, mpi_spread))) return VersusMpi::kWithinNoise;

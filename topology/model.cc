@@ -137,23 +137,8 @@ double ConvertUs(const DeviceSpec& d, const char* key, double f32_bytes) {
 }  // namespace
 
 StatusOr<Prediction> PredictStep(const ModelConfig& model, const Cluster& cluster, const StepShape& shape) {
-  WAVEEP_RETURN_IF_ERROR(ValidateModelConfig(model));
-  const int r = shape.num_ranks > 0 ? shape.num_ranks : cluster.num_devices();
-  if (r > cluster.num_devices()) {
-    return absl::InvalidArgumentError(absl::StrCat(r, " ranks exceed the ", cluster.num_devices(),
-                                                   " devices of cluster '", cluster.name, "' (add --nodes)"));
-  }
-  if (model.num_experts % r != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("model ", model.name, ": ", model.num_experts, " experts are not divisible by ranks (", r, ")"));
-  }
-  if (shape.tokens_per_rank < 0) return absl::InvalidArgumentError("--tokens_per_rank must be >= 0");
-  if (shape.dispatch_dtype != DType::kBF16 && shape.dispatch_dtype != DType::kFP8E4M3)
-    return absl::InvalidArgumentError("the dispatch dtype must be bf16 or fp8");
-  if (shape.dispatch_dtype == DType::kFP8E4M3 && model.hidden_size % model.fp8_block_size != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("hidden_size=", model.hidden_size,
-                                                   " is not a multiple of the FP8 block (", model.fp8_block_size, ")"));
-  }
+  WAVEEP_ASSIGN_OR_RETURN(const int r, internal::ValidateStep(model, cluster, shape.num_ranks, shape.tokens_per_rank,
+                                                              shape.dispatch_dtype));
   const DeviceSpec& dev = cluster.device;
   Prediction p;
   p.num_ranks = r;
@@ -265,6 +250,17 @@ StatusOr<Prediction> PredictStep(const ModelConfig& model, const Cluster& cluste
     c_id[w_count - 1] = add(0, r_us[w_count - 1], {u_id[w_count - 1]});
     add(1, p.shared_us, {});
     add(1, p.reduce_us, {c_id[w_count - 1]});
+    // Extreme (but individually valid) device or link figures can overflow a phase to inf or NaN; the replay would
+    // never finish one.
+    for (const Op& o : ops) {
+      if (!std::isfinite(o.work_us) || o.work_us < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "cluster ", cluster.name, ": a phase of the step (", o.stream == 0 ? "communication" : "compute",
+            ") takes ", o.work_us, " us at W=", w_count,
+            "; check device.compute_tflops, device.op_overhead_us, device.convert_gbps and the link bw_gbps / "
+            "latency_us for out-of-range values"));
+      }
+    }
     const SimResult sim = Simulate(ops, comm_both, compute_both);
 
     WavePrediction wp;

@@ -183,20 +183,30 @@ StatusOr<Spread> ReduceSpread(const ProcessContext& ctx, double mine_us) {
 }
 
 Status ValidateOptions(const ProbeOptions& o) {
-  if (o.min_bytes < 1) return absl::InvalidArgumentError("--probe_min_bytes must be >= 1");
+  if (o.min_bytes < 1 || o.min_bytes > (int64_t{1} << 30))
+    return absl::InvalidArgumentError(absl::StrCat("--probe_min_bytes=", o.min_bytes, " must be in [1, 2^30]"));
   if (o.max_bytes < o.min_bytes)
     return absl::InvalidArgumentError(
         absl::StrCat("--probe_max_bytes=", o.max_bytes, " is below --probe_min_bytes=", o.min_bytes));
-  if (o.iters < 1) return absl::InvalidArgumentError("--probe_iters must be >= 1");
+  // Upper bounds keep the loops and buffers finite (iters * 5, pair_iters * 10 and the doubling GEMM rows are ints).
+  if (o.iters < 1 || o.iters > 1000000)
+    return absl::InvalidArgumentError(absl::StrCat("--probe_iters=", o.iters, " must be in [1, 1000000]"));
   if (o.warmup < 0) return absl::InvalidArgumentError("--probe_warmup must be >= 0");
   if (!(o.round_min_ms >= 0 && o.round_min_ms <= 60e3)) {
     return absl::InvalidArgumentError(absl::StrCat("--probe_round_ms=", o.round_min_ms, " must be in [0, 60000]"));
   }
-  if (o.pair_bytes < 1) return absl::InvalidArgumentError("--probe_pair_bytes must be >= 1");
-  if (o.pair_iters < 1) return absl::InvalidArgumentError("pair_iters must be >= 1");
-  if (o.gemm_max_rows < 1) return absl::InvalidArgumentError("--probe_gemm_max_rows must be >= 1");
-  if (!(o.gemm_min_ms > 0)) return absl::InvalidArgumentError("gemm_min_ms must be > 0");
-  if (o.blas_threads < 1) return absl::InvalidArgumentError("blas_threads must be >= 1");
+  if (o.pair_bytes < 1 || o.pair_bytes > (int64_t{1} << 30))
+    return absl::InvalidArgumentError(absl::StrCat("--probe_pair_bytes=", o.pair_bytes, " must be in [1, 2^30]"));
+  if (o.pair_iters < 1 || o.pair_iters > 100000)
+    return absl::InvalidArgumentError(absl::StrCat("--probe_pair_iters=", o.pair_iters, " must be in [1, 100000]"));
+  if (o.gemm_max_rows < 1 || o.gemm_max_rows > 65536)
+    return absl::InvalidArgumentError(
+        absl::StrCat("--probe_gemm_max_rows=", o.gemm_max_rows, " must be in [1, 65536]"));
+  if (!(o.gemm_min_ms > 0 && o.gemm_min_ms <= 60e3))
+    return absl::InvalidArgumentError(absl::StrCat("--probe_gemm_min_ms=", o.gemm_min_ms, " must be in (0, 60000]"));
+  if (o.blas_threads < 1) return absl::InvalidArgumentError("--blas_threads must be >= 1");
+  if (!(o.timeout > absl::ZeroDuration()))
+    return absl::InvalidArgumentError(absl::StrCat("--timeout_s must be > 0, got ", absl::ToDoubleSeconds(o.timeout)));
   return absl::OkStatus();
 }
 

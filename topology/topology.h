@@ -169,6 +169,9 @@ struct AlltoallPoint {
   // when MPI was not measured.
   enum class VersusMpi { kNotCompared, kFaster, kWithinNoise, kSlower };
   VersusMpi CompareWithMpi() const;
+  // MPI_Alltoallv's time over the backend's on the same statistic (> 1: the backend is faster); 0 when MPI was not
+  // measured.
+  double MpiOverComm() const;
 };
 struct AlltoallCurve {
   int ranks = 0;

@@ -35,6 +35,12 @@ RouteTree ShortestPaths(const Cluster& cluster, int src);
 // Walks the tree back from `dst`; empty links if unreachable (and src != dst).
 Route RouteFromTree(const Cluster& cluster, const RouteTree& tree, int src, int dst);
 
+// The EP group size for a step: `num_ranks`, or every device of the cluster when it is 0. Checks the model, that the
+// group fits the cluster and divides the experts, the token count and the dispatch dtype (bf16/fp8, H a multiple of
+// the FP8 block). Shared by CheckBalance and PredictStep so that both accept and reject the same steps.
+StatusOr<int> ValidateStep(const ModelConfig& model, const Cluster& cluster, int num_ranks, int64_t tokens_per_rank,
+                           DType dispatch_dtype);
+
 // Ranks per node when `num_ranks` ranks fill the cluster's devices in order.
 int RanksOnFirstNode(const Cluster& cluster, int num_ranks);
 

@@ -33,8 +33,7 @@ constexpr const char* kUsage =
 const std::vector<std::string> kRunFlags = {
     "model",        "tokens_per_rank", "steps",      "warmup", "dtype",   "waves",  "routing",
     "seed",         "verify",          "json",       "trace",  "backend", "device", "timeout_s",
-    "blas_threads", "shared_experts",  "checkpoint", "layer",  "input",   "output", "cluster",
-    "quiet"};
+    "blas_threads", "shared_experts",  "checkpoint", "layer",  "input",   "output", "quiet"};
 
 bool IsRankZero() {
   for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"}) {

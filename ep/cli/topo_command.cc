@@ -21,7 +21,7 @@
 #include "nlohmann/json.hpp"
 #include "topology/topology.h"
 
-// NOTES: --cluster is defined by bench_command.cc (same meaning: a preset name or a cluster JSON file); one
+// NOTES: --cluster is defined in flags.cc (same meaning for bench: a preset name or a cluster JSON file); one
 // definition per binary, so topo reuses it.
 ABSL_FLAG(bool, probe, false, "check/model/tune: measure the cluster this job runs on first (collective, as `probe`)");
 ABSL_FLAG(bool, strict, false, "check: exit 3 when any link is comm-bound");
@@ -77,16 +77,15 @@ const std::vector<std::string> kTopoFlags = {"model",
                                              "timeout_s",
                                              "quiet"};
 
+// Every topo flag (kTopoFlags), so that ranks given different command lines fail together instead of diverging
+// (e.g. a different --strict would give different exit codes).
 std::string CanonicalTopoFlags() {
-  return absl::StrCat("model=", absl::GetFlag(FLAGS_model), ";cluster=", absl::GetFlag(FLAGS_cluster),
-                      ";probe=", absl::GetFlag(FLAGS_probe), ";dtype=", absl::GetFlag(FLAGS_dtype),
-                      ";T=", absl::GetFlag(FLAGS_tokens_per_rank), ";ranks=", absl::GetFlag(FLAGS_ranks),
-                      ";nodes=", absl::GetFlag(FLAGS_nodes), ";backend=", absl::GetFlag(FLAGS_backend),
-                      ";pmin=", absl::GetFlag(FLAGS_probe_min_bytes), ";pmax=", absl::GetFlag(FLAGS_probe_max_bytes),
-                      ";pit=", absl::GetFlag(FLAGS_probe_iters), ";pw=", absl::GetFlag(FLAGS_probe_warmup),
-                      ";prm=", absl::GetFlag(FLAGS_probe_round_ms), ";ppb=", absl::GetFlag(FLAGS_probe_pair_bytes),
-                      ";ppi=", absl::GetFlag(FLAGS_probe_pair_iters), ";pgm=", absl::GetFlag(FLAGS_probe_gemm_max_rows),
-                      ";pgt=", absl::GetFlag(FLAGS_probe_gemm_min_ms), ";blas=", absl::GetFlag(FLAGS_blas_threads));
+  std::string out;
+  for (const std::string& name : kTopoFlags) {
+    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    absl::StrAppend(&out, name, "=", flag != nullptr ? flag->CurrentValue() : "?", ";");
+  }
+  return out;
 }
 
 StatusOr<DType> DtypeFromFlag() {
@@ -107,13 +106,6 @@ std::string Sizes(int64_t b) {
   if (b >= (1 << 20) && b % (1 << 20) == 0) return absl::StrCat(b >> 20, " MiB");
   if (b >= 1024 && b % 1024 == 0) return absl::StrCat(b >> 10, " KiB");
   return absl::StrCat(b, " B");
-}
-
-// MPI_Alltoallv's time over the comm backend's (> 1: the backend is faster), on the median rounds like the verdict
-// (AlltoallPoint::CompareWithMpi), on the means for files without medians; 0 when MPI was not measured.
-double MedianRatio(const topology::AlltoallPoint& q) {
-  if (q.comm_median_us > 0 && q.mpi_median_us > 0) return q.mpi_median_us / q.comm_median_us;
-  return q.mpi_avg_us > 0 ? q.mpi_avg_us / q.comm_avg_us : 0.0;
 }
 
 topology::ProbeOptions ProbeOptionsFromFlags(const ProcessContext& ctx) {
@@ -470,8 +462,8 @@ Status TuneImpl(const ProcessContext& ctx) {
   const topology::TuneCandidate& b = res.candidates[res.best];
   const std::string cmd = absl::StrFormat(
       "mpirun -np %d --map-by ppr:%d:node waveep run --model=%s --dtype=%s --tokens_per_rank=%d --waves=%d",
-      b.group_size, std::min(b.group_size, c.devices_per_node), absl::GetFlag(FLAGS_model), dt,
-      static_cast<int>(shape.tokens_per_rank), b.best_waves);
+      b.group_size, std::min(b.group_size, c.devices_per_node), absl::GetFlag(FLAGS_model), dt, shape.tokens_per_rank,
+      b.best_waves);
   std::printf("\nrecommended: EP group of %d ranks (%s), --waves=%d: %.1f us per step, %.2fx over sequential\n",
               b.group_size, b.layout.c_str(), b.best_waves, b.step_us, b.t_seq_us / b.step_us);
   std::printf("  %s\n", cmd.c_str());
@@ -532,7 +524,7 @@ Status ProbeImpl(const ProcessContext& ctx) {
       std::printf("  %-10" PRId64
                   " %10.2f %10.2f %10.2f %9.3f %9.3f | %10.2f %10.2f %10.2f %9.3f | %10.2f | %8.2fx %5.1f%% %8.1f%%\n",
                   q.bytes, q.comm_avg_us, q.comm_min_us, q.comm_max_us, alg, bus, q.mpi_avg_us, q.mpi_min_us,
-                  q.mpi_max_us, mbus, q.async_avg_us, MedianRatio(q), 100 * q.comm_spread, 100 * q.mpi_spread);
+                  q.mpi_max_us, mbus, q.async_avg_us, q.MpiOverComm(), 100 * q.comm_spread, 100 * q.mpi_spread);
     }
   }
   if (p.alltoall.has_value()) {
@@ -556,7 +548,7 @@ Status ProbeImpl(const ProcessContext& ctx) {
           slower_sizes.push_back(Sizes(q.bytes));
           break;
       }
-      const double ratio = MedianRatio(q);
+      const double ratio = q.MpiOverComm();
       if (ratio < worst) {
         worst = ratio;
         worst_bytes = q.bytes;
@@ -573,14 +565,15 @@ Status ProbeImpl(const ProcessContext& ctx) {
   std::printf("#\n# derived cluster (%s):\n", c.name.c_str());
   for (const std::string& n : p.notes) std::printf("#   %s\n", n.c_str());
   const std::string path = absl::GetFlag(FLAGS_out);
-  WAVEEP_RETURN_IF_ERROR(WriteTextFile(path, topology::ClusterToJson(c)));
+  const std::string cluster_json = topology::ClusterToJson(c);
+  WAVEEP_RETURN_IF_ERROR(WriteTextFile(path, cluster_json));
   std::printf("wrote %s (check it with: waveep topo check --cluster=%s --model=%s)\n", path.c_str(), path.c_str(),
               model.name.c_str());
   std::fflush(stdout);
   ordered_json j;
   j["command"] = "topo probe";
   j["cluster_file"] = path;
-  j["cluster"] = ordered_json::parse(topology::ClusterToJson(c), nullptr, false);
+  j["cluster"] = ordered_json::parse(cluster_json, nullptr, false);
   return WriteJson(j);
 }
 

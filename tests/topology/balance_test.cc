@@ -217,6 +217,8 @@ TEST(Check, SmallGroupAndErrors) {
   EXPECT_THAT(std::string(CheckBalance(tiny, c, o).status().message()), HasSubstr("not divisible by ranks (3)"));
   o.num_ranks = 16;
   EXPECT_THAT(std::string(CheckBalance(tiny, c, o).status().message()), HasSubstr("exceeds the 8 devices"));
+  o.num_ranks = -2;  // was silently "every device"
+  EXPECT_THAT(std::string(CheckBalance(tiny, c, o).status().message()), HasSubstr("--ranks=-2 must be >= 0"));
   o.num_ranks = 1;
   auto one = CheckBalance(tiny, c, o);
   ASSERT_TRUE(one.ok());

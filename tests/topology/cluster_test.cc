@@ -165,6 +165,7 @@ TEST(Cluster, BadFilesNameTheField) {
       {"unknown kind", Replace(g, "\"kind\": \"nvlink\"", "\"kind\": \"carrier-pigeon\""),
        "links[0].kind unknown link kind \"carrier-pigeon\""},
       {"missing name", Replace(g, "\"name\": \"test-2x4\",", ""), "name is missing"},
+      {"too many devices", Replace(g, "\"nodes\": 2", "\"nodes\": 100000"), "devices, more than the 65536 supported"},
       {"bad scope", Replace(g, "\"scope\": \"cluster\"", "\"scope\": \"rack\""),
        "switches[1].scope must be node, group or cluster"},
       {"device to device", Replace(g, "\"to\": \"sw\"", "\"to\": \"device\""), "connects device to device"},

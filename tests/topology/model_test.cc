@@ -170,6 +170,16 @@ TEST(Model, UsesTheMeasuredAlltoallWhenRanksMatch) {
   EXPECT_THAT(one->comm_source, HasSubstr("link model"));
 }
 
+// Figures that pass validation one by one but overflow a phase of the step: an error, not a replay that never ends.
+TEST(Model, NonFinitePhaseIsAnError) {
+  auto c = LoadCluster("h800-8x-ib400");
+  ASSERT_TRUE(c.ok());
+  for (auto& [dtype, tflops] : c->device.compute_tflops) tflops = 1e300;
+  auto p = PredictStep(Model("tiny"), *c, Shape(128, /*max_waves=*/2));
+  ASSERT_FALSE(p.ok());
+  EXPECT_THAT(std::string(p.status().message()), HasSubstr("device.compute_tflops"));
+}
+
 TEST(Model, RejectsWhatWaveepRejects) {
   auto c = LoadCluster("h800-8x-ib400");
   ASSERT_TRUE(c.ok());

@@ -188,7 +188,6 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
   const int me = comm_->rank();
 
   // ---- task bodies ----
-  // pack(w): my rows for every peer's wave w, converted to the transit dtype, in perm order.
   // pack(w): my rows for every peer's wave w, in perm order. Each token is encoded to the transit dtype once per
   // step (at the start of pack(0)) and then copied to its K rows, instead of being re-encoded for every slot.
   auto encode_tokens = [&, this]() -> Status {

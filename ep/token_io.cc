@@ -70,9 +70,10 @@ StatusOr<TokenInput> ReadTokenFile(const std::string& path, const ModelConfig& m
   b.x.resize(static_cast<size_t>(b.num_tokens * h));
   WAVEEP_RETURN_IF_ERROR(f->ReadRowsF32("hidden_states", hs->shape, begin, end, b.x.data()));
   for (int64_t i = 0; i < b.num_tokens * h; ++i) {
+    // Checked after rounding: F32 values beyond the BF16 range (|x| >= ~3.396e38) are finite but become inf.
+    b.x[i] = kernels::Bf16ToFloat(kernels::FloatToBf16(b.x[i]));
     if (!std::isfinite(b.x[i]))
       return bad("hidden_states", "token ", begin + i / h, " has a non-finite value at column ", i % h);
-    b.x[i] = kernels::Bf16ToFloat(kernels::FloatToBf16(b.x[i]));
   }
   b.topk_idx.assign(static_cast<size_t>(b.num_tokens * k), 0);
   b.topk_weights.assign(static_cast<size_t>(b.num_tokens * k), 0.0f);

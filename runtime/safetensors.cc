@@ -133,20 +133,8 @@ void AdviseWillNeed(const uint8_t* p, size_t n) {
 }  // namespace
 
 absl::string_view SafetensorsDTypeName(DType t) {
-  switch (t) {
-    case DType::kF32:
-      return "F32";
-    case DType::kBF16:
-      return "BF16";
-    case DType::kF16:
-      return "F16";
-    case DType::kFP8E4M3:
-      return "F8_E4M3";
-    case DType::kI32:
-      return "I32";
-    case DType::kI64:
-      return "I64";
-  }
+  for (const DTypeEntry& e : kDTypes)
+    if (e.dtype == t) return e.name;
   return "?";
 }
 
@@ -586,9 +574,13 @@ Status WriteSafetensors(const std::string& path, const std::vector<SafetensorsWr
     uint64_t elems = 1;
     for (int64_t d : t.shape) {
       if (d < 0) return Invalid(path, t.name, absl::StrCat("negative dimension in shape ", ShapeToString(t.shape)));
-      elems *= static_cast<uint64_t>(d);
+      if (__builtin_mul_overflow(elems, static_cast<uint64_t>(d), &elems))
+        return Invalid(path, t.name, absl::StrCat("shape ", ShapeToString(t.shape), " overflows 64 bits"));
     }
-    const uint64_t bytes = elems * DTypeSize(t.dtype);
+    uint64_t bytes = 0, end = 0;
+    if (__builtin_mul_overflow(elems, static_cast<uint64_t>(DTypeSize(t.dtype)), &bytes) ||
+        __builtin_add_overflow(offset, bytes, &end))
+      return Invalid(path, t.name, absl::StrCat("shape ", ShapeToString(t.shape), " overflows 64 bits"));
     if (bytes > 0 && t.data == nullptr) return Invalid(path, t.name, "null data");
     json e;
     e["dtype"] = std::string(SafetensorsDTypeName(t.dtype));
@@ -598,9 +590,16 @@ Status WriteSafetensors(const std::string& path, const std::vector<SafetensorsWr
     sizes.push_back(bytes);
     offset += bytes;
   }
-  std::string text = header.dump();
+  std::string text;
+  try {
+    text = header.dump();  // throws on metadata that is not UTF-8 (a path in another encoding)
+  } catch (const json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": cannot write the header: ", e.what()));
+  }
   text.append((8 - text.size() % 8) % 8, ' ');
-  const std::string tmp = path + ".tmp";
+  // Written beside the target and renamed over it: a reader never sees a partial file. The pid keeps concurrent
+  // writers of the same path apart.
+  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
   FILE* out = std::fopen(tmp.c_str(), "wb");
   if (out == nullptr)
     return absl::PermissionDeniedError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));

@@ -68,13 +68,13 @@ def layer_names(ckpt, layer):
             layers.add(int(p[2]))
     if layer is None:
         if not layers:
-            raise SystemExit("check_layer: error: the checkpoint has no expert tensors")
+            raise ValueError("the checkpoint has no expert tensors")
         layer = min(layers)
     if f"model.layers.{layer}.mlp.experts.0.gate_proj.weight" in ckpt:
         return layer, f"model.layers.{layer}.mlp.", ("gate_proj", "up_proj", "down_proj")
     if f"model.layers.{layer}.block_sparse_moe.experts.0.w1.weight" in ckpt:
         return layer, f"model.layers.{layer}.block_sparse_moe.", ("w1", "w3", "w2")
-    raise SystemExit(f"check_layer: error: layer {layer} has no experts (layers with experts: {sorted(layers)})")
+    raise ValueError(f"layer {layer} has no experts (layers with experts: {sorted(layers)})")
 
 
 def route(x, gate, bias, m):

@@ -581,6 +581,7 @@ TEST(TokenFiles, BadInputsNameFileAndTensor) {
   std::vector<float> x(t * (h + 8), 0.5f), w(t * k, 0.25f);
   std::vector<int32_t> idx(t * k, 1), far(t * k, 99);
   std::vector<int32_t> xi(t * h, 1);
+  std::vector<float> huge(t * h, 3.4e38f);  // finite in F32, inf once rounded to BF16
   struct Case {
     std::string name;
     std::vector<SafetensorsWriteTensor> tensors;
@@ -592,6 +593,7 @@ TEST(TokenFiles, BadInputsNameFileAndTensor) {
        {{"hidden_states", DType::kF32, {t, h + 8}, x.data()}},
        {"'hidden_states'", "[6, 264]", "H=256"}},
       {"hidden_as_int", {{"hidden_states", DType::kI32, {t, h}, xi.data()}}, {"'hidden_states'", "I32"}},
+      {"hidden_beyond_bf16", {{"hidden_states", DType::kF32, {t, h}, huge.data()}}, {"'hidden_states'", "non-finite"}},
       {"idx_without_weights",
        {{"hidden_states", DType::kF32, {t, h}, x.data()}, {"topk_idx", DType::kI32, {t, k}, idx.data()}},
        {"topk_idx", "without 'topk_weights'"}},

@@ -157,6 +157,9 @@ __global__ void __launch_bounds__(kThreads)
           if (Better(mine, c)) c = mine;
         }
         const Candidate winner = BlockArgmax(c, argmax_scratch);
+        // Every remaining score is NaN (NaN or +inf logits, which the CPU path rejects and a kernel cannot report
+        // per token): no group to mark. The same winner on every thread, so the whole block leaves together.
+        if (winner.index >= p.n_group) break;
         for (int i = threadIdx.x; i < group_size; i += kThreads) eligible[winner.index * group_size + i] = 1;
         if (threadIdx.x == 0) group_score[winner.index] = NAN;  // never wins again: NaN compares false
         __syncthreads();
@@ -167,13 +170,15 @@ __global__ void __launch_bounds__(kThreads)
       Candidate c{-INFINITY, 0x7FFFFFFF};
       for (int e = threadIdx.x; e < num_experts; e += kThreads) {
         if (!eligible[e]) continue;
-        const Candidate mine{biased[e], e};
+        // NaN (from NaN / +inf logits) competes as -inf, so the chosen index stays in [0, E) whatever the input.
+        const Candidate mine{isnan(biased[e]) ? -INFINITY : biased[e], e};
         if (Better(mine, c)) c = mine;
       }
       const Candidate winner = BlockArgmax(c, argmax_scratch);
       if (threadIdx.x == 0) {
-        chosen[k] = winner.index;
-        eligible[winner.index] = 0;
+        const int index = winner.index < num_experts ? winner.index : 0;  // no eligible expert left: NaN input
+        chosen[k] = index;
+        eligible[index] = 0;
       }
       __syncthreads();
     }
@@ -220,6 +225,11 @@ Status CudaTopkGating(const float* logits_dev, const float* bias_dev, int64_t nu
   kp.norm_topk_prob = p.norm_topk_prob;
   kp.routed_scaling_factor = p.routed_scaling_factor;
   const size_t smem = sizeof(float) * (2 * static_cast<size_t>(p.num_experts) + p.n_group) + p.num_experts;
+  constexpr size_t kMaxSmem = 48 << 10;  // the default dynamic shared memory limit per block
+  if (smem > kMaxSmem)
+    return absl::InvalidArgumentError(absl::StrCat("CudaTopkGating: num_experts ", p.num_experts, " with n_group ",
+                                                   p.n_group, " needs ", smem, " bytes of shared memory, over the ",
+                                                   kMaxSmem, " a block gets"));
 
   DeviceGuard guard;
   WAVEEP_RETURN_IF_ERROR(guard.Enter(stream.device().ordinal));

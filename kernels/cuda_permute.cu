@@ -200,14 +200,14 @@ Status CudaBuildExpertPermutation(const int32_t* topk_idx_dev, int64_t num_token
   if (num_experts <= 0 || num_experts > kMaxExperts)
     return absl::InvalidArgumentError(
         absl::StrCat("CudaBuildExpertPermutation: num_experts must be in [1, ", kMaxExperts, "], got ", num_experts));
+  // Per-chunk prefixes are int32; checked before the product, which could overflow int64.
+  if (top_k > 0 && num_tokens > INT32_MAX / top_k)
+    return absl::InvalidArgumentError(absl::StrCat("CudaBuildExpertPermutation: ", num_tokens, " tokens x top_k ",
+                                                   top_k, " (token, slot) pairs exceed the int32 range"));
   const int64_t num_pairs = num_tokens * top_k;
   if (expert_offsets_dev == nullptr ||
       (num_pairs > 0 && (topk_idx_dev == nullptr || pair_of_row_dev == nullptr || row_of_pair_dev == nullptr)))
     return absl::InvalidArgumentError("CudaBuildExpertPermutation: null device pointer");
-  // Per-chunk prefixes are int32.
-  if (num_pairs > INT32_MAX)
-    return absl::InvalidArgumentError(
-        absl::StrCat("CudaBuildExpertPermutation: ", num_pairs, " (token, slot) pairs exceed the int32 range"));
   const int num_chunks = static_cast<int>((num_pairs + kChunk - 1) / kChunk);
 
   DeviceGuard guard;

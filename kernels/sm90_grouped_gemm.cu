@@ -305,13 +305,9 @@ Status Launch(const GroupedGemmArgs& args, int num_ctas, cudaStream_t stream) {
   constexpr int kBlockM = 64 * kConsumers;
   constexpr int kThreads = 128 * (kConsumers + 1);
   constexpr size_t kSmemBytes = kStages * (kBlockM + kBlockN) * kBlockK * 2 + 1024;  // + alignment slack
-  static std::once_flag once;
-  static cudaError_t attr_rc = cudaSuccess;
-  std::call_once(once, [] {
-    attr_rc = cudaFuncSetAttribute(Sm90GroupedGemmKernel<kConsumers>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   static_cast<int>(kSmemBytes));
-  });
-  WAVEEP_CUDA_RETURN_IF_ERROR(attr_rc);
+  // A function attribute is per device: set it on every launch (a cheap host call), not once per process.
+  WAVEEP_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+      Sm90GroupedGemmKernel<kConsumers>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes)));
   WAVEEP_ASSIGN_OR_RETURN(PFN_cuTensorMapEncodeTiled_v12000 encode, EncodeFn());
 
   const int64_t k = args.k, n = args.n;

@@ -12,6 +12,8 @@
 #include <sstream>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
 
 #ifndef WAVEEP_SOURCE_CONFIG_DIR
@@ -159,23 +161,23 @@ std::string ExecutableDir() {
   return p.parent_path().string();
 }
 
-std::vector<std::string> ModelConfigDirs() {
+std::vector<std::string> PresetDirs(absl::string_view subdir) {
   std::vector<std::string> dirs;
   if (const char* env = std::getenv("WAVEEP_CONFIG_DIR"); env != nullptr && *env != '\0') {
-    dirs.push_back(absl::StrCat(env, "/models"));
+    dirs.push_back(absl::StrCat(env, "/", subdir));
   }
-  std::string exe = ExecutableDir();
+  const std::string exe = ExecutableDir();
   if (!exe.empty()) {
-    dirs.push_back(exe + "/../configs/models");
-    dirs.push_back(exe + "/../share/waveep/configs/models");
+    dirs.push_back(absl::StrCat(exe, "/../configs/", subdir));
+    dirs.push_back(absl::StrCat(exe, "/../share/waveep/configs/", subdir));
   }
-  if (std::string src = WAVEEP_SOURCE_CONFIG_DIR; !src.empty()) dirs.push_back(src + "/models");
+  if (std::string src = WAVEEP_SOURCE_CONFIG_DIR; !src.empty()) dirs.push_back(absl::StrCat(src, "/", subdir));
   return dirs;
 }
 
-std::vector<std::string> ListModelPresets() {
+std::vector<std::string> ListPresets(absl::string_view subdir) {
   std::set<std::string> names;
-  for (const std::string& d : ModelConfigDirs()) {
+  for (const std::string& d : PresetDirs(subdir)) {
     std::error_code ec;
     for (fs::directory_iterator it(d, ec), end; !ec && it != end; it.increment(ec)) {
       if (it->path().extension() == ".json") names.insert(it->path().stem().string());
@@ -184,28 +186,24 @@ std::vector<std::string> ListModelPresets() {
   return {names.begin(), names.end()};
 }
 
+StatusOr<std::string> ResolvePreset(absl::string_view subdir, absl::string_view name_or_path, absl::string_view noun) {
+  if (absl::StrContains(name_or_path, '/') || absl::EndsWith(name_or_path, ".json")) return std::string(name_or_path);
+  for (const std::string& d : PresetDirs(subdir)) {
+    std::string candidate = absl::StrCat(d, "/", name_or_path, ".json");
+    std::error_code ec;
+    if (fs::exists(candidate, ec)) return candidate;
+  }
+  const std::vector<std::string> presets = ListPresets(subdir);
+  return absl::NotFoundError(absl::StrCat(
+      "unknown ", noun, " preset '", name_or_path,
+      "' (known: ", presets.empty() ? "none found; set WAVEEP_CONFIG_DIR" : absl::StrJoin(presets, ", "), ")"));
+}
+
+std::vector<std::string> ListModelPresets() { return ListPresets("models"); }
+
 StatusOr<ModelConfig> LoadModelConfig(absl::string_view name_or_path) {
   if (name_or_path.empty()) return absl::InvalidArgumentError("--model is empty: give a preset name or a JSON path");
-  std::string path;
-  if (absl::StrContains(name_or_path, '/') || absl::EndsWith(name_or_path, ".json")) {
-    path = std::string(name_or_path);
-  } else {
-    for (const std::string& d : ModelConfigDirs()) {
-      std::string candidate = absl::StrCat(d, "/", name_or_path, ".json");
-      std::error_code ec;
-      if (fs::exists(candidate, ec)) {
-        path = candidate;
-        break;
-      }
-    }
-    if (path.empty()) {
-      std::vector<std::string> presets = ListModelPresets();
-      std::string list;
-      for (const auto& p : presets) absl::StrAppend(&list, list.empty() ? "" : ", ", p);
-      return absl::NotFoundError(absl::StrCat("unknown model preset '", name_or_path, "' (known: ",
-                                              list.empty() ? "none found; set WAVEEP_CONFIG_DIR" : list, ")"));
-    }
-  }
+  WAVEEP_ASSIGN_OR_RETURN(const std::string path, ResolvePreset("models", name_or_path, "model"));
   WAVEEP_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
   return ParseModelConfig(text, path);
 }

@@ -50,15 +50,11 @@ Status ValidateModelConfig(const ModelConfig& m);
 // Parses JSON text (`origin` names it in errors). Missing required fields and malformed JSON are InvalidArgument.
 StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string_view origin);
 
-// Loads a preset by name (searched in ModelConfigDirs()) or a JSON file by path (anything containing '/' or ending
-// in ".json"). NotFound for an unknown preset lists the presets that exist.
+// Loads a preset by name (searched in PresetDirs("models")) or a JSON file by path (anything containing '/' or
+// ending in ".json"). NotFound for an unknown preset lists the presets that exist.
 StatusOr<ModelConfig> LoadModelConfig(absl::string_view name_or_path);
 
-// Directories searched for presets, in order: $WAVEEP_CONFIG_DIR/models, <exe>/../configs/models,
-// <exe>/../share/waveep/configs/models, and the source tree's configs/models.
-std::vector<std::string> ModelConfigDirs();
-
-// Names of the presets found in ModelConfigDirs(), sorted.
+// Names of the model presets (PresetDirs("models")), sorted.
 std::vector<std::string> ListModelPresets();
 
 // Canonical JSON (sorted keys, no origin) — identical for identical shapes. Used for fingerprints and outputs.
@@ -69,6 +65,16 @@ StatusOr<std::string> ReadFileToString(const std::string& path);
 
 // Directory holding the running executable ("" if unknown).
 std::string ExecutableDir();
+
+// JSON presets of one kind (`subdir`: "models", "clusters"), shared by every module that has presets.
+// Directories searched, in order: $WAVEEP_CONFIG_DIR/<subdir>, <exe>/../configs/<subdir>,
+// <exe>/../share/waveep/configs/<subdir>, and the source tree's configs/<subdir>.
+std::vector<std::string> PresetDirs(absl::string_view subdir);
+// Names (file stems) of the presets found in PresetDirs(subdir), sorted.
+std::vector<std::string> ListPresets(absl::string_view subdir);
+// The file to read for `name_or_path`: itself when it contains '/' or ends in ".json", else the first
+// <dir>/<name>.json of PresetDirs(subdir). NotFound "unknown <noun> preset '<name>' (known: ...)" otherwise.
+StatusOr<std::string> ResolvePreset(absl::string_view subdir, absl::string_view name_or_path, absl::string_view noun);
 
 }  // namespace waveep
 

@@ -4,8 +4,6 @@
 // expert traffic each link carries.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <filesystem>
 #include <functional>
 #include <limits>
 #include <queue>
@@ -20,14 +18,9 @@
 #include "topology/topology.h"
 #include "topology/topology_internal.h"
 
-#ifndef WAVEEP_TOPOLOGY_SOURCE_CONFIG_DIR
-#define WAVEEP_TOPOLOGY_SOURCE_CONFIG_DIR ""
-#endif
-
 namespace waveep::topology {
 namespace {
 
-namespace fs = std::filesystem;
 using Json = nlohmann::ordered_json;
 
 constexpr const char* kSchema = "waveep.cluster/1";
@@ -770,53 +763,12 @@ StatusOr<Cluster> ParseCluster(absl::string_view json_text, absl::string_view or
   return c;
 }
 
-std::vector<std::string> ClusterConfigDirs() {
-  std::vector<std::string> dirs;
-  if (const char* env = std::getenv("WAVEEP_CONFIG_DIR"); env != nullptr && *env != '\0') {
-    dirs.push_back(absl::StrCat(env, "/clusters"));
-  }
-  const std::string exe = ExecutableDir();
-  if (!exe.empty()) {
-    dirs.push_back(exe + "/../configs/clusters");
-    dirs.push_back(exe + "/../share/waveep/configs/clusters");
-  }
-  if (std::string src = WAVEEP_TOPOLOGY_SOURCE_CONFIG_DIR; !src.empty()) dirs.push_back(src + "/clusters");
-  return dirs;
-}
-
-std::vector<std::string> ListClusterPresets() {
-  std::set<std::string> names;
-  for (const std::string& d : ClusterConfigDirs()) {
-    std::error_code ec;
-    for (fs::directory_iterator it(d, ec), end; !ec && it != end; it.increment(ec)) {
-      if (it->path().extension() == ".json") names.insert(it->path().stem().string());
-    }
-  }
-  return {names.begin(), names.end()};
-}
+std::vector<std::string> ListClusterPresets() { return ListPresets("clusters"); }
 
 StatusOr<Cluster> LoadCluster(absl::string_view name_or_path) {
   if (name_or_path.empty())
     return absl::InvalidArgumentError("--cluster is empty: give a preset name, a JSON path, or use --probe");
-  std::string path;
-  if (absl::StrContains(name_or_path, '/') || absl::EndsWith(name_or_path, ".json")) {
-    path = std::string(name_or_path);
-  } else {
-    for (const std::string& d : ClusterConfigDirs()) {
-      const std::string candidate = absl::StrCat(d, "/", name_or_path, ".json");
-      std::error_code ec;
-      if (fs::exists(candidate, ec)) {
-        path = candidate;
-        break;
-      }
-    }
-    if (path.empty()) {
-      const std::vector<std::string> presets = ListClusterPresets();
-      return absl::NotFoundError(absl::StrCat(
-          "unknown cluster preset '", name_or_path,
-          "' (known: ", presets.empty() ? "none found; set WAVEEP_CONFIG_DIR" : absl::StrJoin(presets, ", "), ")"));
-    }
-  }
+  WAVEEP_ASSIGN_OR_RETURN(const std::string path, ResolvePreset("clusters", name_or_path, "cluster"));
   WAVEEP_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
   return ParseCluster(text, path);
 }

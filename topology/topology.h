@@ -237,13 +237,11 @@ Status ValidateCluster(const Cluster& cluster);
 // Parses and expands JSON text; `origin` names it in errors. Unknown fields are errors (typos get caught).
 StatusOr<Cluster> ParseCluster(absl::string_view json_text, absl::string_view origin);
 
-// A preset by name (searched in ClusterConfigDirs()) or a file by path (anything with '/' or ending in ".json").
-// NotFound for an unknown preset lists the presets.
+// A preset by name (searched in PresetDirs("clusters"), runtime/config.h) or a file by path (anything with '/' or
+// ending in ".json"). NotFound for an unknown preset lists the presets.
 StatusOr<Cluster> LoadCluster(absl::string_view name_or_path);
 
-// $WAVEEP_CONFIG_DIR/clusters, <exe>/../configs/clusters, <exe>/../share/waveep/configs/clusters, source tree.
-std::vector<std::string> ClusterConfigDirs();
-// Preset names found in ClusterConfigDirs(), sorted.
+// Preset names found in PresetDirs("clusters"), sorted.
 std::vector<std::string> ListClusterPresets();
 
 // The same cluster with `num_nodes` identical nodes (re-expanded). InvalidArgument if num_nodes < 1 or if a

@@ -211,19 +211,19 @@ Status ParseDevice(Obj& root, DeviceSpec* d) {
   return o.NoUnknownKeys();
 }
 
+// `template_fields`: a link template (kind, sharing, endpoints); otherwise the loopback, which has only a bandwidth
+// and a latency (anything else in it is an unknown field, not silently ignored).
 Status ParseLinkFields(Obj& o, LinkSpec* l, bool template_fields) {
-  std::string kind;
-  WAVEEP_RETURN_IF_ERROR(o.String("kind", template_fields, &kind));
-  if (!kind.empty()) {
+  WAVEEP_RETURN_IF_ERROR(o.Number("bw_gbps", true, &l->bw_gbps));
+  WAVEEP_RETURN_IF_ERROR(o.Number("latency_us", false, &l->latency_us));
+  if (template_fields) {
+    std::string kind;
+    WAVEEP_RETURN_IF_ERROR(o.String("kind", true, &kind));
     auto k = ParseLinkKind(kind);
     if (!k.ok()) return o.Error("kind", std::string(k.status().message()));
     l->kind = *k;
-  }
-  WAVEEP_RETURN_IF_ERROR(o.Number("bw_gbps", true, &l->bw_gbps));
-  WAVEEP_RETURN_IF_ERROR(o.Number("latency_us", false, &l->latency_us));
-  WAVEEP_RETURN_IF_ERROR(o.Bool("duplex", &l->duplex));
-  WAVEEP_RETURN_IF_ERROR(o.Number("oversubscription", false, &l->oversubscription));
-  if (template_fields) {
+    WAVEEP_RETURN_IF_ERROR(o.Bool("duplex", &l->duplex));
+    WAVEEP_RETURN_IF_ERROR(o.Number("oversubscription", false, &l->oversubscription));
     WAVEEP_RETURN_IF_ERROR(o.String("name", true, &l->name));
     WAVEEP_RETURN_IF_ERROR(o.String("from", true, &l->from));
     WAVEEP_RETURN_IF_ERROR(o.String("to", true, &l->to));
@@ -754,7 +754,6 @@ StatusOr<Cluster> ParseCluster(absl::string_view json_text, absl::string_view or
     l.kind = LinkKind::kLoopback;
     l.duplex = false;
     WAVEEP_RETURN_IF_ERROR(ParseLinkFields(lo, &l, /*template_fields=*/false));
-    l.kind = LinkKind::kLoopback;
     c.loopback = l;
   }
   WAVEEP_RETURN_IF_ERROR(ParseProbe(root, &c));

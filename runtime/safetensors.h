@@ -192,8 +192,9 @@ struct SafetensorsWriteTensor {
 };
 
 // Writes a safetensors file (tensors in the given order; header padded with spaces to a multiple of 8 bytes). Writes
-// `path`.tmp then renames it over `path`, so readers never see a partial file. InvalidArgument for duplicate or empty
-// names, negative dimensions or a null data pointer with a non-empty tensor; PermissionDenied / DataLoss for I/O.
+// `path`.tmp.<pid> then renames it over `path`, so readers never see a partial file. InvalidArgument for duplicate or
+// empty names, negative dimensions, sizes that overflow 64 bits, metadata that is not UTF-8, or a null data pointer
+// with a non-empty tensor; PermissionDenied / DataLoss for I/O.
 Status WriteSafetensors(const std::string& path, const std::vector<SafetensorsWriteTensor>& tensors,
                         const std::map<std::string, std::string>& metadata = {});
 

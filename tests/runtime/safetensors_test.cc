@@ -171,95 +171,65 @@ TEST(SafetensorsTest, ReadErrorsNameFileAndTensor) {
 TEST(SafetensorsTest, MalformedFilesAreStatusesNotCrashes) {
   const std::string dir = NewDir("malformed");
   const std::string data(64, '\0');
+  // Every case writes `header` followed by the same 64 data bytes; `len` overrides the header length field.
   struct Case {
     const char* name;
     std::string header;
-    std::string data;
-    int64_t len;
     absl::StatusCode code;
     std::vector<std::string> parts;
+    int64_t len = -1;
   };
   const std::vector<Case> cases = {
-      {"corrupt_json",
-       "{\"x\": {\"dtype\": \"F32\", ",
-       data,
-       -1,
-       absl::StatusCode::kInvalidArgument,
-       {"malformed JSON"}},
-      {"not_object", "[1, 2, 3]", data, -1, absl::StatusCode::kInvalidArgument, {"not a JSON object"}},
-      {"header_len_beyond_file", "{}", data, 1 << 20, absl::StatusCode::kDataLoss, {"exceeds the file size"}},
+      {"corrupt_json", "{\"x\": {\"dtype\": \"F32\", ", absl::StatusCode::kInvalidArgument, {"malformed JSON"}},
+      {"not_object", "[1, 2, 3]", absl::StatusCode::kInvalidArgument, {"not a JSON object"}},
+      {"header_len_beyond_file", "{}", absl::StatusCode::kDataLoss, {"exceeds the file size"}, 1 << 20},
       {"missing_dtype",
        R"({"x": {"shape": [2], "data_offsets": [0, 8]}})",
-       data,
-       -1,
        absl::StatusCode::kInvalidArgument,
        {"'x'", "dtype"}},
       {"unknown_dtype",
        R"({"x": {"dtype": "Q7", "shape": [2], "data_offsets": [0, 8]}})",
-       data,
-       -1,
        absl::StatusCode::kInvalidArgument,
        {"'x'", "unknown dtype 'Q7'"}},
       {"negative_dim",
        R"({"x": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}})",
-       data,
-       -1,
        absl::StatusCode::kInvalidArgument,
        {"'x'", "shape"}},
       {"fractional_dim",
        R"({"x": {"dtype": "F32", "shape": [2.5], "data_offsets": [0, 8]}})",
-       data,
-       -1,
        absl::StatusCode::kInvalidArgument,
        {"'x'", "shape"}},
       {"bad_offsets",
        R"({"x": {"dtype": "F32", "shape": [2], "data_offsets": [8]}})",
-       data,
-       -1,
        absl::StatusCode::kInvalidArgument,
        {"'x'", "data_offsets"}},
       {"reversed_offsets",
        R"({"x": {"dtype": "F32", "shape": [0], "data_offsets": [8, 0]}})",
-       data,
-       -1,
        absl::StatusCode::kInvalidArgument,
        {"'x'", "begin <= end"}},
       {"size_mismatch",
        R"({"x": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}})",
-       data,
-       -1,
        absl::StatusCode::kInvalidArgument,
        {"'x'", "size mismatch", "[2, 2]", "16 bytes", "12 bytes"}},
       {"truncated_data",
        R"({"x": {"dtype": "F32", "shape": [32], "data_offsets": [0, 128]}})",
-       data,
-       -1,
        absl::StatusCode::kDataLoss,
        {"'x'", "beyond the data section", "truncated"}},
       {"overlap",
        R"({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
            "b": {"dtype": "F32", "shape": [4], "data_offsets": [12, 28]}})",
-       data,
-       -1,
        absl::StatusCode::kInvalidArgument,
        {"'b'", "overlap", "'a'"}},
       {"shape_overflow",
        R"({"x": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 0]}})",
-       data,
-       -1,
        absl::StatusCode::kInvalidArgument,
        {"'x'", "overflows"}},
-      {"metadata_not_strings",
-       R"({"__metadata__": {"a": 1}})",
-       data,
-       -1,
-       absl::StatusCode::kInvalidArgument,
-       {"__metadata__"}},
+      {"metadata_not_strings", R"({"__metadata__": {"a": 1}})", absl::StatusCode::kInvalidArgument, {"__metadata__"}},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
     const std::string path = absl::StrCat(dir, "/", c.name, ".safetensors");
-    WriteRaw(path, c.header, c.data, c.len);
+    WriteRaw(path, c.header, data, c.len);
     std::vector<std::string> parts = c.parts;
     parts.push_back(path);
     ExpectOpenError(path, c.code, parts);
@@ -288,6 +258,14 @@ TEST(SafetensorsTest, WriterRejectsBadTensors) {
       HasSubstr("duplicate"));
   EXPECT_FALSE(WriteSafetensors(dir + "/n.safetensors", {{"a", DType::kF32, {-1}, &v}}).ok());
   EXPECT_FALSE(WriteSafetensors(dir + "/z.safetensors", {{"a", DType::kF32, {1}, nullptr}}).ok());
+  EXPECT_THAT(std::string(WriteSafetensors(dir + "/o.safetensors",
+                                           {{"a", DType::kF32, {int64_t{1} << 32, int64_t{1} << 32}, &v}})
+                              .message()),
+              HasSubstr("overflows"));
+  EXPECT_THAT(std::string(WriteSafetensors(dir + "/u.safetensors", {{"a", DType::kF32, {1}, &v}},
+                                           {{"input", std::string("caf\xe9.safetensors")}})
+                              .message()),
+              HasSubstr("cannot write the header"));
   Status s = WriteSafetensors(dir + "/no/such/dir/x.safetensors", {{"a", DType::kF32, {1}, &v}});
   EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied);
   EXPECT_THAT(std::string(s.message()), HasSubstr("no/such/dir/x.safetensors"));

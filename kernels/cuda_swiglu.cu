@@ -24,25 +24,21 @@ using cuda_internal::SwiGLUValue;
 
 constexpr int kThreads = 256;
 
-__global__ void __launch_bounds__(kThreads)
-    SwiGLUF32Kernel(const float* __restrict__ gate_up, int64_t m, int64_t inter, float* __restrict__ out) {
-  const int64_t n = m * inter;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
-    const int64_t r = i / inter, c = i - r * inter;
-    const float* row = gate_up + r * 2 * inter;
-    out[i] = SwiGLUValue(row[c], row[inter + c]);
-  }
-}
+// The activation's element type: F32 in and out, or BF16 in and out (FP32 math, rounded once at the end).
+__device__ __forceinline__ float Widen(float x) { return x; }
+__device__ __forceinline__ float Widen(uint16_t x) { return Bf16Bits(x); }
+__device__ __forceinline__ void Store(float v, float* out) { *out = v; }
+__device__ __forceinline__ void Store(float v, uint16_t* out) { *out = FloatToBf16Bits(v); }
 
+template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    SwiGLUBf16Kernel(const uint16_t* __restrict__ gate_up, int64_t m, int64_t inter, uint16_t* __restrict__ out) {
+    SwiGLUKernel(const T* __restrict__ gate_up, int64_t m, int64_t inter, T* __restrict__ out) {
   const int64_t n = m * inter;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
     const int64_t r = i / inter, c = i - r * inter;
-    const uint16_t* row = gate_up + r * 2 * inter;
-    out[i] = FloatToBf16Bits(SwiGLUValue(Bf16Bits(row[c]), Bf16Bits(row[inter + c])));
+    const T* row = gate_up + r * 2 * inter;
+    Store(SwiGLUValue(Widen(row[c]), Widen(row[inter + c])), out + i);
   }
 }
 
@@ -73,28 +69,27 @@ Status CheckSwiGLUArgs(int64_t m, int64_t inter, const void* in, const void* out
   return absl::OkStatus();
 }
 
-}  // namespace
-
-Status CudaSwiGLU(const float* gate_up_dev, int64_t m, int64_t intermediate, float* out_dev, Stream& stream) {
-  WAVEEP_RETURN_IF_ERROR(CheckSwiGLUArgs(m, intermediate, gate_up_dev, out_dev, stream, "CudaSwiGLU"));
+template <typename T>
+Status LaunchSwiGLU(const T* gate_up_dev, int64_t m, int64_t intermediate, T* out_dev, Stream& stream,
+                    const char* what) {
+  WAVEEP_RETURN_IF_ERROR(CheckSwiGLUArgs(m, intermediate, gate_up_dev, out_dev, stream, what));
   if (m * intermediate == 0) return absl::OkStatus();
   DeviceGuard guard;
   WAVEEP_RETURN_IF_ERROR(guard.Enter(stream.device().ordinal));
-  SwiGLUF32Kernel<<<GridFor(m * intermediate, kThreads), kThreads, 0, Native(stream)>>>(gate_up_dev, m, intermediate,
-                                                                                        out_dev);
+  SwiGLUKernel<T>
+      <<<GridFor(m * intermediate, kThreads), kThreads, 0, Native(stream)>>>(gate_up_dev, m, intermediate, out_dev);
   WAVEEP_CUDA_RETURN_IF_LAUNCH_FAILED();
   return absl::OkStatus();
 }
 
+}  // namespace
+
+Status CudaSwiGLU(const float* gate_up_dev, int64_t m, int64_t intermediate, float* out_dev, Stream& stream) {
+  return LaunchSwiGLU(gate_up_dev, m, intermediate, out_dev, stream, "CudaSwiGLU");
+}
+
 Status CudaSwiGLUBf16(const uint16_t* gate_up_dev, int64_t m, int64_t intermediate, uint16_t* out_dev, Stream& stream) {
-  WAVEEP_RETURN_IF_ERROR(CheckSwiGLUArgs(m, intermediate, gate_up_dev, out_dev, stream, "CudaSwiGLUBf16"));
-  if (m * intermediate == 0) return absl::OkStatus();
-  DeviceGuard guard;
-  WAVEEP_RETURN_IF_ERROR(guard.Enter(stream.device().ordinal));
-  SwiGLUBf16Kernel<<<GridFor(m * intermediate, kThreads), kThreads, 0, Native(stream)>>>(gate_up_dev, m, intermediate,
-                                                                                         out_dev);
-  WAVEEP_CUDA_RETURN_IF_LAUNCH_FAILED();
-  return absl::OkStatus();
+  return LaunchSwiGLU(gate_up_dev, m, intermediate, out_dev, stream, "CudaSwiGLUBf16");
 }
 
 Status CudaSwiGLUQuantizeFp8(const uint16_t* gate_up_dev, int64_t m, int64_t intermediate, int block, uint8_t* q_dev,

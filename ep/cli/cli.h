@@ -52,6 +52,10 @@ StatusOr<ep::LayerConfig> LayerConfigFromFlags(int num_ranks);
 // BLAS threads per rank from --blas_threads (0 = auto: cores per rank minus one for the comm thread, at least 1).
 int ChooseBlasThreads(const ProcessContext& ctx);
 
+// "  --name   help (default: value)" lines for the named flags, in order (unknown names skipped), the name padded to
+// `width` columns. Every subcommand's --help lists its flags with it.
+std::string FlagsHelp(const std::vector<std::string>& names, int width);
+
 // Canonical text of every flag that must agree across ranks (hashed by CheckSameOnAllRanks).
 std::string CanonicalFlags();
 

@@ -7,6 +7,8 @@
 #include <thread>
 
 #include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
+#include "absl/strings/str_format.h"
 #include "ep/cli/cli.h"
 
 namespace waveep::cli {
@@ -56,6 +58,17 @@ StatusOr<ep::LayerConfig> LayerConfigFromFlags(int num_ranks) {
   cfg.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
   WAVEEP_RETURN_IF_ERROR(ep::ValidateLayerConfig(cfg, num_ranks));
   return cfg;
+}
+
+std::string FlagsHelp(const std::vector<std::string>& names, int width) {
+  std::string s;
+  for (const std::string& n : names) {
+    const absl::CommandLineFlag* f = absl::FindCommandLineFlag(n);
+    if (f == nullptr) continue;
+    absl::StrAppendFormat(&s, "  --%-*s %s (default: %s)\n", width, n, f->Help(),
+                          f->DefaultValue().empty() ? "\"\"" : f->DefaultValue());
+  }
+  return s;
 }
 
 int ChooseBlasThreads(const ProcessContext& ctx) {

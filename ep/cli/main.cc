@@ -43,12 +43,7 @@ bool IsRankZero() {
 }
 
 void PrintFlags(const std::vector<std::string>& names) {
-  for (const std::string& n : names) {
-    absl::CommandLineFlag* f = absl::FindCommandLineFlag(n);
-    if (f == nullptr) continue;
-    std::printf("  --%-18s %s (default: %s)\n", n.c_str(), f->Help().c_str(),
-                f->DefaultValue().empty() ? "\"\"" : f->DefaultValue().c_str());
-  }
+  std::fputs(waveep::cli::FlagsHelp(names, 18).c_str(), stdout);
 }
 
 }  // namespace

@@ -597,12 +597,7 @@ std::string TopoUsage() {
       "  mpirun -np 4 --oversubscribe waveep topo probe --model=tiny --out=local.json\n"
       "  waveep topo model --model=tiny --cluster=local.json --tokens_per_rank=512\n"
       "\nflags:\n";
-  for (const std::string& n : kTopoFlags) {
-    absl::CommandLineFlag* f = absl::FindCommandLineFlag(n);
-    if (f == nullptr) continue;
-    absl::StrAppendFormat(&s, "  --%-20s %s (default: %s)\n", n, f->Help(),
-                          f->DefaultValue().empty() ? "\"\"" : f->DefaultValue());
-  }
+  absl::StrAppend(&s, FlagsHelp(kTopoFlags, 20));
   absl::StrAppend(&s, "\ncluster presets: ", absl::StrJoin(topology::ListClusterPresets(), ", "), "\n");
   absl::StrAppend(&s, "comm backends (--backend): ", absl::StrJoin(comm::AvailableBackends(), ", "), "\n");
   return s;

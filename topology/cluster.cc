@@ -21,6 +21,9 @@
 namespace waveep::topology {
 namespace {
 
+// The graph is expanded per device and routed from every device: keep it to a size that expands in seconds.
+constexpr int64_t kMaxDevices = 65536;
+
 using Json = nlohmann::ordered_json;
 
 constexpr const char* kSchema = "waveep.cluster/1";
@@ -228,6 +231,18 @@ Status ParseLinkFields(Obj& o, LinkSpec* l, bool template_fields) {
     WAVEEP_RETURN_IF_ERROR(o.String("from", true, &l->from));
     WAVEEP_RETURN_IF_ERROR(o.String("to", true, &l->to));
     WAVEEP_RETURN_IF_ERROR(o.Int("count", false, &l->count));
+    if (const Json* nb = o.Find("node_bw_gbps"); nb != nullptr) {
+      if (!nb->is_object()) return o.Error("node_bw_gbps", "must be an object {\"node index\": GB/s}");
+      for (auto it = nb->begin(); it != nb->end(); ++it) {
+        const std::string path = absl::StrCat("node_bw_gbps.", it.key());
+        int node = -1;
+        if (!absl::SimpleAtoi(it.key(), &node) || node < 0 || node >= kMaxDevices)
+          return o.Error(path, absl::StrCat("key must be a node index in [0, ", kMaxDevices, ")"));
+        if (!it->is_number() || !std::isfinite(it->get<double>()))
+          return o.Error(path, "must be a finite number of GB/s");
+        l->node_bw_gbps[node] = it->get<double>();
+      }
+    }
   }
   return o.NoUnknownKeys();
 }
@@ -393,8 +408,6 @@ Status ValidateTemplates(const Cluster& c) {
   if (c.name.empty()) return err("name", "is missing or empty");
   if (c.num_nodes < 1) return err("nodes", absl::StrCat("must be >= 1, got ", c.num_nodes));
   if (c.devices_per_node < 1) return err("devices_per_node", absl::StrCat("must be >= 1, got ", c.devices_per_node));
-  // The graph is expanded per device and routed from every device: keep it to a size that expands in seconds.
-  constexpr int64_t kMaxDevices = 65536;
   if (int64_t{c.num_nodes} * c.devices_per_node > kMaxDevices)
     return err("nodes", absl::StrCat("x devices_per_node = ", int64_t{c.num_nodes} * c.devices_per_node,
                                      " devices, more than the ", kMaxDevices, " supported"));
@@ -463,6 +476,12 @@ Status ValidateTemplates(const Cluster& c) {
     if (l.kind == LinkKind::kLoopback)
       return err(absl::StrCat(f, ".kind"), "loopback links are implicit; describe them in the top-level \"loopback\"");
     if (!(l.bw_gbps > 0)) return err(absl::StrCat(f, ".bw_gbps"), absl::StrCat("must be > 0 GB/s, got ", l.bw_gbps));
+    for (const auto& [node, bw] : l.node_bw_gbps) {
+      const std::string key = absl::StrCat(f, ".node_bw_gbps.", node);
+      if (node < 0 || node >= c.num_nodes)
+        return err(key, absl::StrCat("names node ", node, " but the cluster has ", c.num_nodes, " node(s)"));
+      if (!(bw > 0)) return err(key, absl::StrCat("must be > 0 GB/s, got ", bw));
+    }
     if (l.latency_us < 0) return err(absl::StrCat(f, ".latency_us"), absl::StrCat("must be >= 0, got ", l.latency_us));
     if (!(l.oversubscription >= 1))
       return err(absl::StrCat(f, ".oversubscription"), absl::StrCat("must be >= 1, got ", l.oversubscription));
@@ -636,8 +655,9 @@ Status ExpandCluster(Cluster* c) {
       }
       return name;
     };
-    auto add = [&](int a, int b) {
-      c->links.push_back(Link{l.name, l.kind, a, b, l.bw_gbps, l.latency_us, l.duplex, l.oversubscription});
+    auto add = [&](int a, int b, int node) {
+      c->links.push_back(Link{l.name, l.kind, a, b, node >= 0 ? l.BwOnNode(node) : l.bw_gbps, l.latency_us, l.duplex,
+                              l.oversubscription});
     };
     const bool dev_from = l.from == "device", dev_to = l.to == "device";
     if (dev_from || dev_to) {
@@ -646,7 +666,7 @@ Status ExpandCluster(Cluster* c) {
         for (int d = 0; d < dpn; ++d) {
           WAVEEP_ASSIGN_OR_RETURN(std::string inst, resolve(other, dev_from ? "to" : "from", d, d));
           const int sv = vertex(inst, n), dv = n * dpn + d;
-          dev_from ? add(dv, sv) : add(sv, dv);
+          dev_from ? add(dv, sv, n) : add(sv, dv, n);
         }
       }
       continue;
@@ -662,6 +682,12 @@ Status ExpandCluster(Cluster* c) {
                                                      sa.group_nodes, " and ", sb.group_nodes, " nodes"));
     }
     const int step = narrow.scope == "node" ? 1 : narrow.scope == "group" ? narrow.group_nodes : nodes;
+    if (!l.node_bw_gbps.empty() && narrow.scope != "node") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cluster ", o, ": ", f, ".node_bw_gbps: the link joins ", narrow.scope,
+          "-scoped switches, so it has no per-node instances (per-node rates need a \"device\" end or a node-scoped "
+          "switch)"));
+    }
     for (int n = 0; n < nodes; n += step) {
       for (int i = 0; i < l.count; ++i) {
         WAVEEP_ASSIGN_OR_RETURN(std::string fa, resolve(l.from, "from", i, i));
@@ -670,7 +696,7 @@ Status ExpandCluster(Cluster* c) {
           return absl::InvalidArgumentError(
               absl::StrCat("cluster ", o, ": ", f, " connects \"", fa, "\" to itself (instance ", i, ")"));
         }
-        add(vertex(fa, n), vertex(fb, n));
+        add(vertex(fa, n), vertex(fb, n), narrow.scope == "node" ? n : -1);
       }
     }
   }
@@ -777,6 +803,8 @@ StatusOr<Cluster> WithNodes(const Cluster& cluster, int num_nodes) {
   if (num_nodes < 1) return absl::InvalidArgumentError(absl::StrCat("--nodes must be >= 1, got ", num_nodes));
   Cluster c = cluster;
   c.num_nodes = num_nodes;
+  // Per-node rates of nodes that no longer exist go; the others stay with their nodes.
+  for (LinkSpec& l : c.link_specs) l.node_bw_gbps.erase(l.node_bw_gbps.lower_bound(num_nodes), l.node_bw_gbps.end());
   // A probe's all-to-all curve describes the probed job only.
   if (c.probe.has_value() && num_nodes != cluster.num_nodes) c.probe->alltoall.reset();
   WAVEEP_RETURN_IF_ERROR(ExpandCluster(&c));
@@ -838,6 +866,11 @@ std::string ClusterToJson(const Cluster& c) {
     lj["latency_us"] = l.latency_us;
     lj["duplex"] = l.duplex;
     if (l.oversubscription != 1) lj["oversubscription"] = l.oversubscription;
+    if (!l.node_bw_gbps.empty()) {
+      Json nb = Json::object();
+      for (const auto& [node, bw] : l.node_bw_gbps) nb[std::to_string(node)] = bw;
+      lj["node_bw_gbps"] = nb;
+    }
     ls.push_back(lj);
   }
   j["links"] = ls;

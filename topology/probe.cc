@@ -299,22 +299,25 @@ StatusOr<std::vector<double>> ConvertRates(const ModelConfig& model, double min_
   return out;
 }
 
-}  // namespace
+// Where the ranks run: node and local rank of every rank, one hostname per node (node order). Ranks per node must be
+// equal (a cluster's devices_per_node).
+struct RankMap {
+  int ranks = 0, per_node = 0, nodes = 0;
+  std::vector<int> node_of, local_of;
+  std::vector<std::string> node_hosts;  // rank 0 only (gathered there)
+};
 
-StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& model, const ProbeOptions& opt) {
-  WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, ValidateOptions(opt)));
-  WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, ValidateModelConfig(model)));
-  const bool root = ctx.world_rank == 0;
-  auto say = [&](const std::string& line) {
-    if (root && opt.progress) opt.progress(line);
-  };
+StatusOr<RankMap> LocateRanks(const ProcessContext& ctx) {
   const int n = ctx.world_size;
-
-  // ---- who is where: ranks per node must be equal (devices_per_node) -------------------------------------------
-  std::vector<int> local_sizes(n), node_ids(n), local_ranks(n);
+  RankMap m;
+  m.ranks = n;
+  m.nodes = ctx.num_nodes;
+  std::vector<int> local_sizes(n);
+  m.node_of.resize(n);
+  m.local_of.resize(n);
   WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allgather(&ctx.local_size, 1, MPI_INT, local_sizes.data(), 1, MPI_INT, ctx.world));
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allgather(&ctx.node_id, 1, MPI_INT, node_ids.data(), 1, MPI_INT, ctx.world));
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allgather(&ctx.local_rank, 1, MPI_INT, local_ranks.data(), 1, MPI_INT, ctx.world));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allgather(&ctx.node_id, 1, MPI_INT, m.node_of.data(), 1, MPI_INT, ctx.world));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allgather(&ctx.local_rank, 1, MPI_INT, m.local_of.data(), 1, MPI_INT, ctx.world));
   for (int r = 0; r < n; ++r) {
     if (local_sizes[r] != local_sizes[0]) {
       return absl::FailedPreconditionError(
@@ -322,138 +325,146 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
                        ", rank ", r, "'s has ", local_sizes[r], " (use --map-by ppr:N:node)"));
     }
   }
-  const int dpn = local_sizes[0];
+  m.per_node = local_sizes[0];
   WAVEEP_ASSIGN_OR_RETURN(std::vector<std::string> hosts, GatherStrings(ctx, ctx.hostname));
-  std::string hostnames;
-  if (root) {
-    std::vector<std::string> uniq;
+  if (ctx.world_rank == 0) {
+    m.node_hosts.assign(m.nodes, "");
     for (int r = 0; r < n; ++r) {
-      if (local_ranks[r] == 0) uniq.push_back(hosts[r]);
-    }
-    hostnames = absl::StrJoin(uniq, ",");
-  }
-
-  // The probe runs BLAS with the thread count the layer will use; the caller's setting comes back on every exit.
-  struct BlasThreadsGuard {
-    int previous;
-    ~BlasThreadsGuard() {
-      if (previous > 0) kernels::SetBlasThreads(previous);
-    }
-  } blas_guard{kernels::SetBlasThreads(opt.blas_threads)};
-  comm::Options copt;
-  copt.timeout = opt.timeout;
-  auto comm_or = comm::CreateCommunicator(opt.backend, ctx, copt);
-  WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, comm_or.status()));
-  std::unique_ptr<comm::Communicator> comm = *std::move(comm_or);
-  say(absl::StrFormat("[topo probe] %d ranks on %d node(s) (%d per node), backend %s, %d BLAS thread(s) per rank", n,
-                      ctx.num_nodes, dpn, opt.backend, opt.blas_threads));
-
-  Cluster c;
-  ProbeInfo info;
-  info.date = UtcNow();
-  info.backend = opt.backend;
-  info.ranks = n;
-  info.model = model.name;
-  info.blas_threads = opt.blas_threads;
-
-  // ---- pairwise latency and bandwidth ----------------------------------------------------------------------------
-  {
-    std::vector<char> sbuf(std::max<int64_t>(opt.pair_bytes, 8), 1), rbuf(std::max<int64_t>(opt.pair_bytes, 8));
-    const int num_pairs = n * (n - 1) / 2;
-    std::vector<double> mine(3 * num_pairs, 0.0), all(3 * num_pairs, 0.0);
-    int k = 0;
-    for (int a = 0; a < n; ++a) {
-      for (int b = a + 1; b < n; ++b, ++k) {
-        auto res = MeasurePair(ctx, *comm, a, b, opt, sbuf, rbuf);
-        WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, res.status()));
-        if (ctx.world_rank == a) {
-          mine[3 * k] = res->latency_us;
-          mine[3 * k + 1] = res->uni_gbps;
-          mine[3 * k + 2] = res->bidir_gbps;
-        }
-      }
-    }
-    if (num_pairs > 0) {
-      WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(mine.data(), all.data(), 3 * num_pairs, MPI_DOUBLE, MPI_MAX, ctx.world));
-    }
-    k = 0;
-    for (int a = 0; a < n; ++a) {
-      for (int b = a + 1; b < n; ++b, ++k) {
-        PairMeasurement m;
-        m.a = a;
-        m.b = b;
-        m.kind = node_ids[a] == node_ids[b] ? "shm" : "net";
-        m.latency_us = all[3 * k];
-        m.uni_gbps = all[3 * k + 1];
-        m.bidir_gbps = all[3 * k + 2];
-        info.pairs.push_back(m);
-        say(absl::StrFormat("[topo probe] pair %d<->%d (%s): latency %.2f us, uni %.2f GB/s, bidir %.2f GB/s", a, b,
-                            m.kind, m.latency_us, m.uni_gbps, m.bidir_gbps));
-      }
+      if (m.local_of[r] == 0 && m.node_of[r] >= 0 && m.node_of[r] < m.nodes) m.node_hosts[m.node_of[r]] = hosts[r];
     }
   }
+  return m;
+}
 
-  // ---- per-rank host figures: memcpy, conversions, stream task cost, GEMM rates (all ranks at once) --------------
+// Pairs the probe measures: every pair of ranks inside a node (shm), and the first ranks of every pair of nodes
+// (net): a host's NIC is what limits its ranks' traffic to other hosts, and one pair per pair of hosts measures it.
+std::vector<std::pair<int, int>> PairsToMeasure(const RankMap& m) {
+  std::vector<std::pair<int, int>> pairs;
+  for (int a = 0; a < m.ranks; ++a) {
+    for (int b = a + 1; b < m.ranks; ++b) {
+      const bool same = m.node_of[a] == m.node_of[b];
+      if (same || (m.local_of[a] == 0 && m.local_of[b] == 0)) pairs.emplace_back(a, b);
+    }
+  }
+  return pairs;
+}
+
+using Say = std::function<void(const std::string&)>;
+
+StatusOr<std::vector<PairMeasurement>> MeasurePairs(const ProcessContext& ctx, comm::Communicator& comm,
+                                                    const RankMap& map, const ProbeOptions& opt, const Say& say) {
+  std::vector<char> sbuf(std::max<int64_t>(opt.pair_bytes, 8), 1), rbuf(std::max<int64_t>(opt.pair_bytes, 8));
+  const std::vector<std::pair<int, int>> pairs = PairsToMeasure(map);
+  const int num_pairs = static_cast<int>(pairs.size());
+  std::vector<double> mine(3 * num_pairs, 0.0), all(3 * num_pairs, 0.0);
+  for (int k = 0; k < num_pairs; ++k) {
+    const auto [a, b] = pairs[k];
+    auto res = MeasurePair(ctx, comm, a, b, opt, sbuf, rbuf);
+    WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, res.status()));
+    if (ctx.world_rank == a) {
+      mine[3 * k] = res->latency_us;
+      mine[3 * k + 1] = res->uni_gbps;
+      mine[3 * k + 2] = res->bidir_gbps;
+    }
+  }
+  if (num_pairs > 0) {
+    WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(mine.data(), all.data(), 3 * num_pairs, MPI_DOUBLE, MPI_MAX, ctx.world));
+  }
+  std::vector<PairMeasurement> out;
+  for (int k = 0; k < num_pairs; ++k) {
+    PairMeasurement m;
+    m.a = pairs[k].first;
+    m.b = pairs[k].second;
+    m.kind = map.node_of[m.a] == map.node_of[m.b] ? "shm" : "net";
+    m.latency_us = all[3 * k];
+    m.uni_gbps = all[3 * k + 1];
+    m.bidir_gbps = all[3 * k + 2];
+    out.push_back(m);
+    say(absl::StrFormat("[topo probe] pair %d<->%d (%s, n%d-n%d): latency %.2f us, uni %.3f GB/s, bidir %.3f GB/s", m.a,
+                        m.b, m.kind, map.node_of[m.a], map.node_of[m.b], m.latency_us, m.uni_gbps, m.bidir_gbps));
+  }
+  return out;
+}
+
+// Per-rank host figures, every rank at once, median over ranks: memcpy, the stream's task cost, the four
+// conversions, and the expert FFN's GEMM rate at each M in `ms`.
+struct HostFigures {
+  double memcpy_gbps = 0, op_overhead_us = 0;
+  double convert_gbps[4] = {0, 0, 0, 0};  // to_bf16, from_bf16, to_fp8, from_fp8
   std::vector<int> ms;
-  for (int m = 1; m < opt.gemm_max_rows; m *= 2) ms.push_back(m);
-  ms.push_back(opt.gemm_max_rows);
+  std::vector<double> gemm_rates;  // FLOP/s per rank at ms[i]
+  double peak = 0;
+  int groups = 1;  // experts per GEMM call
+};
+
+StatusOr<HostFigures> MeasureHost(const ProcessContext& ctx, comm::Communicator& comm, const ModelConfig& model,
+                                  const ProbeOptions& opt, const Say& say) {
+  const int n = ctx.world_size;
+  HostFigures f;
+  for (int m = 1; m < opt.gemm_max_rows; m *= 2) f.ms.push_back(m);
+  f.ms.push_back(opt.gemm_max_rows);
   const int64_t expert_bytes = 3 * model.hidden_size * model.moe_intermediate_size * 4;
   const int local_experts = std::max(1, model.num_experts / n);
-  const int groups = static_cast<int>(std::max<int64_t>(
+  f.groups = static_cast<int>(std::max<int64_t>(
       1, std::min<int64_t>(local_experts, (int64_t{256} << 20) / std::max<int64_t>(1, expert_bytes))));
   std::vector<double> local;  // memcpy GB/s, op overhead us, 4 convert rates, then one rate per m
-  {
-    WAVEEP_RETURN_IF_ERROR(comm->Barrier());
-    const size_t bytes = static_cast<size_t>(std::max<int64_t>(opt.pair_bytes, 1 << 20));
-    std::vector<char> src(bytes, 3), dst(bytes);
-    const double s = TimePerCall([&] { std::memcpy(dst.data(), src.data(), bytes); }, 0.02);
-    local.push_back(static_cast<double>(bytes) / s / 1e9);
+  WAVEEP_RETURN_IF_ERROR(comm.Barrier());
+  const size_t bytes = static_cast<size_t>(std::max<int64_t>(opt.pair_bytes, 1 << 20));
+  std::vector<char> src(bytes, 3), dst(bytes);
+  const double s = TimePerCall([&] { std::memcpy(dst.data(), src.data(), bytes); }, 0.02);
+  local.push_back(static_cast<double>(bytes) / s / 1e9);
 
-    WAVEEP_ASSIGN_OR_RETURN(auto stream, Stream::Create(Device::Cpu(), StreamOptions{"probe", opt.timeout}));
-    constexpr int kTasks = 200;
-    const double per_batch = TimePerCall(
-        [&] {
-          for (int i = 0; i < kTasks; ++i) (void)stream->Enqueue([] { return absl::OkStatus(); });
-          (void)stream->Synchronize();
-        },
-        0.01);
-    local.push_back(per_batch / kTasks * 1e6);
-    WAVEEP_RETURN_IF_ERROR(stream->status());
+  WAVEEP_ASSIGN_OR_RETURN(auto stream, Stream::Create(Device::Cpu(), StreamOptions{"probe", opt.timeout}));
+  constexpr int kTasks = 200;
+  const double per_batch = TimePerCall(
+      [&] {
+        for (int i = 0; i < kTasks; ++i) (void)stream->Enqueue([] { return absl::OkStatus(); });
+        (void)stream->Synchronize();
+      },
+      0.01);
+  local.push_back(per_batch / kTasks * 1e6);
+  WAVEEP_RETURN_IF_ERROR(stream->status());
 
-    WAVEEP_RETURN_IF_ERROR(comm->Barrier());
-    say(absl::StrFormat("[topo probe] conversions (FP32 <-> BF16 / FP8, H=%d) on every rank at once...",
-                        static_cast<int>(model.hidden_size)));
-    auto conv = ConvertRates(model, 0.01);
-    WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, conv.status()));
-    local.insert(local.end(), conv->begin(), conv->end());
+  WAVEEP_RETURN_IF_ERROR(comm.Barrier());
+  say(absl::StrFormat("[topo probe] conversions (FP32 <-> BF16 / FP8, H=%d) on every rank at once...",
+                      static_cast<int>(model.hidden_size)));
+  auto conv = ConvertRates(model, 0.01);
+  WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, conv.status()));
+  local.insert(local.end(), conv->begin(), conv->end());
 
-    WAVEEP_RETURN_IF_ERROR(comm->Barrier());
-    say(
-        absl::StrFormat("[topo probe] expert FFN GEMM rate (%s: H=%d I=%d, %d expert(s) per call, M=1..%d) on "
-                        "every rank at once...",
-                        model.name, static_cast<int>(model.hidden_size), static_cast<int>(model.moe_intermediate_size),
-                        groups, opt.gemm_max_rows));
-    auto rates = GemmRates(*comm, model, ms, groups, opt.gemm_min_ms / 1e3);
-    WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, rates.status()));
-    local.insert(local.end(), rates->begin(), rates->end());
-  }
+  WAVEEP_RETURN_IF_ERROR(comm.Barrier());
+  say(
+      absl::StrFormat("[topo probe] expert FFN GEMM rate (%s: H=%d I=%d, %d expert(s) per call, M=1..%d) on "
+                      "every rank at once...",
+                      model.name, static_cast<int>(model.hidden_size), static_cast<int>(model.moe_intermediate_size),
+                      f.groups, opt.gemm_max_rows));
+  auto rates = GemmRates(comm, model, f.ms, f.groups, opt.gemm_min_ms / 1e3);
+  WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, rates.status()));
+  local.insert(local.end(), rates->begin(), rates->end());
+
   WAVEEP_ASSIGN_OR_RETURN(std::vector<double> gathered, AllgatherVector(ctx, local));
   auto median_of = [&](size_t idx) {
     std::vector<double> v;
     for (int r = 0; r < n; ++r) v.push_back(gathered[r * local.size() + idx]);
     return Median(v);
   };
-  const double memcpy_gbps = median_of(0);
-  const double op_overhead_us = median_of(1);
-  std::vector<double> gemm_rates;
-  for (size_t i = 0; i < ms.size(); ++i) gemm_rates.push_back(median_of(6 + i));
-  const double peak = *std::max_element(gemm_rates.begin(), gemm_rates.end());
-  for (size_t i = 0; i < ms.size(); ++i) {
-    say(absl::StrFormat("[topo probe]   M=%-5d %8.2f GFLOP/s per rank (%.2f of the best)", ms[i], gemm_rates[i] / 1e9,
-                        gemm_rates[i] / peak));
+  f.memcpy_gbps = median_of(0);
+  f.op_overhead_us = median_of(1);
+  for (int i = 0; i < 4; ++i) f.convert_gbps[i] = median_of(2 + i);
+  for (size_t i = 0; i < f.ms.size(); ++i) f.gemm_rates.push_back(median_of(6 + i));
+  f.peak = *std::max_element(f.gemm_rates.begin(), f.gemm_rates.end());
+  for (size_t i = 0; i < f.ms.size(); ++i) {
+    say(absl::StrFormat("[topo probe]   M=%-5d %8.2f GFLOP/s per rank (%.2f of the best)", f.ms[i],
+                        f.gemm_rates[i] / 1e9, f.gemm_rates[i] / f.peak));
   }
+  return f;
+}
 
-  // ---- all-to-all-v sweep: comm backend (blocking, async on a stream) and plain MPI_Alltoallv ---------------------
+// The all-to-all-v sweep: the comm backend (blocking, and async on a stream) and plain MPI_Alltoallv on the same
+// buffers, interleaved. Appends how it was measured to `notes`.
+StatusOr<AlltoallCurve> MeasureAlltoall(const ProcessContext& ctx, comm::Communicator& comm, const ProbeOptions& opt,
+                                        const Say& say, std::vector<std::string>* notes) {
+  const int n = ctx.world_size;
   AlltoallCurve curve;
   curve.ranks = n;
   curve.backend = opt.backend;
@@ -463,7 +474,7 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
     const int64_t cap = (int64_t{1} << 30) / n;
     if (max_bytes > cap) {
       max_bytes = std::max<int64_t>(opt.min_bytes, cap);
-      info.notes.push_back(absl::StrCat("all-to-all sweep capped at ", max_bytes, " bytes per block (1 GiB buffers)"));
+      notes->push_back(absl::StrCat("all-to-all sweep capped at ", max_bytes, " bytes per block (1 GiB buffers)"));
     }
     std::vector<char> sbuf(static_cast<size_t>(max_bytes) * n), rbuf(static_cast<size_t>(max_bytes) * n);
     for (size_t i = 0; i < sbuf.size(); ++i) sbuf[i] = static_cast<char>((i * 131 + ctx.world_rank) & 0xff);
@@ -477,7 +488,7 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
     // What the async column adds to the blocking one: one task handed to the stream's thread and its completion
     // handed back (an empty task, Enqueue + Synchronize), median over ranks.
     {
-      WAVEEP_RETURN_IF_ERROR(comm->Barrier());
+      WAVEEP_RETURN_IF_ERROR(comm.Barrier());
       const double handoff_s = TimePerCall(
           [&] {
             (void)stream->Enqueue([] { return absl::OkStatus(); });
@@ -487,7 +498,7 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
       WAVEEP_RETURN_IF_ERROR(stream->status());
       WAVEEP_ASSIGN_OR_RETURN(std::vector<double> all, AllgatherVector(ctx, {handoff_s * 1e6}));
       const double handoff_us = Median(all);
-      info.notes.push_back(absl::StrFormat(
+      notes->push_back(absl::StrFormat(
           "async all-to-all = blocking exchange + the stream hand-off (an empty task enqueued and synchronized: "
           "%.2f us, median over ranks)",
           handoff_us));
@@ -519,14 +530,14 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
       // Three methods on the same buffers, interleaved in rotating order over five rounds so that drift and
       // neighbours' noise spread over all of them instead of biasing the one that ran last.
       std::function<Status()> bodies[3] = {
-          [&] { return comm->Alltoallv(args); },
+          [&] { return comm.Alltoallv(args); },
           [&]() -> Status {
             WAVEEP_MPI_RETURN_IF_ERROR(MPI_Alltoallv(sbuf.data(), counts.data(), displs.data(), MPI_BYTE, rbuf.data(),
                                                      counts.data(), displs.data(), MPI_BYTE, mpi_comm));
             return absl::OkStatus();
           },
           [&]() -> Status {
-            WAVEEP_RETURN_IF_ERROR(comm->AlltoallvAsync(args, *stream));
+            WAVEEP_RETURN_IF_ERROR(comm.AlltoallvAsync(args, *stream));
             return stream->Synchronize();
           }};
       double total_s[3] = {0, 0, 0};
@@ -538,7 +549,7 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
       for (int m = 0; m < 3; ++m) {
         if (m == 1 && !mpi_ok) continue;
         const int w = std::max(1, opt.warmup);
-        WAVEEP_ASSIGN_OR_RETURN(double sec, TimeLocal(*comm, w, bodies[m]));
+        WAVEEP_ASSIGN_OR_RETURN(double sec, TimeLocal(comm, w, bodies[m]));
         warm_us[m] = sec * 1e6 / w;
       }
       WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(MPI_IN_PLACE, warm_us, 3, MPI_DOUBLE, MPI_MAX, ctx.world));
@@ -554,7 +565,7 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
           const int m = (round + k) % 3;
           if (m == 1 && !mpi_ok) continue;
           const int n_it = round_iters[m];
-          WAVEEP_ASSIGN_OR_RETURN(double sec, TimeLocal(*comm, n_it, bodies[m]));
+          WAVEEP_ASSIGN_OR_RETURN(double sec, TimeLocal(comm, n_it, bodies[m]));
           total_s[m] += sec;
           done_iters[m] += n_it;
           round_us[m * kRounds + round] = sec * 1e6 / n_it;
@@ -598,89 +609,175 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
                           pt.CompareWithMpi() == AlltoallPoint::VersusMpi::kSlower ? "  SLOWER than MPI" : ""));
     }
   }
+  return curve;
+}
 
-  // ---- the cluster description -----------------------------------------------------------------------------------
+// The cluster the measurements describe. Links: "shm" inside a node (when a node runs several ranks), each node's
+// NIC into one "net" switch (when there are several nodes) with the rate measured for that node, and loopback.
+Cluster DescribeCluster(const ProcessContext& ctx, const RankMap& map, const ModelConfig& model,
+                        const ProbeOptions& opt, const HostFigures& host, ProbeInfo info) {
+  const int n = map.ranks, dpn = map.per_node;
+  Cluster c;
   c.name = absl::StrCat("probed-", ctx.hostname, "-np", n);
   c.description = absl::StrFormat(
       "Measured by `waveep topo probe` with %d ranks (%d per node, %d node(s)); a device is one rank's share of the "
-      "host (FP32 BLAS, %d thread(s)); links are the %s backend between ranks.",
-      n, dpn, ctx.num_nodes, opt.blas_threads, opt.backend);
-  c.sources.push_back(absl::StrCat("measured on ", root ? hostnames : ctx.hostname, " at ", info.date));
-  c.num_nodes = ctx.num_nodes;
+      "host (FP32 BLAS, %d thread(s)); links are the %s backend between ranks%s.",
+      n, dpn, map.nodes, opt.blas_threads, opt.backend,
+      map.nodes > 1 ? "; each node's NIC carries all of its ranks' traffic to other nodes" : "");
+  c.sources.push_back(absl::StrCat("measured on ", info.hostnames, " at ", info.date));
+  c.num_nodes = map.nodes;
   c.devices_per_node = dpn;
   DeviceSpec& d = c.device;
   const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
   d.model = absl::StrFormat("%s (1 of %d ranks on %u cores)", CpuModelName(), dpn, hw);
   d.kind = "cpu";
-  d.compute_tflops["f32"] = peak / 1e12;
+  d.compute_tflops["f32"] = host.peak / 1e12;
   d.gemm_dtype = "f32";
   d.max_gemm_efficiency = 1.0;
-  d.memory_bw_gbps = 2.0 * memcpy_gbps;
+  d.memory_bw_gbps = 2.0 * host.memcpy_gbps;
   d.memory_gib = NodeMemoryGib() / dpn;
   d.cores = static_cast<int>(hw);
-  d.op_overhead_us = op_overhead_us;
-  for (size_t i = 0; i < ms.size(); ++i) {
-    d.gemm_efficiency.rows.push_back(ms[i]);
-    d.gemm_efficiency.efficiency.push_back(std::max(1e-4, gemm_rates[i] / peak));
+  d.op_overhead_us = host.op_overhead_us;
+  for (size_t i = 0; i < host.ms.size(); ++i) {
+    d.gemm_efficiency.rows.push_back(host.ms[i]);
+    d.gemm_efficiency.efficiency.push_back(std::max(1e-4, host.gemm_rates[i] / host.peak));
   }
   const char* conv_keys[] = {"to_bf16", "from_bf16", "to_fp8", "from_fp8"};
   for (int i = 0; i < 4; ++i) {
-    const double v = median_of(2 + i);
-    if (v > 0) d.convert_gbps[conv_keys[i]] = v;
+    if (host.convert_gbps[i] > 0) d.convert_gbps[conv_keys[i]] = host.convert_gbps[i];
   }
   info.notes.push_back(absl::StrFormat(
       "device.compute_tflops.f32 = best per-rank rate of the expert FFN (%s, %d expert(s) per call) with all %d "
       "ranks computing at once; gemm_efficiency = rate(M) / best",
-      model.name, groups, n));
+      model.name, host.groups, n));
   info.notes.push_back(absl::StrFormat(
       "device.memory_bw_gbps = 2 x memcpy rate (read + write), median over ranks copying at once: %.2f GB/s copied",
-      memcpy_gbps));
+      host.memcpy_gbps));
   info.notes.push_back(
-      absl::StrFormat("device.op_overhead_us = cost of one empty stream task: %.2f us", op_overhead_us));
+      absl::StrFormat("device.op_overhead_us = cost of one empty stream task: %.2f us", host.op_overhead_us));
 
-  auto add_link = [&](const char* kind, const char* sw, bool intra) {
-    std::vector<double> uni, bidir, lat;
+  auto pairs_of = [&](const std::string& kind) {
+    std::vector<const PairMeasurement*> v;
     for (const PairMeasurement& m : info.pairs) {
-      if ((m.kind == "shm") != intra) continue;
-      uni.push_back(m.uni_gbps);
-      bidir.push_back(m.bidir_gbps);
-      lat.push_back(m.latency_us);
+      if (m.kind == kind) v.push_back(&m);
     }
-    if (uni.empty()) return;
+    return v;
+  };
+  auto median = [](const std::vector<const PairMeasurement*>& v, double PairMeasurement::*field) {
+    std::vector<double> x;
+    for (const PairMeasurement* m : v) x.push_back(m->*field);
+    return Median(x);
+  };
+  // Full duplex if both directions together move clearly more than one alone.
+  auto duplex = [&](const std::vector<const PairMeasurement*>& v) {
+    return median(v, &PairMeasurement::bidir_gbps) >= 1.5 * median(v, &PairMeasurement::uni_gbps);
+  };
+  const std::vector<const PairMeasurement*> shm = pairs_of("shm"), net = pairs_of("net");
+  double shm_latency_us = 0;
+  if (dpn > 1 && !shm.empty()) {
+    c.switches.push_back(SwitchSpec{"shm", 0, "node", 0});
     LinkSpec l;
-    l.name = kind;
-    l.kind = intra ? LinkKind::kShm : LinkKind::kNet;
+    l.name = "shm";
+    l.kind = LinkKind::kShm;
     l.from = "device";
-    l.to = sw;
-    l.bw_gbps = Median(uni);
-    l.latency_us = Median(lat) / 2;  // a pair's path crosses two such links
-    // Full duplex if both directions together move clearly more than one alone.
-    l.duplex = Median(bidir) >= 1.5 * Median(uni);
+    l.to = "shm";
+    l.bw_gbps = median(shm, &PairMeasurement::uni_gbps);
+    shm_latency_us = median(shm, &PairMeasurement::latency_us) / 2;  // a pair's path crosses two such links
+    l.latency_us = shm_latency_us;
+    l.duplex = duplex(shm);
     c.link_specs.push_back(l);
     info.notes.push_back(absl::StrFormat(
-        "links \"%s\": bw_gbps = median unidirectional pair bandwidth (%d pairs, %d-byte messages); latency_us = "
-        "half the median pair latency (two hops per pair); duplex = bidirectional sum %.2f GB/s >= 1.5 x %.2f",
-        kind, static_cast<int>(uni.size()), static_cast<int>(opt.pair_bytes), Median(bidir), Median(uni)));
-  };
-  if (dpn > 1) {
-    c.switches.push_back(SwitchSpec{"shm", 0, "node", 0});
-    add_link("shm", "shm", true);
+        "links \"shm\": bw_gbps = median unidirectional bandwidth of the %d pairs inside a node (%d-byte messages); "
+        "latency_us = half their median latency (two hops per pair); duplex = bidirectional sum %.3f GB/s >= 1.5 x "
+        "%.3f",
+        static_cast<int>(shm.size()), static_cast<int>(opt.pair_bytes), median(shm, &PairMeasurement::bidir_gbps),
+        l.bw_gbps));
   }
-  if (ctx.num_nodes > 1) {
+  if (map.nodes > 1 && !net.empty()) {
     c.switches.push_back(SwitchSpec{"net", 0, "cluster", 0});
-    add_link("net", "net", false);
+    // A node's NIC rate: the best pair it is part of. A pair moves at the slower of its two NICs, so the best pair
+    // of a node is one whose other end is at least as fast; with only two nodes both get the pair's rate.
+    std::vector<double> nic(map.nodes, 0.0);
+    for (const PairMeasurement* m : net) {
+      for (int node : {map.node_of[m->a], map.node_of[m->b]}) nic[node] = std::max(nic[node], m->uni_gbps);
+    }
+    LinkSpec l;
+    l.name = "nic";
+    l.kind = LinkKind::kNet;
+    // With several ranks per node the NIC hangs off the node's shared memory, so the node's ranks share it.
+    l.from = dpn > 1 && !shm.empty() ? "shm" : "device";
+    l.to = "net";
+    l.bw_gbps = Median(nic);
+    for (int node = 0; node < map.nodes; ++node) l.node_bw_gbps[node] = nic[node];
+    // A pair crosses two NICs (and, with several ranks per node, two shm hops).
+    l.latency_us = std::max(0.0, median(net, &PairMeasurement::latency_us) / 2 - shm_latency_us);
+    l.duplex = duplex(net);
+    c.link_specs.push_back(l);
+    std::vector<std::string> per_node;
+    for (int node = 0; node < map.nodes; ++node) {
+      per_node.push_back(absl::StrFormat("n%d%s%s %.4f", node, map.node_hosts.empty() ? "" : "=",
+                                         map.node_hosts.empty() ? "" : map.node_hosts[node], nic[node]));
+    }
+    info.notes.push_back(absl::StrFormat(
+        "links \"nic\": one per node, node_bw_gbps = the best unidirectional bandwidth of the %d pairs (first ranks "
+        "of two nodes, %d-byte messages) the node is part of, GB/s: %s; a pair moves at its slower NIC, so with 2 "
+        "nodes a slow NIC cannot be told from its peer; latency_us = half the median pair latency%s; duplex = "
+        "bidirectional sum %.3f GB/s >= 1.5 x %.3f",
+        static_cast<int>(net.size()), static_cast<int>(opt.pair_bytes), absl::StrJoin(per_node, ", "),
+        dpn > 1 ? " less the shm hops" : "", median(net, &PairMeasurement::bidir_gbps),
+        median(net, &PairMeasurement::uni_gbps)));
   }
   LinkSpec lb;
   lb.name = "loopback";
   lb.kind = LinkKind::kLoopback;
   lb.duplex = false;
-  lb.bw_gbps = memcpy_gbps;
+  lb.bw_gbps = host.memcpy_gbps;
   lb.latency_us = 0;
   c.loopback = lb;
-  info.hostnames = root ? hostnames : ctx.hostname;
-  info.alltoall = std::move(curve);
   c.probe = std::move(info);
+  return c;
+}
+
+}  // namespace
+
+StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& model, const ProbeOptions& opt) {
+  WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, ValidateOptions(opt)));
+  WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, ValidateModelConfig(model)));
+  const bool root = ctx.world_rank == 0;
+  const Say say = [&](const std::string& line) {
+    if (root && opt.progress) opt.progress(line);
+  };
+  WAVEEP_ASSIGN_OR_RETURN(RankMap map, LocateRanks(ctx));
+
+  // The probe runs BLAS with the thread count the layer will use; the caller's setting comes back on every exit.
+  struct BlasThreadsGuard {
+    int previous;
+    ~BlasThreadsGuard() {
+      if (previous > 0) kernels::SetBlasThreads(previous);
+    }
+  } blas_guard{kernels::SetBlasThreads(opt.blas_threads)};
+  comm::Options copt;
+  copt.timeout = opt.timeout;
+  auto comm_or = comm::CreateCommunicator(opt.backend, ctx, copt);
+  WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, comm_or.status()));
+  std::unique_ptr<comm::Communicator> comm = *std::move(comm_or);
+  say(absl::StrFormat("[topo probe] %d ranks on %d node(s) (%d per node%s%s), backend %s, %d BLAS thread(s) per rank",
+                      map.ranks, map.nodes, map.per_node, root ? ": " : "",
+                      root ? absl::StrJoin(map.node_hosts, ", ") : "", opt.backend, opt.blas_threads));
+
+  ProbeInfo info;
+  info.date = UtcNow();
+  info.backend = opt.backend;
+  info.ranks = map.ranks;
+  info.model = model.name;
+  info.blas_threads = opt.blas_threads;
+  info.hostnames = root ? absl::StrJoin(map.node_hosts, ",") : ctx.hostname;
+  WAVEEP_ASSIGN_OR_RETURN(info.pairs, MeasurePairs(ctx, *comm, map, opt, say));
+  WAVEEP_ASSIGN_OR_RETURN(HostFigures host, MeasureHost(ctx, *comm, model, opt, say));
+  WAVEEP_ASSIGN_OR_RETURN(AlltoallCurve curve, MeasureAlltoall(ctx, *comm, opt, say, &info.notes));
+  info.alltoall = std::move(curve);
   // Every rank has the same numbers except hostnames/date strings; only rank 0's are written by the CLI.
+  Cluster c = DescribeCluster(ctx, map, model, opt, host, std::move(info));
   WAVEEP_RETURN_IF_ERROR(ExpandCluster(&c));
   return c;
 }

@@ -124,6 +124,14 @@ struct LinkSpec {
   double latency_us = 0;        // >= 0
   bool duplex = true;           // false: both directions share bw_gbps (shared memory, loopback memcpy)
   double oversubscription = 1;  // >= 1: the fabric behind the link delivers bw_gbps / oversubscription under load
+  // Per-node bandwidth (node index -> GB/s per direction) replacing bw_gbps on that node's instances: one host with a
+  // slower NIC. Only for links that repeat per node (a "device" endpoint or a node-scoped switch); JSON
+  // "node_bw_gbps": {"2": 0.0625}. The probe writes the NIC rate it measured for every node here.
+  std::map<int, double> node_bw_gbps;
+  double BwOnNode(int node) const {
+    auto it = node_bw_gbps.find(node);
+    return it == node_bw_gbps.end() ? bw_gbps : it->second;
+  }
 };
 
 // One vertex of the expanded graph.

@@ -17,6 +17,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "ep/cli/cli.h"
 #include "nlohmann/json.hpp"
 #include "topology/topology.h"
@@ -268,9 +269,17 @@ Status CheckImpl(const ProcessContext& ctx, int* exit_code) {
   }
   if (rep.worst >= 0) {
     const topology::LinkCheck& w = rep.links[rep.worst];
+    // A probed cluster knows which host each node is: name it, since that is where the slow NIC sits.
+    std::string host;
+    const int worst_node = c.vertices[c.links[w.link].a].node;
+    if (c.probed() && worst_node >= 0) {
+      const std::vector<std::string> hosts = absl::StrSplit(c.probe->hostnames, ',');
+      if (static_cast<int>(hosts.size()) == c.num_nodes && c.num_nodes > 1)
+        host = absl::StrCat(" on host ", hosts[worst_node]);
+    }
     std::printf(
-        "\nverdict: %s — worst link %s (%s) at %.2fx margin%s\n", rep.any_comm_bound ? "COMM-BOUND" : "balanced",
-        w.label.c_str(), std::string(topology::LinkKindName(c.links[w.link].kind)).c_str(), w.margin,
+        "\nverdict: %s — worst link %s (%s%s) at %.2fx margin%s\n", rep.any_comm_bound ? "COMM-BOUND" : "balanced",
+        w.label.c_str(), std::string(topology::LinkKindName(c.links[w.link].kind)).c_str(), host.c_str(), w.margin,
         rep.any_comm_bound ? absl::StrFormat(": %.0f%% of its transfer time cannot hide behind the expert GEMMs",
                                              100 * w.exposed_fraction)
                                  .c_str()

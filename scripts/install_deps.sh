@@ -18,6 +18,7 @@ PACKAGES=(
   libopenblas-dev
   libhwloc-dev
   nlohmann-json3-dev
+  iproute2 util-linux
   python3 python3-numpy python3-matplotlib
 )
 

@@ -57,6 +57,46 @@ TEST(Cluster, EveryPresetLoadsAndIsConnected) {
   }
 }
 
+// One host with a slower NIC: node_bw_gbps replaces the rate of that node's instances only, round-trips, follows
+// --nodes, and is refused where a link has no per-node instances or names a node that does not exist.
+TEST(Cluster, PerNodeBandwidthOverridesOneNodesLinks) {
+  const std::string text = Replace(kGood, R"("bw_gbps": 10, "latency_us": 2})",
+                                   R"("bw_gbps": 10, "latency_us": 2, "node_bw_gbps": {"1": 2.5}})");
+  auto c = ParseCluster(text, "slow.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  int seen = 0;
+  for (const Link& l : c->links) {
+    if (l.name != "nic") continue;
+    ++seen;
+    const int node = c->vertices[l.a].node;
+    EXPECT_EQ(l.bw_gbps, node == 1 ? 2.5 : 10.0) << LinkLabel(*c, l);
+  }
+  EXPECT_EQ(seen, 8);
+  auto back = ParseCluster(ClusterToJson(*c), "roundtrip.json");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->link_specs[1].node_bw_gbps, c->link_specs[1].node_bw_gbps);
+  auto one = WithNodes(*c, 1);
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_TRUE(one->link_specs[1].node_bw_gbps.empty());
+
+  EXPECT_THAT(std::string(ParseError(Replace(text, R"({"1": 2.5})", R"({"2": 2.5})")).message()),
+              HasSubstr("links[1] (\"nic\").node_bw_gbps.2 names node 2 but the cluster has 2 node(s)"));
+  EXPECT_THAT(std::string(ParseError(Replace(text, R"({"1": 2.5})", R"({"1": -1})")).message()),
+              HasSubstr("node_bw_gbps.1 must be > 0 GB/s"));
+  EXPECT_THAT(std::string(ParseError(Replace(text, R"({"1": 2.5})", R"({"x": 1})")).message()),
+              HasSubstr("node_bw_gbps.x"));
+  EXPECT_THAT(std::string(ParseError(Replace(text, R"({"1": 2.5})", R"([1, 2])")).message()),
+              HasSubstr("node_bw_gbps must be an object"));
+  // A switch-to-switch link between cluster-scoped switches has no per-node instances.
+  const std::string cluster_link =
+      Replace(Replace(text, R"({"name": "fabric", "scope": "cluster"})",
+                      R"({"name": "fabric", "scope": "cluster"}, {"name": "spine", "scope": "cluster"})"),
+              R"("from": "device", "to": "fabric", "bw_gbps": 10, "latency_us": 2, "node_bw_gbps": {"1": 2.5}})",
+              R"("from": "device", "to": "fabric", "bw_gbps": 10, "latency_us": 2},
+    {"name": "up", "kind": "net", "from": "fabric", "to": "spine", "bw_gbps": 10, "node_bw_gbps": {"1": 2.5}})");
+  EXPECT_THAT(std::string(ParseError(cluster_link).message()), HasSubstr("has no per-node instances"));
+}
+
 TEST(Cluster, ExpandsTemplatesIntoAGraph) {
   auto c = ParseCluster(kGood, "good.json");
   ASSERT_TRUE(c.ok()) << c.status();

@@ -22,10 +22,10 @@ StatusOr<ProcessContext> InitProcess(int* argc, char*** argv) {
   if (!initialized) {
     // NOTES: Open MPI's TCP transport emulates RDMA put by default, and then every chunk of a large message from A
     // to B waits for a control message from B that queues behind B's own bulk data to A on the same connection: two
-    // ranks exchanging back to back take turns instead of using both directions of the link (measured on a 1 Gbit/s
-    // emulated link, 8 MiB each way: 62 MB/s per direction with put, 118 MB/s without; docs/perf/
-    // cluster-2026-11-29). Plain send/receive keeps both directions busy. Only the TCP transport reads this flag, and
-    // a value the user set (OMPI_MCA_btl_tcp_flags, mpirun --mca btl_tcp_flags ...) is kept.
+    // ranks exchanging back to back take turns instead of using both directions of the link (`topo probe` on a 1
+    // Gbit/s emulated link: both directions together 0.123-0.133 GB/s with put, 0.239 GB/s without; docs/perf/
+    // cluster-2026-11-29 §1). Plain send/receive keeps both directions busy. Only the TCP transport reads this flag,
+    // and a value the user set (OMPI_MCA_btl_tcp_flags, mpirun --mca btl_tcp_flags ...) is kept.
     setenv("OMPI_MCA_btl_tcp_flags", "send", /*overwrite=*/0);
     WAVEEP_MPI_RETURN_IF_ERROR(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
   } else {

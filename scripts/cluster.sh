@@ -32,6 +32,7 @@
 # (unshare, nsenter). Exit codes: 0 ok, 1 failure, 2 bad arguments, 77 this machine cannot host namespaces (tests
 # skip on 77).
 set -euo pipefail
+shopt -s inherit_errexit  # a failing tc inside $(...) must fail the command too
 
 PREFIX="${WAVEEP_CLUSTER_PREFIX:-wvp}"
 HOSTS=2
@@ -97,13 +98,13 @@ parse_shaping_arg() {  # $1 = option, $2 = value; returns 1 if $1 is not a shapi
         usage_error "--loss=$2 must be a percentage in [0, 100)"
       LOSS="$2" ;;
     --node-rate)
-      [[ "$2" =~ ^([0-9]+)=(.+)$ ]] || usage_error "--node-rate=$2 must be I=RATE (host index, e.g. 1=500mbit)"
+      [[ "$2" =~ ^([0-9]{1,3})=(.+)$ ]] || usage_error "--node-rate=$2 must be I=RATE (host index, e.g. 1=500mbit)"
       check_rate "${BASH_REMATCH[2]}" "--node-rate (host ${BASH_REMATCH[1]})"
-      NODE_RATE[${BASH_REMATCH[1]}]="${BASH_REMATCH[2]}" ;;
+      NODE_RATE[$((10#${BASH_REMATCH[1]}))]="${BASH_REMATCH[2]}" ;;
     --node-delay)
-      [[ "$2" =~ ^([0-9]+)=(.+)$ ]] || usage_error "--node-delay=$2 must be I=DELAY (host index, e.g. 1=2ms)"
+      [[ "$2" =~ ^([0-9]{1,3})=(.+)$ ]] || usage_error "--node-delay=$2 must be I=DELAY (host index, e.g. 1=2ms)"
       check_time "${BASH_REMATCH[2]}" "--node-delay (host ${BASH_REMATCH[1]})"
-      NODE_DELAY[${BASH_REMATCH[1]}]="${BASH_REMATCH[2]}" ;;
+      NODE_DELAY[$((10#${BASH_REMATCH[1]}))]="${BASH_REMATCH[2]}" ;;
     *) return 1 ;;
   esac
 }
@@ -160,7 +161,25 @@ shape_host() {
   delay="${NODE_DELAY[$i]:-$DELAY}"
   shape_dev "$h" eth0 "$rate" "$delay" "$JITTER" "$LOSS"
   shape_dev "" "$h" "$rate" "" "" ""
-  echo "$rate"
+}
+
+# Shapes every host and reports "host=rate ..." on stderr.
+shape_all() {
+  local i rates=()
+  for ((i = 0; i < HOSTS; i++)); do
+    shape_host "$i"
+    rates+=("$(host_name "$i")=${NODE_RATE[$i]:-$RATE}")
+  done
+  say "NICs: ${rates[*]}${DELAY:+, delay $DELAY}${JITTER:+ jitter $JITTER}${LOSS:+, loss $LOSS%}"
+}
+
+# Delay, jitter and loss need netem; refuse them by name before touching any link where the kernel lacks it.
+require_netem_if_asked() {
+  if [[ -n "$DELAY$LOSS${NODE_DELAY[*]}" ]] &&
+     ! unshare --net sh -c 'ip link set lo up && tc qdisc add dev lo root netem delay 1ms' 2>/dev/null; then
+    die "--delay/--jitter/--loss/--node-delay need tc's netem qdisc, which this kernel lacks (CONFIG_NET_SCH_NETEM);" \
+      "leave them out to shape the rate only"
+  fi
 }
 
 write_env() {
@@ -169,7 +188,7 @@ write_env() {
     echo "# written by scripts/cluster.sh up; sourced by its other commands"
     printf 'PREFIX=%q\nHOSTS=%q\nSLOTS=%q\nSUBNET=%q\nRATE=%q\nDELAY=%q\nJITTER=%q\nLOSS=%q\n' \
       "$PREFIX" "$HOSTS" "$SLOTS" "$SUBNET" "$RATE" "$DELAY" "$JITTER" "$LOSS"
-    echo "declare -A NODE_RATE=() NODE_DELAY=()"
+    echo "declare -gA NODE_RATE=() NODE_DELAY=()"  # -g: sourced inside a function
     for i in "${!NODE_RATE[@]}"; do printf 'NODE_RATE[%q]=%q\n' "$i" "${NODE_RATE[$i]}"; done
     for i in "${!NODE_DELAY[@]}"; do printf 'NODE_DELAY[%q]=%q\n' "$i" "${NODE_DELAY[$i]}"; done
   } >"$dir/cluster.env"
@@ -221,10 +240,12 @@ cmd_up() {
       shift 2
     fi
     case "$opt" in
-      --hosts) [[ "$val" =~ ^[0-9]+$ ]] && ((val >= 1 && val <= 64)) || usage_error "--hosts=$val must be in [1, 64]"
-        HOSTS="$val" ;;
-      --slots) [[ "$val" =~ ^[0-9]+$ ]] && ((val >= 1 && val <= 256)) || usage_error "--slots=$val must be in [1, 256]"
-        SLOTS="$val" ;;
+      --hosts) [[ "$val" =~ ^[0-9]{1,3}$ ]] && ((10#$val >= 1 && 10#$val <= 64)) ||
+          usage_error "--hosts=$val must be in [1, 64]"
+        HOSTS=$((10#$val)) ;;
+      --slots) [[ "$val" =~ ^[0-9]{1,4}$ ]] && ((10#$val >= 1 && 10#$val <= 256)) ||
+          usage_error "--slots=$val must be in [1, 256]"
+        SLOTS=$((10#$val)) ;;
       --subnet)
         [[ "$val" =~ ^198\.(18|19)\.([0-9]{1,3})$ ]] && ((BASH_REMATCH[2] <= 255)) ||
           usage_error "--subnet=$val must be 198.18.X or 198.19.X (the benchmarking range 198.18.0.0/15)"
@@ -249,11 +270,7 @@ cmd_up() {
       2>/dev/null; then
     unavailable "tc cannot add a tbf qdisc (kernel without CONFIG_NET_SCH_TBF?)"
   fi
-  if [[ -n "$DELAY$LOSS${NODE_DELAY[*]}" ]] &&
-     ! unshare --net sh -c 'ip link set lo up && tc qdisc add dev lo root netem delay 1ms' 2>/dev/null; then
-    die "--delay/--jitter/--loss/--node-delay need tc's netem qdisc, which this kernel lacks (CONFIG_NET_SCH_NETEM);" \
-      "leave them out to shape the rate only"
-  fi
+  require_netem_if_asked
 
   local dir br
   dir=$(state_dir)
@@ -267,7 +284,6 @@ cmd_up() {
   ip link add "$br" type bridge
   ip addr add "$SUBNET.254/24" dev "$br"
   ip link set "$br" up
-  local rates=()
   for ((i = 0; i < HOSTS; i++)); do
     local h addr
     h=$(host_name "$i")
@@ -281,8 +297,8 @@ cmd_up() {
     # Its own hostname: Open MPI keys shared-memory segments and locality by hostname.
     touch "$dir/uts/$h"
     unshare --uts="$dir/uts/$h" hostname "$h"
-    rates+=("$h=$(shape_host "$i")")
   done
+  shape_all
 
   # The hostfile, the rsh agent (host name = namespace name) and the MCA settings that make Open MPI use them.
   : >"$dir/hostfile"
@@ -323,23 +339,30 @@ EOF
   write_env "$dir"
   trap - ERR
   say "up: $HOSTS host(s) ${PREFIX}-h0..$((HOSTS - 1)) on $SUBNET.0/24 (switch $br at $SUBNET.254), $SLOTS slot(s) each"
-  say "NICs: ${rates[*]}${DELAY:+, delay $DELAY}${JITTER:+ jitter $JITTER}${LOSS:+, loss $LOSS%}"
   say "launch: $0 mpirun -np N ...   or   eval \"\$($0 env)\"; mpirun --hostfile \$WAVEEP_CLUSTER_HOSTFILE ..."
 }
 
+# Options given replace those of `up` (or the last `shape`); the others stay. Any --node-rate (--node-delay) replaces
+# all per-host rates (delays).
 cmd_shape() {
   load_state
-  NODE_RATE=() NODE_DELAY=()
+  local reset_rates=1 reset_delays=1
   while [[ $# -gt 0 ]]; do
     local opt="$1" val
     if [[ "$opt" == --*=* ]]; then val="${opt#*=}"; opt="${opt%%=*}"; shift
     else [[ $# -ge 2 ]] || usage_error "$opt needs a value"; val="$2"; shift 2; fi
+    if [[ "$opt" == --node-rate && $reset_rates -eq 1 ]]; then NODE_RATE=(); reset_rates=0; fi
+    if [[ "$opt" == --node-delay && $reset_delays -eq 1 ]]; then NODE_DELAY=(); reset_delays=0; fi
     parse_shaping_arg "$opt" "$val" || usage_error "unknown option '$opt' for shape"
   done
-  local i rates=()
-  for ((i = 0; i < HOSTS; i++)); do rates+=("$(host_name "$i")=$(shape_host "$i")"); done
+  local i
+  for i in "${!NODE_RATE[@]}" "${!NODE_DELAY[@]}"; do
+    ((i < HOSTS)) || usage_error "--node-rate/--node-delay name host $i, but there are $HOSTS hosts (0..$((HOSTS - 1)))"
+  done
+  [[ -z "$JITTER" || -n "$DELAY" ]] || usage_error "--jitter needs --delay"
+  require_netem_if_asked
+  shape_all
   write_env "$(state_dir)"
-  say "shaped: ${rates[*]}${DELAY:+, delay $DELAY}${LOSS:+, loss $LOSS%}"
 }
 
 cmd_status() {

@@ -173,6 +173,15 @@ shape_all() {
   say "NICs: ${rates[*]}${DELAY:+, delay $DELAY}${JITTER:+ jitter $JITTER}${LOSS:+, loss $LOSS%}"
 }
 
+# The shaping options fit together and name existing hosts.
+check_shaping() {
+  local i
+  for i in "${!NODE_RATE[@]}" "${!NODE_DELAY[@]}"; do
+    ((i < HOSTS)) || usage_error "--node-rate/--node-delay name host $i, but there are $HOSTS hosts (0..$((HOSTS - 1)))"
+  done
+  [[ -z "$JITTER" || -n "$DELAY" ]] || usage_error "--jitter needs --delay"
+}
+
 # Delay, jitter and loss need netem; refuse them by name before touching any link where the kernel lacks it.
 require_netem_if_asked() {
   if [[ -n "$DELAY$LOSS${NODE_DELAY[*]}" ]] &&
@@ -255,11 +264,7 @@ cmd_up() {
     esac
   done
   check_prefix
-  local i
-  for i in "${!NODE_RATE[@]}" "${!NODE_DELAY[@]}"; do
-    ((i < HOSTS)) || usage_error "--node-rate/--node-delay name host $i, but there are $HOSTS hosts (0..$((HOSTS - 1)))"
-  done
-  [[ -z "$JITTER" || -n "$DELAY" ]] || usage_error "--jitter needs --delay"
+  check_shaping
   require_root
   # Can this machine make a network namespace at all? (containers without CAP_SYS_ADMIN cannot)
   if ! unshare --net --uts true 2>/dev/null; then
@@ -355,11 +360,7 @@ cmd_shape() {
     if [[ "$opt" == --node-delay && $reset_delays -eq 1 ]]; then NODE_DELAY=(); reset_delays=0; fi
     parse_shaping_arg "$opt" "$val" || usage_error "unknown option '$opt' for shape"
   done
-  local i
-  for i in "${!NODE_RATE[@]}" "${!NODE_DELAY[@]}"; do
-    ((i < HOSTS)) || usage_error "--node-rate/--node-delay name host $i, but there are $HOSTS hosts (0..$((HOSTS - 1)))"
-  done
-  [[ -z "$JITTER" || -n "$DELAY" ]] || usage_error "--jitter needs --delay"
+  check_shaping
   require_netem_if_asked
   shape_all
   write_env "$(state_dir)"

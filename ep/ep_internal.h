@@ -39,6 +39,40 @@ struct WaveOps {
   double tail_flops = 0;
 };
 
+// The operations of one MoE layer step on one device, behind the WaveScheduler: MoeLayer::Forward owns the
+// schedule, the layout, the exchanges and the statistics, and a LayerOps owns the weights, the buffers and the math.
+// ep/cpu_layer_ops.cc runs them as host tasks (BLAS), ep/cuda_layer_ops.cc as kernels on CUDA streams. Every Wave/
+// Step call enqueues on the stream it is given and returns at once (WaveOps rules). Buffers the exchanges use
+// (send, recv[2], ret_send[2], ret_recv) are in the ops' memory (host or device) and valid after Prepare.
+//
+// Row formats shared by both (so any mix of ranks exchanges the same bytes): a dispatch row is the token in BF16
+// (2H bytes), or FP8 e4m3 [H] followed by its H / block FP32 scales; a combine row is the expert output in BF16.
+class LayerOps {
+ public:
+  virtual ~LayerOps() = default;
+  // Takes this rank's local expert weights in FP32 ([L][2I, H], [L][H, I]; gate rows then up rows) and the shared
+  // expert's ([2 nS I, H], [H, nS I]; empty when not used). Called once, before any step.
+  virtual Status LoadWeights(std::vector<float> w13, std::vector<float> w2, std::vector<float> shared_w13,
+                             std::vector<float> shared_w2) = 0;
+  // Sizes this step's buffers and stages its inputs on `stream` (the comm stream: everything on the compute stream
+  // waits for dispatch(0), so it sees them). `batch`, `lay` and `out` stay valid until the step's streams drained.
+  virtual Status Prepare(const TokenBatch& batch, const DispatchLayout& lay, float* out, Stream& stream) = 0;
+  virtual void* send() = 0;
+  virtual void* recv(int j) = 0;
+  virtual void* ret_send(int j) = 0;
+  virtual void* ret_recv() = 0;
+  virtual Status Pack(int w, Stream& stream) = 0;    // send rows of wave w (encodes the tokens at w = 0)
+  virtual Status Gemm(int w, Stream& stream) = 0;    // recv(w % 2) -> wave w's expert outputs
+  virtual Status Unpack(int w, Stream& stream) = 0;  // wave w's outputs -> ret_send(w % 2), BF16, recv row order
+  virtual Status Shared(Stream& stream) = 0;         // the shared expert on this rank's tokens
+  virtual Status Finish(Stream& stream) = 0;         // out = combine-reduce(ret_recv) (+ shared), in host memory
+};
+// `dispatch_row_bytes` as MoeLayer::dispatch_row_bytes(); `shared` = run the shared expert.
+std::unique_ptr<LayerOps> NewCpuLayerOps(const ModelConfig& model, DType dispatch_dtype, bool shared);
+// InvalidArgument/Unavailable when `device` is not a usable CUDA device or the build has no CUDA.
+StatusOr<std::unique_ptr<LayerOps>> NewCudaLayerOps(const ModelConfig& model, DType dispatch_dtype, bool shared,
+                                                    Device device);
+
 // The wave schedule of DESIGN.md §3 on a comm and a compute stream:
 //
 //   comm:    pack(0) dispatch(0) pack(1) dispatch(1) combine(0) pack(2) dispatch(2) combine(1) ... combine(W-1)

@@ -1,7 +1,8 @@
 // Copyright 2026 The waveep Authors.
 //
-// Device-side BF16 <-> FP32 conversion. Bit-identical to the CPU reference in convert.cc (tests compare all 65536
-// BF16 patterns and the rounding ties), which is why it does its own bit manipulation instead of calling
+// Device-side BF16 <-> FP32 conversion, FP32 accumulate and the copy helpers the layer uses. Bit-identical to the CPU
+// reference in convert.cc (tests compare all 65536 BF16 patterns and the rounding ties), which is why it does its own
+// bit manipulation instead of calling
 // __float2bfloat16_rn: that intrinsic canonicalises NaN payloads, the CPU path keeps them.
 #include <cuda_runtime.h>
 
@@ -31,6 +32,13 @@ __global__ void Bf16ToF32Kernel(const uint16_t* __restrict__ in, float* __restri
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     out[i] = Bf16Bits(in[i]);
+  }
+}
+
+__global__ void AddF32Kernel(const float* __restrict__ x, float* __restrict__ y, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    y[i] = __fadd_rn(y[i], x[i]);
   }
 }
 
@@ -65,6 +73,41 @@ Status CudaConvertF32ToBf16(const float* in_dev, uint16_t* out_dev, int64_t n, S
 Status CudaConvertBf16ToF32(const uint16_t* in_dev, float* out_dev, int64_t n, Stream& stream) {
   WAVEEP_RETURN_IF_ERROR(CheckLaunch(in_dev, out_dev, n, stream, "CudaConvertBf16ToF32"));
   return Launch(Bf16ToF32Kernel, in_dev, out_dev, n, stream);
+}
+
+Status CudaAddF32(const float* x_dev, float* y_dev, int64_t n, Stream& stream) {
+  WAVEEP_RETURN_IF_ERROR(CheckLaunch(x_dev, y_dev, n, stream, "CudaAddF32"));
+  if (n == 0) return absl::OkStatus();
+  DeviceGuard guard;
+  WAVEEP_RETURN_IF_ERROR(guard.Enter(stream.device().ordinal));
+  AddF32Kernel<<<GridFor(n, kThreads), kThreads, 0, Native(stream)>>>(x_dev, y_dev, n);
+  WAVEEP_CUDA_RETURN_IF_LAUNCH_FAILED();
+  return absl::OkStatus();
+}
+
+Status CudaCopyAsync(void* dst, const void* src, int64_t bytes, Stream& stream) {
+  WAVEEP_RETURN_IF_ERROR(CheckLaunch(src, dst, bytes, stream, "CudaCopyAsync"));
+  if (bytes == 0) return absl::OkStatus();
+  DeviceGuard guard;
+  WAVEEP_RETURN_IF_ERROR(guard.Enter(stream.device().ordinal));
+  WAVEEP_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes), cudaMemcpyDefault, Native(stream)));
+  return absl::OkStatus();
+}
+
+Status CudaCopyRowsAsync(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t row_bytes,
+                         int64_t rows, Stream& stream) {
+  WAVEEP_RETURN_IF_ERROR(CheckLaunch(src, dst, rows * row_bytes, stream, "CudaCopyRowsAsync"));
+  if (row_bytes < 0 || src_pitch < row_bytes || dst_pitch < row_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("CudaCopyRowsAsync: pitches (src ", src_pitch, ", dst ", dst_pitch,
+                                                   ") must be >= row_bytes (", row_bytes, ")"));
+  }
+  if (rows == 0 || row_bytes == 0) return absl::OkStatus();
+  DeviceGuard guard;
+  WAVEEP_RETURN_IF_ERROR(guard.Enter(stream.device().ordinal));
+  WAVEEP_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(dst, static_cast<size_t>(dst_pitch), src,
+                                                static_cast<size_t>(src_pitch), static_cast<size_t>(row_bytes),
+                                                static_cast<size_t>(rows), cudaMemcpyDefault, Native(stream)));
+  return absl::OkStatus();
 }
 
 }  // namespace waveep::kernels

@@ -23,6 +23,19 @@ Status CudaConvertBf16ToF32(const uint16_t* /*in_dev*/, float* /*out_dev*/, int6
   return NoCuda("CudaConvertBf16ToF32");
 }
 
+Status CudaAddF32(const float* /*x_dev*/, float* /*y_dev*/, int64_t /*n*/, Stream& /*stream*/) {
+  return NoCuda("CudaAddF32");
+}
+
+Status CudaCopyAsync(void* /*dst*/, const void* /*src*/, int64_t /*bytes*/, Stream& /*stream*/) {
+  return NoCuda("CudaCopyAsync");
+}
+
+Status CudaCopyRowsAsync(const void* /*src*/, int64_t /*src_pitch*/, void* /*dst*/, int64_t /*dst_pitch*/,
+                         int64_t /*row_bytes*/, int64_t /*rows*/, Stream& /*stream*/) {
+  return NoCuda("CudaCopyRowsAsync");
+}
+
 Status CudaTopkGating(const float* /*logits_dev*/, const float* /*bias_dev*/, int64_t /*num_tokens*/,
                       const GateParams& /*p*/, int32_t* /*topk_idx_dev*/, float* /*topk_weights_dev*/,
                       Stream& /*stream*/) {

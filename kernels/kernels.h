@@ -117,6 +117,15 @@ bool CudaKernelsCompiledIn();
 // Device-side BF16 <-> FP32 conversion of n elements on `stream` (a CUDA stream). Unavailable without CUDA.
 Status CudaConvertF32ToBf16(const float* in_dev, uint16_t* out_dev, int64_t n, Stream& stream);
 Status CudaConvertBf16ToF32(const uint16_t* in_dev, float* out_dev, int64_t n, Stream& stream);
+// y[i] += x[i] for n FP32 elements on the device (one rounding per element, as the CPU's `y += x`: bitwise).
+Status CudaAddF32(const float* x_dev, float* y_dev, int64_t n, Stream& stream);
+// Asynchronous copy of `bytes` on `stream` between any mix of device, pinned and pageable host memory (UVA;
+// pageable host memory makes the copy synchronous with the host, as cudaMemcpyAsync does).
+Status CudaCopyAsync(void* dst, const void* src, int64_t bytes, Stream& stream);
+// Strided copy of `rows` rows of `row_bytes` each: dst + r * dst_pitch <- src + r * src_pitch (cudaMemcpy2DAsync;
+// e.g. interleaving FP8 payloads and their scales into dispatch rows). Pitches must be >= row_bytes.
+Status CudaCopyRowsAsync(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t row_bytes,
+                         int64_t rows, Stream& stream);
 
 // ==== CUDA kernels: device versions of the functions above ========================================================
 // Conventions for every function in this section:

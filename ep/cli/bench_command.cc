@@ -22,8 +22,8 @@ ABSL_FLAG(std::string, csv, "", "Write the table as CSV to this file");
 namespace waveep::cli {
 
 std::vector<std::string> BenchFlagNames() {
-  return {"models", "waves_list", "tokens_list", "steps",   "warmup",    "dtype",        "routing",        "seed",
-          "csv",    "json",       "cluster",     "backend", "timeout_s", "blas_threads", "shared_experts", "quiet"};
+  return {"models", "waves_list", "tokens_list", "steps",  "warmup",    "dtype",        "routing",        "seed", "csv",
+          "json",   "cluster",    "backend",     "device", "timeout_s", "blas_threads", "shared_experts", "quiet"};
 }
 
 namespace {
@@ -74,6 +74,7 @@ Status BenchImpl(const ProcessContext& ctx) {
     WAVEEP_ASSIGN_OR_RETURN(cfg.dispatch_dtype, ParseDType(absl::GetFlag(FLAGS_dtype)));
     cfg.shared_experts = absl::GetFlag(FLAGS_shared_experts);
     cfg.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
+    WAVEEP_ASSIGN_OR_RETURN(cfg.device, DeviceFromFlag(ctx));
     std::vector<int> model_waves;
     for (int64_t w : waves) {
       cfg.num_waves = static_cast<int>(w);

@@ -47,7 +47,10 @@ void ReportError(const ProcessContext& ctx, absl::string_view cmd, const Status&
 
 // Returns the layer configuration the flags describe (model loaded, dtype parsed, waves, device), validated for
 // `num_ranks`.
-StatusOr<ep::LayerConfig> LayerConfigFromFlags(int num_ranks);
+StatusOr<ep::LayerConfig> LayerConfigFromFlags(const ProcessContext& ctx);
+// --device: cpu; cuda (the GPU of this rank's local rank, modulo the visible GPUs); cuda:N (that GPU, checked when the
+// layer is created). InvalidArgument for anything else.
+StatusOr<Device> DeviceFromFlag(const ProcessContext& ctx);
 
 // BLAS threads per rank from --blas_threads (0 = auto: cores per rank minus one for the comm thread, at least 1).
 int ChooseBlasThreads(const ProcessContext& ctx);

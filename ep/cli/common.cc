@@ -8,6 +8,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/reflection.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "ep/cli/cli.h"
 
@@ -33,20 +34,36 @@ void ReportError(const ProcessContext& ctx, absl::string_view cmd, const Status&
   std::fflush(stderr);
 }
 
-StatusOr<ep::LayerConfig> LayerConfigFromFlags(int num_ranks) {
+StatusOr<Device> DeviceFromFlag(const ProcessContext& ctx) {
+  const std::string dev = absl::GetFlag(FLAGS_device);
+  if (dev == "cpu") return Device::Cpu();
+  if (dev == "cuda") {
+    // One GPU per rank of a node, by local rank (what OMPI_COMM_WORLD_LOCAL_RANK / SLURM_LOCALID give); more ranks
+    // than GPUs share them round-robin (run them under MPS).
+    const int n = CudaDeviceCount();
+    return Device::Cuda(n > 0 ? ctx.local_rank % n : 0);
+  }
+  if (dev.rfind("cuda:", 0) == 0) {
+    const std::string ord = dev.substr(5);
+    int n = -1;
+    if (ord.empty() || ord.size() > 4 ||
+        !std::all_of(ord.begin(), ord.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+        !absl::SimpleAtoi(ord, &n)) {
+      return absl::InvalidArgumentError(absl::StrCat("--device=", dev, ": expected cuda:N with N a device ordinal"));
+    }
+    return Device::Cuda(n);
+  }
+  return absl::InvalidArgumentError(absl::StrCat("--device=", dev, " is not cpu, cuda or cuda:N"));
+}
+
+StatusOr<ep::LayerConfig> LayerConfigFromFlags(const ProcessContext& ctx) {
+  const int num_ranks = ctx.world_size;
   ep::LayerConfig cfg;
   WAVEEP_ASSIGN_OR_RETURN(cfg.model, LoadModelConfig(absl::GetFlag(FLAGS_model)));
   WAVEEP_ASSIGN_OR_RETURN(cfg.dispatch_dtype, ParseDType(absl::GetFlag(FLAGS_dtype)));
   cfg.num_waves = absl::GetFlag(FLAGS_waves);
   cfg.shared_experts = absl::GetFlag(FLAGS_shared_experts);
-  const std::string dev = absl::GetFlag(FLAGS_device);
-  if (dev == "cpu") {
-    cfg.device = Device::Cpu();
-  } else if (dev == "cuda" || dev.rfind("cuda:", 0) == 0) {
-    cfg.device = Device::Cuda(0);
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat("--device=", dev, " is not cpu or cuda"));
-  }
+  WAVEEP_ASSIGN_OR_RETURN(cfg.device, DeviceFromFlag(ctx));
   if (absl::GetFlag(FLAGS_tokens_per_rank) < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--tokens_per_rank must be >= 0, got ", absl::GetFlag(FLAGS_tokens_per_rank)));

@@ -26,7 +26,10 @@ ABSL_FLAG(double, timeout_s, 60,
           "Timeout in seconds for every blocking wait; on expiry the error names rank, wave "
           "and peer");
 ABSL_FLAG(std::string, trace, "", "Write a Chrome trace JSON of the last step (open in Perfetto / chrome://tracing)");
-ABSL_FLAG(std::string, device, "cpu", "Compute device: cpu (cuda lands with the GPU backend)");
+ABSL_FLAG(
+    std::string, device, "cpu",
+    "Compute device: cpu; cuda (each rank takes the GPU of its local rank, shared round-robin when ranks outnumber "
+    "GPUs: use MPS); or cuda:N");
 ABSL_FLAG(int, blas_threads, 0, "BLAS threads per rank; 0 = cores per rank minus one for the comm thread (min 1)");
 ABSL_FLAG(bool, shared_experts, true, "Include the model's shared expert(s), computed locally on each rank");
 ABSL_FLAG(std::string, cluster, "",

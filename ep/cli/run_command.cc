@@ -34,7 +34,8 @@ struct Sources {
 };
 
 // The layer config from the flags; with --checkpoint the model is its config.json when there is one.
-StatusOr<ep::LayerConfig> ConfigFromFlags(int num_ranks) {
+StatusOr<ep::LayerConfig> ConfigFromFlags(const ProcessContext& ctx) {
+  const int num_ranks = ctx.world_size;
   const std::string dir = absl::GetFlag(FLAGS_checkpoint);
   bool from_checkpoint = false;
   if (!dir.empty()) {
@@ -51,7 +52,7 @@ StatusOr<ep::LayerConfig> ConfigFromFlags(int num_ranks) {
   if (absl::GetFlag(FLAGS_layer) < -1)
     return absl::InvalidArgumentError(absl::StrCat("--layer must be >= 0 (or -1), got ", absl::GetFlag(FLAGS_layer)));
   if (absl::GetFlag(FLAGS_layer) >= 0 && dir.empty()) return absl::InvalidArgumentError("--layer needs --checkpoint");
-  WAVEEP_ASSIGN_OR_RETURN(ep::LayerConfig cfg, LayerConfigFromFlags(num_ranks));
+  WAVEEP_ASSIGN_OR_RETURN(ep::LayerConfig cfg, LayerConfigFromFlags(ctx));
   if (from_checkpoint) {
     WAVEEP_ASSIGN_OR_RETURN(cfg.model, ep::LoadCheckpointConfig(dir));  // same shape, the directory's name
     WAVEEP_RETURN_IF_ERROR(ep::ValidateLayerConfig(cfg, num_ranks));
@@ -161,7 +162,7 @@ StatusOr<VerifySummary> VerifyAllRanks(const ProcessContext& ctx, const ep::Laye
 
 Status RunImpl(const ProcessContext& ctx, int* exit_code) {
   // Everything that can be wrong with the flags is found before any communication, identically on every rank.
-  auto cfg_or = ConfigFromFlags(ctx.world_size);
+  auto cfg_or = ConfigFromFlags(ctx);
   WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, cfg_or.status()));
   ep::LayerConfig cfg = *std::move(cfg_or);
   WAVEEP_RETURN_IF_ERROR(CheckSameOnAllRanks(ctx, "the command line (flags) or model config",

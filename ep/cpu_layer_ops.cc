@@ -1,0 +1,224 @@
+// Copyright 2026 The waveep Authors.
+//
+// The MoE layer's operations on the CPU: host tasks on the scheduler's worker-thread streams, FP32 BLAS GEMMs.
+#include <algorithm>
+#include <cstring>
+
+#include "ep/ep_internal.h"
+
+namespace waveep::ep::internal {
+namespace {
+
+// Rows per shared-expert GEMM block (see NOTES in Shared).
+constexpr int64_t kSharedBlockRows = 64;
+
+// Grows `b` to at least `bytes` (contents not preserved). Buffers are reused across steps.
+Status Ensure(Buffer& b, size_t bytes) {
+  if (b.bytes() >= bytes && b.data() != nullptr) return absl::OkStatus();
+  WAVEEP_ASSIGN_OR_RETURN(b, Buffer::Allocate(Device::Cpu(), MemoryKind::kHost, std::max<size_t>(bytes, 64)));
+  return absl::OkStatus();
+}
+
+class CpuLayerOps final : public LayerOps {
+ public:
+  CpuLayerOps(const ModelConfig& m, DType dtype, bool shared)
+      : m_(m),
+        fp8_(dtype == DType::kFP8E4M3),
+        shared_(shared),
+        h_(m.hidden_size),
+        inter_(m.moe_intermediate_size),
+        si_(m.moe_intermediate_size * m.num_shared_experts),
+        drow_(fp8_ ? h_ + 4 * (h_ / m.fp8_block_size) : 2 * h_),
+        crow_(2 * h_) {}
+
+  Status LoadWeights(std::vector<float> w13, std::vector<float> w2, std::vector<float> shared_w13,
+                     std::vector<float> shared_w2) override {
+    w13_ = std::move(w13);
+    w2_ = std::move(w2);
+    shared_w13_ = std::move(shared_w13);
+    shared_w2_ = std::move(shared_w2);
+    return absl::OkStatus();
+  }
+
+  Status Prepare(const TokenBatch& batch, const DispatchLayout& lay, float* out, Stream& /*stream*/) override {
+    batch_ = &batch;
+    lay_ = &lay;
+    out_ = out;
+    const int64_t pairs = lay.perm.num_rows();
+    int64_t max_wave = 0;
+    for (int64_t n : lay.wave_recv_total) max_wave = std::max(max_wave, n);
+    WAVEEP_RETURN_IF_ERROR(Ensure(tokens_, batch.num_tokens * drow_));
+    WAVEEP_RETURN_IF_ERROR(Ensure(send_, pairs * drow_));
+    WAVEEP_RETURN_IF_ERROR(Ensure(ret_recv_, pairs * crow_));
+    for (int j = 0; j < 2; ++j) {
+      WAVEEP_RETURN_IF_ERROR(Ensure(recv_[j], max_wave * drow_));
+      WAVEEP_RETURN_IF_ERROR(Ensure(ret_send_[j], max_wave * crow_));
+    }
+    WAVEEP_RETURN_IF_ERROR(Ensure(a_, max_wave * h_ * 4));
+    WAVEEP_RETURN_IF_ERROR(Ensure(gate_up_, max_wave * 2 * inter_ * 4));
+    WAVEEP_RETURN_IF_ERROR(Ensure(act_, max_wave * inter_ * 4));
+    WAVEEP_RETURN_IF_ERROR(Ensure(y_, max_wave * h_ * 4));
+    if (shared_) {
+      WAVEEP_RETURN_IF_ERROR(Ensure(s_in_, kSharedBlockRows * h_ * 4));
+      WAVEEP_RETURN_IF_ERROR(Ensure(s_gate_up_, kSharedBlockRows * 2 * si_ * 4));
+      WAVEEP_RETURN_IF_ERROR(Ensure(s_act_, kSharedBlockRows * si_ * 4));
+      WAVEEP_RETURN_IF_ERROR(Ensure(s_blk_, kSharedBlockRows * h_ * 4));
+      WAVEEP_RETURN_IF_ERROR(Ensure(s_out_, batch.num_tokens * h_ * 4));
+    }
+    return absl::OkStatus();
+  }
+
+  void* send() override { return send_.data(); }
+  void* recv(int j) override { return recv_[j].data(); }
+  void* ret_send(int j) override { return ret_send_[j].data(); }
+  void* ret_recv() override { return ret_recv_.data(); }
+
+  Status Pack(int w, Stream& s) override {
+    return s.Enqueue([this, w] { return PackNow(w); });
+  }
+  Status Gemm(int w, Stream& s) override {
+    return s.Enqueue([this, w] { return GemmNow(w); });
+  }
+  Status Unpack(int w, Stream& s) override {
+    return s.Enqueue([this, w] { return UnpackNow(w); });
+  }
+  Status Shared(Stream& s) override {
+    return s.Enqueue([this] { return SharedNow(); });
+  }
+  Status Finish(Stream& s) override {
+    return s.Enqueue([this] { return FinishNow(); });
+  }
+
+ private:
+  // Each token is encoded to the transit dtype once per step (at the start of pack(0)) and then copied to its K rows.
+  Status EncodeTokens() {
+    const TokenBatch& b = *batch_;
+    uint8_t* tok = tokens_.as<uint8_t>();
+    if (!fp8_) {
+      kernels::ConvertF32ToBf16(b.x.data(), reinterpret_cast<uint16_t*>(tok), b.num_tokens * h_);
+      return absl::OkStatus();
+    }
+    const int block = m_.fp8_block_size;
+    std::vector<float> scales(h_ / block);
+    for (int64_t t = 0; t < b.num_tokens; ++t) {
+      uint8_t* dst = tok + t * drow_;
+      WAVEEP_RETURN_IF_ERROR(kernels::QuantizeFp8Blockwise(b.x.data() + t * h_, 1, h_, block, dst, scales.data()));
+      std::memcpy(dst + h_, scales.data(), scales.size() * sizeof(float));
+    }
+    return absl::OkStatus();
+  }
+
+  // pack(w): my rows for every peer's wave w, in perm order.
+  Status PackNow(int w) {
+    if (w == 0) WAVEEP_RETURN_IF_ERROR(EncodeTokens());
+    const DispatchLayout& lay = *lay_;
+    const int r_count = lay.num_ranks;
+    const int k = batch_->top_k;
+    const uint8_t* tok = tokens_.as<uint8_t>();
+    uint8_t* send = send_.as<uint8_t>();
+    for (int p = 0; p < r_count; ++p) {
+      const int64_t b = lay.send_row_begin[w * r_count + p], n = lay.send_rows[w * r_count + p];
+      for (int64_t r = b; r < b + n; ++r)
+        std::memcpy(send + r * drow_, tok + (lay.perm.pair_of_row[r] / k) * drow_, static_cast<size_t>(drow_));
+    }
+    return absl::OkStatus();
+  }
+
+  // gemm(w): gather wave w's rows into expert-major FP32, then gate/up GEMM, SwiGLU, down GEMM per expert.
+  Status GemmNow(int w) {
+    const DispatchLayout& lay = *lay_;
+    const std::vector<int64_t>& rows = lay.a_rows[w];
+    const int64_t mrows = static_cast<int64_t>(rows.size());
+    const int block = m_.fp8_block_size;
+    float* a = a_.as<float>();
+    const uint8_t* recv = recv_[w % 2].as<uint8_t>();
+    for (int64_t i = 0; i < mrows; ++i) {
+      const uint8_t* src = recv + rows[i] * drow_;
+      if (fp8_) {
+        WAVEEP_RETURN_IF_ERROR(
+            kernels::DequantizeFp8Blockwise(src, reinterpret_cast<const float*>(src + h_), 1, h_, block, a + i * h_));
+      } else {
+        kernels::ConvertBf16ToF32(reinterpret_cast<const uint16_t*>(src), a + i * h_, h_);
+      }
+    }
+    const int w_count = lay.num_waves;
+    const int eb = lay.wave_begin[lay.rank * (w_count + 1) + w], ee = lay.wave_begin[lay.rank * (w_count + 1) + w + 1];
+    std::vector<const float*> b13, b2;
+    for (int e = eb; e < ee; ++e) {
+      b13.push_back(w13_.data() + static_cast<size_t>(e) * 2 * inter_ * h_);
+      b2.push_back(w2_.data() + static_cast<size_t>(e) * h_ * inter_);
+    }
+    const int64_t* off = lay.a_expert_offsets[w].data();
+    WAVEEP_RETURN_IF_ERROR(kernels::GroupedGemmNT(a, off, ee - eb, h_, b13.data(), 2 * inter_, gate_up_.as<float>()));
+    kernels::SwiGLU(gate_up_.as<float>(), mrows, inter_, act_.as<float>());
+    return kernels::GroupedGemmNT(act_.as<float>(), off, ee - eb, inter_, b2.data(), h_, y_.as<float>());
+  }
+
+  // unpack(w): results back into the recv layout (source-major blocks in each source's order), as BF16.
+  Status UnpackNow(int w) {
+    const std::vector<int64_t>& rows = lay_->a_rows[w];
+    uint8_t* dst = ret_send_[w % 2].as<uint8_t>();
+    const float* y = y_.as<float>();
+    for (size_t i = 0; i < rows.size(); ++i)
+      kernels::ConvertF32ToBf16(y + i * h_, reinterpret_cast<uint16_t*>(dst + rows[i] * crow_), h_);
+    return absl::OkStatus();
+  }
+
+  // NOTES: BLAS row results depend on M and on the row's position in the GEMM (kernel choice, tile lanes), and the
+  // shared expert's rows are this rank's tokens, which change with np. So the shared expert runs on blocks of
+  // kSharedBlockRows rows aligned to *global* token ids (block b = tokens [b*B, (b+1)*B), absent rows zero): every
+  // token sits at the same position of a same-size GEMM for any np, and its result is bitwise identical.
+  Status SharedNow() {
+    const TokenBatch& batch = *batch_;
+    const int64_t blk = kSharedBlockRows;
+    const int64_t off[2] = {0, blk};
+    const float* b13 = shared_w13_.data();
+    const float* b2 = shared_w2_.data();
+    float* xin = s_in_.as<float>();
+    const int64_t first = batch.first_token, last = batch.first_token + batch.num_tokens;
+    if (batch.num_tokens == 0) return absl::OkStatus();
+    for (int64_t bs = first / blk * blk; bs < last; bs += blk) {
+      const int64_t lo = std::max(bs, first), hi = std::min(bs + blk, last);  // my tokens in this block
+      std::memset(xin, 0, static_cast<size_t>(blk * h_) * sizeof(float));
+      std::memcpy(xin + (lo - bs) * h_, batch.x.data() + (lo - first) * h_, static_cast<size_t>((hi - lo) * h_) * 4);
+      WAVEEP_RETURN_IF_ERROR(kernels::GroupedGemmNT(xin, off, 1, h_, &b13, 2 * si_, s_gate_up_.as<float>()));
+      kernels::SwiGLU(s_gate_up_.as<float>(), blk, si_, s_act_.as<float>());
+      WAVEEP_RETURN_IF_ERROR(kernels::GroupedGemmNT(s_act_.as<float>(), off, 1, si_, &b2, h_, s_blk_.as<float>()));
+      std::memcpy(s_out_.as<float>() + (lo - first) * h_, s_blk_.as<float>() + (lo - bs) * h_,
+                  static_cast<size_t>((hi - lo) * h_) * 4);
+    }
+    return absl::OkStatus();
+  }
+
+  Status FinishNow() {
+    const TokenBatch& batch = *batch_;
+    kernels::CombineReduceBf16(ret_recv_.as<uint16_t>(), lay_->perm.row_of_pair.data(), batch.topk_weights.data(),
+                               batch.num_tokens, batch.top_k, h_, out_);
+    if (shared_) {
+      const float* s = s_out_.as<float>();
+      for (int64_t i = 0; i < batch.num_tokens * h_; ++i) out_[i] += s[i];
+    }
+    return absl::OkStatus();
+  }
+
+  const ModelConfig m_;
+  const bool fp8_, shared_;
+  const int64_t h_, inter_, si_, drow_, crow_;
+  std::vector<float> w13_, w2_, shared_w13_, shared_w2_;
+  // The step in flight (set by Prepare).
+  const TokenBatch* batch_ = nullptr;
+  const DispatchLayout* lay_ = nullptr;
+  float* out_ = nullptr;
+  // Transit buffers: local tokens encoded once, send rows (perm order), double-buffered receive / return, returned
+  // rows (perm order); FP32 scratch for one wave and for the shared expert.
+  Buffer tokens_, send_, recv_[2], ret_send_[2], ret_recv_;
+  Buffer a_, gate_up_, act_, y_, s_in_, s_gate_up_, s_act_, s_blk_, s_out_;
+};
+
+}  // namespace
+
+std::unique_ptr<LayerOps> NewCpuLayerOps(const ModelConfig& model, DType dispatch_dtype, bool shared) {
+  return std::make_unique<CpuLayerOps>(model, dispatch_dtype, shared);
+}
+
+}  // namespace waveep::ep::internal

@@ -1,0 +1,274 @@
+// Copyright 2026 The waveep Authors.
+//
+// The MoE layer's operations on a CUDA device: kernels and copies on the scheduler's CUDA streams (kernels/ owns
+// every CUDA call; this file has no CUDA headers and builds everywhere, returning Unavailable without CUDA).
+//
+// Per wave, on the compute stream: gather the wave's rows expert-major (BF16; FP8 rows are split into payload and
+// scales, dequantized to FP32 and rounded to BF16), gate/up grouped GEMM (BF16 x BF16 -> FP32), SwiGLU (FP32),
+// round to BF16, down grouped GEMM (-> FP32), round to BF16 and scatter into the return rows. The shared expert is
+// one GEMM pair over all local tokens; the combine-reduce is the bitwise slot-order kernel.
+//
+// NOTES: numerics. Against the CPU layer (FP32 activations between the GEMMs, FP32 BLAS): the weights and the BF16
+// dispatch rows are exact in BF16 on both; the device rounds the SwiGLU output to BF16 before the down GEMM (and FP8
+// rows to BF16 after dequantization), relative error <= 2^-9 per element, and accumulates in another order (~1e-6).
+// The dense reference check (ep.h, VerifyAgainstReference) allows 2^-8 of the normalized error, whose main term is
+// already the BF16 combine rows (2^-9): the added roundings are independent and enter the norm as sqrt-sums, so the
+// same tolerance holds (measured: docs/perf/<date>-<gpu>/). Bitwise invariance over W: every expert's rows are the
+// same rows in the same order for any W, and the GEMM backend is pinned to one cuBLASLt call per expert, whose
+// algorithm depends only on (M, N, K) — not on which wave the expert is in.
+#include <algorithm>
+#include <vector>
+
+#include "ep/ep_internal.h"
+
+namespace waveep::ep::internal {
+namespace {
+
+// One backend for every shape, so a wave's size never changes which code computes a row (see NOTES).
+constexpr kernels::GemmBackend kLayerGemm = kernels::GemmBackend::kCublasLt;
+
+class CudaLayerOps final : public LayerOps {
+ public:
+  CudaLayerOps(const ModelConfig& m, DType dtype, bool shared, Device device)
+      : m_(m),
+        device_(device),
+        fp8_(dtype == DType::kFP8E4M3),
+        shared_(shared),
+        h_(m.hidden_size),
+        inter_(m.moe_intermediate_size),
+        si_(m.moe_intermediate_size * m.num_shared_experts),
+        block_(m.fp8_block_size),
+        drow_(fp8_ ? h_ + 4 * (h_ / m.fp8_block_size) : 2 * h_),
+        crow_(2 * h_) {}
+
+  Status LoadWeights(std::vector<float> w13, std::vector<float> w2, std::vector<float> shared_w13,
+                     std::vector<float> shared_w2) override {
+    const int64_t l = static_cast<int64_t>(w13.size()) / (2 * inter_ * h_);
+    WAVEEP_ASSIGN_OR_RETURN(w13_, Upload(w13));
+    WAVEEP_ASSIGN_OR_RETURN(w2_, Upload(w2));
+    for (int64_t e = 0; e < l; ++e) {
+      b13_.push_back(w13_.as<uint16_t>() + e * 2 * inter_ * h_);
+      b2_.push_back(w2_.as<uint16_t>() + e * h_ * inter_);
+    }
+    if (shared_) {
+      WAVEEP_ASSIGN_OR_RETURN(sw13_, Upload(shared_w13));
+      WAVEEP_ASSIGN_OR_RETURN(sw2_, Upload(shared_w2));
+    }
+    return absl::OkStatus();
+  }
+
+  Status Prepare(const TokenBatch& batch, const DispatchLayout& lay, float* out, Stream& s) override {
+    batch_ = &batch;
+    lay_ = &lay;
+    out_ = out;
+    const int64_t t = batch.num_tokens, k = batch.top_k, pairs = lay.perm.num_rows();
+    int64_t max_wave = 0;
+    for (int64_t n : lay.wave_recv_total) max_wave = std::max(max_wave, n);
+    // Buffers (grow-only).
+    WAVEEP_RETURN_IF_ERROR(Ensure(x_, t * h_ * 4));
+    WAVEEP_RETURN_IF_ERROR(Ensure(tok_, t * drow_));
+    WAVEEP_RETURN_IF_ERROR(Ensure(send_, pairs * drow_));
+    WAVEEP_RETURN_IF_ERROR(Ensure(ret_recv_, pairs * crow_));
+    for (int j = 0; j < 2; ++j) {
+      WAVEEP_RETURN_IF_ERROR(Ensure(recv_[j], max_wave * drow_));
+      WAVEEP_RETURN_IF_ERROR(Ensure(ret_send_[j], max_wave * crow_));
+    }
+    if (fp8_) {
+      WAVEEP_RETURN_IF_ERROR(Ensure(q_, std::max(t, max_wave) * h_));
+      WAVEEP_RETURN_IF_ERROR(Ensure(sc_, std::max(t, max_wave) * (h_ / block_) * 4));
+      WAVEEP_RETURN_IF_ERROR(Ensure(a_rows8_, max_wave * drow_));
+      WAVEEP_RETURN_IF_ERROR(Ensure(a_f32_, max_wave * h_ * 4));
+    }
+    WAVEEP_RETURN_IF_ERROR(Ensure(a_, max_wave * h_ * 2));
+    WAVEEP_RETURN_IF_ERROR(Ensure(gate_up_, max_wave * 2 * inter_ * 4));
+    WAVEEP_RETURN_IF_ERROR(Ensure(act_, max_wave * inter_ * 4));
+    WAVEEP_RETURN_IF_ERROR(Ensure(act_bf_, max_wave * inter_ * 2));
+    WAVEEP_RETURN_IF_ERROR(Ensure(y_, max_wave * h_ * 4));
+    WAVEEP_RETURN_IF_ERROR(Ensure(y_bf_, max_wave * h_ * 2));
+    WAVEEP_RETURN_IF_ERROR(Ensure(out_dev_, t * h_ * 4));
+    WAVEEP_RETURN_IF_ERROR(Ensure(out_host_, t * h_ * 4, MemoryKind::kPinnedHost));
+    if (shared_) {
+      WAVEEP_RETURN_IF_ERROR(Ensure(xs_, t * h_ * 2));
+      WAVEEP_RETURN_IF_ERROR(Ensure(s_gate_up_, t * 2 * si_ * 4));
+      WAVEEP_RETURN_IF_ERROR(Ensure(s_act_, t * si_ * 4));
+      WAVEEP_RETURN_IF_ERROR(Ensure(s_act_bf_, t * si_ * 2));
+      WAVEEP_RETURN_IF_ERROR(Ensure(s_out_, t * h_ * 4));
+    }
+    // Index arrays: every wave's GEMM rows in one array (a_rows_begin_[w] = first entry of wave w).
+    a_rows_all_.clear();
+    a_rows_begin_.clear();
+    for (const std::vector<int64_t>& rows : lay.a_rows) {
+      a_rows_begin_.push_back(static_cast<int64_t>(a_rows_all_.size()));
+      a_rows_all_.insert(a_rows_all_.end(), rows.begin(), rows.end());
+    }
+    WAVEEP_RETURN_IF_ERROR(Ensure(pair_of_row_, pairs * 8));
+    WAVEEP_RETURN_IF_ERROR(Ensure(row_of_pair_, t * k * 8));
+    WAVEEP_RETURN_IF_ERROR(Ensure(topk_w_, t * k * 4));
+    WAVEEP_RETURN_IF_ERROR(Ensure(a_rows_, static_cast<int64_t>(a_rows_all_.size()) * 8));
+    // Stage the step's inputs (host -> device) on the comm stream, ahead of pack(0).
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaCopyAsync(x_.data(), batch.x.data(), t * h_ * 4, s));
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaCopyAsync(pair_of_row_.data(), lay.perm.pair_of_row.data(), pairs * 8, s));
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaCopyAsync(row_of_pair_.data(), lay.perm.row_of_pair.data(), t * k * 8, s));
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaCopyAsync(topk_w_.data(), batch.topk_weights.data(), t * k * 4, s));
+    WAVEEP_RETURN_IF_ERROR(
+        kernels::CudaCopyAsync(a_rows_.data(), a_rows_all_.data(), static_cast<int64_t>(a_rows_all_.size()) * 8, s));
+    if (shared_) WAVEEP_RETURN_IF_ERROR(kernels::CudaConvertF32ToBf16(x_.as<float>(), xs_.as<uint16_t>(), t * h_, s));
+    return absl::OkStatus();
+  }
+
+  void* send() override { return send_.data(); }
+  void* recv(int j) override { return recv_[j].data(); }
+  void* ret_send(int j) override { return ret_send_[j].data(); }
+  void* ret_recv() override { return ret_recv_.data(); }
+
+  // pack(0) encodes every token once and gathers all send rows (one launch each: cheap next to the exchange, and it
+  // leaves later waves' packs empty); pack(w > 0) has nothing left to do.
+  Status Pack(int w, Stream& s) override {
+    const int64_t t = batch_->num_tokens, pairs = lay_->perm.num_rows();
+    if (w != 0 || t == 0) return absl::OkStatus();
+    if (!fp8_) {
+      WAVEEP_RETURN_IF_ERROR(kernels::CudaConvertF32ToBf16(x_.as<float>(), tok_.as<uint16_t>(), t * h_, s));
+    } else {
+      const int64_t sbytes = 4 * (h_ / block_);
+      WAVEEP_RETURN_IF_ERROR(
+          kernels::CudaQuantizeFp8Blockwise(x_.as<float>(), t, h_, block_, q_.as<uint8_t>(), sc_.as<float>(), s));
+      WAVEEP_RETURN_IF_ERROR(kernels::CudaCopyRowsAsync(q_.data(), h_, tok_.data(), drow_, h_, t, s));
+      WAVEEP_RETURN_IF_ERROR(
+          kernels::CudaCopyRowsAsync(sc_.data(), sbytes, tok_.as<uint8_t>() + h_, drow_, sbytes, t, s));
+    }
+    return kernels::CudaGatherRows(tok_.data(), drow_, pair_of_row_.as<int64_t>(), pairs, send_.data(), s,
+                                   batch_->top_k);
+  }
+
+  Status Gemm(int w, Stream& s) override {
+    const DispatchLayout& lay = *lay_;
+    const int64_t m = static_cast<int64_t>(lay.a_rows[w].size());
+    if (m == 0) return absl::OkStatus();
+    const int64_t* rows = a_rows_.as<int64_t>() + a_rows_begin_[w];
+    const void* recv = recv_[w % 2].data();
+    if (!fp8_) {
+      WAVEEP_RETURN_IF_ERROR(kernels::CudaGatherRows(recv, drow_, rows, m, a_.data(), s));
+    } else {
+      const int64_t sbytes = 4 * (h_ / block_);
+      WAVEEP_RETURN_IF_ERROR(kernels::CudaGatherRows(recv, drow_, rows, m, a_rows8_.data(), s));
+      WAVEEP_RETURN_IF_ERROR(kernels::CudaCopyRowsAsync(a_rows8_.data(), drow_, q_.data(), h_, h_, m, s));
+      WAVEEP_RETURN_IF_ERROR(
+          kernels::CudaCopyRowsAsync(a_rows8_.as<uint8_t>() + h_, drow_, sc_.data(), sbytes, sbytes, m, s));
+      WAVEEP_RETURN_IF_ERROR(
+          kernels::CudaDequantizeFp8Blockwise(q_.as<uint8_t>(), sc_.as<float>(), m, h_, block_, a_f32_.as<float>(), s));
+      WAVEEP_RETURN_IF_ERROR(kernels::CudaConvertF32ToBf16(a_f32_.as<float>(), a_.as<uint16_t>(), m * h_, s));
+    }
+    const int w_count = lay.num_waves;
+    const int eb = lay.wave_begin[lay.rank * (w_count + 1) + w], ee = lay.wave_begin[lay.rank * (w_count + 1) + w + 1];
+    const int64_t* off = lay.a_expert_offsets[w].data();
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaGroupedGemmNTBf16(a_.as<uint16_t>(), off, ee - eb, h_, b13_.data() + eb,
+                                                          2 * inter_, gate_up_.data(), DType::kF32, s, kLayerGemm));
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaSwiGLU(gate_up_.as<float>(), m, inter_, act_.as<float>(), s));
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaConvertF32ToBf16(act_.as<float>(), act_bf_.as<uint16_t>(), m * inter_, s));
+    return kernels::CudaGroupedGemmNTBf16(act_bf_.as<uint16_t>(), off, ee - eb, inter_, b2_.data() + eb, h_, y_.data(),
+                                          DType::kF32, s, kLayerGemm);
+  }
+
+  Status Unpack(int w, Stream& s) override {
+    const int64_t m = static_cast<int64_t>(lay_->a_rows[w].size());
+    if (m == 0) return absl::OkStatus();
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaConvertF32ToBf16(y_.as<float>(), y_bf_.as<uint16_t>(), m * h_, s));
+    return kernels::CudaScatterRows(y_bf_.data(), crow_, a_rows_.as<int64_t>() + a_rows_begin_[w], m,
+                                    ret_send_[w % 2].data(), s);
+  }
+
+  Status Shared(Stream& s) override {
+    const int64_t t = batch_->num_tokens;
+    if (t == 0) return absl::OkStatus();
+    const int64_t off[2] = {0, t};
+    const uint16_t* b13 = sw13_.as<uint16_t>();
+    const uint16_t* b2 = sw2_.as<uint16_t>();
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaGroupedGemmNTBf16(xs_.as<uint16_t>(), off, 1, h_, &b13, 2 * si_,
+                                                          s_gate_up_.data(), DType::kF32, s, kLayerGemm));
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaSwiGLU(s_gate_up_.as<float>(), t, si_, s_act_.as<float>(), s));
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaConvertF32ToBf16(s_act_.as<float>(), s_act_bf_.as<uint16_t>(), t * si_, s));
+    return kernels::CudaGroupedGemmNTBf16(s_act_bf_.as<uint16_t>(), off, 1, si_, &b2, h_, s_out_.data(), DType::kF32, s,
+                                          kLayerGemm);
+  }
+
+  // out = combine-reduce (+ shared) on the device, then device -> pinned -> the caller's host array (a host task:
+  // it only copies host memory, as CUDA host functions must).
+  Status Finish(Stream& s) override {
+    const TokenBatch& b = *batch_;
+    const int64_t n = b.num_tokens * h_;
+    if (n == 0) return absl::OkStatus();
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaCombineReduceBf16(ret_recv_.as<uint16_t>(), row_of_pair_.as<int64_t>(),
+                                                          topk_w_.as<float>(), b.num_tokens, b.top_k, h_,
+                                                          out_dev_.as<float>(), s));
+    if (shared_) WAVEEP_RETURN_IF_ERROR(kernels::CudaAddF32(s_out_.as<float>(), out_dev_.as<float>(), n, s));
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaCopyAsync(out_host_.data(), out_dev_.data(), n * 4, s));
+    float* dst = out_;
+    const float* src = out_host_.as<float>();
+    return s.Enqueue([dst, src, n] {
+      std::copy(src, src + n, dst);
+      return absl::OkStatus();
+    });
+  }
+
+ private:
+  Status Ensure(Buffer& b, int64_t bytes, MemoryKind kind = MemoryKind::kDevice) {
+    if (b.data() != nullptr && static_cast<int64_t>(b.bytes()) >= bytes) return absl::OkStatus();
+    b = Buffer();  // free first: device memory is the scarce kind
+    WAVEEP_ASSIGN_OR_RETURN(b, Buffer::Allocate(device_, kind, static_cast<size_t>(std::max<int64_t>(bytes, 256))));
+    return absl::OkStatus();
+  }
+
+  // FP32 host weights (BF16-representable: synthetic and checkpoint weights are widened BF16, FP8 dequantized to
+  // FP32 is rounded here) -> BF16 on the device. Synchronous: weights load once.
+  StatusOr<Buffer> Upload(const std::vector<float>& w) {
+    std::vector<uint16_t> bf(w.size());
+    kernels::ConvertF32ToBf16(w.data(), bf.data(), static_cast<int64_t>(w.size()));
+    WAVEEP_ASSIGN_OR_RETURN(Buffer dev,
+                            Buffer::Allocate(device_, MemoryKind::kDevice, std::max<size_t>(bf.size() * 2, 256)));
+    StreamOptions so;
+    so.name = "weights";
+    WAVEEP_ASSIGN_OR_RETURN(std::unique_ptr<Stream> s, Stream::Create(device_, so));
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaCopyAsync(dev.data(), bf.data(), static_cast<int64_t>(bf.size()) * 2, *s));
+    WAVEEP_RETURN_IF_ERROR(s->Synchronize());
+    return dev;
+  }
+
+  const ModelConfig m_;
+  const Device device_;
+  const bool fp8_, shared_;
+  const int64_t h_, inter_, si_;
+  const int block_;
+  const int64_t drow_, crow_;
+  Buffer w13_, w2_, sw13_, sw2_;           // BF16 weights
+  std::vector<const uint16_t*> b13_, b2_;  // per local expert
+  const TokenBatch* batch_ = nullptr;
+  const DispatchLayout* lay_ = nullptr;
+  float* out_ = nullptr;
+  std::vector<int64_t> a_rows_all_, a_rows_begin_;
+  // Device buffers: tokens (FP32, encoded), transit rows, index arrays, one wave's scratch, the shared expert's.
+  Buffer x_, tok_, send_, recv_[2], ret_send_[2], ret_recv_;
+  Buffer pair_of_row_, row_of_pair_, topk_w_, a_rows_;
+  Buffer q_, sc_, a_rows8_, a_f32_, a_, gate_up_, act_, act_bf_, y_, y_bf_;
+  Buffer xs_, s_gate_up_, s_act_, s_act_bf_, s_out_, out_dev_, out_host_;
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<LayerOps>> NewCudaLayerOps(const ModelConfig& model, DType dispatch_dtype, bool shared,
+                                                    Device device) {
+  if (device.is_cpu()) return absl::InvalidArgumentError("NewCudaLayerOps: device is the CPU");
+  if (!kernels::CudaKernelsCompiledIn()) {
+    return absl::UnavailableError(
+        absl::StrCat("--device=", device.ToString(), ": this waveep was built without CUDA (reconfigure with nvcc)"));
+  }
+  const int n = CudaDeviceCount();
+  if (n == 0)
+    return absl::UnavailableError(absl::StrCat("--device=", device.ToString(), ": no CUDA device is visible"));
+  if (device.ordinal < 0 || device.ordinal >= n) {
+    return absl::InvalidArgumentError(absl::StrCat("--device=", device.ToString(), ": only ", n,
+                                                   " CUDA device(s) visible (cuda:0 .. cuda:", n - 1, ")"));
+  }
+  return std::unique_ptr<LayerOps>(new CudaLayerOps(model, dispatch_dtype, shared, device));
+}
+
+}  // namespace waveep::ep::internal

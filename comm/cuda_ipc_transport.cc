@@ -9,19 +9,19 @@
 
 #include <algorithm>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
-#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "comm/comm_internal.h"
 #include "comm/cuda_status_internal.h"
+#include "comm/device_proxy_internal.h"
 #include "comm/mpi_transport.h"
 
 namespace waveep::comm::internal {
@@ -35,12 +35,6 @@ constexpr double kIpcLatencyUs = 15.0;  // control message + copy launch + compl
 constexpr double kLocalBwGbps = 1000.0;
 constexpr double kLocalLatencyUs = 5.0;
 constexpr size_t kArenaAlign = 256;
-constexpr absl::Duration kCancelGrace = absl::Milliseconds(200);
-
-std::string WithPrefix(absl::string_view msg) {
-  std::string prefix = DiagnosticPrefix();
-  return absl::StrCat(prefix, prefix.empty() ? "" : ": ", msg);
-}
 
 size_t AlignUp(size_t x) { return (x + kArenaAlign - 1) / kArenaAlign * kArenaAlign; }
 
@@ -66,12 +60,8 @@ struct IpcState {
   int device = 0;
   MPI_Comm ctrl = MPI_COMM_NULL;
 
-  // Exchanges run in issue order on every rank (they share the arena).
-  std::mutex run_mu;
-  std::condition_variable run_cv;
-  uint64_t next_run = 0;
-
-  // Touched only by the exchange holding the turn.
+  // Touched only by the proxy thread, which runs exchanges one at a time in issue order on every rank (they share the
+  // arena).
   char* arena = nullptr;
   size_t arena_bytes = 0;
   uint64_t generation = 0;
@@ -101,8 +91,8 @@ struct IpcState {
 
   Status EnsureArena(size_t bytes) {
     if (bytes <= arena_bytes) return absl::OkStatus();
-    // Grow-only. Safe to free: every earlier exchange finished (turns), so no peer writes into the old arena, and the
-    // new generation makes the peers reopen before their next copy.
+    // Grow-only. Safe to free: every earlier exchange finished (the proxy runs them one at a time), so no peer writes
+    // into the old arena, and the new generation makes the peers reopen before their next copy.
     if (arena != nullptr) WAVEEP_CUDA_RETURN_IF_ERROR(cudaFree(arena));
     arena = nullptr;
     arena_bytes = 0;
@@ -290,21 +280,8 @@ class IpcExchange {
   // After an error: cancel what MPI still holds (control buffers live in this object: wait for them briefly, then
   // free the requests) and let our copies drain.
   void Abandon() {
-    for (MPI_Request& r : reqs_) {
-      if (r != MPI_REQUEST_NULL) MPI_Cancel(&r);
-    }
     const Clock::time_point deadline = Clock::now() + absl::ToChronoNanoseconds(kCancelGrace);
-    for (;;) {
-      int flag = 0;
-      if (MPI_Testall(static_cast<int>(reqs_.size()), reqs_.data(), &flag, MPI_STATUSES_IGNORE) != MPI_SUCCESS ||
-          flag || Clock::now() >= deadline) {
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::microseconds(20));
-    }
-    for (MPI_Request& r : reqs_) {
-      if (r != MPI_REQUEST_NULL) MPI_Request_free(&r);
-    }
+    AbandonRequests(reqs_, kCancelGrace);
     while (cudaStreamQuery(s_.copy) == cudaErrorNotReady && Clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
@@ -322,39 +299,22 @@ class IpcExchange {
   std::vector<int> idx_;
 };
 
-// Runs the exchange once every exchange issued before it ran (bounded by the timeout).
-Status RunInTurn(const std::shared_ptr<IpcState>& s, const IpcPlan& plan, absl::Duration timeout) {
-  {
-    std::unique_lock<std::mutex> lock(s->run_mu);
-    if (!s->run_cv.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] { return s->next_run == plan.seq; })) {
-      return absl::DeadlineExceededError(
-          WithPrefix(absl::StrCat(plan.what, ": exchange #", s->next_run, " issued before it did not finish within ",
-                                  absl::FormatDuration(timeout), " (cuda_ipc runs exchanges in issue order)")));
-    }
-  }
+// Runs one exchange on the proxy thread.
+Status RunExchange(const std::shared_ptr<IpcState>& s, const IpcPlan& plan, absl::Duration timeout) {
   ScopedSpan span("cuda_ipc", plan.what, "comm");
   IpcExchange ex(*s, plan);
-  Status st = ex.Run(timeout);
-  {
-    std::lock_guard<std::mutex> lock(s->run_mu);
-    ++s->next_run;  // also after an error, so that later exchanges fail on their own instead of waiting here
-  }
-  s->run_cv.notify_all();
-  return st;
+  return ex.Run(timeout);
 }
-
-struct Job {
-  std::mutex mu;
-  std::condition_variable cv;
-  bool finished = false;
-  Status status;
-};
 
 class CudaIpcCommunicator final : public Communicator {
  public:
-  CudaIpcCommunicator(std::unique_ptr<Communicator> host, std::shared_ptr<IpcState> state, absl::Duration timeout,
-                      int tag_modulus)
-      : host_(std::move(host)), s_(std::move(state)), timeout_(timeout), tag_modulus_(tag_modulus) {}
+  CudaIpcCommunicator(std::unique_ptr<Communicator> host, std::shared_ptr<IpcState> state,
+                      std::unique_ptr<DeviceProxy> proxy, absl::Duration timeout, int tag_modulus)
+      : host_(std::move(host)),
+        s_(std::move(state)),
+        timeout_(timeout),
+        tag_modulus_(tag_modulus),
+        proxy_(std::move(proxy)) {}
 
   absl::string_view name() const override { return "cuda_ipc"; }
   int rank() const override { return s_->rank; }
@@ -377,78 +337,43 @@ class CudaIpcCommunicator final : public Communicator {
     return host_->AlltoallCounts(send, n, recv);
   }
 
+  // Through the proxy too, so that it keeps its place in the issue order; the calling host thread waits (a host thread
+  // may block, a CUDA host function may not).
   Status Alltoallv(const AlltoallvArgs& args) override {
-    WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<IpcPlan> plan, Issue(args, "(blocking)"));
-    return RunInTurn(s_, *plan, timeout_);
+    std::shared_ptr<ProxyTicket> ticket;
+    {
+      std::lock_guard<std::mutex> lock(issue_mu_);  // keeps the sequence number and the queue order together
+      WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<IpcPlan> plan, MakePlan(args, "(blocking)"));
+      ProxyJob job;
+      job.what = plan->what;
+      job.timeout = timeout_;
+      job.run = [s = s_, plan, timeout = timeout_]() { return RunExchange(s, *plan, timeout); };
+      WAVEEP_ASSIGN_OR_RETURN(ticket, proxy_->Submit(std::move(job)));
+      ++seq_;
+    }
+    // Exchanges queued before this one may each take up to the timeout; this one bounds itself once it runs.
+    return ticket->Wait(timeout_, timeout_ + absl::Seconds(1));
   }
 
+  // CUDA stream: the proxy runs the exchange once the stream reached it and releases the stream through a host-mapped
+  // flag after the copies into the caller's receive blocks completed. CPU stream: the proxy's host gate holds the
+  // stream's thread meanwhile.
   Status AlltoallvAsync(AlltoallvArgs args, Stream& stream) override {
-    std::lock_guard<std::mutex> lock(issue_mu_);  // keeps the sequence number and the enqueue order together
+    std::lock_guard<std::mutex> lock(issue_mu_);
     WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<IpcPlan> plan, MakePlan(args, ""));
-    if (stream.native() == nullptr) {
-      WAVEEP_RETURN_IF_ERROR(
-          stream.Enqueue([s = s_, plan, timeout = timeout_]() { return RunInTurn(s, *plan, timeout); }));
-      ++seq_;
-      return absl::OkStatus();
+    if (stream.native() != nullptr && stream.device().ordinal != s_->device) {
+      return absl::InvalidArgumentError(absl::StrCat("cuda_ipc: stream '", stream.name(), "' is on CUDA device ",
+                                                     stream.device().ordinal, ", this rank's exchanges use device ",
+                                                     s_->device));
     }
-    // CUDA stream: host functions must not call CUDA, so a helper thread runs the exchange once the stream reached
-    // it, and a host function holds the stream until the helper finished.
-    WAVEEP_CUDA_RETURN_IF_ERROR(cudaSetDevice(s_->device));
-    cudaEvent_t start = nullptr;
-    WAVEEP_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&start, cudaEventDisableTiming));
-    cudaError_t rc = cudaEventRecord(start, static_cast<cudaStream_t>(stream.native()));
-    if (rc != cudaSuccess) cudaEventDestroy(start);
-    WAVEEP_CUDA_RETURN_IF_ERROR(rc);
-    auto job = std::make_shared<Job>();
-    const absl::Duration gate_timeout = 3 * timeout_ + absl::Seconds(1);
-    Status enq = stream.Enqueue([job, plan, gate_timeout]() -> Status {
-      std::unique_lock<std::mutex> jl(job->mu);
-      if (!job->cv.wait_for(jl, absl::ToChronoNanoseconds(gate_timeout), [&] { return job->finished; })) {
-        return absl::DeadlineExceededError(WithPrefix(
-            absl::StrCat(plan->what, ": cuda_ipc helper did not finish within ", absl::FormatDuration(gate_timeout))));
-      }
-      return job->status;
-    });
-    if (!enq.ok()) {
-      cudaEventDestroy(start);
-      return enq;
-    }
+    const std::string what = plan->what;
+    WAVEEP_RETURN_IF_ERROR(proxy_->Enqueue(
+        stream, what, timeout_, [s = s_, plan, timeout = timeout_]() { return RunExchange(s, *plan, timeout); }));
     ++seq_;
-    std::thread([s = s_, plan, job, start, timeout = timeout_]() {
-      Status st = [&]() -> Status {
-        WAVEEP_CUDA_RETURN_IF_ERROR(cudaSetDevice(s->device));
-        const Clock::time_point deadline = Clock::now() + absl::ToChronoNanoseconds(timeout);
-        for (;;) {
-          const cudaError_t q = cudaEventQuery(start);
-          if (q == cudaSuccess) break;
-          if (q != cudaErrorNotReady) WAVEEP_CUDA_RETURN_IF_ERROR(q);
-          if (Clock::now() >= deadline) {
-            return absl::DeadlineExceededError(WithPrefix(absl::StrCat(
-                plan->what, ": the CUDA stream did not reach this exchange within ", absl::FormatDuration(timeout))));
-          }
-          std::this_thread::sleep_for(std::chrono::microseconds(10));
-        }
-        return RunInTurn(s, *plan, timeout);
-      }();
-      cudaEventDestroy(start);
-      {
-        std::lock_guard<std::mutex> jl(job->mu);
-        job->status = std::move(st);
-        job->finished = true;
-      }
-      job->cv.notify_all();
-    }).detach();
     return absl::OkStatus();
   }
 
  private:
-  StatusOr<std::shared_ptr<IpcPlan>> Issue(const AlltoallvArgs& args, absl::string_view suffix) {
-    std::lock_guard<std::mutex> lock(issue_mu_);
-    WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<IpcPlan> plan, MakePlan(args, suffix));
-    ++seq_;
-    return plan;
-  }
-
   // Validates and fixes the exchange's sequence number (consumed by the caller once the exchange is queued).
   // Requires issue_mu_.
   StatusOr<std::shared_ptr<IpcPlan>> MakePlan(const AlltoallvArgs& args, absl::string_view suffix) {
@@ -458,18 +383,7 @@ class CudaIpcCommunicator final : public Communicator {
       return absl::InvalidArgumentError(absl::StrCat("AlltoallvArgs: send_bytes[", me, "] = ", args.send_bytes[me],
                                                      " but recv_bytes[", me, "] = ", args.recv_bytes[me]));
     }
-    for (const auto& [base, bytes, side] :
-         {std::make_tuple(args.send, &args.send_bytes, "send"),
-          std::make_tuple(static_cast<const void*>(args.recv), &args.recv_bytes, "recv")}) {
-      if (std::all_of(bytes->begin(), bytes->end(), [](size_t b) { return b == 0; })) continue;
-      cudaPointerAttributes attr{};
-      if (cudaPointerGetAttributes(&attr, base) != cudaSuccess || attr.type != cudaMemoryTypeDevice) {
-        cudaGetLastError();
-        return absl::InvalidArgumentError(absl::StrCat(
-            "AlltoallvArgs.", side,
-            " is not CUDA device memory; the cuda_ipc backend takes device buffers only (use --backend=mpi)"));
-      }
-    }
+    WAVEEP_RETURN_IF_ERROR(CheckDeviceBuffers(args, "cuda_ipc"));
     auto plan = std::make_shared<IpcPlan>();
     plan->seq = seq_;
     // Two tags per exchange (control, completion), wrapping well below MPI_TAG_UB.
@@ -486,6 +400,9 @@ class CudaIpcCommunicator final : public Communicator {
   const int tag_modulus_;
   std::mutex issue_mu_;
   uint64_t seq_ = 0;
+  // Last member: destroyed first, so its thread finishes the running exchange, fails and releases the queued ones
+  // while the state they use still exists.
+  std::unique_ptr<DeviceProxy> proxy_;
 };
 
 }  // namespace
@@ -515,6 +432,7 @@ StatusOr<std::unique_ptr<Communicator>> NewCudaIpcCommunicator(const ProcessCont
   s->peers.resize(n);
   WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_dup(ctx.world, &s->ctrl));
   WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_set_errhandler(s->ctrl, MPI_ERRORS_RETURN));
+  std::unique_ptr<DeviceProxy> proxy;
   const Status local = [&]() -> Status {
     WAVEEP_CUDA_RETURN_IF_ERROR(cudaSetDevice(s->device));
     WAVEEP_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s->copy, cudaStreamNonBlocking));
@@ -524,6 +442,8 @@ StatusOr<std::unique_ptr<Communicator>> NewCudaIpcCommunicator(const ProcessCont
       s->copy_done.push_back(e);
     }
     WAVEEP_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&s->local_done, cudaEventDisableTiming));
+    WAVEEP_ASSIGN_OR_RETURN(std::unique_ptr<StreamGate> gate, NewCudaStreamGate(s->device));
+    proxy = std::make_unique<DeviceProxy>("cuda_ipc", std::move(gate));
     return absl::OkStatus();
   }();
   // Agree on success, so that no rank is left holding a communicator its peers lack.
@@ -532,14 +452,20 @@ StatusOr<std::unique_ptr<Communicator>> NewCudaIpcCommunicator(const ProcessCont
   WAVEEP_RETURN_IF_ERROR(host->Allgather(&ok, sizeof(ok), oks.data()));
   if (!local.ok()) return local;
   for (int p = 0; p < n; ++p) {
-    if (!oks[p]) return absl::InternalError(absl::StrCat("cuda_ipc communicator: CUDA setup failed on rank ", p));
+    if (!oks[p]) {
+      return absl::InternalError(
+          absl::StrCat("cuda_ipc communicator: CUDA setup (streams, events, proxy) failed on "
+                       "rank ",
+                       p));
+    }
   }
   void* attr = nullptr;
   int flag = 0;
   WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_get_attr(s->ctrl, MPI_TAG_UB, &attr, &flag));
   const int tag_modulus = std::min(flag ? *static_cast<int*>(attr) : 32767, 1 << 30);
   const absl::Duration timeout = options.timeout > absl::ZeroDuration() ? options.timeout : DefaultTimeout();
-  return std::unique_ptr<Communicator>(new CudaIpcCommunicator(std::move(host), std::move(s), timeout, tag_modulus));
+  return std::unique_ptr<Communicator>(
+      new CudaIpcCommunicator(std::move(host), std::move(s), std::move(proxy), timeout, tag_modulus));
 }
 
 }  // namespace waveep::comm::internal

@@ -8,10 +8,8 @@
 
 #include <algorithm>
 #include <chrono>
-#include <condition_variable>
 #include <cstring>
 #include <deque>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -20,22 +18,15 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "comm/comm_internal.h"
 #include "comm/cuda_status_internal.h"
+#include "comm/device_proxy_internal.h"
 #include "comm/mpi_device_staging_internal.h"
 
 namespace waveep::comm::internal {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-constexpr int kMaxPeersInMessage = 8;
-// How long cancelled requests and in-flight copies get to finish after an error before their memory is given up.
-constexpr absl::Duration kCancelGrace = absl::Milliseconds(200);
-
-std::string WithPrefix(absl::string_view msg) {
-  std::string prefix = DiagnosticPrefix();
-  return absl::StrCat(prefix, prefix.empty() ? "" : ": ", msg);
-}
 
 // Pinned chunk slots, private copy streams and events for one exchange at a time. Pooled per process: pinned
 // allocation and stream creation cost milliseconds, far more than an exchange.
@@ -234,23 +225,13 @@ class Pipeline {
 
   // Peers still pending, with bytes per direction, for a timeout message.
   std::string DescribePending() const {
-    std::map<std::pair<int, bool>, std::pair<size_t, size_t>> pending;  // (peer, is_send) -> (bytes, block)
+    PendingPeers pending;
     for (size_t i = 0; i < plan_.messages.size(); ++i) {
       if (done_[i]) continue;
       const StagedMessage& m = plan_.messages[i];
-      auto& p = pending[{m.peer, m.is_send}];
-      p.first += static_cast<size_t>(m.bytes);
-      p.second = m.block_bytes;
+      pending.Add(m.peer, m.is_send, static_cast<size_t>(m.bytes), m.block_bytes);
     }
-    std::string out;
-    int listed = 0;
-    for (const auto& [key, p] : pending) {
-      if (listed++ == kMaxPeersInMessage) break;
-      absl::StrAppend(&out, out.empty() ? "" : ", ", key.second ? "send to" : "recv from", " rank ", key.first, " (",
-                      p.first, " of ", p.second, " bytes)");
-    }
-    if (pending.size() > kMaxPeersInMessage)
-      absl::StrAppend(&out, ", and ", pending.size() - kMaxPeersInMessage, " more");
+    std::string out = pending.ToString();
     if (self_pending_) absl::StrAppend(&out, out.empty() ? "" : ", ", "the block to self");
     if (out.empty()) out = "nothing";
     return out;
@@ -259,30 +240,8 @@ class Pipeline {
   // After an error: cancels MPI requests and lets copies drain for a short grace. Returns true when nothing can
   // touch the staging set any more (it may go back to the pool), with a note for the error message.
   bool Abandon(std::string* note) {
-    size_t active = 0;
-    for (MPI_Request& r : reqs_) {
-      if (r == MPI_REQUEST_NULL) continue;
-      MPI_Cancel(&r);
-      ++active;
-    }
     const Clock::time_point deadline = Clock::now() + absl::ToChronoNanoseconds(kCancelGrace);
-    while (active > 0 && Clock::now() < deadline) {
-      int outcount = 0;
-      idx_.resize(reqs_.size());
-      if (MPI_Testsome(static_cast<int>(reqs_.size()), reqs_.data(), &outcount, idx_.data(), MPI_STATUSES_IGNORE) !=
-              MPI_SUCCESS ||
-          outcount == MPI_UNDEFINED) {
-        break;
-      }
-      active -= static_cast<size_t>(outcount);
-      std::this_thread::sleep_for(std::chrono::microseconds(20));
-    }
-    int left = 0;
-    for (MPI_Request& r : reqs_) {
-      if (r == MPI_REQUEST_NULL) continue;
-      MPI_Request_free(&r);
-      ++left;
-    }
+    const size_t left = AbandonRequests(reqs_, kCancelGrace).size();
     bool copies_drained = true;
     for (cudaStream_t s : {set_.d2h, set_.h2d}) {
       while (cudaStreamQuery(s) == cudaErrorNotReady) {
@@ -299,6 +258,7 @@ class Pipeline {
                            " MPI request(s) could not be cancelled and were left to MPI; their staging memory is "
                            "leaked, never reused]");
     }
+    if (!copies_drained) absl::StrAppend(note, " [staging copies still running after the grace; staging leaked]");
     return left == 0 && copies_drained;
   }
 
@@ -384,54 +344,11 @@ Status RunPipeline(MPI_Comm comm, const StagedPlan& plan, StagingSet& set, absl:
   return Status(st.code(), absl::StrCat(st.message(), note));
 }
 
-// Hand-off between the helper thread that runs an exchange and the host function that holds the CUDA stream.
-struct Job {
-  std::mutex mu;
-  std::condition_variable cv;
-  bool finished = false;
-  Status status;
-
-  void Finish(Status s) {
-    std::lock_guard<std::mutex> lock(mu);
-    status = std::move(s);
-    finished = true;
-    cv.notify_all();
-  }
-};
-
-// Waits (polling, bounded) until the user's stream reached the exchange.
-Status WaitForStream(cudaEvent_t start, const StagedPlan& plan, absl::Duration timeout) {
-  const Clock::time_point deadline = Clock::now() + absl::ToChronoNanoseconds(timeout);
-  for (;;) {
-    const cudaError_t rc = cudaEventQuery(start);
-    if (rc == cudaSuccess) return absl::OkStatus();
-    if (rc != cudaErrorNotReady) WAVEEP_CUDA_RETURN_IF_ERROR(rc);
-    if (Clock::now() >= deadline) {
-      return absl::DeadlineExceededError(WithPrefix(absl::StrCat(
-          plan.what, ": the CUDA stream did not reach this exchange within ", absl::FormatDuration(timeout),
-          " (work queued before it on the stream is still running or waits on an event never recorded)")));
-    }
-    std::this_thread::sleep_for(std::chrono::microseconds(10));
-  }
-}
-
 }  // namespace
 
 bool DeviceStagingAvailable() {
   static const bool available = CudaDeviceCount() > 0;
   return available;
-}
-
-bool IsDevicePointer(const void* p, int* device) {
-  if (p == nullptr || !DeviceStagingAvailable()) return false;
-  cudaPointerAttributes attr{};
-  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
-    cudaGetLastError();  // not a CUDA pointer on older runtimes: clear the sticky error
-    return false;
-  }
-  if (attr.type != cudaMemoryTypeDevice) return false;
-  *device = attr.device;
-  return true;
 }
 
 Status RunStagedExchange(MPI_Comm comm, const StagedPlan& plan, absl::Duration timeout, const MpiTuning& tuning) {
@@ -448,56 +365,29 @@ Status RunStagedExchange(MPI_Comm comm, const StagedPlan& plan, absl::Duration t
   return st;
 }
 
+StatusOr<std::unique_ptr<DeviceProxy>> NewStagingProxy(int device) {
+  WAVEEP_ASSIGN_OR_RETURN(std::unique_ptr<StreamGate> gate, NewCudaStreamGate(device));
+  return std::make_unique<DeviceProxy>("mpi", std::move(gate));
+}
+
 Status EnqueueStagedExchange(std::shared_ptr<void> keep_alive, MPI_Comm comm, std::shared_ptr<const StagedPlan> plan,
-                             absl::Duration timeout, const MpiTuning& tuning, Stream& stream) {
+                             absl::Duration timeout, const MpiTuning& tuning, Stream& stream, DeviceProxy* proxy) {
   const std::string row(stream.name());
-  if (stream.native() == nullptr) {
-    // CPU stream: its worker thread may call CUDA, so the exchange runs inline as a task.
-    return stream.Enqueue([keep_alive, comm, plan, timeout, tuning, row]() {
-      ScopedSpan span(row, plan->label, "comm");
-      span.Arg("bytes_sent", static_cast<double>(plan->bytes_sent));
-      span.Arg("bytes_recv", static_cast<double>(plan->bytes_recv));
-      return RunStagedExchange(comm, *plan, timeout, tuning);
-    });
+  auto body = [keep_alive, comm, plan, timeout, tuning, row]() {
+    ScopedSpan span(row, plan->label, "comm");
+    span.Arg("bytes_sent", static_cast<double>(plan->bytes_sent));
+    span.Arg("bytes_recv", static_cast<double>(plan->bytes_recv));
+    return RunStagedExchange(comm, *plan, timeout, tuning);
+  };
+  // CPU stream: its worker thread may call CUDA and block, so the exchange runs inline as a task.
+  if (stream.native() == nullptr) return stream.Enqueue(std::move(body));
+  if (proxy == nullptr) {
+    return absl::FailedPreconditionError(
+        WithPrefix(absl::StrCat(plan->what, ": a CUDA stream needs the communicator's proxy thread")));
   }
-  auto user_stream = static_cast<cudaStream_t>(stream.native());
-  WAVEEP_CUDA_RETURN_IF_ERROR(cudaSetDevice(stream.device().ordinal));
-  cudaEvent_t start = nullptr;
-  WAVEEP_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&start, cudaEventDisableTiming));
-  cudaError_t rc = cudaEventRecord(start, user_stream);
-  if (rc != cudaSuccess) cudaEventDestroy(start);
-  WAVEEP_CUDA_RETURN_IF_ERROR(rc);
-  auto job = std::make_shared<Job>();
-  // The gate: holds the user's stream until the helper is done (its H2D copies included), so work queued after the
-  // exchange sees the received data. It only waits on host state, as CUDA host functions must.
-  const absl::Duration gate_timeout = 2 * timeout + absl::Seconds(1);
-  Status enq = stream.Enqueue([job, plan, gate_timeout]() -> Status {
-    std::unique_lock<std::mutex> lock(job->mu);
-    if (!job->cv.wait_for(lock, absl::ToChronoNanoseconds(gate_timeout), [&] { return job->finished; })) {
-      return absl::DeadlineExceededError(WithPrefix(
-          absl::StrCat(plan->what, ": staging helper did not finish within ", absl::FormatDuration(gate_timeout))));
-    }
-    return job->status;
-  });
-  if (!enq.ok()) {
-    cudaEventDestroy(start);
-    return enq;
-  }
-  const int device = stream.device().ordinal;
-  std::thread([keep_alive, comm, plan, timeout, tuning, row, job, start, device]() {
-    Status st = [&]() -> Status {
-      WAVEEP_CUDA_RETURN_IF_ERROR(cudaSetDevice(device));
-      WAVEEP_RETURN_IF_ERROR(WaitForStream(start, *plan, timeout));
-      ScopedSpan span(row, plan->label, "comm");
-      span.Arg("bytes_sent", static_cast<double>(plan->bytes_sent));
-      span.Arg("bytes_recv", static_cast<double>(plan->bytes_recv));
-      return RunStagedExchange(comm, *plan, timeout, tuning);
-    }();
-    cudaEventDestroy(start);
-    job->Finish(std::move(st));
-  }).detach();
-  // TODO(comm): a persistent helper per stream instead of a thread per exchange (~20 us each) once measured.
-  return absl::OkStatus();
+  // CUDA stream: the proxy runs the exchange once the stream reached it and then releases the stream; RunStagedExchange
+  // returns only after its H2D copies completed, so work queued after the exchange sees the received data.
+  return proxy->Enqueue(stream, plan->what, timeout, std::move(body));
 }
 
 }  // namespace waveep::comm::internal

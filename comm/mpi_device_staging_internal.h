@@ -28,6 +28,8 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "comm/comm_internal.h"  // IsDevicePointer
+#include "comm/device_proxy_internal.h"
 #include "comm/mpi_transport.h"
 #include "runtime/runtime.h"
 
@@ -102,10 +104,6 @@ class Poller {
 // True when this binary was built with CUDA and a CUDA device is visible. Cached after the first call; thread-safe.
 bool DeviceStagingAvailable();
 
-// True when `p` points into CUDA device memory (cudaMemoryTypeDevice) and stores its device ordinal in *device.
-// False for null, host, pinned-host and managed memory, and always false without CUDA. Non-blocking, thread-safe.
-bool IsDevicePointer(const void* p, int* device);
-
 // One MPI message of a staged exchange: a block, or a chunk of one (<= MpiTuning::staging_chunk_bytes when the
 // block is in device memory).
 struct StagedMessage {
@@ -139,13 +137,18 @@ struct StagedPlan {
 // than reused. Thread-safe: concurrent exchanges use separate staging sets from a process-wide pool.
 Status RunStagedExchange(MPI_Comm comm, const StagedPlan& plan, absl::Duration timeout, const MpiTuning& tuning);
 
+// The proxy that orders staged exchanges on CUDA streams of `device` (a DeviceProxy with the CUDA stream gate).
+// Unavailable without CUDA or when the device cannot run stream memory operations (see NewCudaStreamGate).
+StatusOr<std::unique_ptr<DeviceProxy>> NewStagingProxy(int device);
+
 // Orders a staged exchange on `stream`. On a CPU stream the exchange runs as a task (RunStagedExchange on the
-// stream's thread). On a CUDA stream, where host functions must not call CUDA, it records an event on the stream,
-// runs the exchange on a helper thread once the event completed (waiting at most `timeout` for the stream to get
-// there), and enqueues a host function that holds the stream until the helper finished and returns its Status (the
-// stream's sticky error). `keep_alive` owns `comm` for as long as the exchange may use it. Non-blocking.
+// stream's thread; `proxy` is not used and may be null). On a CUDA stream, where host functions must neither call
+// CUDA nor wait, it becomes a job of `proxy` (required): the proxy thread waits (polling, at most `timeout`) for the
+// stream to reach the exchange, runs it, and releases the stream through a host-mapped flag once the H2D copies
+// completed; a non-blocking host function then turns the exchange's Status into the stream's sticky error.
+// `keep_alive` owns `comm` for as long as the exchange may use it. Non-blocking.
 Status EnqueueStagedExchange(std::shared_ptr<void> keep_alive, MPI_Comm comm, std::shared_ptr<const StagedPlan> plan,
-                             absl::Duration timeout, const MpiTuning& tuning, Stream& stream);
+                             absl::Duration timeout, const MpiTuning& tuning, Stream& stream, DeviceProxy* proxy);
 
 }  // namespace waveep::comm::internal
 

@@ -8,16 +8,18 @@ namespace waveep::comm::internal {
 
 bool DeviceStagingAvailable() { return false; }
 
-bool IsDevicePointer(const void* /*p*/, int* /*device*/) { return false; }
-
 Status RunStagedExchange(MPI_Comm /*comm*/, const StagedPlan& plan, absl::Duration /*timeout*/,
                          const MpiTuning& /*tuning*/) {
   return absl::UnavailableError(plan.what + ": device buffers need a build with CUDA");
 }
 
+StatusOr<std::unique_ptr<DeviceProxy>> NewStagingProxy(int /*device*/) {
+  return absl::UnavailableError("device staging needs a build with CUDA");
+}
+
 Status EnqueueStagedExchange(std::shared_ptr<void> /*keep_alive*/, MPI_Comm /*comm*/,
                              std::shared_ptr<const StagedPlan> plan, absl::Duration /*timeout*/,
-                             const MpiTuning& /*tuning*/, Stream& /*stream*/) {
+                             const MpiTuning& /*tuning*/, Stream& /*stream*/, DeviceProxy* /*proxy*/) {
   return absl::UnavailableError(plan->what + ": device buffers need a build with CUDA");
 }
 

@@ -12,7 +12,6 @@
 #include <climits>
 #include <cstdint>
 #include <cstring>
-#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -20,6 +19,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "comm/comm_internal.h"
 #include "comm/mpi_device_staging_internal.h"
 
 namespace waveep::comm::internal {
@@ -34,19 +34,9 @@ constexpr double kShmLatencyUs = 1.0;
 constexpr double kNetBwGbps = 3.0;  // TCP / IPoIB class network through MPI
 constexpr double kNetLatencyUs = 10.0;
 
-// How long cancelled requests get to complete before they are released to MPI (see ReleasePending).
-constexpr absl::Duration kCancelGrace = absl::Milliseconds(200);
-// At most this many pending peers are named in a timeout message; the rest are counted.
-constexpr int kMaxPeersInMessage = 8;
-
 std::mutex g_tuning_mu;
 MpiTuning g_tuning;
 std::atomic<uint64_t> g_tuning_generation{0};  // bumped by every SetMpiTuning
-
-std::string WithPrefix(absl::string_view msg) {
-  std::string prefix = DiagnosticPrefix();
-  return absl::StrCat(prefix, prefix.empty() ? "" : ": ", msg);
-}
 
 // One MPI message of an exchange (a block, or a chunk of one).
 struct Message {
@@ -212,69 +202,23 @@ std::string DescribeMessage(const Message& m) {
 
 // Names the peers whose messages are still pending, with the bytes outstanding per peer and direction.
 std::string DescribePending(const Plan& plan, const std::vector<MPI_Request>& reqs) {
-  struct Pending {
-    size_t bytes = 0;
-    size_t block_bytes = 0;
-    int messages = 0;
-  };
-  std::map<std::pair<int, bool>, Pending> pending;  // (peer, is_send)
+  PendingPeers pending;
   for (size_t i = 0; i < reqs.size(); ++i) {
     if (reqs[i] == MPI_REQUEST_NULL) continue;
     const Message& m = plan.messages[i];
-    Pending& p = pending[{m.peer, m.is_send}];
-    p.bytes += static_cast<size_t>(m.bytes);
-    p.block_bytes = m.block_bytes;
-    ++p.messages;
+    pending.Add(m.peer, m.is_send, static_cast<size_t>(m.bytes), m.block_bytes);
   }
-  std::string out;
-  int listed = 0;
-  std::vector<int> peers;
-  for (const auto& [key, p] : pending) {
-    if (peers.empty() || peers.back() != key.first) peers.push_back(key.first);
-    if (listed == kMaxPeersInMessage) continue;
-    ++listed;
-    absl::StrAppend(&out, out.empty() ? "" : ", ", key.second ? "send to" : "recv from", " rank ", key.first, " (",
-                    p.bytes, " of ", p.block_bytes, " bytes");
-    if (p.messages > 1) absl::StrAppend(&out, " in ", p.messages, " messages");
-    absl::StrAppend(&out, ")");
-  }
-  if (pending.size() > static_cast<size_t>(listed)) {
-    absl::StrAppend(&out, ", and ", pending.size() - listed, " more");
-  }
-  absl::StrAppend(&out, "; ", plan.num_peers - static_cast<int>(peers.size()), " of ", plan.num_peers, " peers done");
-  return out;
+  return absl::StrCat(pending.ToString(), "; ", plan.num_peers - pending.num_peers(), " of ", plan.num_peers,
+                      " peers done");
 }
 
 // After an error or a timeout: cancels what is still pending so that nothing touches the buffers once the caller has
 // returned. Open MPI cancels unmatched receives; it never cancels sends, but eager sends have completed locally
 // anyway. Whatever is still active after a short grace is released with MPI_Request_free, and the returned note says
-// so. MPI calls here are best effort: their errors would only hide the error being reported.
-std::string ReleasePending(const Plan& plan, std::vector<MPI_Request>& reqs, const MpiTuning& tuning) {
-  size_t active = 0;
-  for (MPI_Request& r : reqs) {
-    if (r == MPI_REQUEST_NULL) continue;
-    MPI_Cancel(&r);
-    ++active;
-  }
-  if (active == 0) return "";
-  std::vector<int> idx(reqs.size());
-  Poller poller(tuning, kCancelGrace);
-  while (active > 0) {
-    int outcount = 0;
-    if (MPI_Testsome(static_cast<int>(reqs.size()), reqs.data(), &outcount, idx.data(), MPI_STATUSES_IGNORE) !=
-            MPI_SUCCESS ||
-        outcount == MPI_UNDEFINED) {
-      break;
-    }
-    active -= static_cast<size_t>(outcount);
-    if (!poller.Next(outcount > 0)) break;
-  }
+// so.
+std::string ReleasePending(const Plan& plan, std::vector<MPI_Request>& reqs) {
   int sends = 0, recvs = 0;
-  for (size_t i = 0; i < reqs.size(); ++i) {
-    if (reqs[i] == MPI_REQUEST_NULL) continue;
-    ++(plan.messages[i].is_send ? sends : recvs);
-    MPI_Request_free(&reqs[i]);
-  }
+  for (size_t i : AbandonRequests(reqs, kCancelGrace)) ++(plan.messages[i].is_send ? sends : recvs);
   if (sends + recvs == 0) return "";
   return absl::StrCat(" [", sends, " send(s) and ", recvs,
                       " receive(s) could not be cancelled and were left to MPI: they may still access their buffers "
@@ -365,7 +309,7 @@ Status RunExchange(MPI_Comm comm, const Plan& plan, Scratch& scratch, absl::Dura
     st = PollExchange(plan, scratch, timeout, tuning);
   }
   if (st.ok()) return st;
-  return Status(st.code(), absl::StrCat(st.message(), ReleasePending(plan, scratch.reqs, tuning)));
+  return Status(st.code(), absl::StrCat(st.message(), ReleasePending(plan, scratch.reqs)));
 }
 
 // An MPI communicator that queued stream tasks may outlive the Communicator with.
@@ -524,7 +468,12 @@ class MpiCommunicator final : public Communicator {
     if (DeviceStagingAvailable()) {
       WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<const StagedPlan> staged, MakeStagedPlan(args, *plan, size_));
       if (staged != nullptr) {
-        WAVEEP_RETURN_IF_ERROR(EnqueueStagedExchange(p2p_, p2p_->comm, std::move(staged), Timeout(), tuning, stream));
+        DeviceProxy* proxy = nullptr;
+        if (stream.native() != nullptr) {
+          WAVEEP_ASSIGN_OR_RETURN(proxy, Proxy(stream));
+        }
+        WAVEEP_RETURN_IF_ERROR(
+            EnqueueStagedExchange(p2p_, p2p_->comm, std::move(staged), Timeout(), tuning, stream, proxy));
         ++p2p_seq_;
         return absl::OkStatus();
       }
@@ -568,6 +517,20 @@ class MpiCommunicator final : public Communicator {
     return any_rank_stages_ ? std::min(tuning.max_message_bytes, tuning.staging_chunk_bytes) : tuning.max_message_bytes;
   }
   int Tag(uint64_t seq) const { return static_cast<int>(seq & tag_mask_); }
+
+  // The proxy thread for staged exchanges on CUDA streams, created on first use (CPU-only runs never start one).
+  // Requires p2p_mu_.
+  StatusOr<DeviceProxy*> Proxy(const Stream& stream) {
+    if (proxy_ == nullptr) {
+      StatusOr<std::unique_ptr<DeviceProxy>> p = NewStagingProxy(stream.device().ordinal);
+      if (!p.ok()) {
+        return Status(p.status().code(), absl::StrCat("mpi: device exchanges on CUDA stream '", stream.name(),
+                                                      "' need the proxy thread: ", p.status().message()));
+      }
+      proxy_ = std::move(p).value();
+    }
+    return proxy_.get();
+  }
   // The caller's label, or "<fallback> #<seq>" built in *storage.
   static absl::string_view LabelOr(const std::string& label, absl::string_view fallback, uint64_t seq,
                                    std::string* storage) {
@@ -633,6 +596,8 @@ class MpiCommunicator final : public Communicator {
 
   std::mutex p2p_mu_;  // keeps the sequence number and the enqueue order together
   uint64_t p2p_seq_ = 0;
+  // Last member: destroyed first, so its thread fails and releases queued exchanges while everything else exists.
+  std::unique_ptr<DeviceProxy> proxy_;
 };
 
 }  // namespace

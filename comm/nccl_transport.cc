@@ -18,11 +18,11 @@
 #include <mutex>
 #include <string>
 #include <thread>
-#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "comm/comm_internal.h"
 #include "comm/cuda_status_internal.h"
 #include "comm/mpi_transport.h"
 
@@ -50,12 +50,8 @@ constexpr double kNicLatencyUs = 10.0;
 constexpr double kLocalBwGbps = 1000.0;
 constexpr double kLocalLatencyUs = 3.0;
 
-std::string WithPrefix(absl::string_view msg) {
-  std::string prefix = DiagnosticPrefix();
-  return absl::StrCat(prefix, prefix.empty() ? "" : ": ", msg);
-}
-
 // Polls a non-blocking NCCL communicator until its pending operation (init, group end) is no longer in progress.
+// Requires NcclState::call_mu once other threads can use `comm`.
 Status WaitNotInProgress(ncclComm_t comm, absl::Duration timeout, absl::string_view what) {
   const Clock::time_point deadline = Clock::now() + absl::ToChronoNanoseconds(timeout);
   for (;;) {
@@ -72,24 +68,51 @@ Status WaitNotInProgress(ncclComm_t comm, absl::Duration timeout, absl::string_v
 }
 
 // The NCCL communicator and its health, shared with queued host functions and the watchdog.
+//
+// NOTES: NCCL communicators are not thread-safe, and three threads use this one: the thread issuing AlltoallvAsync,
+// the thread in the blocking Alltoallv, and the watchdog. Every NCCL call on `comm` therefore holds call_mu: a group
+// launch (ncclGroupStart .. ncclGroupEnd and the bounded wait for it to leave ncclInProgress) as one unit, and each
+// ncclCommGetAsyncError / ncclCommAbort on its own. call_mu is never held while waiting for a stream, so a launch
+// waits at most for one other launch (bounded by the timeout) or one error poll. After the abort `comm` is gone:
+// AsyncError() and Launch check `aborted` under call_mu and never touch it again.
 struct NcclState {
   ncclComm_t comm = nullptr;
-  std::mutex mu;
-  Status broken;  // set once, before ncclCommAbort
+  std::mutex call_mu;  // serialises every NCCL call on comm (see above)
+  std::mutex mu;       // guards broken and aborted (read without call_mu by the host functions)
+  Status broken;       // set once, before ncclCommAbort
   bool aborted = false;
 
-  // Fails the communicator and releases its kernels. Idempotent.
+  // Fails the communicator and releases its kernels. Idempotent. Must not hold call_mu (AbortLocked then).
   void Abort(Status why) {
-    std::lock_guard<std::mutex> lock(mu);
-    if (aborted) return;
-    broken = absl::FailedPreconditionError(
-        absl::StrCat("nccl communicator aborted after an earlier failure: ", why.message()));
-    aborted = true;
+    std::lock_guard<std::mutex> call(call_mu);
+    AbortLocked(std::move(why));
+  }
+  // Requires call_mu.
+  void AbortLocked(Status why) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (aborted) return;
+      broken = absl::FailedPreconditionError(
+          absl::StrCat("nccl communicator aborted after an earlier failure: ", why.message()));
+      aborted = true;
+    }
     ncclCommAbort(comm);
   }
   Status Health() {
     std::lock_guard<std::mutex> lock(mu);
     return broken;
+  }
+  bool Aborted() {
+    std::lock_guard<std::mutex> lock(mu);
+    return aborted;
+  }
+  // ncclCommGetAsyncError under call_mu; ncclSuccess once aborted (Health() then carries the error).
+  ncclResult_t AsyncError() {
+    std::lock_guard<std::mutex> call(call_mu);
+    if (Aborted()) return ncclSuccess;
+    ncclResult_t async = ncclSuccess;
+    const ncclResult_t rc = ncclCommGetAsyncError(comm, &async);
+    return rc != ncclSuccess ? rc : async;
   }
   ~NcclState() {
     if (!aborted && comm != nullptr) ncclCommDestroy(comm);
@@ -166,8 +189,8 @@ class NcclCommunicator final : public Communicator {
       const cudaError_t rc = cudaStreamQuery(blocking_stream_);
       if (rc == cudaSuccess) return absl::OkStatus();
       if (rc != cudaErrorNotReady) WAVEEP_CUDA_RETURN_IF_ERROR(rc);
-      ncclResult_t async = ncclSuccess;
-      ncclCommGetAsyncError(state_->comm, &async);
+      WAVEEP_RETURN_IF_ERROR(state_->Health());
+      const ncclResult_t async = state_->AsyncError();
       if (async != ncclSuccess && async != ncclInProgress) {
         Status s = absl::InternalError(WithPrefix(absl::StrCat(what, ": NCCL error ", ncclGetErrorString(async))));
         state_->Abort(s);
@@ -229,21 +252,7 @@ class NcclCommunicator final : public Communicator {
       return absl::InvalidArgumentError(absl::StrCat("AlltoallvArgs: send_bytes[", me, "] = ", args.send_bytes[me],
                                                      " but recv_bytes[", me, "] = ", args.recv_bytes[me]));
     }
-    for (const auto& [base, bytes, side] :
-         {std::make_tuple(static_cast<const void*>(args.send), &args.send_bytes, "send"),
-          std::make_tuple(static_cast<const void*>(args.recv), &args.recv_bytes, "recv")}) {
-      bool any = false;
-      for (size_t b : *bytes) any = any || b > 0;
-      if (!any) continue;
-      cudaPointerAttributes attr{};
-      if (cudaPointerGetAttributes(&attr, base) != cudaSuccess || attr.type != cudaMemoryTypeDevice) {
-        cudaGetLastError();
-        return absl::InvalidArgumentError(absl::StrCat("AlltoallvArgs.", side,
-                                                       " is not CUDA device memory; the nccl backend takes device "
-                                                       "buffers only (use --backend=mpi for host memory)"));
-      }
-    }
-    return absl::OkStatus();
+    return CheckDeviceBuffers(args, "nccl");
   }
 
   static std::string PeersOf(const AlltoallvArgs& args) {
@@ -253,7 +262,8 @@ class NcclCommunicator final : public Communicator {
     return absl::StrCat(sends, " send and ", recvs, " receive blocks");
   }
 
-  // Enqueues the grouped point-to-point exchange on `s`. Non-blocking apart from the group launch.
+  // Enqueues the grouped point-to-point exchange on `s`. Non-blocking apart from the group launch, which holds the
+  // state's call_mu (NCCL calls are serialised per communicator; see NcclState).
   Status Launch(const AlltoallvArgs& args, cudaStream_t s, absl::string_view what) {
     const int me = rank();
     if (args.send_bytes[me] > 0) {
@@ -261,22 +271,32 @@ class NcclCommunicator final : public Communicator {
                                                   static_cast<const char*>(args.send) + args.send_offsets[me],
                                                   args.send_bytes[me], cudaMemcpyDeviceToDevice, s));
     }
+    std::lock_guard<std::mutex> call(state_->call_mu);
+    WAVEEP_RETURN_IF_ERROR(state_->Health());  // aborted meanwhile: comm is gone
     WAVEEP_NCCL_RETURN_IF_ERROR(ncclGroupStart());
-    for (int i = 1; i < size(); ++i) {
-      const int to = (me + i) % size();
-      const int from = (me - i + size()) % size();
-      if (args.send_bytes[to] > 0) {
-        WAVEEP_NCCL_RETURN_IF_ERROR(ncclSend(static_cast<const char*>(args.send) + args.send_offsets[to],
-                                             args.send_bytes[to], ncclUint8, to, state_->comm, s));
+    Status group = [&]() -> Status {
+      for (int i = 1; i < size(); ++i) {
+        const int to = (me + i) % size();
+        const int from = (me - i + size()) % size();
+        if (args.send_bytes[to] > 0) {
+          WAVEEP_NCCL_RETURN_IF_ERROR(ncclSend(static_cast<const char*>(args.send) + args.send_offsets[to],
+                                               args.send_bytes[to], ncclUint8, to, state_->comm, s));
+        }
+        if (args.recv_bytes[from] > 0) {
+          WAVEEP_NCCL_RETURN_IF_ERROR(ncclRecv(static_cast<char*>(args.recv) + args.recv_offsets[from],
+                                               args.recv_bytes[from], ncclUint8, from, state_->comm, s));
+        }
       }
-      if (args.recv_bytes[from] > 0) {
-        WAVEEP_NCCL_RETURN_IF_ERROR(ncclRecv(static_cast<char*>(args.recv) + args.recv_offsets[from],
-                                             args.recv_bytes[from], ncclUint8, from, state_->comm, s));
-      }
+      return absl::OkStatus();
+    }();
+    // Always close the group (NCCL's group state is per thread), then report the first error.
+    const ncclResult_t end = ncclGroupEnd();
+    if (group.ok() && end != ncclSuccess && end != ncclInProgress) {
+      group = ::waveep::internal::MakeForeignError(absl::StatusCode::kInternal, "NCCL", "ncclGroupEnd()", __FILE__,
+                                                   __LINE__, ncclGetErrorString(end));
     }
-    WAVEEP_NCCL_RETURN_IF_ERROR(ncclGroupEnd());
-    Status st = WaitNotInProgress(state_->comm, timeout_, absl::StrCat(what, " group launch"));
-    if (!st.ok()) state_->Abort(st);
+    Status st = group.ok() ? WaitNotInProgress(state_->comm, timeout_, absl::StrCat(what, " group launch")) : group;
+    if (!st.ok()) state_->AbortLocked(st);
     return st;
   }
 
@@ -300,8 +320,7 @@ class NcclCommunicator final : public Communicator {
           w.timer_running = true;
           w.start_time = Clock::now();
         }
-        ncclResult_t async = ncclSuccess;
-        ncclCommGetAsyncError(state_->comm, &async);
+        const ncclResult_t async = state_->AsyncError();
         Status verdict;
         if (async != ncclSuccess && async != ncclInProgress) {
           verdict = absl::InternalError(WithPrefix(absl::StrCat(w.what, ": NCCL error ", ncclGetErrorString(async))));

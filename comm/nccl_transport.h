@@ -20,6 +20,9 @@
 //   timeout, counted from when the stream reaches it; its verdict becomes the stream's sticky error through a host
 //   function queued after the group.
 // - The blocking Alltoallv runs on a private CUDA stream and polls it.
+// - Thread-safety: NCCL communicators are not thread-safe, so every NCCL call on the communicator (AlltoallvAsync's
+//   and the blocking Alltoallv's group launches, the error polls of the blocking path and of the watchdog, the abort)
+//   is serialised by one mutex per communicator, held per call and never across a wait for a stream.
 #ifndef WAVEEP_COMM_NCCL_TRANSPORT_H_
 #define WAVEEP_COMM_NCCL_TRANSPORT_H_
 

@@ -6,8 +6,13 @@
 #include <cuda_runtime_api.h>
 
 #include <chrono>
+#include <cstdint>
+#include <deque>
+#include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <utility>
 
 #include "runtime/buffer.h"
 #include "runtime/stream_internal.h"
@@ -27,39 +32,92 @@ Status CheckDevice(Device device) {
   return absl::OkStatus();
 }
 
+// A stream's sticky error, shared with its host functions and with the events recorded on it (which may outlive the
+// stream). Tasks are numbered in stream order; `error_task` is the number of the task that failed first, so the
+// error "as of" a point of the stream is known exactly without running anything there.
+struct StreamState {
+  explicit StreamState(std::string n) : name(std::move(n)) {}
+  const std::string name;
+  std::mutex mu;
+  Status error;
+  uint64_t error_task = 0;      // 0: no error yet
+  uint64_t tasks_enqueued = 0;  // host tasks (Enqueue and wait propagation) issued so far
+};
+
+// Where an event was last recorded: a stream and how many of its tasks precede the record.
+struct RecordPoint {
+  std::shared_ptr<StreamState> stream;  // null: never recorded
+  uint64_t upto = 0;
+
+  // The recording stream's sticky error as of the record. Exact once the record completed: every task before it ran.
+  Status ErrorAtRecord() const {
+    if (stream == nullptr) return absl::OkStatus();
+    std::lock_guard<std::mutex> lock(stream->mu);
+    if (stream->error_task != 0 && stream->error_task <= upto) return stream->error;
+    return absl::OkStatus();
+  }
+  std::string Where() const {
+    return stream == nullptr ? std::string("never recorded") : absl::StrCat("recorded on stream '", stream->name, "'");
+  }
+};
+
+// The cudaEvent_t and its last record, shared by the Event and by the streams that wait on it (for diagnostics), so
+// that a wait never names a destroyed event. Destroyed on a host thread (never inside a host function: those hold
+// RecordPoints only).
+struct EventCore {
+  EventCore(std::string n, cudaEvent_t e) : name(std::move(n)), ev(e) {}
+  ~EventCore() { cudaEventDestroy(ev); }
+  const std::string name;
+  const cudaEvent_t ev;
+  std::mutex mu;
+  RecordPoint last;
+
+  RecordPoint Last() {
+    std::lock_guard<std::mutex> lock(mu);
+    return last;
+  }
+};
+
+std::string Prefixed(absl::string_view msg) {
+  std::string prefix = DiagnosticPrefix();
+  return absl::StrCat(prefix, prefix.empty() ? "" : ": ", msg);
+}
+
 class CudaEvent final : public Event {
  public:
-  CudaEvent(std::string name, cudaEvent_t ev) : name_(std::move(name)), ev_(ev) {}
-  ~CudaEvent() override { cudaEventDestroy(ev_); }
-  absl::string_view name() const override { return name_; }
-  cudaEvent_t native() const { return ev_; }
+  CudaEvent(std::string name, cudaEvent_t ev) : core_(std::make_shared<EventCore>(std::move(name), ev)) {}
+  absl::string_view name() const override { return core_->name; }
+  const std::shared_ptr<EventCore>& core() const { return core_; }
 
+  // Waits for the latest record, then returns the recording stream's sticky error as of that record (the CPU
+  // contract: an event recorded after an error completes *with* it).
   Status Synchronize(absl::Duration timeout) override {
+    const RecordPoint rec = core_->Last();
     auto deadline = std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
     for (;;) {
-      cudaError_t rc = cudaEventQuery(ev_);
-      if (rc == cudaSuccess) return absl::OkStatus();
+      cudaError_t rc = cudaEventQuery(core_->ev);
+      if (rc == cudaSuccess) return rec.ErrorAtRecord();
       if (rc != cudaErrorNotReady) WAVEEP_CUDA_RETURN_IF_ERROR(rc);
       if (std::chrono::steady_clock::now() > deadline)
-        return absl::DeadlineExceededError(absl::StrCat(DiagnosticPrefix(), ": host timed out after ",
-                                                        absl::FormatDuration(timeout), " waiting for CUDA event '",
-                                                        name_, "'"));
+        return absl::DeadlineExceededError(
+            Prefixed(absl::StrCat("host timed out after ", absl::FormatDuration(timeout), " waiting for CUDA event '",
+                                  core_->name, "' (", rec.Where(), ")")));
       std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
   }
-  bool Query() const override { return cudaEventQuery(ev_) == cudaSuccess; }
+  bool Query() const override { return cudaEventQuery(core_->ev) == cudaSuccess; }
   StatusOr<double> CompletionTimeUs() const override {
     return absl::UnimplementedError("CUDA events have no absolute timestamps; use elapsed time between two events");
   }
 
  private:
-  std::string name_;
-  cudaEvent_t ev_;
+  std::shared_ptr<EventCore> core_;
 };
 
 class CudaStream final : public Stream {
  public:
-  CudaStream(StreamOptions opts, Device device, cudaStream_t s) : opts_(std::move(opts)), device_(device), s_(s) {}
+  CudaStream(StreamOptions opts, Device device, cudaStream_t s)
+      : opts_(std::move(opts)), device_(device), s_(s), state_(std::make_shared<StreamState>(opts_.name)) {}
   ~CudaStream() override {
     cudaStreamSynchronize(s_);
     cudaStreamDestroy(s_);
@@ -69,22 +127,42 @@ class CudaStream final : public Stream {
   StreamHandle native() const override { return s_; }
 
   Status Enqueue(std::function<Status()> task) override {
-    auto* heap = new HostTask{this, std::move(task)};
-    cudaError_t rc = cudaLaunchHostFunc(s_, &CudaStream::RunHostTask, heap);
-    if (rc != cudaSuccess) delete heap;
-    WAVEEP_CUDA_RETURN_IF_ERROR(rc);
-    return absl::OkStatus();
+    if (!task) return absl::InvalidArgumentError("Stream::Enqueue: empty task");
+    std::lock_guard<std::mutex> issue(issue_mu_);
+    return LaunchTask(std::move(task));
   }
+  // The record point is the number of tasks issued before it: Event::Synchronize reports the error of those only.
   Status Record(Event& event) override {
     auto* ev = dynamic_cast<CudaEvent*>(&event);
     if (ev == nullptr) return absl::InvalidArgumentError("Stream::Record: event is not a CUDA event");
-    WAVEEP_CUDA_RETURN_IF_ERROR(cudaEventRecord(ev->native(), s_));
+    std::lock_guard<std::mutex> issue(issue_mu_);
+    WAVEEP_CUDA_RETURN_IF_ERROR(cudaEventRecord(ev->core()->ev, s_));
+    RecordPoint rec{state_, 0};
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      rec.upto = state_->tasks_enqueued;
+    }
+    std::lock_guard<std::mutex> lock(ev->core()->mu);
+    ev->core()->last = std::move(rec);
     return absl::OkStatus();
   }
+  // cudaStreamWaitEvent, then a non-blocking host function that copies the recording stream's error as of the record
+  // into this stream (so an error on one stream fails the other, as on CPU streams). The event is remembered so that
+  // a Synchronize that times out can name it.
   Status Wait(Event& event) override {
     auto* ev = dynamic_cast<CudaEvent*>(&event);
     if (ev == nullptr) return absl::InvalidArgumentError("Stream::Wait: event is not a CUDA event");
-    WAVEEP_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(s_, ev->native(), 0));
+    std::lock_guard<std::mutex> issue(issue_mu_);
+    const RecordPoint rec = ev->core()->Last();
+    WAVEEP_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(s_, ev->core()->ev, 0));
+    if (rec.stream == nullptr) return absl::OkStatus();  // never recorded: completes at once, carries nothing
+    WAVEEP_RETURN_IF_ERROR(LaunchTask([rec]() { return rec.ErrorAtRecord(); }));
+    // Forget waits that completed; keep a bounded list for diagnostics.
+    while (!waits_.empty() && (waits_.size() >= kMaxWaits || cudaEventQuery(waits_.front()->ev) == cudaSuccess)) {
+      waits_.pop_front();
+    }
+    cudaGetLastError();
+    waits_.push_back(ev->core());
     return absl::OkStatus();
   }
   Status Synchronize(absl::Duration timeout) override {
@@ -94,40 +172,76 @@ class CudaStream final : public Stream {
       if (rc == cudaSuccess) break;
       if (rc != cudaErrorNotReady) WAVEEP_CUDA_RETURN_IF_ERROR(rc);
       if (std::chrono::steady_clock::now() > deadline)
-        return absl::DeadlineExceededError(absl::StrCat(DiagnosticPrefix(), ": CUDA stream '", opts_.name,
-                                                        "' did not drain within ", absl::FormatDuration(timeout)));
+        return absl::DeadlineExceededError(
+            Prefixed(absl::StrCat("stream '", opts_.name, "' did not drain within ", absl::FormatDuration(timeout),
+                                  ": ", DescribeBlocker())));
       std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
     return status();
   }
   Status status() const override {
-    std::lock_guard<std::mutex> lock(mu_);
-    return error_;
+    std::lock_guard<std::mutex> lock(state_->mu);
+    return state_->error;
   }
 
  private:
+  static constexpr size_t kMaxWaits = 64;
+
   struct HostTask {
-    CudaStream* stream;
+    std::shared_ptr<StreamState> state;
+    uint64_t seq;
     std::function<Status()> fn;
   };
+  // Never calls CUDA: host functions must not.
   static void RunHostTask(void* p) {
     std::unique_ptr<HostTask> t(static_cast<HostTask*>(p));
     {
-      std::lock_guard<std::mutex> lock(t->stream->mu_);
-      if (!t->stream->error_.ok()) return;  // sticky: skip work after an error
+      std::lock_guard<std::mutex> lock(t->state->mu);
+      if (!t->state->error.ok()) return;  // sticky: skip work after an error
     }
     Status s = t->fn();
     if (!s.ok()) {
-      std::lock_guard<std::mutex> lock(t->stream->mu_);
-      if (t->stream->error_.ok()) t->stream->error_ = s;
+      std::lock_guard<std::mutex> lock(t->state->mu);
+      if (t->state->error.ok()) {
+        t->state->error = std::move(s);
+        t->state->error_task = t->seq;
+      }
     }
+  }
+
+  // Requires issue_mu_ (task numbers follow the stream's order).
+  Status LaunchTask(std::function<Status()> fn) {
+    uint64_t seq = 0;
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      seq = state_->tasks_enqueued + 1;
+    }
+    auto* heap = new HostTask{state_, seq, std::move(fn)};
+    cudaError_t rc = cudaLaunchHostFunc(s_, &CudaStream::RunHostTask, heap);
+    if (rc != cudaSuccess) delete heap;
+    WAVEEP_CUDA_RETURN_IF_ERROR(rc);
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->tasks_enqueued = seq;
+    return absl::OkStatus();
+  }
+
+  // What a stream that does not drain is stuck on: the oldest event it waits on that has not completed.
+  std::string DescribeBlocker() {
+    std::lock_guard<std::mutex> issue(issue_mu_);
+    for (const std::shared_ptr<EventCore>& core : waits_) {
+      if (cudaEventQuery(core->ev) != cudaErrorNotReady) continue;
+      return absl::StrCat("still waiting on event '", core->name, "' (", core->Last().Where(), ")");
+    }
+    cudaGetLastError();
+    return "no event it waits on is pending (a kernel, copy or host task on it is still running)";
   }
 
   StreamOptions opts_;
   Device device_;
   cudaStream_t s_;
-  mutable std::mutex mu_;
-  Status error_;
+  const std::shared_ptr<StreamState> state_;
+  std::mutex issue_mu_;  // keeps task numbers, records and waits in stream order; guards waits_
+  std::deque<std::shared_ptr<EventCore>> waits_;
 };
 
 }  // namespace

@@ -285,5 +285,156 @@ TEST(CudaStream, OrdersWorkWhenGpuPresent) {
   EXPECT_EQ(seen, 7);
 }
 
+// ---- the CUDA Stream/Event keep the CPU contract (run on a GPU machine; skipped without a device) ---------------
+
+std::unique_ptr<Stream> MakeCudaStream(const char* name, absl::Duration timeout = absl::Seconds(10)) {
+  StreamOptions o;
+  o.name = name;
+  o.timeout = timeout;
+  auto s = Stream::Create(Device::Cuda(0), o);
+  EXPECT_TRUE(s.ok()) << s.status();
+  return s.ok() ? *std::move(s) : nullptr;
+}
+
+std::unique_ptr<Event> MakeCudaEvent(const char* name) {
+  auto e = Event::Create(Device::Cuda(0), name);
+  EXPECT_TRUE(e.ok()) << e.status();
+  return e.ok() ? *std::move(e) : nullptr;
+}
+
+#define REQUIRE_GPU() \
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device visible (built with CUDA: " << BuiltWithCuda() << ")"
+
+// (a) An event recorded after an error completes with it; one recorded before the error does not carry it.
+TEST(CudaStream, EventRecordedAfterAnErrorCarriesIt) {
+  REQUIRE_GPU();
+  auto a = MakeCudaStream("a");
+  auto before = MakeCudaEvent("before");
+  auto after = MakeCudaEvent("after_error");
+  ASSERT_TRUE(a && before && after);
+  ASSERT_TRUE(a->Record(*before).ok());
+  ASSERT_TRUE(a->Enqueue([] { return absl::DataLossError("boom"); }).ok());
+  ASSERT_TRUE(a->Record(*after).ok());
+  EXPECT_EQ(a->Synchronize().code(), absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(before->Synchronize(absl::Seconds(5)).ok());
+  Status s = after->Synchronize(absl::Seconds(5));
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("boom"));
+}
+
+// (b) The CPU test ErrorsAreStickyAndPropagateThroughEvents, on CUDA streams: the waiting stream fails too and
+// skips its later tasks.
+TEST(CudaStream, ErrorsPropagateThroughEventsToWaitingStreams) {
+  REQUIRE_GPU();
+  auto a = MakeCudaStream("a");
+  auto b = MakeCudaStream("b");
+  auto c = MakeCudaStream("c");
+  auto ev = MakeCudaEvent("after_error");
+  auto ev2 = MakeCudaEvent("b_done");
+  ASSERT_TRUE(a && b && c && ev && ev2);
+  std::atomic<int> ran_after{0};
+  ASSERT_TRUE(a->Enqueue([] { return absl::DataLossError("boom"); }).ok());
+  ASSERT_TRUE(a->Enqueue([&] {
+                 ++ran_after;
+                 return absl::OkStatus();
+               }).ok());
+  ASSERT_TRUE(a->Record(*ev).ok());
+  ASSERT_TRUE(b->Wait(*ev).ok());
+  ASSERT_TRUE(b->Enqueue([&] {
+                 ++ran_after;
+                 return absl::OkStatus();
+               }).ok());
+  ASSERT_TRUE(b->Record(*ev2).ok());
+  ASSERT_TRUE(c->Wait(*ev2).ok());  // two hops: a -> b -> c
+  EXPECT_EQ(a->Synchronize().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(b->Synchronize().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(c->Synchronize().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(ran_after, 0);
+  EXPECT_EQ(ev->Synchronize(absl::Seconds(1)).code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(ev2->Synchronize(absl::Seconds(1)).code(), absl::StatusCode::kDataLoss);
+}
+
+// (b) A wait on a record made before the error does not fail the waiting stream.
+TEST(CudaStream, WaitBindsToTheRecordAsOfTheCall) {
+  REQUIRE_GPU();
+  auto a = MakeCudaStream("a");
+  auto b = MakeCudaStream("b");
+  auto ev = MakeCudaEvent("ev");
+  ASSERT_TRUE(a && b && ev);
+  ASSERT_TRUE(a->Record(*ev).ok());
+  ASSERT_TRUE(b->Wait(*ev).ok());
+  ASSERT_TRUE(a->Enqueue([] { return absl::DataLossError("later"); }).ok());
+  ASSERT_TRUE(a->Record(*ev).ok());
+  EXPECT_TRUE(b->Synchronize().ok());
+  EXPECT_EQ(a->Synchronize().code(), absl::StatusCode::kDataLoss);
+}
+
+// (c) A stream stuck behind an event names it when Synchronize times out.
+TEST(CudaStream, SynchronizeTimeoutNamesTheEventStillPending) {
+  REQUIRE_GPU();
+  SetDiagnosticPrefix("rank 3/4");
+  auto a = MakeCudaStream("comm");
+  auto b = MakeCudaStream("compute");
+  auto ev = MakeCudaEvent("dispatch_done(2)");
+  ASSERT_TRUE(a && b && ev);
+  std::atomic<bool> release{false};
+  // Test only: a host task that waits on host state holds stream a (never on other CUDA work).
+  ASSERT_TRUE(a->Enqueue([&] {
+                 const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+                 while (!release && std::chrono::steady_clock::now() < deadline) {
+                   std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                 }
+                 return absl::OkStatus();
+               }).ok());
+  ASSERT_TRUE(a->Record(*ev).ok());
+  ASSERT_TRUE(b->Wait(*ev).ok());
+  Status s = b->Synchronize(absl::Milliseconds(200));
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("rank 3/4"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("compute"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("dispatch_done(2)"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("comm"));
+  Status e = ev->Synchronize(absl::Milliseconds(50));
+  EXPECT_EQ(e.code(), absl::StatusCode::kDeadlineExceeded) << e;
+  EXPECT_THAT(std::string(e.message()), HasSubstr("dispatch_done(2)"));
+  release = true;
+  EXPECT_TRUE(a->Synchronize().ok());
+  EXPECT_TRUE(b->Synchronize().ok());
+  SetDiagnosticPrefix("");
+}
+
+// The wave schedule's shape on CUDA streams, with events re-recorded every round and waits that outlive the events.
+TEST(CudaStream, PingPongManyRoundsAndEventsDestroyedWhileWaitedOn) {
+  REQUIRE_GPU();
+  auto a = MakeCudaStream("a");
+  auto b = MakeCudaStream("b");
+  auto ea = MakeCudaEvent("ea");
+  auto eb = MakeCudaEvent("eb");
+  ASSERT_TRUE(a && b && ea && eb);
+  std::vector<int> trace;
+  std::mutex mu;
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_TRUE(a->Wait(*eb).ok());
+    ASSERT_TRUE(a->Enqueue([&, i] {
+                   std::lock_guard<std::mutex> l(mu);
+                   trace.push_back(2 * i);
+                   return absl::OkStatus();
+                 }).ok());
+    ASSERT_TRUE(a->Record(*ea).ok());
+    ASSERT_TRUE(b->Wait(*ea).ok());
+    ASSERT_TRUE(b->Enqueue([&, i] {
+                   std::lock_guard<std::mutex> l(mu);
+                   trace.push_back(2 * i + 1);
+                   return absl::OkStatus();
+                 }).ok());
+    ASSERT_TRUE(b->Record(*eb).ok());
+  }
+  ea.reset();  // b still lists it among its waits: must not touch a destroyed event
+  ASSERT_TRUE(a->Synchronize().ok());
+  ASSERT_TRUE(b->Synchronize().ok());
+  ASSERT_EQ(trace.size(), 400u);
+  for (int i = 0; i < 400; ++i) EXPECT_EQ(trace[i], i);
+}
+
 }  // namespace
 }  // namespace waveep

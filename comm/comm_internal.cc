@@ -1,0 +1,106 @@
+// Copyright 2026 The waveep Authors.
+//
+// Helpers shared by the comm/ backends (comm_internal.h).
+#include "comm/comm_internal.h"
+
+#include <algorithm>
+#include <chrono>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+
+namespace waveep::comm::internal {
+
+std::string WithPrefix(absl::string_view msg) {
+  std::string prefix = DiagnosticPrefix();
+  return absl::StrCat(prefix, prefix.empty() ? "" : ": ", msg);
+}
+
+std::vector<size_t> AbandonRequests(std::vector<MPI_Request>& reqs, absl::Duration grace) {
+  size_t active = 0;
+  for (MPI_Request& r : reqs) {
+    if (r == MPI_REQUEST_NULL) continue;
+    MPI_Cancel(&r);
+    ++active;
+  }
+  std::vector<size_t> left;
+  if (active == 0) return left;
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point start = Clock::now();
+  const Clock::time_point deadline = start + absl::ToChronoNanoseconds(grace);
+  std::vector<int> idx(reqs.size());
+  while (active > 0) {
+    int outcount = 0;
+    if (MPI_Testsome(static_cast<int>(reqs.size()), reqs.data(), &outcount, idx.data(), MPI_STATUSES_IGNORE) !=
+            MPI_SUCCESS ||
+        outcount == MPI_UNDEFINED) {
+      break;
+    }
+    active -= static_cast<size_t>(outcount);
+    if (active == 0) break;
+    const Clock::time_point now = Clock::now();
+    if (now >= deadline) break;
+    // Cancellation completes within microseconds when it completes at all: yield first, then sleep.
+    if (now - start < std::chrono::microseconds(50)) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+  }
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    if (reqs[i] == MPI_REQUEST_NULL) continue;
+    MPI_Request_free(&reqs[i]);
+    left.push_back(i);
+  }
+  return left;
+}
+
+void PendingPeers::Add(int peer, bool is_send, size_t bytes, size_t block_bytes) {
+  Entry& e = pending_[{peer, is_send}];
+  e.bytes += bytes;
+  e.block_bytes = block_bytes;
+  ++e.messages;
+}
+
+int PendingPeers::num_peers() const {
+  std::set<int> peers;
+  for (const auto& [key, e] : pending_) peers.insert(key.first);
+  return static_cast<int>(peers.size());
+}
+
+std::string PendingPeers::ToString() const {
+  std::string out;
+  int listed = 0;
+  for (const auto& [key, e] : pending_) {
+    if (listed == kMaxPeersInMessage) break;
+    ++listed;
+    absl::StrAppend(&out, out.empty() ? "" : ", ", key.second ? "send to" : "recv from", " rank ", key.first, " (",
+                    e.bytes, " of ", e.block_bytes, " bytes");
+    if (e.messages > 1) absl::StrAppend(&out, " in ", e.messages, " messages");
+    absl::StrAppend(&out, ")");
+  }
+  if (pending_.size() > static_cast<size_t>(listed)) absl::StrAppend(&out, ", and ", pending_.size() - listed, " more");
+  return out;
+}
+
+Status CheckDeviceBuffers(const AlltoallvArgs& args, absl::string_view backend) {
+  struct Side {
+    const void* base;
+    const std::vector<size_t>* bytes;
+    const char* name;
+  };
+  for (const Side& side : {Side{args.send, &args.send_bytes, "send"}, Side{args.recv, &args.recv_bytes, "recv"}}) {
+    if (std::all_of(side.bytes->begin(), side.bytes->end(), [](size_t b) { return b == 0; })) continue;
+    int device = -1;
+    if (!IsDevicePointer(side.base, &device)) {
+      return absl::InvalidArgumentError(absl::StrCat("AlltoallvArgs.", side.name, " is not CUDA device memory; the ",
+                                                     backend,
+                                                     " backend takes device buffers only (use --backend=mpi for host "
+                                                     "memory)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace waveep::comm::internal

@@ -1,0 +1,76 @@
+// Copyright 2026 The waveep Authors.
+// IWYU pragma: private, include "comm/comm.h"
+//
+// comm/comm_internal.h — helpers every comm/ backend shares, kept in one place so that errors read the same on every
+// backend:
+//
+//   return absl::DeadlineExceededError(WithPrefix(absl::StrCat(what, " timed out; still pending: ",
+//   pending.ToString()))); std::string note = AbandonNote(AbandonRequests(reqs, kCancelGrace));
+//   WAVEEP_RETURN_IF_ERROR(CheckDeviceBuffers(args, "nccl"));
+//
+// Host code only; the CUDA-dependent IsDevicePointer lives in cuda_util.cc (cuda_util_stub.cc without CUDA).
+#ifndef WAVEEP_COMM_COMM_INTERNAL_H_
+#define WAVEEP_COMM_COMM_INTERNAL_H_
+
+#include <mpi.h>
+
+#include <cstddef>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "comm/comm.h"
+#include "runtime/runtime.h"
+
+namespace waveep::comm::internal {
+
+// How long cancelled MPI requests and in-flight copies get to finish after an error before they are given up.
+inline constexpr absl::Duration kCancelGrace = absl::Milliseconds(200);
+// At most this many pending peers are named in a timeout message; the rest are counted.
+inline constexpr int kMaxPeersInMessage = 8;
+
+// `msg` behind the diagnostic prefix ("rank 2/4: msg"), or `msg` alone when no prefix is set. Thread-safe.
+std::string WithPrefix(absl::string_view msg);
+
+// After an error or a timeout: cancels every active request in `reqs`, polls them for up to `grace` (MPI_Testsome),
+// then releases whatever is still active with MPI_Request_free. Every entry is MPI_REQUEST_NULL on return. Returns
+// the indices of the requests that had to be freed while still active (their buffers may still be accessed by MPI).
+// MPI errors are ignored: they would only hide the error being reported. Blocking for at most about `grace`.
+std::vector<size_t> AbandonRequests(std::vector<MPI_Request>& reqs, absl::Duration grace);
+
+// Pending work per (peer, direction), for timeout messages:
+//   "send to rank 1 (4096 of 8192 bytes in 2 messages), recv from rank 3 (100 of 100 bytes), and 2 more"
+class PendingPeers {
+ public:
+  // One pending message of `bytes` to (is_send) or from `peer`, part of a block of `block_bytes`.
+  void Add(int peer, bool is_send, size_t bytes, size_t block_bytes);
+  bool empty() const { return pending_.empty(); }
+  // Distinct peers with something pending.
+  int num_peers() const;
+  // At most kMaxPeersInMessage entries in (peer, send-after-recv) order, then ", and N more"; "" when empty.
+  std::string ToString() const;
+
+ private:
+  struct Entry {
+    size_t bytes = 0;
+    size_t block_bytes = 0;
+    int messages = 0;
+  };
+  std::map<std::pair<int, bool>, Entry> pending_;  // (peer, is_send)
+};
+
+// True when `p` points into CUDA device memory (cudaMemoryTypeDevice) and stores its device ordinal in *device.
+// False for null, host, pinned-host and managed memory, without a visible device and always without CUDA.
+// Non-blocking, thread-safe; leaves no sticky CUDA error behind.
+bool IsDevicePointer(const void* p, int* device);
+
+// For device-only backends: InvalidArgument naming the side ("AlltoallvArgs.send is not CUDA device memory; the nccl
+// backend takes device buffers only ...") when a side with a nonzero block is not in device memory.
+Status CheckDeviceBuffers(const AlltoallvArgs& args, absl::string_view backend);
+
+}  // namespace waveep::comm::internal
+
+#endif  // WAVEEP_COMM_COMM_INTERNAL_H_

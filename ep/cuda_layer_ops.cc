@@ -74,8 +74,10 @@ class CudaLayerOps final : public LayerOps {
       WAVEEP_RETURN_IF_ERROR(Ensure(ret_send_[j], max_wave * crow_));
     }
     if (fp8_) {
-      WAVEEP_RETURN_IF_ERROR(Ensure(q_, std::max(t, max_wave) * h_));
-      WAVEEP_RETURN_IF_ERROR(Ensure(sc_, std::max(t, max_wave) * (h_ / block_) * 4));
+      WAVEEP_RETURN_IF_ERROR(Ensure(q_, t * h_));
+      WAVEEP_RETURN_IF_ERROR(Ensure(sc_, t * (h_ / block_) * 4));
+      WAVEEP_RETURN_IF_ERROR(Ensure(aq_, max_wave * h_));
+      WAVEEP_RETURN_IF_ERROR(Ensure(as_, max_wave * (h_ / block_) * 4));
       WAVEEP_RETURN_IF_ERROR(Ensure(a_rows8_, max_wave * drow_));
       WAVEEP_RETURN_IF_ERROR(Ensure(a_f32_, max_wave * h_ * 4));
     }
@@ -248,7 +250,8 @@ class CudaLayerOps final : public LayerOps {
   // Device buffers: tokens (FP32, encoded), transit rows, index arrays, one wave's scratch, the shared expert's.
   Buffer x_, tok_, send_, recv_[2], ret_send_[2], ret_recv_;
   Buffer pair_of_row_, row_of_pair_, topk_w_, a_rows_;
-  Buffer q_, sc_, a_rows8_, a_f32_, a_, gate_up_, act_, act_bf_, y_, y_bf_;
+  Buffer q_, sc_;  // pack: FP8 payload and scales of the local tokens (comm stream)
+  Buffer aq_, as_, a_rows8_, a_f32_, a_, gate_up_, act_, act_bf_, y_, y_bf_;
   Buffer xs_, s_gate_up_, s_act_, s_act_bf_, s_out_, out_dev_, out_host_;
 };
 

@@ -105,6 +105,7 @@ Status Run(const GroupedGemmArgs& args, GemmBackend requested, Stream& stream, c
   problem.n = args.n;
   problem.k = args.k;
   problem.dtype = args.fp8 ? DType::kFP8E4M3 : DType::kBF16;
+  problem.c_dtype = args.c_dtype;
   problem.sm_count = info.sm_count;
   problem.sm90_kernel_available = cuda_internal::Sm90KernelCompiled() && info.cc_major == 9 && info.cc_minor == 0;
   problem.allow_experimental = ExperimentalEnabled();

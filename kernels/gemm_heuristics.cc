@@ -177,6 +177,12 @@ StatusOr<GroupedGemmPlan> PlanGroupedGemm(const GroupedGemmProblem& p, GemmBacke
   if (fp8 && (requested == GemmBackend::kCublasGrouped || requested == GemmBackend::kSm90))
     return absl::InvalidArgumentError(
         absl::StrCat("grouped GEMM: backend ", GemmBackendName(requested), " supports bf16 only"));
+  // cuBLAS's grouped batched GEMM takes BF16 A/B with BF16 C only ("not supported" for F32 C, seen on an H200 with
+  // cuBLAS 13; its documented type table agrees).
+  const bool grouped_ok = !fp8 && p.c_dtype == DType::kBF16;
+  if (requested == GemmBackend::kCublasGrouped && !grouped_ok)
+    return absl::InvalidArgumentError(
+        absl::StrCat("grouped GEMM: backend cublas_grouped writes bf16 output only, not ", DTypeName(p.c_dtype)));
   const bool sm90_shape_ok = p.k % 64 == 0 && p.n % 8 == 0;
   if (requested == GemmBackend::kSm90 && !p.sm90_kernel_available)
     return absl::UnavailableError(
@@ -210,8 +216,10 @@ StatusOr<GroupedGemmPlan> PlanGroupedGemm(const GroupedGemmProblem& p, GemmBacke
   const double tflops = fp8 ? p.cost.fp8_tflops_per_sm : p.cost.bf16_tflops_per_sm;
   const Estimate lt = EstimateCublasLt(p, tile_k, tflops, elem_bytes);
   Estimate grouped, sm90;
-  if (!fp8) {
+  if (grouped_ok) {
     grouped = EstimateSingleLaunch(p, GroupedBatchedTiles(), tflops, p.cost.grouped_batched_efficiency, elem_bytes);
+  }
+  if (!fp8) {
     if (p.sm90_kernel_available && sm90_shape_ok)
       sm90 = EstimateSingleLaunch(p, Sm90TileOptions(), tflops, p.cost.sm90_efficiency, elem_bytes);
   }

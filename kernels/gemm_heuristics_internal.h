@@ -44,6 +44,7 @@ struct GroupedGemmProblem {
   int64_t n = 0;                        // output columns
   int64_t k = 0;                        // reduction depth
   DType dtype = DType::kBF16;           // kBF16 or kFP8E4M3 (inputs)
+  DType c_dtype = DType::kBF16;         // output: kBF16 or kF32 (cublasGemmGroupedBatchedEx: BF16 in -> BF16 out only)
   int sm_count = 132;
   bool sm90_kernel_available = false;  // built for sm_90a and running on compute capability 9.0
   bool allow_experimental = false;     // kAuto may pick the experimental kernel (WAVEEP_GEMM_EXPERIMENTAL=1)
@@ -74,8 +75,8 @@ struct GroupedGemmPlan {
 
 // Plans one grouped GEMM. `requested` != kAuto forces that backend: Unavailable when it cannot run here (kSm90
 // without an sm_90a build on a CC 9.0 device), InvalidArgument for combinations it does not support (kCublasGrouped
-// or kSm90 with FP8, FP8 with k % 128 != 0 or n % 16 != 0), as for kAuto. Also InvalidArgument on negative sizes,
-// no groups or sm_count < 1.
+// or kSm90 with FP8, kCublasGrouped with F32 output, FP8 with k % 128 != 0 or n % 16 != 0), as for kAuto. Also
+// InvalidArgument on negative sizes, no groups or sm_count < 1.
 StatusOr<GroupedGemmPlan> PlanGroupedGemm(const GroupedGemmProblem& p, GemmBackend requested);
 
 // The step between the gate+up GEMM and the down GEMM.

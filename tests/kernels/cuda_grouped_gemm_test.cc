@@ -11,6 +11,11 @@
 // 2^-18 = 64 * 2^-24. A wrong element, transposition, scale or group offset is off by O(sum |a b| / sqrt(K)),
 // orders of magnitude above it. BF16 output adds one rounding (half an ulp = 2^-9 relative; 2^-8 allows both
 // sides' accumulation noise to push a tie across).
+// FP8 inputs: 2^-13 * sum_k |a_k * b_k| instead. Hopper's FP8 tensor-core MMA does not accumulate in full FP32: it
+// keeps about 14 bits of the running sum (DeepSeek-V3 technical report, section 3.3.2), and cuBLASLt's block-scaled
+// path promotes to FP32 once per 128-wide scale block, so within a block the error is ~2^-14 of its sum |a b|. The
+// first H200 run saw errors of ~2^-14 of sum |a b| at the V4-Pro shapes. A wrong scale or block is still off by
+// O(sum |a b| / sqrt(K)), a factor 2^13 / sqrt(K) (>= 96 for K <= 7168) above this bound.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -132,6 +137,10 @@ void RunBf16Case(const GemmCase& c, uint32_t seed) {
                     std::string(s.message()).c_str());
         continue;
       }
+      if (backend == GemmBackend::kCublasGrouped && c_dtype == DType::kF32) {
+        EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << what << ": " << s;  // bf16 output only
+        continue;
+      }
       ASSERT_TRUE(s.ok()) << what << ": " << s;
       ASSERT_TRUE(stream->Synchronize().ok()) << what;
       const std::vector<uint8_t> got = c_dev.ToHost();
@@ -185,6 +194,7 @@ void RunFp8Case(const GemmCase& c, uint32_t seed) {
   }
   std::vector<float> want, bound;
   Reference(a, b, offsets, c.n, c.k, &want, &bound);
+  for (float& v : bound) v *= 0x1p5f;  // 2^-18 -> 2^-13: FP8 accumulation (see the header)
   DeviceArray<uint8_t> aq_dev(a_q);
   DeviceArray<float> as_dev(a_s);
   for (DType c_dtype : {DType::kBF16, DType::kF32}) {

@@ -83,6 +83,19 @@ TEST(GemmHeuristicsTest, ManyTinyGroupsUseOneGroupedLaunch) {
   EXPECT_EQ(plan.nonempty_groups, 32);
 }
 
+TEST(GemmHeuristicsTest, GroupedBatchedOnlyForBf16Output) {
+  // Where one grouped launch wins for BF16 output, F32 output must stay on cuBLASLt (cuBLAS's grouped batched GEMM
+  // rejects F32 C), and asking for it by name is an error, not a failed launch.
+  GroupedGemmProblem p = Problem(std::vector<int64_t>(32, 8), 4096, 2048);
+  ASSERT_EQ(PlanOrDie(p).backend, GemmBackend::kCublasGrouped);
+  p.c_dtype = DType::kF32;
+  EXPECT_EQ(PlanOrDie(p).backend, GemmBackend::kCublasLt);
+  auto forced = PlanGroupedGemm(p, GemmBackend::kCublasGrouped);
+  ASSERT_FALSE(forced.ok());
+  EXPECT_EQ(forced.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(forced.status().message()).find("bf16 output only"), std::string::npos) << forced.status();
+}
+
 TEST(GemmHeuristicsTest, TinyKIsLaunchBound) {
   // K = 16: each GEMM is a few microseconds of work, so launches dominate and one launch wins. The sm90 kernel
   // needs full 64-deep k tiles and is never considered, even when allowed.

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Packs what scripts/gpu_check.sh needs from a CUDA build into one folder that can travel to a GPU machine which
+# has CUDA, cuBLAS, NCCL, Open MPI 4.1 and OpenBLAS but no Abseil (and maybe not Debian's Google Benchmark):
+#
+#   scripts/gpu_bundle.sh [--build build-gpu] [--dest .gpu]
+#
+# DEST/build/... holds the executables at the same relative paths as in the build folder (bin/waveep,
+# tests/<module>/<test>, bench/<bench>), DEST/lib the shared libraries they need that such a machine lacks (Abseil,
+# libbenchmark), DEST/manifest.txt what was packed from which commit. CUDA, MPI, NCCL and libc stay behind: the
+# GPU machine's own must be used (its driver and its mpirun). Build for Hopper first, for example
+#   cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DWAVEEP_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90a
+#   cmake --build build-gpu -j"$(nproc)"
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+build="$WAVEEP_ROOT/build-gpu"
+dest="$WAVEEP_ROOT/.gpu"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --build) build="$2"; shift 2 ;;
+    --dest) dest="$2"; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "gpu_bundle.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+[[ -x "$build/bin/waveep" ]] || { echo "gpu_bundle.sh: $build/bin/waveep not found: build first (see --help)" >&2; exit 1; }
+grep -q '^WAVEEP_HAVE_CUDA\|CMAKE_CUDA_COMPILER:' "$build/CMakeCache.txt" ||
+  { echo "gpu_bundle.sh: $build was configured without CUDA" >&2; exit 1; }
+
+rm -rf "$dest"
+mkdir -p "$dest/build" "$dest/lib"
+mapfile -t exes < <(cd "$build" && find bin tests bench -maxdepth 2 -type f -perm -u+x \
+  \( -name waveep -o -name '*_test' -o -name 'waveep_*bench' \) 2>/dev/null | sort)
+for e in "${exes[@]}"; do
+  mkdir -p "$dest/build/$(dirname "$e")"
+  cp "$build/$e" "$dest/build/$e"
+  strip --strip-debug "$dest/build/$e" 2>/dev/null || true
+done
+# Libraries to carry: those a CUDA image lacks. Everything else (libc, libstdc++, CUDA, NCCL, MPI, OpenBLAS) comes
+# from the GPU machine.
+for e in "${exes[@]}"; do ldd "$build/$e"; done | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |
+  grep -E '/lib(absl_[a-z0-9_]+|benchmark[a-z_]*)\.so' | while read -r lib; do cp -L "$lib" "$dest/lib/"; done
+{
+  echo "commit $(git -C "$WAVEEP_ROOT" rev-parse HEAD 2>/dev/null || echo unknown)$(git -C "$WAVEEP_ROOT" diff --quiet 2>/dev/null || echo ' (+ local changes)')"
+  echo "built $(date -u +%FT%TZ) on $(hostname) from $build"
+  grep -E "^(CMAKE_CUDA_ARCHITECTURES|CMAKE_BUILD_TYPE):[A-Z]*=" "$build/CMakeCache.txt"
+  printf 'exe %s\n' "${exes[@]}"
+  (cd "$dest/lib" && printf 'lib %s\n' *)
+} >"$dest/manifest.txt"
+log "bundle $dest: ${#exes[@]} executables, $(ls "$dest/lib" | wc -l) libraries, $(du -sh "$dest" | cut -f1)"

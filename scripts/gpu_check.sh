@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# The prepared device run: everything waveep checks and measures on one GPU, in one command that fits in about
+# 8 minutes on one H100/H200 with 16 cores. Build on a CPU machine and carry the bundle (scripts/gpu_bundle.sh), or
+# point --build at a CUDA build made on the GPU machine.
+#
+#   scripts/gpu_check.sh [--bundle .gpu | --build build-gpu] [--out DIR] [--stages LIST] [--quick] [--budget_s N]
+#
+# Stages (default: all, in this order, most important first):
+#   info       the machine: GPU, driver, nvcc, torch, cores; which libraries the binaries resolve to
+#   unit       GPU unit tests (kernels and the CUDA layer vs the CPU reference, CUDA streams/events, comm on device
+#              buffers at np 1)
+#   layer      waveep run --device=cuda --verify at np 1 (bf16, fp8), and at np 2 under MPS with --backend=cuda_ipc
+#              and mpi; output checksums must not depend on W
+#   comm2      the comm conformance suite at np 2 sharing the GPU under MPS (cuda_ipc, host-staged mpi)
+#   sweep      waveep bench --device=cuda wave sweep at np 2 under MPS (cuda_ipc and host-staged mpi)
+#   gemm       grouped GEMM bench (V4-Pro shapes) next to torch._grouped_mm / _scaled_grouped_mm and dense cuBLAS
+#   sanitizer  compute-sanitizer memcheck on every kernel test, racecheck/synccheck on the ones with shared memory
+# --quick trims the GEMM bench to the uniform distribution and the sweep to one model. --budget_s N (default 450)
+# skips the steps that would start after N seconds (listed as SKIP (budget)), so the run ends inside a lease.
+#
+# DIR (default docs/perf/<date>-<gpu>) gets summary.md (one line per step: PASS/FAIL/SKIP, seconds), logs/*.log,
+# and the JSON/CSV/markdown each stage writes. Exit status: 0 when every step passed, 1 otherwise.
+set -uo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+
+bundle=""
+build=""
+out=""
+stages="info,unit,layer,comm2,sweep,gemm,sanitizer"
+quick=0
+budget_s=450
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --bundle) bundle="$2"; shift 2 ;;
+    --build) build="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    --stages) stages="$2"; shift 2 ;;
+    --quick) quick=1; shift ;;
+    --budget_s) budget_s="$2"; shift 2 ;;
+    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+if [[ -n "$bundle" ]]; then
+  build="$bundle/build"
+  export LD_LIBRARY_PATH="$(cd "$bundle/lib" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+[[ -n "$build" ]] || build="$ROOT/build-gpu"
+build="$(cd "$build" 2>/dev/null && pwd)" || { echo "gpu_check.sh: no build folder (see --help)" >&2; exit 2; }
+[[ -x "$build/bin/waveep" ]] || { echo "gpu_check.sh: $build/bin/waveep missing" >&2; exit 2; }
+command -v nvidia-smi >/dev/null || { echo "gpu_check.sh: no nvidia-smi: not a GPU machine" >&2; exit 2; }
+gpu_name="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' | tr -cd 'A-Za-z0-9_.-')"
+[[ -n "$out" ]] || out="$ROOT/docs/perf/$(date -u +%F)-${gpu_name:-gpu}"
+mkdir -p "$out/logs"
+out="$(cd "$out" && pwd)"
+summary="$out/summary.md"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+failed=0
+t_start=$(date +%s)
+
+# Libraries the GPU image keeps outside the default search path (CUDA, NCCL from a pip wheel): add their folders.
+add_lib_dirs() {
+  local missing lib dir
+  missing=$(for e in "$build"/bin/waveep "$build"/tests/*/*_test "$build"/bench/*; do [[ -x $e ]] && ldd "$e"; done 2>/dev/null |
+    awk '/not found/ {print $1}' | sort -u)
+  for lib in $missing; do
+    dir=$(find /usr/local /usr/lib /opt -name "$lib" -not -path '*/stubs/*' 2>/dev/null | head -1)
+    if [[ -n "$dir" ]]; then
+      export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$dir")"
+    else
+      echo "gpu_check.sh: WARNING: $lib not found anywhere" >&2
+    fi
+  done
+}
+add_lib_dirs
+
+has_stage() { [[ ",$stages," == *",$1,"* ]]; }
+# step NAME TIMEOUT_S CMD...: runs CMD with a deadline, logs to logs/NAME.log, one summary line.
+step() {
+  local name="$1" limit="$2"; shift 2
+  local log="$out/logs/$name.log" t0 rc verdict
+  if (( $(date +%s) - t_start > budget_s )); then
+    printf '| %s | SKIP (budget %ss) | 0 | `%s` |\n' "$name" "$budget_s" "$*" >>"$summary"
+    return 0
+  fi
+  t0=$(date +%s.%N)
+  echo "== $name: $*" | tee "$log" >&2
+  timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1
+  rc=$?
+  local dt
+  dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+  case $rc in
+    0) verdict=PASS ;;
+    124|137) verdict="FAIL (timeout ${limit}s)"; failed=1 ;;
+    77) verdict=SKIP ;;
+    *) verdict="FAIL (rc $rc)"; failed=1 ;;
+  esac
+  printf '| %s | %s | %s | `%s` |\n' "$name" "$verdict" "$dt" "$*" >>"$summary"
+  echo "   $name: $verdict in ${dt}s" >&2
+  [[ $verdict == PASS ]] || tail -25 "$log" >&2
+  return 0
+}
+mps_start() {
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/waveep-mps CUDA_MPS_LOG_DIRECTORY=/tmp/waveep-mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  nvidia-cuda-mps-control -d 2>/dev/null && echo "MPS started" >&2
+}
+mps_stop() { echo quit | nvidia-cuda-mps-control 2>/dev/null; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; }
+trap 'mps_stop >/dev/null 2>&1' EXIT
+waveep="$build/bin/waveep"
+# np 2 on one GPU: both ranks bind cuda:0 (local rank modulo the GPUs) and share it through MPS.
+MPIRUN2=(mpirun -np 2 --bind-to none -x LD_LIBRARY_PATH -x CUDA_MPS_PIPE_DIRECTORY)
+
+{
+  echo "# waveep on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+  echo
+  echo "$(date -u +%FT%TZ); stages: $stages; build: $build"
+  [[ -f "${bundle:-/nonexistent}/manifest.txt" ]] && sed -n '1,3p' "$bundle/manifest.txt" | sed 's/^/    /'
+  echo
+  echo "| step | result | seconds | command |"
+  echo "|---|---|---|---|"
+} >"$summary"
+
+if has_stage info; then
+  {
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,compute_cap --format=csv
+    nvcc --version 2>/dev/null | tail -2
+    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1
+    mpirun --version 2>&1 | head -1
+    echo "cores $(nproc)"
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    ldd "$waveep"
+  } >"$out/logs/info.log" 2>&1
+  grep -q 'not found' "$out/logs/info.log" && echo "| info | FAIL (unresolved libraries, see logs/info.log) | 0 | ldd |" >>"$summary" && failed=1
+fi
+
+if has_stage unit; then
+  for t in "$build"/tests/kernels/kernels_cuda_*_test "$build"/tests/kernels/kernels_gemm_heuristics_test \
+           "$build"/tests/runtime/runtime_stream_test "$build"/tests/ep/ep_*_test; do
+    [[ -x $t ]] && step "$(basename "$t")" 90 "$t" --gtest_brief=1
+  done
+  [[ -x "$build/tests/comm/comm_conformance_test" ]] &&
+    step comm_conformance_np1 90 mpirun -np 1 -x LD_LIBRARY_PATH "$build/tests/comm/comm_conformance_test" --gtest_brief=1
+fi
+
+# Runs the layer at every W and checks that the output checksum does not depend on W.
+layer_checksums() {  # name np backend args...
+  local name="$1" np="$2" backend="$3"; shift 3
+  local sums=() w json
+  for w in 1 2 4; do
+    json="$out/layer_${name}_w$w.json"
+    if [[ $np -eq 1 ]]; then
+      "$waveep" run --device=cuda --backend="$backend" --waves=$w --verify --json="$json" "$@" || return 1
+    else
+      mpirun -np 2 --bind-to none -x LD_LIBRARY_PATH -x CUDA_MPS_PIPE_DIRECTORY "$waveep" run --device=cuda --backend="$backend" --waves=$w --verify --json="$json" "$@" || return 1
+    fi
+    sums+=("$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['output_checksum'])" "$json")")
+  done
+  echo "checksums by W (1 2 4): ${sums[*]}"
+  [[ $(printf '%s\n' "${sums[@]}" | sort -u | wc -l) -eq 1 ]] || { echo "checksum depends on W"; return 1; }
+}
+if has_stage layer; then
+  export -f layer_checksums
+  export waveep out
+  for dt in bf16 fp8; do
+    step "layer_np1_$dt" 120 bash -c "layer_checksums np1_$dt 1 mpi --model=tiny --tokens_per_rank=512 --dtype=$dt --steps=3"
+  done
+  mps_start
+  for be in cuda_ipc mpi; do
+    step "layer_np2_${be}_mps" 150 bash -c \
+      "layer_checksums np2_$be 2 $be --model=tiny --tokens_per_rank=512 --dtype=bf16 --steps=3"
+  done
+  mps_stop
+fi
+
+if has_stage comm2; then
+  mps_start
+  step comm_conformance_np2_mps 150 "${MPIRUN2[@]}" "$build/tests/comm/comm_conformance_test" --gtest_brief=1
+  mps_stop
+fi
+
+if has_stage sweep; then
+  mps_start
+  models="mixtral-8x7b,qwen3-30b-a3b"
+  [[ $quick -eq 1 ]] && models="mixtral-8x7b"
+  for be in cuda_ipc mpi; do
+    step "sweep_np2_${be}_mps" 150 "${MPIRUN2[@]}" "$waveep" bench --device=cuda --backend="$be" --models="$models" \
+      --tokens_list=4096,16384 --waves_list=1,2,4,8 --csv="$out/sweep_np2_$be.csv" --json="$out/sweep_np2_$be.json"
+  done
+  mps_stop
+fi
+
+if has_stage gemm && [[ -x "$build/bench/waveep_gpu_gemm_bench" ]]; then
+  # Every dense reference and the grouped GEMM through the library backends (the experimental sm90 kernel is checked
+  # by the unit test, and timed only with WAVEEP_GEMM_EXPERIMENTAL=1 by hand).
+  filter='V4-Pro/(gate_up|down)/(bf16|fp8)/(rows:|(uniform|skewed)/rows:[0-9]+/(auto|cublaslt|cublas_grouped))'
+  [[ $quick -eq 1 ]] && filter='V4-Pro/(gate_up|down)/(bf16|fp8)/(rows:|uniform/rows:[0-9]+/(auto|cublaslt|cublas_grouped))'
+  step gemm_bench_v4pro 200 "$build/bench/waveep_gpu_gemm_bench" "--benchmark_filter=$filter" \
+    --benchmark_format=json "--benchmark_out=$out/gemm_v4pro.json" --benchmark_counters_tabular=true
+  step gemm_vs_torch 90 python3 "$ROOT/scripts/gpu_torch_compare.py" --ours "$out/gemm_v4pro.json" --models V4-Pro \
+    --markdown "$out/gemm_v4pro.md"
+fi
+
+if has_stage sanitizer && command -v compute-sanitizer >/dev/null; then
+  for t in cuda_gating cuda_permute cuda_quant cuda_swiglu cuda_combine cuda_convert; do
+    exe="$build/tests/kernels/kernels_${t}_test"
+    [[ -x $exe ]] || continue
+    step "memcheck_$t" 120 compute-sanitizer --tool memcheck --error-exitcode 1 "$exe" --gtest_brief=1
+  done
+  for t in cuda_gating cuda_permute; do
+    exe="$build/tests/kernels/kernels_${t}_test"
+    [[ -x $exe ]] || continue
+    step "racecheck_$t" 120 compute-sanitizer --tool racecheck --error-exitcode 1 "$exe" --gtest_brief=1
+    step "synccheck_$t" 120 compute-sanitizer --tool synccheck --error-exitcode 1 "$exe" --gtest_brief=1
+  done
+  exe="$build/tests/kernels/kernels_cuda_grouped_gemm_test"
+  [[ -x $exe ]] && step memcheck_cuda_grouped_gemm 180 compute-sanitizer --tool memcheck --error-exitcode 1 "$exe" \
+    --gtest_brief=1 --gtest_filter='*Degenerate*:*Bad*:*Small*'
+fi
+
+echo >>"$summary"
+echo "total $(( $(date +%s) - t_start )) s; $([[ $failed -eq 0 ]] && echo 'all steps passed' || echo 'SOME STEPS FAILED')" >>"$summary"
+cat "$summary" >&2
+exit $failed

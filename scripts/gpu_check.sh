@@ -197,6 +197,10 @@ if has_stage gemm && [[ -x "$build/bench/waveep_gpu_gemm_bench" ]]; then
   [[ $quick -eq 1 ]] && filter='V4-Pro/(gate_up|down)/(bf16|fp8)/(rows:|uniform/rows:[0-9]+/(auto|cublaslt|cublas_grouped))'
   step gemm_bench_v4pro 200 "$build/bench/waveep_gpu_gemm_bench" "--benchmark_filter=$filter" \
     --benchmark_format=json "--benchmark_out=$out/gemm_v4pro.json" --benchmark_counters_tabular=true
+  # The experimental persistent wgmma kernel (sm_90a builds only), timed apart so that a hang cannot cost the rest.
+  step gemm_bench_v4pro_sm90 60 env WAVEEP_GEMM_EXPERIMENTAL=1 "$build/bench/waveep_gpu_gemm_bench" \
+    '--benchmark_filter=V4-Pro/(gate_up|down)/bf16/uniform/rows:[0-9]+/sm90' --benchmark_format=json \
+    "--benchmark_out=$out/gemm_v4pro_sm90.json"
   step gemm_vs_torch 90 python3 "$ROOT/scripts/gpu_torch_compare.py" --ours "$out/gemm_v4pro.json" --models V4-Pro \
     --markdown "$out/gemm_v4pro.md"
 fi

@@ -96,6 +96,22 @@ TEST(GemmHeuristicsTest, GroupedBatchedOnlyForBf16Output) {
   EXPECT_NE(std::string(forced.status().message()).find("bf16 output only"), std::string::npos) << forced.status();
 }
 
+TEST(GemmHeuristicsTest, CalibratedOnH200AtV4ProShapes) {
+  // Measured on an H200 (docs/perf/2026-11-29-NVIDIA-H200, bench/gpu_gemm_bench.cc, 32 experts, uniform rows):
+  // cuBLAS grouped-batched wins at 8 and 32 rows per expert (30 vs 27, 117 vs 106 TFLOP/s for gate+up), per-expert
+  // cuBLASLt from 128 rows per expert on (400 vs 255, 618 vs 272 TFLOP/s). The model must pick the faster one.
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{6144, 7168}, {7168, 3072}}) {
+    for (const auto& [rows, want] : {std::pair<int64_t, GemmBackend>{8, GemmBackend::kCublasGrouped},
+                                     {32, GemmBackend::kCublasGrouped},
+                                     {128, GemmBackend::kCublasLt},
+                                     {512, GemmBackend::kCublasLt},
+                                     {4096, GemmBackend::kCublasLt}}) {
+      const GroupedGemmPlan plan = PlanOrDie(Problem(std::vector<int64_t>(32, rows), n, k));
+      EXPECT_EQ(plan.backend, want) << rows << " rows per expert, n=" << n << " k=" << k << ": " << plan.reason;
+    }
+  }
+}
+
 TEST(GemmHeuristicsTest, TinyKIsLaunchBound) {
   // K = 16: each GEMM is a few microseconds of work, so launches dominate and one launch wins. The sm90 kernel
   // needs full 64-deep k tiles and is never considered, even when allowed.

@@ -19,8 +19,12 @@
 // - Control and completion signalling go over MPI point-to-point on a private communicator, polled with the timeout;
 //   a timeout names the peers whose offset or completion never arrived. Never spins forever.
 // - Ranks on different nodes cannot reach each other: creation fails with FailedPrecondition naming them.
-// - Device buffers only: capabilities() = {host_memory = false, device_memory = true}. On a CPU stream the exchange
-//   runs as a task; on a CUDA stream it runs on a helper thread and a host function holds the stream until it ends.
+// - Device buffers only: capabilities() = {host_memory = false, device_memory = true}. Every exchange (blocking, on a
+//   CUDA stream, on a CPU stream) is a job of the communicator's proxy thread (device_proxy_internal.h), whose FIFO
+//   keeps the issue order the shared arena needs. A CUDA stream is released by a cuStreamWaitValue32 on a
+//   host-mapped flag once the copies into the caller's blocks completed, never by a host function that waits; a CPU
+//   stream's thread is held by a task; the blocking caller waits on the job with a deadline. Creation fails
+//   (collectively) when the device cannot run stream memory operations.
 // - Blocking collectives (Barrier, Allgather, AlltoallCounts) go through an internal "mpi" communicator.
 #ifndef WAVEEP_COMM_CUDA_IPC_TRANSPORT_H_
 #define WAVEEP_COMM_CUDA_IPC_TRANSPORT_H_

@@ -62,6 +62,7 @@ std::string DescribeLayers(const std::set<int>& layers) {
 json ReadConfigJson(const std::string& dir) {
   auto text = ReadFileToString((fs::path(dir) / "config.json").string());
   if (!text.ok()) return json();
+  if (!CheckJsonNesting(*text, dir).ok()) return json();
   json j = json::parse(text->begin(), text->end(), nullptr, /*allow_exceptions=*/false);
   return j.is_discarded() ? json() : j;
 }
@@ -107,6 +108,22 @@ StatusOr<std::string> CheckpointWeights::ExpertDTypeName(int expert) const {
 }
 
 Status CheckpointWeights::LoadMatrix(const std::string& name, int64_t rows, int64_t cols, float* out) const {
+  WAVEEP_RETURN_IF_ERROR(LoadMatrixValues(name, rows, cols, out));
+  // A NaN or infinity in a weight poisons every token routed to the expert and the run would still exit 0 (with NaN
+  // rows): reject it, naming the tensor and the first element.
+  const int64_t n = rows * cols;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(out[i])) {
+      WAVEEP_ASSIGN_OR_RETURN(const SafetensorsFile* f, files_->File(name));
+      return absl::InvalidArgumentError(absl::StrCat(f->path(), ": tensor '", name, "' holds ", out[i], " at [",
+                                                     i / cols, ", ", i % cols,
+                                                     "]: weights must be finite (the checkpoint is corrupt)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+Status CheckpointWeights::LoadMatrixValues(const std::string& name, int64_t rows, int64_t cols, float* out) const {
   WAVEEP_ASSIGN_OR_RETURN(const SafetensorsFile* f, files_->File(name));
   WAVEEP_ASSIGN_OR_RETURN(const SafetensorsTensor* t, f->GetWithShape(name, {rows, cols}));
   if (t->dtype != DType::kFP8E4M3) return f->ReadF32(name, {rows, cols}, out);

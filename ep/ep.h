@@ -141,6 +141,12 @@ struct LayerConfig {
 // [1, E/R], fp8 needs H % fp8_block_size == 0, device supported. InvalidArgument naming the field.
 Status ValidateLayerConfig(const LayerConfig& cfg, int num_ranks);
 
+// Host memory one rank needs for `cfg` at `tokens_per_rank` (FP32 weights of its experts and the shared expert, the
+// step's token, transit and scratch buffers; an upper estimate), checked against what the machine has available
+// before anything is allocated: InvalidArgument naming the model, the token count and both sizes. Sizes whose
+// product overflows count as too large.
+Status CheckLayerFitsInMemory(const LayerConfig& cfg, int num_ranks, int64_t tokens_per_rank);
+
 // A timed interval on one stream during a step.
 struct SpanRecord {
   std::string stream;  // "comm" or "compute"
@@ -274,7 +280,9 @@ class CheckpointWeights final : public WeightSource {
  private:
   friend StatusOr<std::unique_ptr<CheckpointWeights>> OpenCheckpoint(const std::string&, const ModelConfig&, int);
   CheckpointWeights() = default;
+  // Reads (and dequantizes) one matrix and rejects non-finite values.
   Status LoadMatrix(const std::string& name, int64_t rows, int64_t cols, float* out) const;
+  Status LoadMatrixValues(const std::string& name, int64_t rows, int64_t cols, float* out) const;
   std::string Prefix() const;
 
   std::unique_ptr<SafetensorsCheckpoint> files_;

@@ -46,6 +46,7 @@ StatusOr<std::vector<int>> PartitionWaves(const std::vector<int64_t>& rows, int 
 namespace internal {
 
 Status AgreeStatus(comm::Communicator& comm, const Status& local) {
+  if (IsJobFatal(local)) return local;  // a peer may never answer: see IsJobFatal
   // Fixed-size record: code + message prefix, so one Allgather suffices.
   constexpr size_t kMsg = 480;
   struct Record {

@@ -50,6 +50,7 @@ Status ValidateLayerConfig(const LayerConfig& cfg, int num_ranks) {
                                                    " is not a multiple of the FP8 block (", cfg.model.fp8_block_size,
                                                    ") required by --dtype=fp8"));
   }
+  WAVEEP_RETURN_IF_ERROR(CheckLayerFitsInMemory(cfg, num_ranks, 0));
   if (!cfg.device.is_cpu()) {
     if (!kernels::CudaKernelsCompiledIn()) {
       return absl::UnavailableError(absl::StrCat(
@@ -65,6 +66,27 @@ Status ValidateLayerConfig(const LayerConfig& cfg, int num_ranks) {
     }
   }
   return absl::OkStatus();
+}
+
+Status CheckLayerFitsInMemory(const LayerConfig& cfg, int num_ranks, int64_t tokens_per_rank) {
+  const ModelConfig& m = cfg.model;
+  // In double: a hostile config (H = I = 2^40) must not wrap an int64 product into a small number.
+  const double h = static_cast<double>(m.hidden_size), inter = static_cast<double>(m.moe_intermediate_size);
+  const double local = static_cast<double>(m.num_experts) / std::max(1, num_ranks);
+  const double shared = cfg.shared_experts ? static_cast<double>(m.num_shared_experts) : 0.0;
+  const double weights = 4.0 * 3.0 * inter * h * (local + shared);
+  const double t = static_cast<double>(tokens_per_rank), k = static_cast<double>(m.top_k);
+  // Tokens in and out (FP32), routing, the encoded tokens, send / receive / return rows (up to every pair), and one
+  // wave's FP32 scratch (<= every pair): gathered input, gate/up, activation, output.
+  const double drow = 2.0 * h + 4.0 * h / std::max(1, m.fp8_block_size), crow = 2.0 * h;
+  const double step = t * (8.0 * h + 16.0 + drow) + t * k * (24.0 + 3.0 * drow + 3.0 * crow) +
+                      t * k * 4.0 * (2.0 * h + 3.0 * inter) +
+                      (shared > 0 ? t * 4.0 * (2.0 * h + 3.0 * inter * shared) : 0);
+  const double total = weights + step;
+  const int64_t bytes = total < 9.0e18 ? static_cast<int64_t>(total) : -1;
+  return CheckFitsInHostMemory(bytes, absl::StrCat("--model=", m.name, " (H=", m.hidden_size,
+                                                   ", I=", m.moe_intermediate_size, ", E=", m.num_experts, ") on ",
+                                                   num_ranks, " rank(s) with ", tokens_per_rank, " tokens per rank"));
 }
 
 // ---------------------------------------------------------------------------------------------------------------

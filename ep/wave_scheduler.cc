@@ -110,9 +110,13 @@ Status WaveScheduler::Run(int num_waves, const WaveOps& ops, std::vector<SpanRec
   if (enq.ok() && ops.tail) enq = Timed(xs, 5 * num_waves, "shared", 0, ops.tail_flops, ops.tail);
   if (enq.ok()) enq = xs.Wait(*combine_done_[num_waves - 1]);
   if (enq.ok() && ops.finish) enq = Timed(xs, 5 * num_waves + 1, "reduce", 0, 0, ops.finish);
-  // Always drain both streams: their tasks reference this frame, even if enqueueing failed part-way.
-  Status s_comm = cs.Synchronize();
-  Status s_comp = xs.Synchronize();
+  // Always drain both streams: their tasks reference this frame, even if enqueueing failed part-way. The drain waits
+  // a little longer than any operation's own deadline, so that a hung exchange reports itself (exchange, wave,
+  // pending peers) rather than as "stream did not drain".
+  const absl::Duration op_timeout = timeout_ > absl::ZeroDuration() ? timeout_ : DefaultTimeout();
+  const absl::Duration drain = op_timeout + std::max(absl::Seconds(2), op_timeout / 4);
+  Status s_comm = cs.Synchronize(drain);
+  Status s_comp = xs.Synchronize(drain);
   {
     std::lock_guard<std::mutex> lock(spans_mu_);
     spans_ = nullptr;

@@ -13,9 +13,9 @@
 //
 // The choice is "least modelled time" over the backends that can run the problem. The model (GemmCostModel) counts
 // output tiles, waves of tiles over the SMs, a per-tile time proportional to the tile's FLOPs at a per-backend
-// efficiency, and a fixed cost per launch. Its constants are first guesses for H100 SXM, to be calibrated from
-// bench/gpu_gemm_bench.cc (docs/perf/gpu_plan.md); the tests pin the *decisions* at shapes where the answer does not
-// depend on the exact constants.
+// efficiency, and a fixed cost per launch. Its constants are first guesses for H100 SXM, calibrated where measured
+// (bench/gpu_gemm_bench.cc through scripts/gpu_check.sh; first H200 figures in docs/perf/2026-11-29-NVIDIA-H200);
+// the tests pin the *decisions* at shapes where the answer does not depend on the exact constants.
 // IWYU pragma: private
 #ifndef WAVEEP_KERNELS_GEMM_HEURISTICS_INTERNAL_H_
 #define WAVEEP_KERNELS_GEMM_HEURISTICS_INTERNAL_H_

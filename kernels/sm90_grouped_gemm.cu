@@ -3,7 +3,8 @@
 // EXPERIMENTAL: a persistent BF16 grouped GEMM for Hopper (sm_90a): TMA loads into 128-byte-swizzled shared memory,
 // wgmma from shared memory, FP32 accumulation, C written from registers. It compiles here but has never run:
 // it is selected only by GemmBackend::kSm90 or, with WAVEEP_GEMM_EXPERIMENTAL=1, by the heuristic; the cuBLASLt
-// paths stay the default until tests/kernels/cuda_grouped_gemm_test.cc passes on a GPU (docs/perf/gpu_plan.md).
+// paths stay the default until tests/kernels/cuda_grouped_gemm_test.cc passes on a GPU (scripts/gpu_check.sh,
+// docs/gpu.md).
 //
 // Shape: C[rows of g, N] = A[rows of g, K] * B_g[N, K]^T, both operands K-major ("TN", wgmma's native layout).
 // One CTA = 1 producer warpgroup (one thread issues TMA) + kConsumers consumer warpgroups, each owning 64 rows of a

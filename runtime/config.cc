@@ -1,10 +1,12 @@
 // Copyright 2026 The waveep Authors.
 #include "runtime/config.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +15,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
 
@@ -31,6 +34,19 @@ Status FieldError(absl::string_view origin, absl::string_view field, absl::strin
 }
 
 // Reads an integer field. `required` fields must exist.
+Status GetInt(const json& j, absl::string_view origin, const char* key, bool required, int64_t* out);
+
+// An integer field stored as int: values outside [INT_MIN, INT_MAX] are errors, never narrowed (2^32 + 16 must not
+// become 16).
+Status GetInt32(const json& j, absl::string_view origin, const char* key, bool required, int* out) {
+  int64_t v = *out;
+  WAVEEP_RETURN_IF_ERROR(GetInt(j, origin, key, required, &v));
+  if (v < INT_MIN || v > INT_MAX) return FieldError(origin, key, absl::StrCat("is out of range: ", v));
+  *out = static_cast<int>(v);
+  return absl::OkStatus();
+}
+
+// Reads an integer field. `required` fields must exist.
 Status GetInt(const json& j, absl::string_view origin, const char* key, bool required, int64_t* out) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) {
@@ -38,6 +54,8 @@ Status GetInt(const json& j, absl::string_view origin, const char* key, bool req
     return absl::OkStatus();
   }
   if (!it->is_number_integer()) return FieldError(origin, key, absl::StrCat("must be an integer, got ", it->dump()));
+  if (it->is_number_unsigned() && it->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+    return FieldError(origin, key, absl::StrCat("is out of range: ", it->dump()));
   *out = it->get<int64_t>();
   return absl::OkStatus();
 }
@@ -73,6 +91,7 @@ Status ValidateModelConfig(const ModelConfig& m) {
 }
 
 StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string_view origin) {
+  WAVEEP_RETURN_IF_ERROR(CheckJsonNesting(json_text, absl::StrCat("model config ", origin)));
   json j = json::parse(json_text.begin(), json_text.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) {
     // Re-parse with exceptions only to get the position for the message; nothing escapes this function.
@@ -89,7 +108,6 @@ StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string
   m.origin = std::string(origin);
   if (auto it = j.find("name"); it != j.end() && it->is_string()) m.name = it->get<std::string>();
   if (auto it = j.find("description"); it != j.end() && it->is_string()) m.description = it->get<std::string>();
-  int64_t v = 0;
   WAVEEP_RETURN_IF_ERROR(GetInt(j, origin, "hidden_size", true, &m.hidden_size));
   // Qwen/Mixtral use intermediate_size for the expert FFN when moe_intermediate_size is absent.
   if (j.contains("moe_intermediate_size")) {
@@ -102,22 +120,16 @@ StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string
                             : j.contains("num_experts")    ? "num_experts"
                                                            : "num_local_experts";
   if (!j.contains(experts_key)) return FieldError(origin, "n_routed_experts", "is missing");
-  WAVEEP_RETURN_IF_ERROR(GetInt(j, origin, experts_key, true, &v));
-  m.num_experts = static_cast<int>(v);
-  v = 0;
-  WAVEEP_RETURN_IF_ERROR(GetInt(j, origin, "n_shared_experts", false, &v));
-  m.num_shared_experts = static_cast<int>(v);
-  WAVEEP_RETURN_IF_ERROR(GetInt(j, origin, "num_experts_per_tok", true, &v));
-  m.top_k = static_cast<int>(v);
-  v = 1;
-  WAVEEP_RETURN_IF_ERROR(GetInt(j, origin, "n_group", false, &v));
-  m.n_group = static_cast<int>(v);
-  v = 1;
-  WAVEEP_RETURN_IF_ERROR(GetInt(j, origin, "topk_group", false, &v));
-  m.topk_group = static_cast<int>(v);
-  v = 128;
-  WAVEEP_RETURN_IF_ERROR(GetInt(j, origin, "fp8_block_size", false, &v));
-  m.fp8_block_size = static_cast<int>(v);
+  WAVEEP_RETURN_IF_ERROR(GetInt32(j, origin, experts_key, true, &m.num_experts));
+  m.num_shared_experts = 0;
+  WAVEEP_RETURN_IF_ERROR(GetInt32(j, origin, "n_shared_experts", false, &m.num_shared_experts));
+  WAVEEP_RETURN_IF_ERROR(GetInt32(j, origin, "num_experts_per_tok", true, &m.top_k));
+  m.n_group = 1;
+  WAVEEP_RETURN_IF_ERROR(GetInt32(j, origin, "n_group", false, &m.n_group));
+  m.topk_group = 1;
+  WAVEEP_RETURN_IF_ERROR(GetInt32(j, origin, "topk_group", false, &m.topk_group));
+  m.fp8_block_size = 128;
+  WAVEEP_RETURN_IF_ERROR(GetInt32(j, origin, "fp8_block_size", false, &m.fp8_block_size));
   if (auto it = j.find("scoring_func"); it != j.end() && !it->is_null()) {
     if (!it->is_string()) return FieldError(origin, "scoring_func", "must be a string");
     std::string s = it->get<std::string>();
@@ -142,16 +154,93 @@ StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string
   return m;
 }
 
-StatusOr<std::string> ReadFileToString(const std::string& path) {
+Status CheckRegularFile(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return absl::NotFoundError(absl::StrCat("file not found: ", path));
+    return absl::PermissionDeniedError(absl::StrCat("cannot stat ", path, ": ", std::strerror(errno)));
+  }
+  if (S_ISREG(st.st_mode)) return absl::OkStatus();
+  const char* what = S_ISDIR(st.st_mode)    ? "a directory"
+                     : S_ISFIFO(st.st_mode) ? "a FIFO (named pipe)"
+                     : S_ISCHR(st.st_mode)  ? "a character device"
+                     : S_ISBLK(st.st_mode)  ? "a block device"
+                     : S_ISSOCK(st.st_mode) ? "a socket"
+                                            : "not a regular file";
+  return absl::InvalidArgumentError(absl::StrCat(path, " is ", what, ", not a regular file"));
+}
+
+StatusOr<std::string> ReadFileToString(const std::string& path, int64_t max_bytes) {
+  WAVEEP_RETURN_IF_ERROR(CheckRegularFile(path));
   std::error_code ec;
-  if (!fs::exists(path, ec)) return absl::NotFoundError(absl::StrCat("file not found: ", path));
-  if (fs::is_directory(path, ec)) return absl::InvalidArgumentError(absl::StrCat("is a directory, not a file: ", path));
+  const auto size = fs::file_size(path, ec);
+  if (!ec && static_cast<int64_t>(size) > max_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " has ", size, " bytes; more than the ", max_bytes, " this kind of file may have"));
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::PermissionDeniedError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
-  std::ostringstream ss;
-  ss << in.rdbuf();
+  std::string out;
+  char buf[1 << 16];
+  while (in.read(buf, sizeof(buf)) || in.gcount() > 0) {
+    out.append(buf, static_cast<size_t>(in.gcount()));
+    if (static_cast<int64_t>(out.size()) > max_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, " has more than the ", max_bytes, " bytes this kind of file may have"));
+    }
+  }
   if (in.bad()) return absl::DataLossError(absl::StrCat("read error on ", path));
-  return ss.str();
+  return out;
+}
+
+Status CheckJsonNesting(absl::string_view text, absl::string_view origin) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxJsonDepth) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(origin, ": JSON nested deeper than ", kMaxJsonDepth, " levels (at byte ", i, ")"));
+      }
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return absl::OkStatus();
+}
+
+int64_t AvailableHostMemoryBytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  int64_t kib = 0;
+  std::string unit;
+  while (in >> key >> kib >> unit) {
+    if (key == "MemAvailable:") return kib * 1024;
+  }
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : INT64_MAX;
+}
+
+Status CheckFitsInHostMemory(int64_t bytes, absl::string_view what) {
+  const int64_t avail = AvailableHostMemoryBytes();
+  if (bytes >= 0 && bytes <= avail) return absl::OkStatus();
+  auto gib = [](double b) { return absl::StrFormat("%.3g GiB", b / (1024.0 * 1024 * 1024)); };
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, " needs ", bytes < 0 ? std::string("more than 2^63 bytes") : gib(static_cast<double>(bytes)),
+                   " of host memory per rank, but this machine has ", gib(static_cast<double>(avail)), " available"));
 }
 
 std::string ExecutableDir() {

@@ -60,8 +60,28 @@ std::vector<std::string> ListModelPresets();
 // Canonical JSON (sorted keys, no origin) — identical for identical shapes. Used for fingerprints and outputs.
 std::string ModelConfigToJson(const ModelConfig& m);
 
-// Reads a whole file. NotFound / PermissionDenied / DataLoss with the path in the message.
-StatusOr<std::string> ReadFileToString(const std::string& path);
+// Reads a whole file. Only regular files are opened (a FIFO, device or directory is InvalidArgument before any
+// open, so nothing blocks); files larger than `max_bytes` are InvalidArgument with both sizes. NotFound /
+// PermissionDenied / DataLoss with the path in the message.
+inline constexpr int64_t kMaxTextFileBytes = int64_t{64} << 20;  // JSON configs, indexes, cluster files
+StatusOr<std::string> ReadFileToString(const std::string& path, int64_t max_bytes = kMaxTextFileBytes);
+
+// OK when `path` names a regular file (following symlinks); InvalidArgument naming what it is otherwise ("a FIFO",
+// "a directory", ...), NotFound when it does not exist. Use before open(): opening a FIFO blocks.
+Status CheckRegularFile(const std::string& path);
+
+// JSON from outside (model and cluster files, checkpoint indexes, safetensors headers) is parsed only when its
+// nesting is at most kMaxJsonDepth: nlohmann::json's parser, destructor and dump() recurse per level, so a deeply
+// nested value would overflow the stack. InvalidArgument naming `origin` and the depth. O(size), no recursion.
+inline constexpr int kMaxJsonDepth = 64;
+Status CheckJsonNesting(absl::string_view text, absl::string_view origin);
+
+// Bytes of memory this machine can still give (MemAvailable of /proc/meminfo; physical memory if unknown). Sizes
+// derived from inputs are checked against it before they are allocated.
+int64_t AvailableHostMemoryBytes();
+// InvalidArgument "`what` needs X GiB ... but this machine has Y GiB available" when bytes > available (or
+// negative: an overflowed product).
+Status CheckFitsInHostMemory(int64_t bytes, absl::string_view what);
 
 // Directory holding the running executable ("" if unknown).
 std::string ExecutableDir();

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "absl/time/clock.h"
 #include "runtime/stream.h"
 #include "runtime/trace.h"
 #include "runtime/types.h"
@@ -13,6 +14,31 @@
 namespace waveep {
 namespace {
 ProcessContext* g_ctx = nullptr;
+
+// Completes a non-blocking collective within DefaultTimeout(). On expiry the request is left to MPI (a collective
+// cannot be cancelled) and the caller must not free its buffers before the job ends: the error is job-fatal
+// (DeadlineExceeded), and the CLI aborts every rank right after printing it.
+Status WaitCollective(const ProcessContext& ctx, MPI_Request* req, absl::string_view what) {
+  const absl::Duration timeout = DefaultTimeout();
+  const absl::Time deadline = absl::Now() + timeout;
+  for (int polls = 0;; ++polls) {
+    int done = 0;
+    WAVEEP_MPI_RETURN_IF_ERROR(MPI_Test(req, &done, MPI_STATUS_IGNORE));
+    if (done) return absl::OkStatus();
+    if (polls > 1000) {
+      if (absl::Now() > deadline) {
+        return absl::DeadlineExceededError(absl::StrCat(
+            DiagnosticPrefix(), ": ", what, " timed out after ", absl::FormatDuration(timeout),
+            "; at least one of the ", ctx.world_size, " ranks has not entered it (stopped, hung, or died)"));
+      }
+      absl::SleepFor(absl::Microseconds(50));
+    }
+  }
+}
+}  // namespace
+
+bool IsJobFatal(const Status& s) {
+  return s.code() == absl::StatusCode::kDeadlineExceeded || s.code() == absl::StatusCode::kAborted;
 }
 
 StatusOr<ProcessContext> InitProcess(int* argc, char*** argv) {
@@ -105,8 +131,10 @@ void AbortAllRanks(int exit_code) {
 Status CheckSameOnAllRanks(const ProcessContext& ctx, absl::string_view what, absl::string_view bytes) {
   unsigned long long h = Fnv1a64(bytes.data(), bytes.size());
   std::vector<unsigned long long> all(ctx.world_size);
+  MPI_Request req = MPI_REQUEST_NULL;
   WAVEEP_MPI_RETURN_IF_ERROR(
-      MPI_Allgather(&h, 1, MPI_UNSIGNED_LONG_LONG, all.data(), 1, MPI_UNSIGNED_LONG_LONG, ctx.world));
+      MPI_Iallgather(&h, 1, MPI_UNSIGNED_LONG_LONG, all.data(), 1, MPI_UNSIGNED_LONG_LONG, ctx.world, &req));
+  WAVEEP_RETURN_IF_ERROR(WaitCollective(ctx, &req, absl::StrCat("checking that ", what, " is the same on all ranks")));
   std::string differ;
   for (int r = 1; r < ctx.world_size; ++r) {
     if (all[r] != all[0]) absl::StrAppend(&differ, differ.empty() ? "" : ", ", r);
@@ -118,26 +146,41 @@ Status CheckSameOnAllRanks(const ProcessContext& ctx, absl::string_view what, ab
 }
 
 Status AgreeOnStatus(const ProcessContext& ctx, const Status& local) {
+  // A timeout means a peer may be stopped or gone: waiting for it to agree would hang. Report it from here; the CLI
+  // prints it on this rank and aborts the job (IsJobFatal).
+  if (IsJobFatal(local)) return local;
+  const std::string what = "the agreement on every rank's status";
   int my_fail = local.ok() ? ctx.world_size : ctx.world_rank;
   int first_fail = ctx.world_size;
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&my_fail, &first_fail, 1, MPI_INT, MPI_MIN, ctx.world));
+  MPI_Request req = MPI_REQUEST_NULL;
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Iallreduce(&my_fail, &first_fail, 1, MPI_INT, MPI_MIN, ctx.world, &req));
+  WAVEEP_RETURN_IF_ERROR(WaitCollective(ctx, &req, what));
   if (first_fail == ctx.world_size) return absl::OkStatus();
   // The failing rank broadcasts (code, message).
   std::string msg = local.ok() ? std::string() : std::string(local.message());
-  int code = static_cast<int>(local.code());
-  int len = static_cast<int>(msg.size());
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Bcast(&code, 1, MPI_INT, first_fail, ctx.world));
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Bcast(&len, 1, MPI_INT, first_fail, ctx.world));
-  msg.resize(len);
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Bcast(msg.data(), len, MPI_CHAR, first_fail, ctx.world));
+  int head[2] = {static_cast<int>(local.code()), static_cast<int>(msg.size())};
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Ibcast(head, 2, MPI_INT, first_fail, ctx.world, &req));
+  WAVEEP_RETURN_IF_ERROR(WaitCollective(ctx, &req, what));
+  msg.resize(static_cast<size_t>(head[1]));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Ibcast(msg.data(), head[1], MPI_CHAR, first_fail, ctx.world, &req));
+  WAVEEP_RETURN_IF_ERROR(WaitCollective(ctx, &req, what));
   if (first_fail == ctx.world_rank) return local;
-  return Status(static_cast<absl::StatusCode>(code), absl::StrCat("rank ", first_fail, ": ", msg));
+  return Status(static_cast<absl::StatusCode>(head[0]), absl::StrCat("rank ", first_fail, ": ", msg));
+}
+
+Status Allreduce(const ProcessContext& ctx, const void* send, void* recv, int count, MPI_Datatype type, MPI_Op op,
+                 absl::string_view what) {
+  MPI_Request req = MPI_REQUEST_NULL;
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Iallreduce(send, recv, count, type, op, ctx.world, &req));
+  return WaitCollective(ctx, &req, what);
 }
 
 StatusOr<std::vector<std::string>> GatherStrings(const ProcessContext& ctx, absl::string_view local, int root) {
   int len = static_cast<int>(local.size());
   std::vector<int> lens(ctx.world_size), displs(ctx.world_size);
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Gather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, root, ctx.world));
+  MPI_Request req = MPI_REQUEST_NULL;
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Igather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, root, ctx.world, &req));
+  WAVEEP_RETURN_IF_ERROR(WaitCollective(ctx, &req, "gathering strings to rank 0"));
   int total = 0;
   if (ctx.world_rank == root) {
     for (int r = 0; r < ctx.world_size; ++r) {
@@ -146,8 +189,9 @@ StatusOr<std::vector<std::string>> GatherStrings(const ProcessContext& ctx, absl
     }
   }
   std::string all(static_cast<size_t>(total), '\0');
-  WAVEEP_MPI_RETURN_IF_ERROR(
-      MPI_Gatherv(local.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, root, ctx.world));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Igatherv(local.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR,
+                                          root, ctx.world, &req));
+  WAVEEP_RETURN_IF_ERROR(WaitCollective(ctx, &req, "gathering strings to rank 0"));
   std::vector<std::string> out;
   if (ctx.world_rank == root) {
     for (int r = 0; r < ctx.world_size; ++r) out.push_back(all.substr(displs[r], lens[r]));

@@ -47,12 +47,25 @@ void FinalizeProcess();
 [[noreturn]] void AbortAllRanks(int exit_code);
 
 // Fails on every rank with one message if `bytes` (e.g. a canonical config) differs between ranks: the message
-// names `what` and the ranks whose hash differs from rank 0's. Collective over ctx.world.
+// names `what` and the ranks whose hash differs from rank 0's. Collective over ctx.world, bounded by
+// DefaultTimeout() (as are AgreeOnStatus and GatherStrings).
 Status CheckSameOnAllRanks(const ProcessContext& ctx, absl::string_view what, absl::string_view bytes);
 
+// Errors after which the job cannot go on: a wait expired (DeadlineExceeded: a peer stopped, hung or died, and MPI
+// may still hold buffers of the failed exchange) or a peer was lost (Aborted). The rank that sees one reports it
+// itself and ends the whole job (AbortAllRanks) instead of agreeing with peers that may never answer.
+bool IsJobFatal(const Status& s);
+
 // Combines a local Status across ranks: OK only if OK on every rank; otherwise every rank returns the error of the
-// lowest failing rank, prefixed with "rank R: ". Collective. Lets all ranks fail together instead of hanging.
+// lowest failing rank, prefixed with "rank R: ". Collective, bounded by DefaultTimeout() (DeadlineExceeded naming
+// the agreement). A job-fatal `local` is returned at once, without waiting for the others.
+// Lets all ranks fail together instead of hanging.
 Status AgreeOnStatus(const ProcessContext& ctx, const Status& local);
+
+// MPI_Allreduce over ctx.world bounded by DefaultTimeout(): DeadlineExceeded naming `what` when some rank never
+// enters it (job-fatal: see IsJobFatal). Use it instead of a blocking collective wherever a peer may be stopped.
+Status Allreduce(const ProcessContext& ctx, const void* send, void* recv, int count, MPI_Datatype type, MPI_Op op,
+                 absl::string_view what);
 
 // Gathers a variable-length string from every rank to `root` (rank order). Collective; non-roots get {}.
 StatusOr<std::vector<std::string>> GatherStrings(const ProcessContext& ctx, absl::string_view local, int root = 0);

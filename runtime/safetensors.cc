@@ -153,7 +153,12 @@ int64_t SafetensorsTensor::num_elements() const {
 StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
   std::unique_ptr<SafetensorsFile> f(new SafetensorsFile());
   f->path_ = path;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // Only regular files: opening a FIFO blocks until a writer appears, a device may never end.
+  if (Status reg = CheckRegularFile(path); !reg.ok()) {
+    if (reg.code() == absl::StatusCode::kNotFound) return absl::NotFoundError(absl::StrCat(path, ": no such file"));
+    return reg;
+  }
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     const int err = errno;
     if (err == ENOENT) return absl::NotFoundError(absl::StrCat(path, ": no such file"));
@@ -193,6 +198,7 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::stri
 
   const char* hb = reinterpret_cast<const char*>(f->map_ + 8);
   const char* he = hb + n;
+  WAVEEP_RETURN_IF_ERROR(CheckJsonNesting(absl::string_view(hb, n), absl::StrCat(path, ": header")));
   json j = json::parse(hb, he, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return Invalid(path, "", absl::StrCat("header: ", JsonError(hb, he)));
   if (!j.is_object()) return Invalid(path, "", "header is not a JSON object");
@@ -266,6 +272,15 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::stri
                      absl::StrCat("data_offsets [", b->begin, ", ", b->end, "] overlap tensor '", a->name, "' [",
                                   a->begin, ", ", a->end, "]"));
     }
+  }
+  // Every byte after the header belongs to a tensor: trailing bytes (as other readers reject them) mean the file is
+  // not what its header says — appended data, or a header that lost an entry.
+  uint64_t data_end = 0;
+  for (const SafetensorsTensor& t : f->tensors_) data_end = std::max(data_end, t.end);
+  if (data_end < data_bytes) {
+    return Invalid(path, "",
+                   absl::StrCat(data_bytes - data_end, " trailing byte(s) after the last tensor (data section has ",
+                                data_bytes, " bytes, the header's tensors end at ", data_end, ")"));
   }
   // nlohmann's object iterates in key order, so tensors_ is sorted by name already.
   return f;
@@ -427,6 +442,7 @@ StatusOr<std::unique_ptr<SafetensorsCheckpoint>> SafetensorsCheckpoint::Open(con
   if (fs::exists(index, ec)) {
     c->source_ = index;
     WAVEEP_ASSIGN_OR_RETURN(std::string text, ReadFileToString(index));
+    WAVEEP_RETURN_IF_ERROR(CheckJsonNesting(text, index));
     json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
     if (j.is_discarded())
       return absl::InvalidArgumentError(absl::StrCat(index, ": ", JsonError(text.data(), text.data() + text.size())));

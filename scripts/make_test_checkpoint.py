@@ -150,7 +150,7 @@ def make_input(path, hidden, tokens=64, dtype="f32", routing=None, seed=2):
 
 # ---- broken copies ---------------------------------------------------------------------------------------------
 CASES = ["header_json", "truncated", "header_len", "dtype", "shape", "missing_tensor", "missing_index_entry",
-         "missing_file", "missing_scale", "overlap"]
+         "missing_file", "missing_scale", "overlap", "nan_weight", "trailing_bytes", "nested_shape"]
 
 
 def _header(path):
@@ -164,6 +164,16 @@ def _rewrite(path, header, data):
     text += b" " * ((8 - len(text) % 8) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)) + text + data)
+
+
+def _drop(header, data, name):
+    """Removes tensor `name` from a safetensors header and its bytes from the data, shifting the later tensors, so
+    the file stays exactly covered by its tensors (readers reject trailing bytes)."""
+    b, e = header.pop(name)["data_offsets"]
+    for k, v in header.items():
+        if k != "__metadata__" and v["data_offsets"][0] >= e:
+            v["data_offsets"] = [v["data_offsets"][0] - (e - b), v["data_offsets"][1] - (e - b)]
+    return data[:b] + data[e:]
 
 
 def corrupt(src, dst, case):
@@ -205,7 +215,7 @@ def corrupt(src, dst, case):
         h["shape"] = [c, r]  # transposed: same bytes, wrong layout
         _rewrite(path, header, data)
     elif case == "missing_tensor":
-        del header[victim]
+        data = _drop(header, data, victim)
         _rewrite(path, header, data)
         del wm[victim]
         json.dump(index, open(index_path, "w"), indent=2)
@@ -219,7 +229,7 @@ def corrupt(src, dst, case):
         victim = next(n for n in sorted(wm) if n.endswith("weight_scale_inv") and f".experts.{last}." in n)
         path = os.path.join(dst, wm[victim])
         n, header, data = _header(path)
-        del header[victim]
+        data = _drop(header, data, victim)
         _rewrite(path, header, data)
         del wm[victim]
         json.dump(index, open(index_path, "w"), indent=2)
@@ -229,6 +239,32 @@ def corrupt(src, dst, case):
         header[b]["data_offsets"] = [x - 2 for x in header[b]["data_offsets"]]
         victim = b
         _rewrite(path, header, data)
+    elif case == "nan_weight":
+        # One NaN in the middle of the victim's data (BF16 0x7fc1, F32 NaN): the header stays valid.
+        h = header[victim]
+        begin, end = h["data_offsets"]
+        data = bytearray(data)
+        mid = begin + ((end - begin) // 2) // 4 * 4
+        if h["dtype"] == "F32":
+            data[mid:mid + 4] = struct.pack("<f", float("nan"))
+        else:
+            data[mid:mid + 2] = struct.pack("<H", 0x7FC1)
+        _rewrite(path, header, bytes(data))
+    elif case == "trailing_bytes":
+        _rewrite(path, header, data + b"\x00" * 24)
+        victim = os.path.basename(path)
+    elif case == "nested_shape":
+        # A shape nested 100,000 levels deep: the reader must refuse it by depth, without recursing into it.
+        text = json.dumps(header, separators=(",", ":"))
+        key = json.dumps(victim) + ":"
+        i = text.index(key)
+        j = text.index('"shape":', i) + len('"shape":')
+        k = text.index("]", j) + 1
+        text = (text[:j] + "[" * 100000 + "1" + "]" * 100000 + text[k:]).encode()
+        text += b" " * ((8 - len(text) % 8) % 8)
+        with open(path, "wb") as f:
+            f.write(struct.pack("<Q", len(text)) + text + data)
+        victim = os.path.basename(path)
     else:
         raise SystemExit(f"unknown case {case} (known: {', '.join(CASES)})")
     return victim

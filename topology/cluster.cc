@@ -718,6 +718,7 @@ Status ExpandCluster(Cluster* c) {
 
 StatusOr<Cluster> ParseCluster(absl::string_view json_text, absl::string_view origin) {
   const std::string o(origin);
+  WAVEEP_RETURN_IF_ERROR(CheckJsonNesting(json_text, absl::StrCat("cluster ", o)));
   Json j = Json::parse(json_text.begin(), json_text.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) {
     std::string detail = "malformed JSON";

@@ -89,6 +89,7 @@ Status BenchImpl(const ProcessContext& ctx) {
       model_waves.push_back(static_cast<int>(w));
     }
     cfg.num_waves = 1;
+    for (int64_t t : tokens) WAVEEP_RETURN_IF_ERROR(ep::CheckLayerFitsInMemory(cfg, ctx.world_size, t));
     for (int64_t t : tokens) {
       RunPoint p;
       p.cfg = cfg;

@@ -42,12 +42,18 @@ enum ExitCode { kOk = 0, kError = 1, kUsage = 2, kCheckFailed = 3 };
 // Exit code for a Status: InvalidArgument / NotFound / FailedPrecondition (bad input) -> kUsage, else kError.
 int ExitCodeFor(const Status& s);
 
-// Prints "waveep <cmd>: error: <message>" on rank 0 only (every rank has the same message by construction).
+// Prints "waveep <cmd>: error: <message>" on rank 0 only (every rank has the same message by construction). A
+// job-fatal error (IsJobFatal: a timeout, a lost peer) is seen by some ranks only: it is printed by each rank that
+// has it, naming the rank, and the job ends at once (AbortAllRanks(kError): every rank exits, mpirun returns
+// non-zero) — this call then does not return.
 void ReportError(const ProcessContext& ctx, absl::string_view cmd, const Status& s);
 
 // Returns the layer configuration the flags describe (model loaded, dtype parsed, waves, device), validated for
 // `num_ranks`.
 StatusOr<ep::LayerConfig> LayerConfigFromFlags(const ProcessContext& ctx);
+// --timeout_s must be finite, > 0 and at most kMaxTimeoutS (a day: a wait longer than that is a hang to report).
+inline constexpr double kMaxTimeoutS = 86400;
+Status CheckTimeoutFlag();
 // --device: cpu; cuda (the GPU of this rank's local rank, modulo the visible GPUs); cuda:N (that GPU, checked when the
 // layer is created). InvalidArgument for anything else.
 StatusOr<Device> DeviceFromFlag(const ProcessContext& ctx);

@@ -8,6 +8,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/reflection.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "ep/cli/cli.h"
@@ -29,9 +30,28 @@ int ExitCodeFor(const Status& s) {
 }
 
 void ReportError(const ProcessContext& ctx, absl::string_view cmd, const Status& s) {
+  if (IsJobFatal(s)) {
+    // Seen by this rank only, and peers may be stopped or gone: say it from here and end every rank now (mpirun
+    // returns non-zero) instead of finalizing MPI, which would wait for them.
+    const std::string msg(s.message());
+    const std::string who = absl::StrCat("rank ", ctx.world_rank, "/", ctx.world_size);
+    std::fprintf(stderr, "waveep %s: error: %s%s; ending the job\n", std::string(cmd).c_str(),
+                 absl::StartsWith(msg, "rank ") ? "" : absl::StrCat(who, ": ").c_str(), msg.c_str());
+    std::fflush(stderr);
+    AbortAllRanks(kError);
+  }
   if (ctx.world_rank != 0) return;
   std::fprintf(stderr, "waveep %s: error: %s\n", std::string(cmd).c_str(), std::string(s.message()).c_str());
   std::fflush(stderr);
+}
+
+Status CheckTimeoutFlag() {
+  const double t = absl::GetFlag(FLAGS_timeout_s);
+  if (!(t > 0) || !(t <= kMaxTimeoutS)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--timeout_s must be in (0, ", kMaxTimeoutS, "] seconds (one day), got ", t));
+  }
+  return absl::OkStatus();
 }
 
 StatusOr<Device> DeviceFromFlag(const ProcessContext& ctx) {
@@ -70,10 +90,11 @@ StatusOr<ep::LayerConfig> LayerConfigFromFlags(const ProcessContext& ctx) {
   }
   if (absl::GetFlag(FLAGS_steps) < 1) return absl::InvalidArgumentError("--steps must be >= 1");
   if (absl::GetFlag(FLAGS_warmup) < 0) return absl::InvalidArgumentError("--warmup must be >= 0");
-  if (!(absl::GetFlag(FLAGS_timeout_s) > 0)) return absl::InvalidArgumentError("--timeout_s must be > 0");
+  WAVEEP_RETURN_IF_ERROR(CheckTimeoutFlag());
   WAVEEP_RETURN_IF_ERROR(ep::ParseRoutingMode(absl::GetFlag(FLAGS_routing)).status());
   cfg.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
   WAVEEP_RETURN_IF_ERROR(ep::ValidateLayerConfig(cfg, num_ranks));
+  WAVEEP_RETURN_IF_ERROR(ep::CheckLayerFitsInMemory(cfg, num_ranks, absl::GetFlag(FLAGS_tokens_per_rank)));
   return cfg;
 }
 

@@ -19,10 +19,14 @@ StatusOr<Session> OpenSession(const ProcessContext& ctx, const RunPoint& p, cons
   return s;
 }
 
+// Seconds between two progress lines of a long run.
+constexpr double kProgressEveryS = 5.0;
+
 StatusOr<StepSeries> RunSteps(const ProcessContext& ctx, Session& s, const RunPoint& p) {
   StepSeries series;
   const int total = p.warmup + p.steps;
-  double started = NowUs();
+  const double started = NowUs();
+  double last_progress = started;
   for (int i = 0; i < total; ++i) {
     const bool timed = i >= p.warmup;
     if (timed && i == total - 1) GlobalTracer().Clear();  // the trace keeps the last step only
@@ -33,9 +37,10 @@ StatusOr<StepSeries> RunSteps(const ProcessContext& ctx, Session& s, const RunPo
     double mx[4] = {st.step_us, st.layout_us, st.compute_busy_us, st.comm_busy_us}, gmx[4];
     double sm[3] = {st.overlap_efficiency, st.flops, st.bytes_sent}, gsm[3];
     long long rows = st.recv_rows, grows = 0;
-    WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(mx, gmx, 4, MPI_DOUBLE, MPI_MAX, ctx.world));
-    WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(sm, gsm, 3, MPI_DOUBLE, MPI_SUM, ctx.world));
-    WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&rows, &grows, 1, MPI_LONG_LONG, MPI_MAX, ctx.world));
+    const char* what = "the per-step statistics reduction";
+    WAVEEP_RETURN_IF_ERROR(Allreduce(ctx, mx, gmx, 4, MPI_DOUBLE, MPI_MAX, what));
+    WAVEEP_RETURN_IF_ERROR(Allreduce(ctx, sm, gsm, 3, MPI_DOUBLE, MPI_SUM, what));
+    WAVEEP_RETURN_IF_ERROR(Allreduce(ctx, &rows, &grows, 1, MPI_LONG_LONG, MPI_MAX, what));
     series.step_ms.push_back(gmx[0] * 1e-3);
     series.layout_ms.push_back(gmx[1] * 1e-3);
     series.compute_ms.push_back(gmx[2] * 1e-3);
@@ -45,10 +50,14 @@ StatusOr<StepSeries> RunSteps(const ProcessContext& ctx, Session& s, const RunPo
     series.bytes_sent_per_step = gsm[2];
     series.max_rows_per_rank = grows;
     series.last_local = std::move(st);
-    const double elapsed_s = (NowUs() - started) * 1e-6;
-    if (p.progress && ctx.world_rank == 0 && elapsed_s > 2.0) {
-      std::fprintf(stderr, "[waveep] %s step %d/%d: %.2f ms\n", p.label.c_str(), i - p.warmup + 1, p.steps,
-                   series.step_ms.back());
+    // Progress a person can read on long runs: one line every kProgressEveryS seconds, not one per step.
+    const double now = NowUs();
+    if (p.progress && ctx.world_rank == 0 && (now - last_progress) * 1e-6 >= kProgressEveryS && i + 1 < total) {
+      last_progress = now;
+      const int done = i - p.warmup + 1;
+      const double left_s = (now - started) * 1e-6 / (i + 1) * (total - i - 1);
+      std::fprintf(stderr, "[waveep] %s step %d/%d (%.0f%%): last %.2f ms, about %.0f s left\n", p.label.c_str(), done,
+                   p.steps, 100.0 * done / p.steps, series.step_ms.back(), left_s);
     }
   }
   return series;

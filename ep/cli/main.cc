@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -97,24 +99,38 @@ int main(int argc, char** argv) {
   std::vector<char*> positional_c = absl::ParseCommandLine(n, av);
   std::vector<std::string> positional(positional_c.begin() + 1, positional_c.end());
 
+  if (waveep::Status t = waveep::cli::CheckTimeoutFlag(); !t.ok()) {
+    if (IsRankZero()) std::fprintf(stderr, "waveep %s: error: %s\n", cmd.c_str(), std::string(t.message()).c_str());
+    return waveep::cli::kUsage;
+  }
   auto ctx = waveep::InitProcess(&argc, &argv);
   if (!ctx.ok()) {
     std::fprintf(stderr, "waveep: error: %s\n", std::string(ctx.status().message()).c_str());
     return waveep::cli::kError;
   }
-  waveep::SetDefaultTimeout(absl::Seconds(absl::GetFlag(FLAGS_timeout_s) > 0 ? absl::GetFlag(FLAGS_timeout_s) : 60));
+  waveep::SetDefaultTimeout(absl::Seconds(absl::GetFlag(FLAGS_timeout_s)));
   int rc = waveep::cli::kUsage;
-  if (cmd == "run") {
-    if (!positional.empty()) {
-      if (ctx->world_rank == 0)
-        std::fprintf(stderr, "waveep run: error: unexpected argument '%s'\n", positional[0].c_str());
+  try {
+    if (cmd == "run") {
+      if (!positional.empty()) {
+        if (ctx->world_rank == 0)
+          std::fprintf(stderr, "waveep run: error: unexpected argument '%s'\n", positional[0].c_str());
+      } else {
+        rc = waveep::cli::RunMain(*ctx);
+      }
+    } else if (cmd == "bench") {
+      rc = waveep::cli::BenchMain(*ctx);
     } else {
-      rc = waveep::cli::RunMain(*ctx);
+      rc = waveep::cli::TopoMain(*ctx, positional);
     }
-  } else if (cmd == "bench") {
-    rc = waveep::cli::BenchMain(*ctx);
-  } else {
-    rc = waveep::cli::TopoMain(*ctx, positional);
+  } catch (const std::exception& e) {
+    // Sizes are checked before they are allocated; this is the backstop (e.g. memory taken by someone else meanwhile).
+    // Only this rank knows: report it and end the job rather than leave the others waiting.
+    std::fprintf(stderr, "waveep %s: error: rank %d/%d: %s%s; ending the job\n", cmd.c_str(), ctx->world_rank,
+                 ctx->world_size, dynamic_cast<const std::bad_alloc*>(&e) != nullptr ? "out of host memory: " : "",
+                 e.what());
+    std::fflush(stderr);
+    waveep::AbortAllRanks(waveep::cli::kError);
   }
   waveep::FinalizeProcess();
   return rc;

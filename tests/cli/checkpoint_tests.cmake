@@ -36,7 +36,7 @@ foreach(_case np124 checker bytes_read synthetic)
 endforeach()
 
 foreach(_case header_json truncated header_len dtype shape missing_tensor missing_index_entry missing_file
-              missing_scale overlap input_wrong_hidden input_idx_out_of_range input_idx_as_float input_no_hidden
+              missing_scale overlap nan_weight trailing_bytes nested_shape input_wrong_hidden input_idx_out_of_range input_idx_as_float input_no_hidden
               input_missing input_no_routing_no_router checkpoint_missing dense_layer layer_without_checkpoint)
   add_test(NAME cli_checkpoint_bad.${_case}
            COMMAND ${_waveep_np_python} ${_ckpt_driver} ${MPIEXEC_EXECUTABLE} ${_w} ${_ckpt} bad:${_case})

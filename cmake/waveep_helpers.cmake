@@ -10,6 +10,11 @@ if(WAVEEP_SANITIZE)
   string(REPLACE ";" "," _waveep_san "${WAVEEP_SANITIZE}")
   set(WAVEEP_SANITIZE_FLAGS -fsanitize=${_waveep_san} -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
 endif()
+if(WAVEEP_FUZZ)
+  # Coverage feedback from every library the targets call, plus ASan and UBSan to turn bugs into crashes.
+  list(APPEND WAVEEP_SANITIZE_FLAGS -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
+       -fno-sanitize-recover=undefined)
+endif()
 
 # waveep_target_defaults(<target>): warnings, sanitizers and MPI's C-only API on a C++ target.
 function(waveep_target_defaults target)

@@ -430,7 +430,9 @@ class MpiCommunicator final : public Communicator {
       blocking_tuning_generation_ = gen;
     }
     const MpiTuning& tuning = blocking_tuning_;
-    const uint64_t seq = coll_seq_;
+    // Every call consumes its sequence number, valid or not: a call that fails validation on some ranks only must not
+    // shift the tags of every later exchange on those ranks (their peers would then match the wrong messages).
+    const uint64_t seq = coll_seq_++;
     Plan& plan = blocking_plan_;
     const size_t split = SplitBytes(tuning);
     if (!blocking_key_.Matches(args, split)) {
@@ -446,7 +448,6 @@ class MpiCommunicator final : public Communicator {
     if (DeviceStagingAvailable()) {
       WAVEEP_ASSIGN_OR_RETURN(staged, MakeStagedPlan(args, plan, size_));
     }
-    ++coll_seq_;  // only once validated: invalid calls fail on the caller without consuming a tag
     ScopedSpan span("host", plan.label, "comm");
     span.Arg("bytes_sent", static_cast<double>(plan.bytes_sent));
     span.Arg("bytes_recv", static_cast<double>(plan.bytes_recv));
@@ -457,9 +458,9 @@ class MpiCommunicator final : public Communicator {
   Status AlltoallvAsync(AlltoallvArgs args, Stream& stream) override {
     const MpiTuning tuning = GetMpiTuning();
     // NOTES: the tag is fixed here, on the host, where the call order is the same on every rank; the stream only
-    // decides when the exchange runs. A validation error consumes no sequence number.
+    // decides when the exchange runs. Every call consumes its sequence number, valid or not (see Alltoallv).
     std::lock_guard<std::mutex> lock(p2p_mu_);
-    const uint64_t seq = p2p_seq_;
+    const uint64_t seq = p2p_seq_++;
     auto plan = std::make_shared<Plan>();
     WAVEEP_RETURN_IF_ERROR(FillPlan(args, rank_, size_, SplitBytes(tuning), plan.get()));
     std::string fallback;
@@ -474,7 +475,6 @@ class MpiCommunicator final : public Communicator {
         }
         WAVEEP_RETURN_IF_ERROR(
             EnqueueStagedExchange(p2p_, p2p_->comm, std::move(staged), Timeout(), tuning, stream, proxy));
-        ++p2p_seq_;
         return absl::OkStatus();
       }
     }
@@ -486,7 +486,6 @@ class MpiCommunicator final : public Communicator {
           Scratch scratch;
           return RunExchange(comm->comm, *plan, scratch, timeout, tuning);
         }));
-    ++p2p_seq_;
     return absl::OkStatus();
   }
 

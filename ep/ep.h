@@ -144,7 +144,8 @@ Status ValidateLayerConfig(const LayerConfig& cfg, int num_ranks);
 // Host memory one rank needs for `cfg` at `tokens_per_rank` (FP32 weights of its experts and the shared expert, the
 // step's token, transit and scratch buffers; an upper estimate), checked against what the machine has available
 // before anything is allocated: InvalidArgument naming the model, the token count and both sizes. Sizes whose
-// product overflows count as too large.
+// product overflows count as too large. MoeLayer::Create checks the weights (tokens_per_rank = 0); callers that
+// build token batches check their token counts too (the CLI does, per --tokens_per_rank / --tokens_list value).
 Status CheckLayerFitsInMemory(const LayerConfig& cfg, int num_ranks, int64_t tokens_per_rank);
 
 // A timed interval on one stream during a step.

@@ -50,7 +50,6 @@ Status ValidateLayerConfig(const LayerConfig& cfg, int num_ranks) {
                                                    " is not a multiple of the FP8 block (", cfg.model.fp8_block_size,
                                                    ") required by --dtype=fp8"));
   }
-  WAVEEP_RETURN_IF_ERROR(CheckLayerFitsInMemory(cfg, num_ranks, 0));
   if (!cfg.device.is_cpu()) {
     if (!kernels::CudaKernelsCompiledIn()) {
       return absl::UnavailableError(absl::StrCat(
@@ -112,6 +111,8 @@ StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const ProcessContext& ctx, 
                                                      LayerConfig cfg, const WeightSource& weights) {
   if (comm == nullptr) return absl::InvalidArgumentError("MoeLayer::Create: communicator is null");
   Status valid = ValidateLayerConfig(cfg, comm->size());
+  // The weights must fit before they are loaded (hostile or mistaken shapes end here, not in std::bad_alloc).
+  if (valid.ok()) valid = CheckLayerFitsInMemory(cfg, comm->size(), 0);
   WAVEEP_RETURN_IF_ERROR(internal::AgreeStatus(*comm, valid));
   std::string canon = absl::StrCat(ModelConfigToJson(cfg.model), "|", DTypeName(cfg.dispatch_dtype), "|", cfg.num_waves,
                                    "|", cfg.shared_experts);

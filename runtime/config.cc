@@ -98,7 +98,7 @@ StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string
     std::string detail = "malformed JSON";
     try {
       json unused = json::parse(json_text.begin(), json_text.end());
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, or out_of_range for a number that overflows
       detail = e.what();
     }
     return absl::InvalidArgumentError(absl::StrCat("model config ", origin, ": ", detail));

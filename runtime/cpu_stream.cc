@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -21,10 +22,12 @@ std::mutex g_settings_mu;
 std::atomic<int64_t> g_default_timeout_ns{int64_t{300} * 1000 * 1000 * 1000};
 std::string g_prefix;
 
-class CpuEvent final : public Event {
+// An event's state, shared by the Event and by the markers and waits queued on streams: an Event may be destroyed
+// while a stream has still to reach its marker or a wait on it (the queued items keep the state alive).
+class CpuEventState {
  public:
-  explicit CpuEvent(std::string name) : name_(std::move(name)) {}
-  absl::string_view name() const override { return name_; }
+  explicit CpuEventState(std::string name) : name_(std::move(name)) {}
+  absl::string_view name() const { return name_; }
 
   // Called on the host when Record() is enqueued: returns the generation the marker will complete.
   uint64_t NextRecord() {
@@ -60,15 +63,11 @@ class CpuEvent final : public Event {
     return status_;
   }
 
-  Status Synchronize(absl::Duration timeout) override {
-    uint64_t gen = LatestRecord();
-    return WaitFor(gen, timeout, "host");
-  }
-  bool Query() const override {
+  bool Query() const {
     std::lock_guard<std::mutex> lock(mu_);
     return completed_ >= recorded_;
   }
-  StatusOr<double> CompletionTimeUs() const override {
+  StatusOr<double> CompletionTimeUs() const {
     std::lock_guard<std::mutex> lock(mu_);
     if (completed_ == 0 || completed_ < recorded_)
       return absl::FailedPreconditionError(absl::StrCat("event '", name_, "' has not completed"));
@@ -83,6 +82,21 @@ class CpuEvent final : public Event {
   uint64_t completed_ = 0;
   Status status_;
   double time_us_ = 0;
+};
+
+class CpuEvent final : public Event {
+ public:
+  explicit CpuEvent(std::string name) : state_(std::make_shared<CpuEventState>(std::move(name))) {}
+  absl::string_view name() const override { return state_->name(); }
+  Status Synchronize(absl::Duration timeout) override {
+    return state_->WaitFor(state_->LatestRecord(), timeout, "host");
+  }
+  bool Query() const override { return state_->Query(); }
+  StatusOr<double> CompletionTimeUs() const override { return state_->CompletionTimeUs(); }
+  const std::shared_ptr<CpuEventState>& state() const { return state_; }
+
+ private:
+  std::shared_ptr<CpuEventState> state_;
 };
 
 class CpuStream final : public Stream {
@@ -112,18 +126,19 @@ class CpuStream final : public Stream {
   Status Record(Event& event) override {
     auto* ev = dynamic_cast<CpuEvent*>(&event);
     if (ev == nullptr) return absl::InvalidArgumentError("Stream::Record: event is not a CPU event");
-    uint64_t gen = ev->NextRecord();
-    Push(Item{nullptr, ev, gen});
+    uint64_t gen = ev->state()->NextRecord();
+    Push(Item{nullptr, ev->state(), gen});
     return absl::OkStatus();
   }
 
   Status Wait(Event& event) override {
     auto* ev = dynamic_cast<CpuEvent*>(&event);
     if (ev == nullptr) return absl::InvalidArgumentError("Stream::Wait: event is not a CPU event");
-    uint64_t gen = ev->LatestRecord();
+    std::shared_ptr<CpuEventState> st = ev->state();
+    uint64_t gen = st->LatestRecord();
     absl::Duration timeout = Timeout();
     std::string waiter = absl::StrCat("stream '", opts_.name, "'");
-    Push(Item{[ev, gen, timeout, waiter] { return ev->WaitFor(gen, timeout, waiter); }, nullptr, 0});
+    Push(Item{[st, gen, timeout, waiter] { return st->WaitFor(gen, timeout, waiter); }, nullptr, 0});
     return absl::OkStatus();
   }
 
@@ -146,8 +161,8 @@ class CpuStream final : public Stream {
 
  private:
   struct Item {
-    std::function<Status()> task;  // a task or a wait ...
-    CpuEvent* event;               // ... or an event marker
+    std::function<Status()> task;          // a task or a wait ...
+    std::shared_ptr<CpuEventState> event;  // ... or an event marker
     uint64_t gen;
   };
 

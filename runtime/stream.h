@@ -19,6 +19,9 @@
 // recorded after it complete *with* that error (so streams waiting on them fail instead of hanging), and
 // Synchronize() returns it. Every wait has a timeout; on expiry the Status names the stream, the event and the
 // diagnostic label set with SetDiagnosticPrefix (e.g. "rank 2").
+//
+// Lifetimes: an Event may be destroyed while streams still have to reach a Record() or Wait() of it (both backends
+// keep the event's state alive for them); a Stream's destructor drains its queue first.
 #ifndef WAVEEP_RUNTIME_STREAM_H_
 #define WAVEEP_RUNTIME_STREAM_H_
 

@@ -724,7 +724,7 @@ StatusOr<Cluster> ParseCluster(absl::string_view json_text, absl::string_view or
     std::string detail = "malformed JSON";
     try {  // only to get the position for the message; nothing escapes
       Json unused = Json::parse(json_text.begin(), json_text.end());
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range (number overflow)
       detail = e.what();
     }
     return absl::InvalidArgumentError(absl::StrCat("cluster ", o, ": ", detail));

@@ -11,6 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "ep/cli/bench_internal.h"
 #include "ep/cli/driver.h"
+#include "ep/cli/flag_values.h"
 #include "kernels/kernels.h"
 #include "nlohmann/json.hpp"
 
@@ -27,18 +28,6 @@ std::vector<std::string> BenchFlagNames() {
 }
 
 namespace {
-
-StatusOr<std::vector<int64_t>> ParseIntList(absl::string_view flag, absl::string_view text) {
-  std::vector<int64_t> out;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
-    int64_t v = 0;
-    if (!absl::SimpleAtoi(part, &v))
-      return absl::InvalidArgumentError(absl::StrCat("--", flag, ": '", part, "' is not an integer"));
-    out.push_back(v);
-  }
-  if (out.empty()) return absl::InvalidArgumentError(absl::StrCat("--", flag, " is empty"));
-  return out;
-}
 
 std::string Fmt(const char* f, double v) {
   char buf[64];

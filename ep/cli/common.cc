@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "ep/cli/cli.h"
+#include "ep/cli/flag_values.h"
 
 namespace waveep::cli {
 
@@ -55,25 +56,7 @@ Status CheckTimeoutFlag() {
 }
 
 StatusOr<Device> DeviceFromFlag(const ProcessContext& ctx) {
-  const std::string dev = absl::GetFlag(FLAGS_device);
-  if (dev == "cpu") return Device::Cpu();
-  if (dev == "cuda") {
-    // One GPU per rank of a node, by local rank (what OMPI_COMM_WORLD_LOCAL_RANK / SLURM_LOCALID give); more ranks
-    // than GPUs share them round-robin (run them under MPS).
-    const int n = CudaDeviceCount();
-    return Device::Cuda(n > 0 ? ctx.local_rank % n : 0);
-  }
-  if (dev.rfind("cuda:", 0) == 0) {
-    const std::string ord = dev.substr(5);
-    int n = -1;
-    if (ord.empty() || ord.size() > 4 ||
-        !std::all_of(ord.begin(), ord.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
-        !absl::SimpleAtoi(ord, &n)) {
-      return absl::InvalidArgumentError(absl::StrCat("--device=", dev, ": expected cuda:N with N a device ordinal"));
-    }
-    return Device::Cuda(n);
-  }
-  return absl::InvalidArgumentError(absl::StrCat("--device=", dev, " is not cpu, cuda or cuda:N"));
+  return ParseDeviceFlag(absl::GetFlag(FLAGS_device), ctx.local_rank, CudaDeviceCount());
 }
 
 StatusOr<ep::LayerConfig> LayerConfigFromFlags(const ProcessContext& ctx) {

@@ -16,6 +16,7 @@ open(f"{d}/deep.json", "w").write('{"hidden_size": 256, "description": ' + "[" *
 json.dump(dict(base, n_routed_experts=2**32 + 16), open(f"{d}/wrap_experts.json", "w"))
 json.dump(dict(base, num_experts_per_tok=2**32 + 4), open(f"{d}/wrap_topk.json", "w"))
 json.dump(dict(base, hidden_size=2**40, moe_intermediate_size=2**40), open(f"{d}/huge.json", "w"))
+open(f"{d}/number_overflow.json", "w").write('{"hidden_size": 1e99999, "moe_intermediate_size": 128}')
 json.dump(dict(base, hidden_size=65536, moe_intermediate_size=65536, n_routed_experts=1024), open(f"{d}/big.json", "w"))
 PY
 rm -f "$d/fifo.json"; mkfifo "$d/fifo.json"

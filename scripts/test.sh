@@ -5,12 +5,14 @@
 #   scripts/test.sh                       # default build (CUDA on when nvcc exists)
 #   WAVEEP_BUILD_DIR=build-nocuda WAVEEP_CMAKE_ARGS="-DWAVEEP_ENABLE_CUDA=OFF" scripts/test.sh
 #   CTEST_ARGS="-R kernels" scripts/test.sh
+#   WAVEEP_BUILD_TARGETS="runtime_stream_test comm_conformance_test" CTEST_ARGS="-R ^(runtime_stream|comm_)" ...
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 "$WAVEEP_ROOT/scripts/install_deps.sh"
 export WAVEEP_CMAKE_ARGS="-DWAVEEP_WERROR=ON -DBUILD_TESTING=ON ${WAVEEP_CMAKE_ARGS:-}"
-waveep_build
+# shellcheck disable=SC2086
+waveep_build ${WAVEEP_BUILD_TARGETS:-}
 if [[ $(id -u) -eq 0 ]]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi

@@ -13,9 +13,9 @@
 // rows to BF16 after dequantization), relative error <= 2^-9 per element, and accumulates in another order (~1e-6).
 // The dense reference check (ep.h, VerifyAgainstReference) allows 2^-8 of the normalized error, whose main term is
 // already the BF16 combine rows (2^-9): the added roundings are independent and enter the norm as sqrt-sums, so the
-// same tolerance holds (measured: docs/perf/<date>-<gpu>/). Bitwise invariance over W: every expert's rows are the
-// same rows in the same order for any W, and the GEMM backend is pinned to one cuBLASLt call per expert, whose
-// algorithm depends only on (M, N, K) — not on which wave the expert is in.
+// same tolerance holds (not yet measured: CudaLayerTest checks it on a GPU). Bitwise invariance over W: every
+// expert's rows are the same rows in the same order for any W, and the GEMM backend is pinned to one cuBLASLt call
+// per expert, whose algorithm depends only on (M, N, K) — not on which wave the expert is in.
 #include <algorithm>
 #include <vector>
 

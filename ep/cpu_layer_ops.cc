@@ -12,24 +12,10 @@ namespace {
 // Rows per shared-expert GEMM block (see NOTES in Shared).
 constexpr int64_t kSharedBlockRows = 64;
 
-// Grows `b` to at least `bytes` (contents not preserved). Buffers are reused across steps.
-Status Ensure(Buffer& b, size_t bytes) {
-  if (b.bytes() >= bytes && b.data() != nullptr) return absl::OkStatus();
-  WAVEEP_ASSIGN_OR_RETURN(b, Buffer::Allocate(Device::Cpu(), MemoryKind::kHost, std::max<size_t>(bytes, 64)));
-  return absl::OkStatus();
-}
-
 class CpuLayerOps final : public LayerOps {
  public:
   CpuLayerOps(const ModelConfig& m, DType dtype, bool shared)
-      : m_(m),
-        fp8_(dtype == DType::kFP8E4M3),
-        shared_(shared),
-        h_(m.hidden_size),
-        inter_(m.moe_intermediate_size),
-        si_(m.moe_intermediate_size * m.num_shared_experts),
-        drow_(fp8_ ? h_ + 4 * (h_ / m.fp8_block_size) : 2 * h_),
-        crow_(2 * h_) {}
+      : LayerOps(m, dtype, Device::Cpu(), MemoryKind::kHost), shared_(shared) {}
 
   Status LoadWeights(std::vector<float> w13, std::vector<float> w2, std::vector<float> shared_w13,
                      std::vector<float> shared_w2) override {
@@ -41,19 +27,9 @@ class CpuLayerOps final : public LayerOps {
   }
 
   Status Prepare(const TokenBatch& batch, const DispatchLayout& lay, float* out, Stream& /*stream*/) override {
-    batch_ = &batch;
-    lay_ = &lay;
-    out_ = out;
-    const int64_t pairs = lay.perm.num_rows();
-    int64_t max_wave = 0;
-    for (int64_t n : lay.wave_recv_total) max_wave = std::max(max_wave, n);
+    WAVEEP_RETURN_IF_ERROR(BeginStep(batch, lay, out));
+    const int64_t max_wave = max_wave_;
     WAVEEP_RETURN_IF_ERROR(Ensure(tokens_, batch.num_tokens * drow_));
-    WAVEEP_RETURN_IF_ERROR(Ensure(send_, pairs * drow_));
-    WAVEEP_RETURN_IF_ERROR(Ensure(ret_recv_, pairs * crow_));
-    for (int j = 0; j < 2; ++j) {
-      WAVEEP_RETURN_IF_ERROR(Ensure(recv_[j], max_wave * drow_));
-      WAVEEP_RETURN_IF_ERROR(Ensure(ret_send_[j], max_wave * crow_));
-    }
     WAVEEP_RETURN_IF_ERROR(Ensure(a_, max_wave * h_ * 4));
     WAVEEP_RETURN_IF_ERROR(Ensure(gate_up_, max_wave * 2 * inter_ * 4));
     WAVEEP_RETURN_IF_ERROR(Ensure(act_, max_wave * inter_ * 4));
@@ -67,11 +43,6 @@ class CpuLayerOps final : public LayerOps {
     }
     return absl::OkStatus();
   }
-
-  void* send() override { return send_.data(); }
-  void* recv(int j) override { return recv_[j].data(); }
-  void* ret_send(int j) override { return ret_send_[j].data(); }
-  void* ret_recv() override { return ret_recv_.data(); }
 
   Status Pack(int w, Stream& s) override {
     return s.Enqueue([this, w] { return PackNow(w); });
@@ -201,17 +172,10 @@ class CpuLayerOps final : public LayerOps {
     return absl::OkStatus();
   }
 
-  const ModelConfig m_;
-  const bool fp8_, shared_;
-  const int64_t h_, inter_, si_, drow_, crow_;
+  const bool shared_;
   std::vector<float> w13_, w2_, shared_w13_, shared_w2_;
-  // The step in flight (set by Prepare).
-  const TokenBatch* batch_ = nullptr;
-  const DispatchLayout* lay_ = nullptr;
-  float* out_ = nullptr;
-  // Transit buffers: local tokens encoded once, send rows (perm order), double-buffered receive / return, returned
-  // rows (perm order); FP32 scratch for one wave and for the shared expert.
-  Buffer tokens_, send_, recv_[2], ret_send_[2], ret_recv_;
+  // Local tokens encoded once per step; FP32 scratch for one wave and for the shared expert.
+  Buffer tokens_;
   Buffer a_, gate_up_, act_, y_, s_in_, s_gate_up_, s_act_, s_blk_, s_out_;
 };
 

@@ -30,16 +30,7 @@ constexpr kernels::GemmBackend kLayerGemm = kernels::GemmBackend::kCublasLt;
 class CudaLayerOps final : public LayerOps {
  public:
   CudaLayerOps(const ModelConfig& m, DType dtype, bool shared, Device device)
-      : m_(m),
-        device_(device),
-        fp8_(dtype == DType::kFP8E4M3),
-        shared_(shared),
-        h_(m.hidden_size),
-        inter_(m.moe_intermediate_size),
-        si_(m.moe_intermediate_size * m.num_shared_experts),
-        block_(m.fp8_block_size),
-        drow_(fp8_ ? h_ + 4 * (h_ / m.fp8_block_size) : 2 * h_),
-        crow_(2 * h_) {}
+      : LayerOps(m, dtype, device, MemoryKind::kDevice), shared_(shared), block_(m.fp8_block_size) {}
 
   Status LoadWeights(std::vector<float> w13, std::vector<float> w2, std::vector<float> shared_w13,
                      std::vector<float> shared_w2) override {
@@ -58,21 +49,11 @@ class CudaLayerOps final : public LayerOps {
   }
 
   Status Prepare(const TokenBatch& batch, const DispatchLayout& lay, float* out, Stream& s) override {
-    batch_ = &batch;
-    lay_ = &lay;
-    out_ = out;
-    const int64_t t = batch.num_tokens, k = batch.top_k, pairs = lay.perm.num_rows();
-    int64_t max_wave = 0;
-    for (int64_t n : lay.wave_recv_total) max_wave = std::max(max_wave, n);
+    WAVEEP_RETURN_IF_ERROR(BeginStep(batch, lay, out));
+    const int64_t t = batch.num_tokens, k = batch.top_k, pairs = lay.perm.num_rows(), max_wave = max_wave_;
     // Buffers (grow-only).
     WAVEEP_RETURN_IF_ERROR(Ensure(x_, t * h_ * 4));
     WAVEEP_RETURN_IF_ERROR(Ensure(tok_, t * drow_));
-    WAVEEP_RETURN_IF_ERROR(Ensure(send_, pairs * drow_));
-    WAVEEP_RETURN_IF_ERROR(Ensure(ret_recv_, pairs * crow_));
-    for (int j = 0; j < 2; ++j) {
-      WAVEEP_RETURN_IF_ERROR(Ensure(recv_[j], max_wave * drow_));
-      WAVEEP_RETURN_IF_ERROR(Ensure(ret_send_[j], max_wave * crow_));
-    }
     if (fp8_) {
       WAVEEP_RETURN_IF_ERROR(Ensure(q_, t * h_));
       WAVEEP_RETURN_IF_ERROR(Ensure(sc_, t * (h_ / block_) * 4));
@@ -117,11 +98,6 @@ class CudaLayerOps final : public LayerOps {
     if (shared_) WAVEEP_RETURN_IF_ERROR(kernels::CudaConvertF32ToBf16(x_.as<float>(), xs_.as<uint16_t>(), t * h_, s));
     return absl::OkStatus();
   }
-
-  void* send() override { return send_.data(); }
-  void* recv(int j) override { return recv_[j].data(); }
-  void* ret_send(int j) override { return ret_send_[j].data(); }
-  void* ret_recv() override { return ret_recv_.data(); }
 
   // pack(0) encodes every token once and gathers all send rows (one launch each: cheap next to the exchange, and it
   // leaves later waves' packs empty); pack(w > 0) has nothing left to do.
@@ -213,13 +189,6 @@ class CudaLayerOps final : public LayerOps {
   }
 
  private:
-  Status Ensure(Buffer& b, int64_t bytes, MemoryKind kind = MemoryKind::kDevice) {
-    if (b.data() != nullptr && static_cast<int64_t>(b.bytes()) >= bytes) return absl::OkStatus();
-    b = Buffer();  // free first: device memory is the scarce kind
-    WAVEEP_ASSIGN_OR_RETURN(b, Buffer::Allocate(device_, kind, static_cast<size_t>(std::max<int64_t>(bytes, 256))));
-    return absl::OkStatus();
-  }
-
   // FP32 host weights (BF16-representable: synthetic and checkpoint weights are widened BF16, FP8 dequantized to
   // FP32 is rounded here) -> BF16 on the device. Synchronous: weights load once.
   StatusOr<Buffer> Upload(const std::vector<float>& w) {
@@ -235,20 +204,13 @@ class CudaLayerOps final : public LayerOps {
     return dev;
   }
 
-  const ModelConfig m_;
-  const Device device_;
-  const bool fp8_, shared_;
-  const int64_t h_, inter_, si_;
+  const bool shared_;
   const int block_;
-  const int64_t drow_, crow_;
   Buffer w13_, w2_, sw13_, sw2_;           // BF16 weights
   std::vector<const uint16_t*> b13_, b2_;  // per local expert
-  const TokenBatch* batch_ = nullptr;
-  const DispatchLayout* lay_ = nullptr;
-  float* out_ = nullptr;
   std::vector<int64_t> a_rows_all_, a_rows_begin_;
-  // Device buffers: tokens (FP32, encoded), transit rows, index arrays, one wave's scratch, the shared expert's.
-  Buffer x_, tok_, send_, recv_[2], ret_send_[2], ret_recv_;
+  // Device buffers: tokens (FP32, encoded), index arrays, one wave's scratch, the shared expert's.
+  Buffer x_, tok_;
   Buffer pair_of_row_, row_of_pair_, topk_w_, a_rows_;
   Buffer q_, sc_;  // pack: FP8 payload and scales of the local tokens (comm stream)
   Buffer aq_, as_, a_rows8_, a_f32_, a_, gate_up_, act_, act_bf_, y_, y_bf_;

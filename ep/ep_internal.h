@@ -47,8 +47,14 @@ struct WaveOps {
 //
 // Row formats shared by both (so any mix of ranks exchanges the same bytes): a dispatch row is the token in BF16
 // (2H bytes), or FP8 e4m3 [H] followed by its H / block FP32 scales; a combine row is the expert output in BF16.
+// Bytes of one dispatch row: the token in BF16, or FP8 e4m3 followed by its FP32 block scales. One definition for
+// the layer, its operations and MoeLayer::dispatch_row_bytes().
+int64_t DispatchRowBytes(const ModelConfig& model, DType dispatch_dtype);
+
 class LayerOps {
  public:
+  // `device` and `kind` say where the step's buffers live (CPU host memory, or device memory of one GPU).
+  LayerOps(const ModelConfig& model, DType dispatch_dtype, Device device, MemoryKind kind);
   virtual ~LayerOps() = default;
   // Takes this rank's local expert weights in FP32 ([L][2I, H], [L][H, I]; gate rows then up rows) and the shared
   // expert's ([2 nS I, H], [H, nS I]; empty when not used). Called once, before any step.
@@ -56,18 +62,42 @@ class LayerOps {
                              std::vector<float> shared_w2) = 0;
   // Sizes this step's buffers and stages its inputs on `stream` (the comm stream: everything on the compute stream
   // waits for dispatch(0), so it sees them). `batch`, `lay` and `out` stay valid until the step's streams drained.
+  // Implementations start with BeginStep.
   virtual Status Prepare(const TokenBatch& batch, const DispatchLayout& lay, float* out, Stream& stream) = 0;
-  virtual void* send() = 0;
-  virtual void* recv(int j) = 0;
-  virtual void* ret_send(int j) = 0;
-  virtual void* ret_recv() = 0;
+  void* send() { return send_.data(); }
+  void* recv(int j) { return recv_[j].data(); }
+  void* ret_send(int j) { return ret_send_[j].data(); }
+  void* ret_recv() { return ret_recv_.data(); }
   virtual Status Pack(int w, Stream& stream) = 0;    // send rows of wave w (encodes the tokens at w = 0)
   virtual Status Gemm(int w, Stream& stream) = 0;    // recv(w % 2) -> wave w's expert outputs
   virtual Status Unpack(int w, Stream& stream) = 0;  // wave w's outputs -> ret_send(w % 2), BF16, recv row order
   virtual Status Shared(Stream& stream) = 0;         // the shared expert on this rank's tokens
   virtual Status Finish(Stream& stream) = 0;         // out = combine-reduce(ret_recv) (+ shared), in host memory
+
+ protected:
+  // Remembers the step and sizes the transit buffers (send and ret_recv: every pair; recv and ret_send: the largest
+  // wave). Sets max_wave_.
+  Status BeginStep(const TokenBatch& batch, const DispatchLayout& lay, float* out);
+  // Grows `b` to at least `bytes` (contents not kept; freed first: device memory is the scarce kind). Buffers are
+  // reused across steps.
+  Status Ensure(Buffer& b, int64_t bytes) { return Ensure(b, bytes, kind_); }
+  Status Ensure(Buffer& b, int64_t bytes, MemoryKind kind);
+
+  const ModelConfig m_;
+  const Device device_;
+  const MemoryKind kind_;
+  const bool fp8_;
+  const int64_t h_, inter_, si_;  // hidden, expert intermediate, shared intermediate (nS * I)
+  const int64_t drow_, crow_;     // dispatch and combine row bytes
+  // The step in flight (BeginStep).
+  const TokenBatch* batch_ = nullptr;
+  const DispatchLayout* lay_ = nullptr;
+  float* out_ = nullptr;
+  int64_t max_wave_ = 0;  // rows of the largest wave this rank receives
+  // Transit rows: send (perm order), double-buffered receive / return, returned rows (perm order).
+  Buffer send_, recv_[2], ret_send_[2], ret_recv_;
 };
-// `dispatch_row_bytes` as MoeLayer::dispatch_row_bytes(); `shared` = run the shared expert.
+// `shared` = run the shared expert.
 std::unique_ptr<LayerOps> NewCpuLayerOps(const ModelConfig& model, DType dispatch_dtype, bool shared);
 // InvalidArgument/Unavailable when `device` is not a usable CUDA device or the build has no CUDA.
 StatusOr<std::unique_ptr<LayerOps>> NewCudaLayerOps(const ModelConfig& model, DType dispatch_dtype, bool shared,

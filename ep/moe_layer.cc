@@ -101,11 +101,51 @@ MoeLayer::MoeLayer(const ProcessContext& ctx, comm::Communicator* comm, LayerCon
 
 MoeLayer::~MoeLayer() = default;
 
-int64_t MoeLayer::dispatch_row_bytes() const {
-  const int64_t h = cfg_.model.hidden_size;
-  if (cfg_.dispatch_dtype == DType::kFP8E4M3) return h + 4 * (h / cfg_.model.fp8_block_size);
+int64_t MoeLayer::dispatch_row_bytes() const { return internal::DispatchRowBytes(cfg_.model, cfg_.dispatch_dtype); }
+
+namespace internal {
+
+int64_t DispatchRowBytes(const ModelConfig& model, DType dispatch_dtype) {
+  const int64_t h = model.hidden_size;
+  if (dispatch_dtype == DType::kFP8E4M3) return h + 4 * (h / model.fp8_block_size);
   return 2 * h;
 }
+
+LayerOps::LayerOps(const ModelConfig& model, DType dispatch_dtype, Device device, MemoryKind kind)
+    : m_(model),
+      device_(device),
+      kind_(kind),
+      fp8_(dispatch_dtype == DType::kFP8E4M3),
+      h_(model.hidden_size),
+      inter_(model.moe_intermediate_size),
+      si_(model.moe_intermediate_size * model.num_shared_experts),
+      drow_(DispatchRowBytes(model, dispatch_dtype)),
+      crow_(2 * model.hidden_size) {}
+
+Status LayerOps::BeginStep(const TokenBatch& batch, const DispatchLayout& lay, float* out) {
+  batch_ = &batch;
+  lay_ = &lay;
+  out_ = out;
+  max_wave_ = 0;
+  for (int64_t n : lay.wave_recv_total) max_wave_ = std::max(max_wave_, n);
+  const int64_t pairs = lay.perm.num_rows();
+  WAVEEP_RETURN_IF_ERROR(Ensure(send_, pairs * drow_));
+  WAVEEP_RETURN_IF_ERROR(Ensure(ret_recv_, pairs * crow_));
+  for (int j = 0; j < 2; ++j) {
+    WAVEEP_RETURN_IF_ERROR(Ensure(recv_[j], max_wave_ * drow_));
+    WAVEEP_RETURN_IF_ERROR(Ensure(ret_send_[j], max_wave_ * crow_));
+  }
+  return absl::OkStatus();
+}
+
+Status LayerOps::Ensure(Buffer& b, int64_t bytes, MemoryKind kind) {
+  if (b.data() != nullptr && static_cast<int64_t>(b.bytes()) >= bytes) return absl::OkStatus();
+  b = Buffer();
+  WAVEEP_ASSIGN_OR_RETURN(b, Buffer::Allocate(device_, kind, static_cast<size_t>(std::max<int64_t>(bytes, 256))));
+  return absl::OkStatus();
+}
+
+}  // namespace internal
 
 StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const ProcessContext& ctx, comm::Communicator* comm,
                                                      LayerConfig cfg, const WeightSource& weights) {

@@ -77,12 +77,7 @@ Status CudaConvertBf16ToF32(const uint16_t* in_dev, float* out_dev, int64_t n, S
 
 Status CudaAddF32(const float* x_dev, float* y_dev, int64_t n, Stream& stream) {
   WAVEEP_RETURN_IF_ERROR(CheckLaunch(x_dev, y_dev, n, stream, "CudaAddF32"));
-  if (n == 0) return absl::OkStatus();
-  DeviceGuard guard;
-  WAVEEP_RETURN_IF_ERROR(guard.Enter(stream.device().ordinal));
-  AddF32Kernel<<<GridFor(n, kThreads), kThreads, 0, Native(stream)>>>(x_dev, y_dev, n);
-  WAVEEP_CUDA_RETURN_IF_LAUNCH_FAILED();
-  return absl::OkStatus();
+  return Launch(AddF32Kernel, x_dev, y_dev, n, stream);
 }
 
 Status CudaCopyAsync(void* dst, const void* src, int64_t bytes, Stream& stream) {

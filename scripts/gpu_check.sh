@@ -41,6 +41,14 @@ while [[ $# -gt 0 ]]; do
     *) echo "gpu_check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
+for s in ${stages//,/ }; do
+  case "$s" in
+    info|unit|layer|comm2|sweep|gemm|sanitizer) ;;
+    *) echo "gpu_check.sh: unknown stage '$s' in --stages (known: info,unit,layer,comm2,sweep,gemm,sanitizer)" >&2
+       exit 2 ;;
+  esac
+done
+[[ $budget_s =~ ^[0-9]+$ ]] || { echo "gpu_check.sh: --budget_s must be a whole number of seconds, got '$budget_s'" >&2; exit 2; }
 if [[ -n "$bundle" ]]; then
   build="$bundle/build"
   export LD_LIBRARY_PATH="$(cd "$bundle/lib" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

@@ -9,7 +9,6 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/reflection.h"
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "ep/cli/cli.h"
 #include "ep/cli/flag_values.h"
@@ -73,7 +72,6 @@ StatusOr<ep::LayerConfig> LayerConfigFromFlags(const ProcessContext& ctx) {
   }
   if (absl::GetFlag(FLAGS_steps) < 1) return absl::InvalidArgumentError("--steps must be >= 1");
   if (absl::GetFlag(FLAGS_warmup) < 0) return absl::InvalidArgumentError("--warmup must be >= 0");
-  WAVEEP_RETURN_IF_ERROR(CheckTimeoutFlag());
   WAVEEP_RETURN_IF_ERROR(ep::ParseRoutingMode(absl::GetFlag(FLAGS_routing)).status());
   cfg.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
   WAVEEP_RETURN_IF_ERROR(ep::ValidateLayerConfig(cfg, num_ranks));

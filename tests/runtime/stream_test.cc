@@ -4,6 +4,7 @@
 // latest record, sticky errors that propagate through events, and timeouts that name what was waited for.
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -207,34 +208,40 @@ TEST(CpuStream, SynchronizeTimesOut) {
   EXPECT_TRUE(s->Synchronize().ok());
 }
 
+// The wave schedule's shape: two streams alternating through events, re-recorded every round. Enqueues 200 rounds
+// on `a` and `b`, then (after `before_sync`, e.g. destroying an event) checks that the tasks ran in strict turns.
+void PingPong(Stream& a, Stream& b, std::unique_ptr<Event>& ea, std::unique_ptr<Event>& eb,
+              const std::function<void()>& before_sync = nullptr) {
+  std::vector<int> trace;
+  std::mutex mu;
+  auto step = [&](int v) {
+    return [&trace, &mu, v] {
+      std::lock_guard<std::mutex> l(mu);
+      trace.push_back(v);
+      return absl::OkStatus();
+    };
+  };
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_TRUE(a.Wait(*eb).ok());
+    ASSERT_TRUE(a.Enqueue(step(2 * i)).ok());
+    ASSERT_TRUE(a.Record(*ea).ok());
+    ASSERT_TRUE(b.Wait(*ea).ok());
+    ASSERT_TRUE(b.Enqueue(step(2 * i + 1)).ok());
+    ASSERT_TRUE(b.Record(*eb).ok());
+  }
+  if (before_sync) before_sync();
+  ASSERT_TRUE(a.Synchronize().ok());
+  ASSERT_TRUE(b.Synchronize().ok());
+  ASSERT_EQ(trace.size(), 400u);
+  for (int i = 0; i < 400; ++i) EXPECT_EQ(trace[i], i);
+}
+
 TEST(CpuStream, PingPongBetweenStreamsManyRounds) {
-  // The wave schedule's shape: two streams alternating through events, re-recorded every round.
   auto a = MakeStream("a");
   auto b = MakeStream("b");
   auto ea = MakeEvent("ea");
   auto eb = MakeEvent("eb");
-  std::vector<int> trace;
-  std::mutex mu;
-  for (int i = 0; i < 200; ++i) {
-    ASSERT_TRUE(a->Wait(*eb).ok());
-    ASSERT_TRUE(a->Enqueue([&, i] {
-                   std::lock_guard<std::mutex> l(mu);
-                   trace.push_back(2 * i);
-                   return absl::OkStatus();
-                 }).ok());
-    ASSERT_TRUE(a->Record(*ea).ok());
-    ASSERT_TRUE(b->Wait(*ea).ok());
-    ASSERT_TRUE(b->Enqueue([&, i] {
-                   std::lock_guard<std::mutex> l(mu);
-                   trace.push_back(2 * i + 1);
-                   return absl::OkStatus();
-                 }).ok());
-    ASSERT_TRUE(b->Record(*eb).ok());
-  }
-  ASSERT_TRUE(a->Synchronize().ok());
-  ASSERT_TRUE(b->Synchronize().ok());
-  ASSERT_EQ(trace.size(), 400u);
-  for (int i = 0; i < 400; ++i) EXPECT_EQ(trace[i], i);
+  PingPong(*a, *b, ea, eb);
 }
 
 TEST(CpuStream, EventMayBeDestroyedBeforeStreamsReachIt) {
@@ -444,29 +451,8 @@ TEST(CudaStream, PingPongManyRoundsAndEventsDestroyedWhileWaitedOn) {
   auto ea = MakeCudaEvent("ea");
   auto eb = MakeCudaEvent("eb");
   ASSERT_TRUE(a && b && ea && eb);
-  std::vector<int> trace;
-  std::mutex mu;
-  for (int i = 0; i < 200; ++i) {
-    ASSERT_TRUE(a->Wait(*eb).ok());
-    ASSERT_TRUE(a->Enqueue([&, i] {
-                   std::lock_guard<std::mutex> l(mu);
-                   trace.push_back(2 * i);
-                   return absl::OkStatus();
-                 }).ok());
-    ASSERT_TRUE(a->Record(*ea).ok());
-    ASSERT_TRUE(b->Wait(*ea).ok());
-    ASSERT_TRUE(b->Enqueue([&, i] {
-                   std::lock_guard<std::mutex> l(mu);
-                   trace.push_back(2 * i + 1);
-                   return absl::OkStatus();
-                 }).ok());
-    ASSERT_TRUE(b->Record(*eb).ok());
-  }
-  ea.reset();  // b still lists it among its waits: must not touch a destroyed event
-  ASSERT_TRUE(a->Synchronize().ok());
-  ASSERT_TRUE(b->Synchronize().ok());
-  ASSERT_EQ(trace.size(), 400u);
-  for (int i = 0; i < 400; ++i) EXPECT_EQ(trace[i], i);
+  // b still lists ea among its waits when it is destroyed: must not touch a destroyed event.
+  PingPong(*a, *b, ea, eb, [&] { ea.reset(); });
 }
 
 }  // namespace

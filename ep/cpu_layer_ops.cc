@@ -9,9 +9,6 @@
 namespace waveep::ep::internal {
 namespace {
 
-// Rows per shared-expert GEMM block (see NOTES in Shared).
-constexpr int64_t kSharedBlockRows = 64;
-
 class CpuLayerOps final : public LayerOps {
  public:
   CpuLayerOps(const ModelConfig& m, DType dtype, bool shared)
@@ -53,8 +50,8 @@ class CpuLayerOps final : public LayerOps {
   Status Unpack(int w, Stream& s) override {
     return s.Enqueue([this, w] { return UnpackNow(w); });
   }
-  Status Shared(Stream& s) override {
-    return s.Enqueue([this] { return SharedNow(); });
+  Status Shared(int part, Stream& s) override {
+    return s.Enqueue([this, part] { return SharedNow(part); });
   }
   Status Finish(Stream& s) override {
     return s.Enqueue([this] { return FinishNow(); });
@@ -128,7 +125,7 @@ class CpuLayerOps final : public LayerOps {
   // unpack(w): results back into the recv layout (source-major blocks in each source's order), as BF16.
   Status UnpackNow(int w) {
     const std::vector<int64_t>& rows = lay_->a_rows[w];
-    uint8_t* dst = ret_send_[w % 2].as<uint8_t>();
+    uint8_t* dst = static_cast<uint8_t*>(ret_send(w));
     const float* y = y_.as<float>();
     for (size_t i = 0; i < rows.size(); ++i)
       kernels::ConvertF32ToBf16(y + i * h_, reinterpret_cast<uint16_t*>(dst + rows[i] * crow_), h_);
@@ -138,24 +135,27 @@ class CpuLayerOps final : public LayerOps {
   // NOTES: BLAS row results depend on M and on the row's position in the GEMM (kernel choice, tile lanes), and the
   // shared expert's rows are this rank's tokens, which change with np. So the shared expert runs on blocks of
   // kSharedBlockRows rows aligned to *global* token ids (block b = tokens [b*B, (b+1)*B), absent rows zero): every
-  // token sits at the same position of a same-size GEMM for any np, and its result is bitwise identical.
-  Status SharedNow() {
+  // token sits at the same position of a same-size GEMM for any np, and its result is bitwise identical. Part 0
+  // ends (part 1 starts) at a block boundary, so splitting changes no block.
+  Status SharedNow(int part) {
     const TokenBatch& batch = *batch_;
     const int64_t blk = kSharedBlockRows;
     const int64_t off[2] = {0, blk};
     const float* b13 = shared_w13_.data();
     const float* b2 = shared_w2_.data();
     float* xin = s_in_.as<float>();
-    const int64_t first = batch.first_token, last = batch.first_token + batch.num_tokens;
-    if (batch.num_tokens == 0) return absl::OkStatus();
+    const int64_t base = batch.first_token, split = base + SharedSplitToken(batch);
+    const int64_t first = part == 0 ? base : split;  // this part's global token ids: [first, last)
+    const int64_t last = part == 0 ? split : base + batch.num_tokens;
+    if (first >= last) return absl::OkStatus();
     for (int64_t bs = first / blk * blk; bs < last; bs += blk) {
       const int64_t lo = std::max(bs, first), hi = std::min(bs + blk, last);  // my tokens in this block
       std::memset(xin, 0, static_cast<size_t>(blk * h_) * sizeof(float));
-      std::memcpy(xin + (lo - bs) * h_, batch.x.data() + (lo - first) * h_, static_cast<size_t>((hi - lo) * h_) * 4);
+      std::memcpy(xin + (lo - bs) * h_, batch.x.data() + (lo - base) * h_, static_cast<size_t>((hi - lo) * h_) * 4);
       WAVEEP_RETURN_IF_ERROR(kernels::GroupedGemmNT(xin, off, 1, h_, &b13, 2 * si_, s_gate_up_.as<float>()));
       kernels::SwiGLU(s_gate_up_.as<float>(), blk, si_, s_act_.as<float>());
       WAVEEP_RETURN_IF_ERROR(kernels::GroupedGemmNT(s_act_.as<float>(), off, 1, si_, &b2, h_, s_blk_.as<float>()));
-      std::memcpy(s_out_.as<float>() + (lo - first) * h_, s_blk_.as<float>() + (lo - bs) * h_,
+      std::memcpy(s_out_.as<float>() + (lo - base) * h_, s_blk_.as<float>() + (lo - bs) * h_,
                   static_cast<size_t>((hi - lo) * h_) * 4);
     }
     return absl::OkStatus();

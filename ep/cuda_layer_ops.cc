@@ -152,20 +152,26 @@ class CudaLayerOps final : public LayerOps {
     if (m == 0) return absl::OkStatus();
     WAVEEP_RETURN_IF_ERROR(kernels::CudaConvertF32ToBf16(y_.as<float>(), y_bf_.as<uint16_t>(), m * h_, s));
     return kernels::CudaScatterRows(y_bf_.data(), crow_, a_rows_.as<int64_t>() + a_rows_begin_[w], m,
-                                    ret_send_[w % 2].data(), s);
+                                    ret_send(w), s);
   }
 
-  Status Shared(Stream& s) override {
-    const int64_t t = batch_->num_tokens;
+  // Part 0 = tokens [0, split), part 1 = [split, t): each part its own rows of the scratch buffers, so the two may
+  // be in flight at once. The split never depends on W (nor does the output).
+  Status Shared(int part, Stream& s) override {
+    const int64_t split = SharedSplitToken(*batch_);
+    const int64_t r0 = part == 0 ? 0 : split, t = SharedPartTokens(*batch_, part);
     if (t == 0) return absl::OkStatus();
     const int64_t off[2] = {0, t};
     const uint16_t* b13 = sw13_.as<uint16_t>();
     const uint16_t* b2 = sw2_.as<uint16_t>();
-    WAVEEP_RETURN_IF_ERROR(kernels::CudaGroupedGemmNTBf16(xs_.as<uint16_t>(), off, 1, h_, &b13, 2 * si_,
-                                                          s_gate_up_.data(), DType::kF32, s, kLayerGemm));
-    WAVEEP_RETURN_IF_ERROR(kernels::CudaSwiGLU(s_gate_up_.as<float>(), t, si_, s_act_.as<float>(), s));
-    WAVEEP_RETURN_IF_ERROR(kernels::CudaConvertF32ToBf16(s_act_.as<float>(), s_act_bf_.as<uint16_t>(), t * si_, s));
-    return kernels::CudaGroupedGemmNTBf16(s_act_bf_.as<uint16_t>(), off, 1, si_, &b2, h_, s_out_.data(), DType::kF32, s,
+    float* gate_up = s_gate_up_.as<float>() + r0 * 2 * si_;
+    float* act = s_act_.as<float>() + r0 * si_;
+    uint16_t* act_bf = s_act_bf_.as<uint16_t>() + r0 * si_;
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaGroupedGemmNTBf16(xs_.as<uint16_t>() + r0 * h_, off, 1, h_, &b13, 2 * si_,
+                                                          gate_up, DType::kF32, s, kLayerGemm));
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaSwiGLU(gate_up, t, si_, act, s));
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaConvertF32ToBf16(act, act_bf, t * si_, s));
+    return kernels::CudaGroupedGemmNTBf16(act_bf, off, 1, si_, &b2, h_, s_out_.as<float>() + r0 * h_, DType::kF32, s,
                                           kLayerGemm);
   }
 

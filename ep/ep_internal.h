@@ -22,34 +22,45 @@ Status AgreeStatus(comm::Communicator& comm, const Status& local);
 // it is given and returns at once: a CPU implementation enqueues a host task (Stream::Enqueue), a CUDA one launches
 // kernels / copies on stream.native(), a communicator enqueues an asynchronous exchange. Work must only touch the
 // buffers the schedule hands it:
+//   head(s)          compute stream, first: work that needs only the step's inputs (overlaps the first pack and
+//                    dispatch, the pipeline's fill); optional
 //   pack(w, s)       comm stream: fill the send rows of wave w
 //   dispatch(w, s)   comm stream: exchange wave w into receive buffer w % 2
 //   gemm(w, s)       compute stream: consume receive buffer w % 2 and compute wave w
-//   unpack(w, s)     compute stream: write wave w's results into return buffer w % 2
-//   combine(w, s)    comm stream: send return buffer w % 2 back to the rows' owners
-//   tail(s)          compute stream, after the last unpack (overlaps the last combine); optional
+//   unpack(w, s)     compute stream: write wave w's results into its own return slot (one per wave)
+//   combine(w, s)    comm stream: send wave w's return slot back to the rows' owners
+//   tail(s)          compute stream, after the last unpack (overlaps the last combines, the drain); optional
 //   finish(s)        compute stream, after the last combine
 struct WaveOps {
   using WaveFn = std::function<Status(int, Stream&)>;
   using StepFn = std::function<Status(Stream&)>;
   WaveFn pack, dispatch, gemm, unpack, combine;
-  StepFn tail, finish;
+  StepFn head, tail, finish;
   // For span annotations (optional).
   std::function<double(int)> dispatch_bytes, combine_bytes, gemm_flops;
-  double tail_flops = 0;
+  double head_flops = 0, tail_flops = 0;
 };
 
 // The operations of one MoE layer step on one device, behind the WaveScheduler: MoeLayer::Forward owns the
 // schedule, the layout, the exchanges and the statistics, and a LayerOps owns the weights, the buffers and the math.
 // ep/cpu_layer_ops.cc runs them as host tasks (BLAS), ep/cuda_layer_ops.cc as kernels on CUDA streams. Every Wave/
 // Step call enqueues on the stream it is given and returns at once (WaveOps rules). Buffers the exchanges use
-// (send, recv[2], ret_send[2], ret_recv) are in the ops' memory (host or device) and valid after Prepare.
+// (send, recv[2], ret_send, ret_recv) are in the ops' memory (host or device) and valid after Prepare.
 //
 // Row formats shared by both (so any mix of ranks exchanges the same bytes): a dispatch row is the token in BF16
 // (2H bytes), or FP8 e4m3 [H] followed by its H / block FP32 scales; a combine row is the expert output in BF16.
 // Bytes of one dispatch row: the token in BF16, or FP8 e4m3 followed by its FP32 block scales. One definition for
 // the layer, its operations and MoeLayer::dispatch_row_bytes().
 int64_t DispatchRowBytes(const ModelConfig& model, DType dispatch_dtype);
+
+// The shared expert on the CPU runs on blocks of this many rows aligned to *global* token ids, so that a token's
+// result does not depend on np (cpu_layer_ops.cc).
+inline constexpr int64_t kSharedBlockRows = 64;
+// Where LayerOps::Shared splits this rank's tokens: local index of the first token of part 1, the global block
+// boundary (a multiple of kSharedBlockRows) nearest the middle of the batch, clamped into [0, num_tokens].
+int64_t SharedSplitToken(const TokenBatch& batch);
+// Tokens in part 0 or 1 of the shared expert.
+int64_t SharedPartTokens(const TokenBatch& batch, int part);
 
 class LayerOps {
  public:
@@ -66,17 +77,21 @@ class LayerOps {
   virtual Status Prepare(const TokenBatch& batch, const DispatchLayout& lay, float* out, Stream& stream) = 0;
   void* send() { return send_.data(); }
   void* recv(int j) { return recv_[j].data(); }
-  void* ret_send(int j) { return ret_send_[j].data(); }
+  // Wave w's return slot: its rows in recv row order (every wave has its own, so unpack never waits for a combine).
+  void* ret_send(int w) { return ret_send_.as<uint8_t>() + ret_send_row_begin_[w] * crow_; }
   void* ret_recv() { return ret_recv_.data(); }
   virtual Status Pack(int w, Stream& stream) = 0;    // send rows of wave w (encodes the tokens at w = 0)
   virtual Status Gemm(int w, Stream& stream) = 0;    // recv(w % 2) -> wave w's expert outputs
-  virtual Status Unpack(int w, Stream& stream) = 0;  // wave w's outputs -> ret_send(w % 2), BF16, recv row order
-  virtual Status Shared(Stream& stream) = 0;         // the shared expert on this rank's tokens
+  virtual Status Unpack(int w, Stream& stream) = 0;  // wave w's outputs -> ret_send(w), BF16, recv row order
+  // The shared expert on part 0 (the first half) or part 1 (the rest) of this rank's tokens: the schedule runs part
+  // 0 in the fill and part 1 in the drain. The split depends only on the tokens, never on W, so the output does not
+  // either.
+  virtual Status Shared(int part, Stream& stream) = 0;
   virtual Status Finish(Stream& stream) = 0;         // out = combine-reduce(ret_recv) (+ shared), in host memory
 
  protected:
-  // Remembers the step and sizes the transit buffers (send and ret_recv: every pair; recv and ret_send: the largest
-  // wave). Sets max_wave_.
+  // Remembers the step and sizes the transit buffers (send, ret_send and ret_recv: every pair; recv: the largest
+  // wave). Sets max_wave_ and the return slots.
   Status BeginStep(const TokenBatch& batch, const DispatchLayout& lay, float* out);
   // Grows `b` to at least `bytes` (contents not kept; freed first: device memory is the scarce kind). Buffers are
   // reused across steps.
@@ -94,8 +109,9 @@ class LayerOps {
   const DispatchLayout* lay_ = nullptr;
   float* out_ = nullptr;
   int64_t max_wave_ = 0;  // rows of the largest wave this rank receives
-  // Transit rows: send (perm order), double-buffered receive / return, returned rows (perm order).
-  Buffer send_, recv_[2], ret_send_[2], ret_recv_;
+  // Transit rows: send (perm order), double-buffered receive, one return slot per wave, returned rows (perm order).
+  Buffer send_, recv_[2], ret_send_, ret_recv_;
+  std::vector<int64_t> ret_send_row_begin_;  // first row of wave w's return slot in ret_send_
 };
 // `shared` = run the shared expert.
 std::unique_ptr<LayerOps> NewCpuLayerOps(const ModelConfig& model, DType dispatch_dtype, bool shared);
@@ -106,10 +122,12 @@ StatusOr<std::unique_ptr<LayerOps>> NewCudaLayerOps(const ModelConfig& model, DT
 // The wave schedule of DESIGN.md §3 on a comm and a compute stream:
 //
 //   comm:    pack(0) dispatch(0) pack(1) dispatch(1) combine(0) pack(2) dispatch(2) combine(1) ... combine(W-1)
-//   compute:                     gemm(0) unpack(0)   gemm(1) unpack(1)   gemm(2) ...  tail  finish
+//   compute: head                gemm(0) unpack(0)   gemm(1) unpack(1)   gemm(2) ...  tail  finish
 //
-// Dependencies (events): gemm(w) after dispatch(w); pack(w+2) after gemm(w) consumed recv buffer w % 2;
-// unpack(w+2) after combine(w) sent return buffer w % 2; combine(w) after unpack(w); finish after combine(W-1).
+// Dependencies (events): head after the inputs staged on the comm stream (LayerOps::Prepare); gemm(w) after
+// dispatch(w); pack(w+2) after gemm(w) consumed recv buffer w % 2; combine(w) after unpack(w); finish after
+// combine(W-1). Return slots are per wave, so unpack never waits for a combine: the compute stream runs on into
+// the tail while the comm stream still sends earlier waves back.
 // Written only against Stream/Event, so it runs unchanged on CPU worker threads and CUDA streams.
 class WaveScheduler {
  public:
@@ -137,7 +155,8 @@ class WaveScheduler {
   Device device_;
   absl::Duration timeout_;
   std::unique_ptr<Stream> comm_, compute_;
-  std::vector<std::unique_ptr<Event>> dispatch_done_, recv_free_, unpacked_, combine_done_;
+  std::unique_ptr<Event> inputs_ready_, all_combined_;
+  std::vector<std::unique_ptr<Event>> dispatch_done_, recv_free_, unpacked_;
   std::mutex spans_mu_;
   std::vector<SpanRecord>* spans_ = nullptr;
   std::vector<double> begin_us_;  // one slot per timed operation of the current step

@@ -111,6 +111,17 @@ int64_t DispatchRowBytes(const ModelConfig& model, DType dispatch_dtype) {
   return 2 * h;
 }
 
+int64_t SharedSplitToken(const TokenBatch& batch) {
+  const int64_t mid = batch.first_token + batch.num_tokens / 2;
+  const int64_t boundary = (mid + kSharedBlockRows / 2) / kSharedBlockRows * kSharedBlockRows;
+  return std::clamp<int64_t>(boundary - batch.first_token, 0, batch.num_tokens);
+}
+
+int64_t SharedPartTokens(const TokenBatch& batch, int part) {
+  const int64_t split = SharedSplitToken(batch);
+  return part == 0 ? split : batch.num_tokens - split;
+}
+
 LayerOps::LayerOps(const ModelConfig& model, DType dispatch_dtype, Device device, MemoryKind kind)
     : m_(model),
       device_(device),
@@ -131,10 +142,10 @@ Status LayerOps::BeginStep(const TokenBatch& batch, const DispatchLayout& lay, f
   const int64_t pairs = lay.perm.num_rows();
   WAVEEP_RETURN_IF_ERROR(Ensure(send_, pairs * drow_));
   WAVEEP_RETURN_IF_ERROR(Ensure(ret_recv_, pairs * crow_));
-  for (int j = 0; j < 2; ++j) {
-    WAVEEP_RETURN_IF_ERROR(Ensure(recv_[j], max_wave_ * drow_));
-    WAVEEP_RETURN_IF_ERROR(Ensure(ret_send_[j], max_wave_ * crow_));
-  }
+  for (int j = 0; j < 2; ++j) WAVEEP_RETURN_IF_ERROR(Ensure(recv_[j], max_wave_ * drow_));
+  ret_send_row_begin_.assign(1, 0);
+  for (int64_t n : lay.wave_recv_total) ret_send_row_begin_.push_back(ret_send_row_begin_.back() + n);
+  WAVEEP_RETURN_IF_ERROR(Ensure(ret_send_, ret_send_row_begin_.back() * crow_));
   return absl::OkStatus();
 }
 
@@ -267,7 +278,7 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
   };
   auto combine_args = [&](int w) {
     comm::AlltoallvArgs a;
-    a.send = ops.ret_send(w % 2);
+    a.send = ops.ret_send(w);
     a.recv = ops.ret_recv();
     a.label = absl::StrCat("alltoallv combine(", w, ")");
     for (int p = 0; p < r_count; ++p) {
@@ -286,12 +297,16 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
   wave.gemm = [&](int w, Stream& st) { return ops.Gemm(w, st); };
   wave.unpack = [&](int w, Stream& st) { return ops.Unpack(w, st); };
   wave.combine = [&](int w, Stream& st) { return comm_->AlltoallvAsync(combine_args(w), st); };
-  if (shared) wave.tail = [&](Stream& st) { return ops.Shared(st); };
+  if (shared) {
+    wave.head = [&](Stream& st) { return ops.Shared(0, st); };
+    wave.tail = [&](Stream& st) { return ops.Shared(1, st); };
+  }
   wave.finish = [&](Stream& st) { return ops.Finish(st); };
   wave.dispatch_bytes = [&](int w) { return wave_bytes_sent(w, true); };
   wave.combine_bytes = [&](int w) { return wave_bytes_sent(w, false); };
   wave.gemm_flops = [&](int w) { return static_cast<double>(lay.wave_recv_total[w]) * m.FlopsPerPair(); };
-  wave.tail_flops = static_cast<double>(batch.num_tokens) * 6.0 * h * si;
+  wave.head_flops = static_cast<double>(internal::SharedPartTokens(batch, 0)) * 6.0 * h * si;
+  wave.tail_flops = static_cast<double>(internal::SharedPartTokens(batch, 1)) * 6.0 * h * si;
   Status local = im.scheduler->Run(w_count, wave, &spans);
   WAVEEP_RETURN_IF_ERROR(internal::AgreeStatus(*comm_, local));
   const double t1 = NowUs();

@@ -29,7 +29,12 @@ Status WaveScheduler::EnsureEvents(int num_waves) {
   WAVEEP_RETURN_IF_ERROR(grow(dispatch_done_, "dispatch_done"));
   WAVEEP_RETURN_IF_ERROR(grow(recv_free_, "recv_free"));
   WAVEEP_RETURN_IF_ERROR(grow(unpacked_, "unpacked"));
-  WAVEEP_RETURN_IF_ERROR(grow(combine_done_, "combine_done"));
+  if (inputs_ready_ == nullptr) {
+    WAVEEP_ASSIGN_OR_RETURN(inputs_ready_, Event::Create(device_, "inputs_ready"));
+  }
+  if (all_combined_ == nullptr) {
+    WAVEEP_ASSIGN_OR_RETURN(all_combined_, Event::Create(device_, "all_combined"));
+  }
   return absl::OkStatus();
 }
 
@@ -72,8 +77,8 @@ Status WaveScheduler::Run(int num_waves, const WaveOps& ops, std::vector<SpanRec
   Stream& cs = *comm_;
   Stream& xs = *compute_;
   auto value = [](const std::function<double(int)>& f, int w) { return f ? f(w) : 0.0; };
-  // Timing slots: 5 per wave (pack, dispatch, gemm, unpack, combine) + tail + finish.
-  begin_us_.assign(5 * static_cast<size_t>(num_waves) + 2, 0.0);
+  // Timing slots: 5 per wave (pack, dispatch, gemm, unpack, combine) + head + tail + finish.
+  begin_us_.assign(5 * static_cast<size_t>(num_waves) + 3, 0.0);
   auto op = [&](const WaveOps::WaveFn& fn, int w) { return [&fn, w](Stream& s) { return fn(w, s); }; };
 
   auto dispatch = [&](int w) -> Status {
@@ -85,31 +90,37 @@ Status WaveScheduler::Run(int num_waves, const WaveOps& ops, std::vector<SpanRec
   };
   auto combine = [&](int w) -> Status {
     WAVEEP_RETURN_IF_ERROR(cs.Wait(*unpacked_[w]));
-    WAVEEP_RETURN_IF_ERROR(
-        Timed(cs, 5 * w + 4, absl::StrCat("combine(", w, ")"), value(ops.combine_bytes, w), 0, op(ops.combine, w)));
-    return cs.Record(*combine_done_[w]);
+    return Timed(cs, 5 * w + 4, absl::StrCat("combine(", w, ")"), value(ops.combine_bytes, w), 0, op(ops.combine, w));
   };
   auto compute = [&](int w) -> Status {
     WAVEEP_RETURN_IF_ERROR(xs.Wait(*dispatch_done_[w]));
     WAVEEP_RETURN_IF_ERROR(
         Timed(xs, 5 * w + 2, absl::StrCat("gemm(", w, ")"), 0, value(ops.gemm_flops, w), op(ops.gemm, w)));
     WAVEEP_RETURN_IF_ERROR(xs.Record(*recv_free_[w]));
-    if (w >= 2) WAVEEP_RETURN_IF_ERROR(xs.Wait(*combine_done_[w - 2]));  // return buffer w % 2 sent by combine(w-2)
     WAVEEP_RETURN_IF_ERROR(Timed(xs, 5 * w + 3, absl::StrCat("unpack(", w, ")"), 0, 0, op(ops.unpack, w)));
     return xs.Record(*unpacked_[w]);
   };
 
-  // Host order == DESIGN.md §3: dispatch(0); for each w: gemm(w) | dispatch(w+1), combine(w-1); combine(W-1).
-  Status enq = dispatch(0);
+  // Host order == DESIGN.md §3: dispatch(0); for each w: gemm(w) | dispatch(w+1), combine(w-1); combine(W-1). The
+  // head (the first half of the shared expert) fills the compute stream while pack(0) and dispatch(0) run; it needs
+  // only the inputs LayerOps::Prepare staged on the comm stream before this.
+  Status enq = absl::OkStatus();
+  if (ops.head) {
+    enq = cs.Record(*inputs_ready_);
+    if (enq.ok()) enq = xs.Wait(*inputs_ready_);
+    if (enq.ok()) enq = Timed(xs, 5 * num_waves, "shared(0)", 0, ops.head_flops, ops.head);
+  }
+  if (enq.ok()) enq = dispatch(0);
   for (int w = 0; w < num_waves && enq.ok(); ++w) {
     enq = compute(w);
     if (enq.ok() && w + 1 < num_waves) enq = dispatch(w + 1);
     if (enq.ok() && w >= 1) enq = combine(w - 1);
   }
   if (enq.ok()) enq = combine(num_waves - 1);
-  if (enq.ok() && ops.tail) enq = Timed(xs, 5 * num_waves, "shared", 0, ops.tail_flops, ops.tail);
-  if (enq.ok()) enq = xs.Wait(*combine_done_[num_waves - 1]);
-  if (enq.ok() && ops.finish) enq = Timed(xs, 5 * num_waves + 1, "reduce", 0, 0, ops.finish);
+  if (enq.ok()) enq = cs.Record(*all_combined_);  // the comm stream is in order: every combine is done
+  if (enq.ok() && ops.tail) enq = Timed(xs, 5 * num_waves + 1, "shared(1)", 0, ops.tail_flops, ops.tail);
+  if (enq.ok()) enq = xs.Wait(*all_combined_);
+  if (enq.ok() && ops.finish) enq = Timed(xs, 5 * num_waves + 2, "reduce", 0, 0, ops.finish);
   // Always drain both streams: their tasks reference this frame, even if enqueueing failed part-way. The drain waits
   // a little longer than any operation's own deadline, so that a hung exchange reports itself (exchange, wave,
   // pending peers) rather than as "stream did not drain".

@@ -199,8 +199,8 @@ StatusOr<Prediction> PredictStep(const ModelConfig& model, const Cluster& cluste
   }
   if (p.shared_us > 0)
     p.notes.push_back(
-        "shared expert(s) run on the compute stream after the last wave, overlapping "
-        "the last combine");
+        "shared expert(s): half on the compute stream before the first wave (overlapping the first dispatch), half "
+        "after the last (overlapping the last combines)");
 
   if (shape.max_waves < 0 || (shape.split == WaveSplit::kExperts && shape.max_waves > l)) {
     return absl::InvalidArgumentError(
@@ -229,9 +229,9 @@ StatusOr<Prediction> PredictStep(const ModelConfig& model, const Cluster& cluste
       u_us[w] = ovh + ConvertUs(dev, "to_bf16", rows * h * 4.0);
       r_us[w] = ex.Us(block * p.combine_row_bytes, false);
     }
-    // The schedule of MoeLayer::Forward: comm = D0, then per w: D(w+1), C(w-1); then C(W-1). compute = G(w), U(w),
-    // then shared, reduce. D(w) waits G(w-2) (receive buffer reuse), U(w) waits C(w-2) (send buffer reuse), C(w)
-    // waits U(w), reduce waits C(W-1).
+    // The schedule of MoeLayer::Forward: comm = D0, then per w: D(w+1), C(w-1); then C(W-1). compute = the first
+    // half of the shared expert, G(w), U(w), then the second half, reduce. D(w) waits G(w-2) (receive buffer reuse),
+    // C(w) waits U(w), reduce waits C(W-1); return slots are per wave, so U(w) waits for no combine.
     std::vector<Op> ops;
     std::vector<int> d_id(w_count), g_id(w_count), u_id(w_count), c_id(w_count);
     auto add = [&ops](int stream, double work, std::vector<int> deps) {
@@ -239,16 +239,17 @@ StatusOr<Prediction> PredictStep(const ModelConfig& model, const Cluster& cluste
       return static_cast<int>(ops.size()) - 1;
     };
     // Ops are created in dependency order; within a stream, creation order is the stream order.
+    if (p.shared_us > 0) add(1, p.shared_us / 2, {});
     d_id[0] = add(0, d_us[0], {});
     for (int w = 0; w < w_count; ++w) {
       g_id[w] = add(1, c_us[w], {d_id[w]});
-      u_id[w] = add(1, u_us[w], w >= 2 ? std::vector<int>{c_id[w - 2]} : std::vector<int>{});
+      u_id[w] = add(1, u_us[w], {});
       if (w + 1 < w_count)
         d_id[w + 1] = add(0, d_us[w + 1], w >= 1 ? std::vector<int>{g_id[w - 1]} : std::vector<int>{});
       if (w >= 1) c_id[w - 1] = add(0, r_us[w - 1], {u_id[w - 1]});
     }
     c_id[w_count - 1] = add(0, r_us[w_count - 1], {u_id[w_count - 1]});
-    add(1, p.shared_us, {});
+    if (p.shared_us > 0) add(1, p.shared_us / 2, {});
     add(1, p.reduce_us, {c_id[w_count - 1]});
     // Extreme (but individually valid) device or link figures can overflow a phase to inf or NaN; the replay would
     // never finish one.

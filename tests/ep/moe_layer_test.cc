@@ -317,6 +317,10 @@ TEST(Layer, DifferentConfigsAcrossRanksFail) {
 
 TEST(Layer, TraceShowsCommOverlappingCompute) {
   const ProcessContext& ctx = MpiTestContext();
+  if (ctx.world_size == 1) {
+    // Every exchange is a local copy of microseconds: whether one lands inside a GEMM is up to the OS scheduler.
+    GTEST_SKIP() << "one rank: nothing crosses a link, so there is no communication to overlap";
+  }
   // Big enough that a GEMM takes milliseconds.
   ModelConfig m = Tiny();
   m.hidden_size = 512;
@@ -348,13 +352,15 @@ TEST(Layer, TraceShowsCommOverlappingCompute) {
       std::string row = thread_names[{e["pid"], e["tid"]}];
       double b = e["ts"], d = e["dur"];
       if (row == "comm") comm_spans.emplace_back(e["pid"], b, b + d);
-      if (row == "compute" && e["name"].get<std::string>().rfind("gemm", 0) == 0)
+      // Expert GEMMs, and the shared expert's halves (the first runs beside pack(0) / dispatch(0)).
+      const std::string name = e["name"].get<std::string>();
+      if (row == "compute" && (name.rfind("gemm", 0) == 0 || name.rfind("shared", 0) == 0))
         compute_spans.emplace_back(e["pid"], b, b + d);
     }
     for (auto& [p1, b1, e1] : comm_spans)
       for (auto& [p2, b2, e2] : compute_spans)
         if (p1 == p2 && b1 < e2 && b2 < e1) overlap = true;
-    EXPECT_TRUE(overlap) << "no comm span overlaps a gemm span on any rank";
+    EXPECT_TRUE(overlap) << "no comm span overlaps a gemm or shared-expert span on any rank";
     EXPECT_TRUE(names.count("dispatch(0)") && names.count("gemm(0)") && names.count("combine(0)"));
   }
   EXPECT_GT(run->stats.compute_busy_us, 0);

@@ -151,8 +151,7 @@ class CudaLayerOps final : public LayerOps {
     const int64_t m = static_cast<int64_t>(lay_->a_rows[w].size());
     if (m == 0) return absl::OkStatus();
     WAVEEP_RETURN_IF_ERROR(kernels::CudaConvertF32ToBf16(y_.as<float>(), y_bf_.as<uint16_t>(), m * h_, s));
-    return kernels::CudaScatterRows(y_bf_.data(), crow_, a_rows_.as<int64_t>() + a_rows_begin_[w], m,
-                                    ret_send(w), s);
+    return kernels::CudaScatterRows(y_bf_.data(), crow_, a_rows_.as<int64_t>() + a_rows_begin_[w], m, ret_send(w), s);
   }
 
   // Part 0 = tokens [0, split), part 1 = [split, t): each part its own rows of the scratch buffers, so the two may

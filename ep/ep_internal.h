@@ -87,7 +87,7 @@ class LayerOps {
   // 0 in the fill and part 1 in the drain. The split depends only on the tokens, never on W, so the output does not
   // either.
   virtual Status Shared(int part, Stream& stream) = 0;
-  virtual Status Finish(Stream& stream) = 0;         // out = combine-reduce(ret_recv) (+ shared), in host memory
+  virtual Status Finish(Stream& stream) = 0;  // out = combine-reduce(ret_recv) (+ shared), in host memory
 
  protected:
   // Remembers the step and sizes the transit buffers (send, ret_send and ret_recv: every pair; recv: the largest

@@ -199,6 +199,8 @@ Status ParseDevice(Obj& root, DeviceSpec* d) {
   WAVEEP_RETURN_IF_ERROR(o.Number("memory_gib", false, &d->memory_gib));
   WAVEEP_RETURN_IF_ERROR(o.Int("sm_count", false, &d->sm_count));
   WAVEEP_RETURN_IF_ERROR(o.Int("cores", false, &d->cores));
+  WAVEEP_RETURN_IF_ERROR(o.Number("overlap_compute_speed", false, &d->overlap_compute_speed));
+  WAVEEP_RETURN_IF_ERROR(o.Number("overlap_comm_speed", false, &d->overlap_comm_speed));
   WAVEEP_RETURN_IF_ERROR(o.Number("op_overhead_us", false, &d->op_overhead_us));
   WAVEEP_RETURN_IF_ERROR(ParseCurve(o, &d->gemm_efficiency));
   if (const Json* cv = o.Find("convert_gbps"); cv != nullptr) {
@@ -428,6 +430,14 @@ Status ValidateTemplates(const Cluster& c) {
     return err("device.max_gemm_efficiency", absl::StrCat("must be in (0, 1], got ", d.max_gemm_efficiency));
   if (d.sm_count < 0) return err("device.sm_count", "must be >= 0");
   if (d.cores < 0) return err("device.cores", "must be >= 0");
+  for (auto [name, v] : {std::pair<const char*, double>{"overlap_compute_speed", d.overlap_compute_speed},
+                         std::pair<const char*, double>{"overlap_comm_speed", d.overlap_comm_speed}}) {
+    if (!(v >= 0 && v <= 1))
+      return err(absl::StrCat("device.", name), absl::StrCat("must be in (0, 1] (0 = not measured), got ", v));
+  }
+  if ((d.overlap_compute_speed > 0) != (d.overlap_comm_speed > 0)) {
+    return err("device.overlap_compute_speed", "and device.overlap_comm_speed come together: set both or neither");
+  }
   if (d.op_overhead_us < 0) return err("device.op_overhead_us", "must be >= 0");
   for (const auto& [k, v] : d.convert_gbps) {
     if (!(v > 0)) return err(absl::StrCat("device.convert_gbps.", k), absl::StrCat("must be > 0, got ", v));
@@ -833,6 +843,10 @@ std::string ClusterToJson(const Cluster& c) {
   if (c.device.memory_gib > 0) d["memory_gib"] = c.device.memory_gib;
   if (c.device.sm_count > 0) d["sm_count"] = c.device.sm_count;
   if (c.device.cores > 0) d["cores"] = c.device.cores;
+  if (c.device.overlap_compute_speed > 0) {
+    d["overlap_compute_speed"] = c.device.overlap_compute_speed;
+    d["overlap_comm_speed"] = c.device.overlap_comm_speed;
+  }
   if (c.device.op_overhead_us > 0) d["op_overhead_us"] = c.device.op_overhead_us;
   if (!c.device.gemm_efficiency.empty()) {
     d["gemm_efficiency"] = Json{{"basis", "rows_per_expert"},

@@ -162,7 +162,14 @@ StatusOr<Prediction> PredictStep(const ModelConfig& model, const Cluster& cluste
 
   // CPU contention: compute (blas threads) and comm (one thread) of every rank on the node share its cores.
   double comm_both = 1.0, compute_both = 1.0;
-  if (dev.kind == "cpu" && dev.cores > 0) {
+  if (dev.overlap_compute_speed > 0 && dev.overlap_comm_speed > 0) {
+    compute_both = dev.overlap_compute_speed;
+    comm_both = dev.overlap_comm_speed;
+    p.notes.push_back(absl::StrFormat(
+        "interference (measured by topo probe): while both streams run, compute runs at %.2fx and comm at %.2fx of "
+        "their solo speed",
+        compute_both, comm_both));
+  } else if (dev.kind == "cpu" && dev.cores > 0) {
     const int rpn = internal::RanksOnFirstNode(cluster, r);
     const int bt = shape.blas_threads > 0 ? shape.blas_threads : std::max(1, dev.cores / rpn - 1);
     const double cores = dev.cores;

@@ -210,27 +210,52 @@ Status ValidateOptions(const ProbeOptions& o) {
   return absl::OkStatus();
 }
 
-// The GEMM-rate probe: the expert FFN (gate/up GEMM, SwiGLU, down GEMM) of `groups` experts with m rows each, FP32
-// through kernels::GroupedGemmNT — what MoeLayer computes on the CPU. Returns FLOP/s per m.
+// The expert FFN (gate/up GEMM, SwiGLU, down GEMM) of `groups` experts with up to `max_rows` rows each, FP32
+// through kernels::GroupedGemmNT — what MoeLayer computes on the CPU — on fixed random inputs.
+class FfnProbe {
+ public:
+  FfnProbe(const ModelConfig& model, int groups, int max_rows)
+      : model_(model), groups_(groups), h_(model.hidden_size), inter_(model.moe_intermediate_size) {
+    w13_.resize(static_cast<size_t>(groups) * 2 * inter_ * h_);
+    w2_.resize(static_cast<size_t>(groups) * h_ * inter_);
+    for (size_t i = 0; i < w13_.size(); ++i) w13_[i] = 0.05f * UniformSym(7, RngStream::kW1, i);
+    for (size_t i = 0; i < w2_.size(); ++i) w2_[i] = 0.05f * UniformSym(7, RngStream::kW2, i);
+    const size_t rows = static_cast<size_t>(max_rows) * groups;
+    a_.resize(rows * h_);
+    gate_up_.resize(rows * 2 * inter_);
+    act_.resize(rows * inter_);
+    y_.resize(rows * h_);
+    for (size_t i = 0; i < a_.size(); ++i) a_[i] = UniformSym(7, RngStream::kHidden, i);
+    for (int g = 0; g < groups; ++g) {
+      b13_.push_back(w13_.data() + static_cast<size_t>(g) * 2 * inter_ * h_);
+      b2_.push_back(w2_.data() + static_cast<size_t>(g) * h_ * inter_);
+    }
+  }
+  // One call with m (<= max_rows) rows per expert.
+  Status Run(int m) {
+    std::vector<int64_t> off(groups_ + 1);
+    for (int g = 0; g <= groups_; ++g) off[g] = static_cast<int64_t>(g) * m;
+    WAVEEP_RETURN_IF_ERROR(
+        kernels::GroupedGemmNT(a_.data(), off.data(), groups_, h_, b13_.data(), 2 * inter_, gate_up_.data()));
+    kernels::SwiGLU(gate_up_.data(), off[groups_], inter_, act_.data());
+    return kernels::GroupedGemmNT(act_.data(), off.data(), groups_, inter_, b2_.data(), h_, y_.data());
+  }
+  double Flops(int m) const { return static_cast<double>(groups_) * m * model_.FlopsPerPair(); }
+
+ private:
+  const ModelConfig model_;
+  const int groups_;
+  const int64_t h_, inter_;
+  std::vector<float> w13_, w2_, a_, gate_up_, act_, y_;
+  std::vector<const float*> b13_, b2_;
+};
+
+// The GEMM-rate probe: FfnProbe at each M. Returns FLOP/s per m.
 StatusOr<std::vector<double>> GemmRates(comm::Communicator& comm, const ModelConfig& model, const std::vector<int>& ms,
                                         int groups, double min_s) {
-  const int64_t h = model.hidden_size, inter = model.moe_intermediate_size;
-  const int mmax = ms.back();
-  std::vector<float> w13(static_cast<size_t>(groups) * 2 * inter * h), w2(static_cast<size_t>(groups) * h * inter);
-  for (size_t i = 0; i < w13.size(); ++i) w13[i] = 0.05f * UniformSym(7, RngStream::kW1, i);
-  for (size_t i = 0; i < w2.size(); ++i) w2[i] = 0.05f * UniformSym(7, RngStream::kW2, i);
-  const size_t rows = static_cast<size_t>(mmax) * groups;
-  std::vector<float> a(rows * h), gate_up(rows * 2 * inter), act(rows * inter), y(rows * h);
-  for (size_t i = 0; i < a.size(); ++i) a[i] = UniformSym(7, RngStream::kHidden, i);
-  std::vector<const float*> b13(groups), b2(groups);
-  for (int g = 0; g < groups; ++g) {
-    b13[g] = w13.data() + static_cast<size_t>(g) * 2 * inter * h;
-    b2[g] = w2.data() + static_cast<size_t>(g) * h * inter;
-  }
+  FfnProbe ffn(model, groups, ms.back());
   std::vector<double> rates;
   for (int m : ms) {
-    std::vector<int64_t> off(groups + 1);
-    for (int g = 0; g <= groups; ++g) off[g] = static_cast<int64_t>(g) * m;
     Status st;
     // Every rank computes at once (as in a step); best of three runs filters out neighbours' bursts.
     WAVEEP_RETURN_IF_ERROR(comm.Barrier());
@@ -238,17 +263,13 @@ StatusOr<std::vector<double>> GemmRates(comm::Communicator& comm, const ModelCon
     for (int rep = 0; rep < 3; ++rep) {
       s = std::min(s, TimePerCall(
                           [&] {
-                            Status x = kernels::GroupedGemmNT(a.data(), off.data(), groups, h, b13.data(), 2 * inter,
-                                                              gate_up.data());
-                            kernels::SwiGLU(gate_up.data(), off[groups], inter, act.data());
-                            if (x.ok())
-                              x = kernels::GroupedGemmNT(act.data(), off.data(), groups, inter, b2.data(), h, y.data());
+                            Status x = ffn.Run(m);
                             if (st.ok()) st = x;
                           },
                           min_s));
     }
     WAVEEP_RETURN_IF_ERROR(st);
-    rates.push_back(static_cast<double>(groups) * m * model.FlopsPerPair() / s);
+    rates.push_back(ffn.Flops(m) / s);
   }
   return rates;
 }
@@ -614,8 +635,98 @@ StatusOr<AlltoallCurve> MeasureAlltoall(const ProcessContext& ctx, comm::Communi
 
 // The cluster the measurements describe. Links: "shm" inside a node (when a node runs several ranks), each node's
 // NIC into one "net" switch (when there are several nodes) with the rate measured for that node, and loopback.
+// How much a rank's exchange and its GEMMs slow each other down when they run at once, as in a wave step: the
+// comm backend's async all-to-all (pair_bytes per peer, pair_iters of them back to back) on a stream while the host
+// thread runs the expert FFN at the largest M, against each alone. Speeds in (0, 1], median over three rounds and
+// then over ranks. What it holds that a core count cannot: the network stack's CPU time, ranks of several hosts
+// sharing cores (emulated clusters), memory bandwidth. Zeros (not measured) with one rank.
+struct Interference {
+  double compute_speed = 0, comm_speed = 0;
+};
+
+StatusOr<Interference> MeasureInterference(const ProcessContext& ctx, comm::Communicator& comm,
+                                           const ModelConfig& model, const ProbeOptions& opt, const HostFigures& host,
+                                           const Say& say) {
+  const int n = ctx.world_size;
+  Interference out;
+  if (n < 2) return out;
+  const int64_t block = std::min<int64_t>(opt.pair_bytes, (int64_t{1} << 30) / n);
+  const int iters = std::max(3, std::min(opt.pair_iters, 50));
+  const int m = host.ms.back();
+  say(
+      absl::StrFormat("[topo probe] interference: %d all-to-alls of %d bytes per block beside the expert FFN (M=%d), "
+                      "against each alone...",
+                      iters, static_cast<int>(block), m));
+  std::vector<char> sbuf(static_cast<size_t>(block) * n), rbuf(static_cast<size_t>(block) * n);
+  for (size_t i = 0; i < sbuf.size(); ++i) sbuf[i] = static_cast<char>((i * 131 + ctx.world_rank) & 0xff);
+  comm::AlltoallvArgs args;
+  args.send = sbuf.data();
+  args.recv = rbuf.data();
+  args.label = "probe interference";
+  for (int p = 0; p < n; ++p) {
+    args.send_bytes.push_back(static_cast<size_t>(block));
+    args.recv_bytes.push_back(static_cast<size_t>(block));
+    args.send_offsets.push_back(static_cast<size_t>(p) * block);
+    args.recv_offsets.push_back(static_cast<size_t>(p) * block);
+  }
+  WAVEEP_ASSIGN_OR_RETURN(auto stream, Stream::Create(Device::Cpu(), StreamOptions{"probe-comm", opt.timeout}));
+  WAVEEP_ASSIGN_OR_RETURN(auto done, Event::Create(Device::Cpu(), "probe exchanges done"));
+  FfnProbe ffn(model, host.groups, m);
+  Status st = ffn.Run(m);  // warm
+  auto enqueue_exchanges = [&]() -> Status {
+    for (int i = 0; i < iters; ++i) WAVEEP_RETURN_IF_ERROR(comm.AlltoallvAsync(args, *stream));
+    return stream->Record(*done);
+  };
+  std::vector<double> compute_speed, comm_speed;
+  for (int round = 0; round < 3 && st.ok(); ++round) {
+    // The exchanges alone.
+    WAVEEP_RETURN_IF_ERROR(comm.Barrier());
+    double t0 = NowUs();
+    WAVEEP_RETURN_IF_ERROR(enqueue_exchanges());
+    WAVEEP_RETURN_IF_ERROR(stream->Synchronize());
+    const double comm_alone_us = NowUs() - t0;
+    // The FFN alone, for about as long.
+    WAVEEP_RETURN_IF_ERROR(comm.Barrier());
+    const double ffn_alone_s = TimePerCall(
+        [&] {
+          if (st.ok()) st = ffn.Run(m);
+        },
+        std::max(0.01, comm_alone_us / 1e6));
+    // Both at once: the FFN runs until the exchanges are done (so they run under load throughout).
+    WAVEEP_RETURN_IF_ERROR(comm.Barrier());
+    t0 = NowUs();
+    WAVEEP_RETURN_IF_ERROR(enqueue_exchanges());
+    int calls = 0;
+    do {
+      if (st.ok()) st = ffn.Run(m);
+      ++calls;
+    } while (!done->Query());
+    const double loop_us = NowUs() - t0;
+    WAVEEP_RETURN_IF_ERROR(stream->Synchronize());
+    WAVEEP_ASSIGN_OR_RETURN(const double comm_end_us, done->CompletionTimeUs());
+    compute_speed.push_back(ffn_alone_s * 1e6 * calls / loop_us);
+    comm_speed.push_back(comm_alone_us / std::max(1.0, comm_end_us - t0));
+  }
+  WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, st));
+  WAVEEP_ASSIGN_OR_RETURN(std::vector<double> all, AllgatherVector(ctx, {Median(compute_speed), Median(comm_speed)}));
+  std::vector<double> cs, ms;
+  for (int r = 0; r < n; ++r) {
+    cs.push_back(all[2 * r]);
+    ms.push_back(all[2 * r + 1]);
+  }
+  // Clamped into (0, 1]: noise can make a loaded run look a little faster than the solo one.
+  out.compute_speed = std::clamp(Median(cs), 0.01, 1.0);
+  out.comm_speed = std::clamp(Median(ms), 0.01, 1.0);
+  say(
+      absl::StrFormat("[topo probe]   side by side: the FFN at %.2fx and the all-to-all at %.2fx of their speed alone "
+                      "(median over ranks)",
+                      out.compute_speed, out.comm_speed));
+  return out;
+}
+
 Cluster DescribeCluster(const ProcessContext& ctx, const RankMap& map, const ModelConfig& model,
-                        const ProbeOptions& opt, const HostFigures& host, ProbeInfo info) {
+                        const ProbeOptions& opt, const HostFigures& host, const Interference& interference,
+                        ProbeInfo info) {
   const int n = map.ranks, dpn = map.per_node;
   Cluster c;
   c.name = absl::StrCat("probed-", ctx.hostname, "-np", n);
@@ -637,6 +748,8 @@ Cluster DescribeCluster(const ProcessContext& ctx, const RankMap& map, const Mod
   d.memory_bw_gbps = 2.0 * host.memcpy_gbps;
   d.memory_gib = NodeMemoryGib() / dpn;
   d.cores = static_cast<int>(hw);
+  d.overlap_compute_speed = interference.compute_speed;
+  d.overlap_comm_speed = interference.comm_speed;
   d.op_overhead_us = host.op_overhead_us;
   for (size_t i = 0; i < host.ms.size(); ++i) {
     d.gemm_efficiency.rows.push_back(host.ms[i]);
@@ -776,8 +889,9 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
   WAVEEP_ASSIGN_OR_RETURN(HostFigures host, MeasureHost(ctx, *comm, model, opt, say));
   WAVEEP_ASSIGN_OR_RETURN(AlltoallCurve curve, MeasureAlltoall(ctx, *comm, opt, say, &info.notes));
   info.alltoall = std::move(curve);
+  WAVEEP_ASSIGN_OR_RETURN(Interference interference, MeasureInterference(ctx, *comm, model, opt, host, say));
   // Every rank has the same numbers except hostnames/date strings; only rank 0's are written by the CLI.
-  Cluster c = DescribeCluster(ctx, map, model, opt, host, std::move(info));
+  Cluster c = DescribeCluster(ctx, map, model, opt, host, interference, std::move(info));
   WAVEEP_RETURN_IF_ERROR(ExpandCluster(&c));
   return c;
 }

@@ -91,6 +91,13 @@ struct DeviceSpec {
   // CPU only: cores shared by the ranks of one node (0 = no contention model). With it, the model slows compute
   // and comm down while both streams of a rank are busy and threads outnumber cores.
   int cores = 0;
+  // Measured interference (`topo probe`): while a rank's exchange and its expert GEMMs run at once, the GEMMs run at
+  // `overlap_compute_speed` and the exchange at `overlap_comm_speed` of their speed alone, in (0, 1]. Both 0 = not
+  // measured: the model then estimates contention from `cores` (CPU) or assumes none. Measured, they replace that
+  // estimate: they also hold what `cores` cannot see (the network stack's CPU time, hosts that share cores, memory
+  // bandwidth).
+  double overlap_compute_speed = 0;
+  double overlap_comm_speed = 0;
   GemmEfficiencyCurve gemm_efficiency;  // measured curve (probe) or published points; empty = roofline
   // Optional host-side conversion rates, GB/s of FP32 data: "to_bf16", "from_bf16", "to_fp8", "from_fp8". Absent
   // conversions are free (GPU kernels fuse them). The probe measures them on the CPU.

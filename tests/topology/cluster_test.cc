@@ -160,6 +160,17 @@ TEST(Cluster, JsonRoundTrips) {
   }
 }
 
+TEST(Cluster, MeasuredInterferenceRoundTrips) {
+  auto c = LoadCluster("cpu-2core-localhost");
+  ASSERT_TRUE(c.ok()) << c.status();
+  c->device.overlap_compute_speed = 0.62;
+  c->device.overlap_comm_speed = 0.8;
+  auto back = ParseCluster(ClusterToJson(*c), "round-trip");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_DOUBLE_EQ(back->device.overlap_compute_speed, 0.62);
+  EXPECT_DOUBLE_EQ(back->device.overlap_comm_speed, 0.8);
+}
+
 TEST(Cluster, WithNodesReplicates) {
   auto c = LoadCluster("h800-8x-ib400");
   ASSERT_TRUE(c.ok());
@@ -219,6 +230,13 @@ TEST(Cluster, BadFilesNameTheField) {
        "links is missing"},
       {"probe without probed", Replace(g, "\"nodes\": 2,", "\"nodes\": 2, \"probe\": {},"),
        "probe is only allowed with \"probed\": true"},
+      {"overlap speed above 1",
+       Replace(g, ", \"memory_bw_gbps\": 1000",
+               ", \"memory_bw_gbps\": 1000, \"overlap_compute_speed\": 1.5, \"overlap_comm_speed\": 0.9"),
+       "device.overlap_compute_speed must be in (0, 1]"},
+      {"overlap speed alone",
+       Replace(g, ", \"memory_bw_gbps\": 1000", ", \"memory_bw_gbps\": 1000, \"overlap_comm_speed\": 0.9"),
+       "set both or neither"},
   };
   for (const BadCase& c : cases) {
     SCOPED_TRACE(c.what);

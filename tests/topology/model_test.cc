@@ -122,6 +122,30 @@ TEST(Model, SpeedupAtMostTwoWhenCommEqualsCompute) {
   EXPECT_LT(p->best_speedup, 2.0);
 }
 
+TEST(Model, MeasuredInterferenceSlowsOnlyWhatOverlaps) {
+  // comm == compute on the ideal pair; then the probe's interference figures: W = 1 (nothing overlaps without a
+  // shared expert) is unchanged, every W > 1 is slower, and the replay never beats the slowed streams' work.
+  const ModelConfig m = SyntheticModel();
+  auto first = PredictStep(m, IdealPair(100), Shape(1024, 8));
+  ASSERT_TRUE(first.ok()) << first.status();
+  const double bw = 100 * (first->dispatch_us + first->combine_us) / first->compute_us;
+  Cluster clean = IdealPair(bw), loaded = IdealPair(bw);
+  loaded.device.overlap_compute_speed = 0.5;
+  loaded.device.overlap_comm_speed = 0.8;
+  auto a = PredictStep(m, clean, Shape(1024, 8));
+  auto b = PredictStep(m, loaded, Shape(1024, 8));
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_NEAR(b->waves[0].step_us, a->waves[0].step_us, 1e-9 * a->waves[0].step_us);
+  for (size_t i = 1; i < a->waves.size(); ++i) {
+    SCOPED_TRACE(a->waves[i].waves);
+    EXPECT_GT(b->waves[i].step_us, a->waves[i].step_us * 1.05);
+  }
+  EXPECT_LT(b->best_speedup, a->best_speedup);
+  bool noted = false;
+  for (const std::string& n : b->notes) noted = noted || n.find("interference (measured") != std::string::npos;
+  EXPECT_TRUE(noted);
+}
+
 TEST(Model, MonotoneInBandwidthAndTokens) {
   const ModelConfig m = SyntheticModel();
   auto slow = PredictStep(m, IdealPair(10), Shape(1024, 4));

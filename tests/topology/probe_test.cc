@@ -65,6 +65,17 @@ TEST(Probe, ProducesAClusterThatCheckAndModelAccept) {
     EXPECT_LE(e, 1);
   }
   EXPECT_EQ(c->device.convert_gbps.size(), 4u);
+  // Interference is measured with two ranks or more (an exchange needs a peer), and is a slowdown factor.
+  if (ctx.world_size == 1) {
+    EXPECT_EQ(c->device.overlap_compute_speed, 0);
+    EXPECT_EQ(c->device.overlap_comm_speed, 0);
+  } else {
+    EXPECT_GT(c->device.overlap_compute_speed, 0);
+    EXPECT_LE(c->device.overlap_compute_speed, 1);
+    EXPECT_GT(c->device.overlap_comm_speed, 0);
+    EXPECT_LE(c->device.overlap_comm_speed, 1);
+    EXPECT_TRUE(SameEverywhere(ctx, c->device.overlap_compute_speed));
+  }
   const ProbeInfo& p = *c->probe;
   EXPECT_EQ(p.ranks, ctx.world_size);
   EXPECT_EQ(p.pairs.size(), static_cast<size_t>(ctx.world_size * (ctx.world_size - 1) / 2));

@@ -20,6 +20,13 @@ class CpuLayerOps final : public LayerOps {
     w2_ = std::move(w2);
     shared_w13_ = std::move(shared_w13);
     shared_w2_ = std::move(shared_w2);
+    const int64_t l = static_cast<int64_t>(w13_.size()) / (2 * inter_ * h_);
+    b13_.clear();
+    b2_.clear();
+    for (int64_t e = 0; e < l; ++e) {
+      b13_.push_back(w13_.data() + static_cast<size_t>(e) * 2 * inter_ * h_);
+      b2_.push_back(w2_.data() + static_cast<size_t>(e) * h_ * inter_);
+    }
     return absl::OkStatus();
   }
 
@@ -111,15 +118,11 @@ class CpuLayerOps final : public LayerOps {
     }
     const int w_count = lay.num_waves;
     const int eb = lay.wave_begin[lay.rank * (w_count + 1) + w], ee = lay.wave_begin[lay.rank * (w_count + 1) + w + 1];
-    std::vector<const float*> b13, b2;
-    for (int e = eb; e < ee; ++e) {
-      b13.push_back(w13_.data() + static_cast<size_t>(e) * 2 * inter_ * h_);
-      b2.push_back(w2_.data() + static_cast<size_t>(e) * h_ * inter_);
-    }
     const int64_t* off = lay.a_expert_offsets[w].data();
-    WAVEEP_RETURN_IF_ERROR(kernels::GroupedGemmNT(a, off, ee - eb, h_, b13.data(), 2 * inter_, gate_up_.as<float>()));
+    WAVEEP_RETURN_IF_ERROR(
+        kernels::GroupedGemmNT(a, off, ee - eb, h_, b13_.data() + eb, 2 * inter_, gate_up_.as<float>()));
     kernels::SwiGLU(gate_up_.as<float>(), mrows, inter_, act_.as<float>());
-    return kernels::GroupedGemmNT(act_.as<float>(), off, ee - eb, inter_, b2.data(), h_, y_.as<float>());
+    return kernels::GroupedGemmNT(act_.as<float>(), off, ee - eb, inter_, b2_.data() + eb, h_, y_.as<float>());
   }
 
   // unpack(w): results back into the recv layout (source-major blocks in each source's order), as BF16.
@@ -174,6 +177,7 @@ class CpuLayerOps final : public LayerOps {
 
   const bool shared_;
   std::vector<float> w13_, w2_, shared_w13_, shared_w2_;
+  std::vector<const float*> b13_, b2_;  // per local expert, into w13_ / w2_ (set once by LoadWeights)
   // Local tokens encoded once per step; FP32 scratch for one wave and for the shared expert.
   Buffer tokens_;
   Buffer a_, gate_up_, act_, y_, s_in_, s_gate_up_, s_act_, s_blk_, s_out_;

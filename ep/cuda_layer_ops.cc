@@ -77,13 +77,10 @@ class CudaLayerOps final : public LayerOps {
       WAVEEP_RETURN_IF_ERROR(Ensure(s_act_bf_, t * si_ * 2));
       WAVEEP_RETURN_IF_ERROR(Ensure(s_out_, t * h_ * 4));
     }
-    // Index arrays: every wave's GEMM rows in one array (a_rows_begin_[w] = first entry of wave w).
+    // Index arrays: every wave's GEMM rows in one array (wave w's start at wave_row_begin(w)).
     a_rows_all_.clear();
-    a_rows_begin_.clear();
-    for (const std::vector<int64_t>& rows : lay.a_rows) {
-      a_rows_begin_.push_back(static_cast<int64_t>(a_rows_all_.size()));
-      a_rows_all_.insert(a_rows_all_.end(), rows.begin(), rows.end());
-    }
+    a_rows_all_.reserve(static_cast<size_t>(lay.total_recv_rows));
+    for (const std::vector<int64_t>& rows : lay.a_rows) a_rows_all_.insert(a_rows_all_.end(), rows.begin(), rows.end());
     WAVEEP_RETURN_IF_ERROR(Ensure(pair_of_row_, pairs * 8));
     WAVEEP_RETURN_IF_ERROR(Ensure(row_of_pair_, t * k * 8));
     WAVEEP_RETURN_IF_ERROR(Ensure(topk_w_, t * k * 4));
@@ -122,18 +119,19 @@ class CudaLayerOps final : public LayerOps {
     const DispatchLayout& lay = *lay_;
     const int64_t m = static_cast<int64_t>(lay.a_rows[w].size());
     if (m == 0) return absl::OkStatus();
-    const int64_t* rows = a_rows_.as<int64_t>() + a_rows_begin_[w];
+    const int64_t* rows = a_rows_.as<int64_t>() + wave_row_begin(w);
     const void* recv = recv_[w % 2].data();
     if (!fp8_) {
       WAVEEP_RETURN_IF_ERROR(kernels::CudaGatherRows(recv, drow_, rows, m, a_.data(), s));
     } else {
       const int64_t sbytes = 4 * (h_ / block_);
       WAVEEP_RETURN_IF_ERROR(kernels::CudaGatherRows(recv, drow_, rows, m, a_rows8_.data(), s));
-      WAVEEP_RETURN_IF_ERROR(kernels::CudaCopyRowsAsync(a_rows8_.data(), drow_, q_.data(), h_, h_, m, s));
+      // The wave's own FP8 payload / scale buffers (max_wave rows; q_ / sc_ hold the local tokens for pack).
+      WAVEEP_RETURN_IF_ERROR(kernels::CudaCopyRowsAsync(a_rows8_.data(), drow_, aq_.data(), h_, h_, m, s));
       WAVEEP_RETURN_IF_ERROR(
-          kernels::CudaCopyRowsAsync(a_rows8_.as<uint8_t>() + h_, drow_, sc_.data(), sbytes, sbytes, m, s));
-      WAVEEP_RETURN_IF_ERROR(
-          kernels::CudaDequantizeFp8Blockwise(q_.as<uint8_t>(), sc_.as<float>(), m, h_, block_, a_f32_.as<float>(), s));
+          kernels::CudaCopyRowsAsync(a_rows8_.as<uint8_t>() + h_, drow_, as_.data(), sbytes, sbytes, m, s));
+      WAVEEP_RETURN_IF_ERROR(kernels::CudaDequantizeFp8Blockwise(aq_.as<uint8_t>(), as_.as<float>(), m, h_, block_,
+                                                                 a_f32_.as<float>(), s));
       WAVEEP_RETURN_IF_ERROR(kernels::CudaConvertF32ToBf16(a_f32_.as<float>(), a_.as<uint16_t>(), m * h_, s));
     }
     const int w_count = lay.num_waves;
@@ -151,11 +149,11 @@ class CudaLayerOps final : public LayerOps {
     const int64_t m = static_cast<int64_t>(lay_->a_rows[w].size());
     if (m == 0) return absl::OkStatus();
     WAVEEP_RETURN_IF_ERROR(kernels::CudaConvertF32ToBf16(y_.as<float>(), y_bf_.as<uint16_t>(), m * h_, s));
-    return kernels::CudaScatterRows(y_bf_.data(), crow_, a_rows_.as<int64_t>() + a_rows_begin_[w], m, ret_send(w), s);
+    return kernels::CudaScatterRows(y_bf_.data(), crow_, a_rows_.as<int64_t>() + wave_row_begin(w), m, ret_send(w), s);
   }
 
-  // Part 0 = tokens [0, split), part 1 = [split, t): each part its own rows of the scratch buffers, so the two may
-  // be in flight at once. The split never depends on W (nor does the output).
+  // Part 0 = tokens [0, split), part 1 = [split, t), each in its own rows of the scratch buffers. The split never
+  // depends on W (nor does the output).
   Status Shared(int part, Stream& s) override {
     const int64_t split = SharedSplitToken(*batch_);
     const int64_t r0 = part == 0 ? 0 : split, t = SharedPartTokens(*batch_, part);
@@ -213,7 +211,7 @@ class CudaLayerOps final : public LayerOps {
   const int block_;
   Buffer w13_, w2_, sw13_, sw2_;           // BF16 weights
   std::vector<const uint16_t*> b13_, b2_;  // per local expert
-  std::vector<int64_t> a_rows_all_, a_rows_begin_;
+  std::vector<int64_t> a_rows_all_;        // every wave's GEMM rows, wave w from wave_row_begin(w)
   // Device buffers: tokens (FP32, encoded), index arrays, one wave's scratch, the shared expert's.
   Buffer x_, tok_;
   Buffer pair_of_row_, row_of_pair_, topk_w_, a_rows_;
@@ -227,17 +225,7 @@ class CudaLayerOps final : public LayerOps {
 StatusOr<std::unique_ptr<LayerOps>> NewCudaLayerOps(const ModelConfig& model, DType dispatch_dtype, bool shared,
                                                     Device device) {
   if (device.is_cpu()) return absl::InvalidArgumentError("NewCudaLayerOps: device is the CPU");
-  if (!kernels::CudaKernelsCompiledIn()) {
-    return absl::UnavailableError(
-        absl::StrCat("--device=", device.ToString(), ": this waveep was built without CUDA (reconfigure with nvcc)"));
-  }
-  const int n = CudaDeviceCount();
-  if (n == 0)
-    return absl::UnavailableError(absl::StrCat("--device=", device.ToString(), ": no CUDA device is visible"));
-  if (device.ordinal < 0 || device.ordinal >= n) {
-    return absl::InvalidArgumentError(absl::StrCat("--device=", device.ToString(), ": only ", n,
-                                                   " CUDA device(s) visible (cuda:0 .. cuda:", n - 1, ")"));
-  }
+  WAVEEP_RETURN_IF_ERROR(CheckCudaDevice(device));
   return std::unique_ptr<LayerOps>(new CudaLayerOps(model, dispatch_dtype, shared, device));
 }
 

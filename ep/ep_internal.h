@@ -97,6 +97,9 @@ class LayerOps {
   // reused across steps.
   Status Ensure(Buffer& b, int64_t bytes) { return Ensure(b, bytes, kind_); }
   Status Ensure(Buffer& b, int64_t bytes, MemoryKind kind);
+  // First row of wave w among all the rows this rank receives in a step (waves in order; a_rows[w] has
+  // wave_recv_total[w] entries). Valid after BeginStep.
+  int64_t wave_row_begin(int w) const { return ret_send_row_begin_[w]; }
 
   const ModelConfig m_;
   const Device device_;
@@ -111,8 +114,10 @@ class LayerOps {
   int64_t max_wave_ = 0;  // rows of the largest wave this rank receives
   // Transit rows: send (perm order), double-buffered receive, one return slot per wave, returned rows (perm order).
   Buffer send_, recv_[2], ret_send_, ret_recv_;
-  std::vector<int64_t> ret_send_row_begin_;  // first row of wave w's return slot in ret_send_
+  std::vector<int64_t> ret_send_row_begin_;  // wave_row_begin: first row of wave w's return slot in ret_send_
 };
+// OK when `device` (a CUDA device) is compiled in and visible; otherwise an error naming --device.
+Status CheckCudaDevice(Device device);
 // `shared` = run the shared expert.
 std::unique_ptr<LayerOps> NewCpuLayerOps(const ModelConfig& model, DType dispatch_dtype, bool shared);
 // InvalidArgument/Unavailable when `device` is not a usable CUDA device or the build has no CUDA.

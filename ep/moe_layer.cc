@@ -50,20 +50,7 @@ Status ValidateLayerConfig(const LayerConfig& cfg, int num_ranks) {
                                                    " is not a multiple of the FP8 block (", cfg.model.fp8_block_size,
                                                    ") required by --dtype=fp8"));
   }
-  if (!cfg.device.is_cpu()) {
-    if (!kernels::CudaKernelsCompiledIn()) {
-      return absl::UnavailableError(absl::StrCat(
-          "--device=", cfg.device.ToString(), ": this waveep was built without CUDA (reconfigure with nvcc on PATH)"));
-    }
-    const int n = CudaDeviceCount();
-    if (n == 0) {
-      return absl::UnavailableError(absl::StrCat("--device=", cfg.device.ToString(), ": no CUDA device is visible"));
-    }
-    if (cfg.device.ordinal < 0 || cfg.device.ordinal >= n) {
-      return absl::InvalidArgumentError(absl::StrCat("--device=", cfg.device.ToString(), ": only ", n,
-                                                     " CUDA device(s) visible (cuda:0 .. cuda:", n - 1, ")"));
-    }
-  }
+  if (!cfg.device.is_cpu()) WAVEEP_RETURN_IF_ERROR(internal::CheckCudaDevice(cfg.device));
   return absl::OkStatus();
 }
 
@@ -109,6 +96,21 @@ int64_t DispatchRowBytes(const ModelConfig& model, DType dispatch_dtype) {
   const int64_t h = model.hidden_size;
   if (dispatch_dtype == DType::kFP8E4M3) return h + 4 * (h / model.fp8_block_size);
   return 2 * h;
+}
+
+Status CheckCudaDevice(Device device) {
+  if (!kernels::CudaKernelsCompiledIn()) {
+    return absl::UnavailableError(absl::StrCat("--device=", device.ToString(),
+                                               ": this waveep was built without CUDA (reconfigure with nvcc on PATH)"));
+  }
+  const int n = CudaDeviceCount();
+  if (n == 0)
+    return absl::UnavailableError(absl::StrCat("--device=", device.ToString(), ": no CUDA device is visible"));
+  if (device.ordinal < 0 || device.ordinal >= n) {
+    return absl::InvalidArgumentError(absl::StrCat("--device=", device.ToString(), ": only ", n,
+                                                   " CUDA device(s) visible (cuda:0 .. cuda:", n - 1, ")"));
+  }
+  return absl::OkStatus();
 }
 
 int64_t SharedSplitToken(const TokenBatch& batch) {

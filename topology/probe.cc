@@ -39,6 +39,13 @@ double Median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+// Median over ranks of entry `idx` of an AllgatherVector result with `stride` entries per rank.
+double MedianOverRanks(const std::vector<double>& gathered, int ranks, size_t stride, size_t idx) {
+  std::vector<double> v;
+  for (int r = 0; r < ranks; ++r) v.push_back(gathered[r * stride + idx]);
+  return Median(v);
+}
+
 // Every rank's `v`, concatenated in rank order.
 StatusOr<std::vector<double>> AllgatherVector(const ProcessContext& ctx, const std::vector<double>& v) {
   std::vector<double> all(v.size() * ctx.world_size);
@@ -101,6 +108,21 @@ comm::AlltoallvArgs PairArgs(int me, int size, int src, int dst, size_t bytes, c
   if (me == src) a.send_bytes[dst] = bytes;
   if (me == dst) a.recv_bytes[src] = bytes;
   a.label = "probe pair";
+  return a;
+}
+
+// An all-to-all-v with `bytes` in every block (to and from every rank), block p at offset p * bytes.
+comm::AlltoallvArgs UniformArgs(int size, int64_t bytes, const char* send, char* recv, std::string label) {
+  comm::AlltoallvArgs a;
+  a.send = send;
+  a.recv = recv;
+  a.label = std::move(label);
+  for (int p = 0; p < size; ++p) {
+    a.send_bytes.push_back(static_cast<size_t>(bytes));
+    a.recv_bytes.push_back(static_cast<size_t>(bytes));
+    a.send_offsets.push_back(static_cast<size_t>(p) * bytes);
+    a.recv_offsets.push_back(static_cast<size_t>(p) * bytes);
+  }
   return a;
 }
 
@@ -215,7 +237,10 @@ Status ValidateOptions(const ProbeOptions& o) {
 class FfnProbe {
  public:
   FfnProbe(const ModelConfig& model, int groups, int max_rows)
-      : model_(model), groups_(groups), h_(model.hidden_size), inter_(model.moe_intermediate_size) {
+      : flops_per_pair_(model.FlopsPerPair()),
+        groups_(groups),
+        h_(model.hidden_size),
+        inter_(model.moe_intermediate_size) {
     w13_.resize(static_cast<size_t>(groups) * 2 * inter_ * h_);
     w2_.resize(static_cast<size_t>(groups) * h_ * inter_);
     for (size_t i = 0; i < w13_.size(); ++i) w13_[i] = 0.05f * UniformSym(7, RngStream::kW1, i);
@@ -240,10 +265,10 @@ class FfnProbe {
     kernels::SwiGLU(gate_up_.data(), off[groups_], inter_, act_.data());
     return kernels::GroupedGemmNT(act_.data(), off.data(), groups_, inter_, b2_.data(), h_, y_.data());
   }
-  double Flops(int m) const { return static_cast<double>(groups_) * m * model_.FlopsPerPair(); }
+  double Flops(int m) const { return static_cast<double>(groups_) * m * flops_per_pair_; }
 
  private:
-  const ModelConfig model_;
+  const double flops_per_pair_;
   const int groups_;
   const int64_t h_, inter_;
   std::vector<float> w13_, w2_, a_, gate_up_, act_, y_;
@@ -464,11 +489,7 @@ StatusOr<HostFigures> MeasureHost(const ProcessContext& ctx, comm::Communicator&
   local.insert(local.end(), rates->begin(), rates->end());
 
   WAVEEP_ASSIGN_OR_RETURN(std::vector<double> gathered, AllgatherVector(ctx, local));
-  auto median_of = [&](size_t idx) {
-    std::vector<double> v;
-    for (int r = 0; r < n; ++r) v.push_back(gathered[r * local.size() + idx]);
-    return Median(v);
-  };
+  auto median_of = [&](size_t idx) { return MedianOverRanks(gathered, n, local.size(), idx); };
   f.memcpy_gbps = median_of(0);
   f.op_overhead_us = median_of(1);
   for (int i = 0; i < 4; ++i) f.convert_gbps[i] = median_of(2 + i);
@@ -531,18 +552,9 @@ StatusOr<AlltoallCurve> MeasureAlltoall(const ProcessContext& ctx, comm::Communi
     for (int64_t s = opt.min_bytes; s < max_bytes; s *= 2) sizes.push_back(s);
     sizes.push_back(max_bytes);
     for (int64_t s : sizes) {
-      comm::AlltoallvArgs args;
-      args.send = sbuf.data();
-      args.recv = rbuf.data();
-      args.label = absl::StrCat("probe alltoallv ", s);
+      const comm::AlltoallvArgs args = UniformArgs(n, s, sbuf.data(), rbuf.data(), absl::StrCat("probe alltoallv ", s));
       std::vector<int> counts(n, static_cast<int>(std::min<int64_t>(s, INT_MAX))), displs(n);
-      for (int p = 0; p < n; ++p) {
-        args.send_bytes.push_back(static_cast<size_t>(s));
-        args.recv_bytes.push_back(static_cast<size_t>(s));
-        args.send_offsets.push_back(static_cast<size_t>(p) * s);
-        args.recv_offsets.push_back(static_cast<size_t>(p) * s);
-        displs[p] = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(p) * s, INT_MAX));
-      }
+      for (int p = 0; p < n; ++p) displs[p] = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(p) * s, INT_MAX));
       const bool mpi_ok = s * n <= INT_MAX;
       // Small exchanges are cheap and noisy: more iterations, as the OSU benchmarks do (and see round_min_ms below).
       const int iters = s <= (64 << 10) ? opt.iters * 5 : opt.iters;
@@ -633,8 +645,6 @@ StatusOr<AlltoallCurve> MeasureAlltoall(const ProcessContext& ctx, comm::Communi
   return curve;
 }
 
-// The cluster the measurements describe. Links: "shm" inside a node (when a node runs several ranks), each node's
-// NIC into one "net" switch (when there are several nodes) with the rate measured for that node, and loopback.
 // How much a rank's exchange and its GEMMs slow each other down when they run at once, as in a wave step: the
 // comm backend's async all-to-all (pair_bytes per peer, pair_iters of them back to back) on a stream while the host
 // thread runs the expert FFN at the largest M, against each alone. Speeds in (0, 1], median over three rounds and
@@ -659,16 +669,7 @@ StatusOr<Interference> MeasureInterference(const ProcessContext& ctx, comm::Comm
                       iters, static_cast<int>(block), m));
   std::vector<char> sbuf(static_cast<size_t>(block) * n), rbuf(static_cast<size_t>(block) * n);
   for (size_t i = 0; i < sbuf.size(); ++i) sbuf[i] = static_cast<char>((i * 131 + ctx.world_rank) & 0xff);
-  comm::AlltoallvArgs args;
-  args.send = sbuf.data();
-  args.recv = rbuf.data();
-  args.label = "probe interference";
-  for (int p = 0; p < n; ++p) {
-    args.send_bytes.push_back(static_cast<size_t>(block));
-    args.recv_bytes.push_back(static_cast<size_t>(block));
-    args.send_offsets.push_back(static_cast<size_t>(p) * block);
-    args.recv_offsets.push_back(static_cast<size_t>(p) * block);
-  }
+  const comm::AlltoallvArgs args = UniformArgs(n, block, sbuf.data(), rbuf.data(), "probe interference");
   WAVEEP_ASSIGN_OR_RETURN(auto stream, Stream::Create(Device::Cpu(), StreamOptions{"probe-comm", opt.timeout}));
   WAVEEP_ASSIGN_OR_RETURN(auto done, Event::Create(Device::Cpu(), "probe exchanges done"));
   FfnProbe ffn(model, host.groups, m);
@@ -709,14 +710,9 @@ StatusOr<Interference> MeasureInterference(const ProcessContext& ctx, comm::Comm
   }
   WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, st));
   WAVEEP_ASSIGN_OR_RETURN(std::vector<double> all, AllgatherVector(ctx, {Median(compute_speed), Median(comm_speed)}));
-  std::vector<double> cs, ms;
-  for (int r = 0; r < n; ++r) {
-    cs.push_back(all[2 * r]);
-    ms.push_back(all[2 * r + 1]);
-  }
   // Clamped into (0, 1]: noise can make a loaded run look a little faster than the solo one.
-  out.compute_speed = std::clamp(Median(cs), 0.01, 1.0);
-  out.comm_speed = std::clamp(Median(ms), 0.01, 1.0);
+  out.compute_speed = std::clamp(MedianOverRanks(all, n, 2, 0), 0.01, 1.0);
+  out.comm_speed = std::clamp(MedianOverRanks(all, n, 2, 1), 0.01, 1.0);
   say(
       absl::StrFormat("[topo probe]   side by side: the FFN at %.2fx and the all-to-all at %.2fx of their speed alone "
                       "(median over ranks)",
@@ -724,6 +720,8 @@ StatusOr<Interference> MeasureInterference(const ProcessContext& ctx, comm::Comm
   return out;
 }
 
+// The cluster the measurements describe. Links: "shm" inside a node (when a node runs several ranks), each node's
+// NIC into one "net" switch (when there are several nodes) with the rate measured for that node, and loopback.
 Cluster DescribeCluster(const ProcessContext& ctx, const RankMap& map, const ModelConfig& model,
                         const ProbeOptions& opt, const HostFigures& host, const Interference& interference,
                         ProbeInfo info) {

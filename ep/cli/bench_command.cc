@@ -3,6 +3,7 @@
 // `waveep bench`: scaling sweeps. For every (model, tokens per rank) the layer is built once and the wave counts are
 // interleaved step by step (W=1, W=2, ..., W=1, W=2, ...), so the speedup over W=1 is measured in the same run under
 // the same machine noise. Table on stdout (rank 0), progress on stderr, --csv / --json files.
+#include <climits>
 #include <cstdio>
 #include <sstream>
 
@@ -66,6 +67,9 @@ Status BenchImpl(const ProcessContext& ctx) {
     WAVEEP_ASSIGN_OR_RETURN(cfg.device, DeviceFromFlag(ctx));
     std::vector<int> model_waves;
     for (int64_t w : waves) {
+      if (w < 1 || w > INT_MAX) {
+        return absl::InvalidArgumentError(absl::StrCat("--waves_list: ", w, " is not a wave count (need >= 1)"));
+      }
       cfg.num_waves = static_cast<int>(w);
       Status ok = ep::ValidateLayerConfig(cfg, ctx.world_size);
       if (!ok.ok()) {
@@ -78,7 +82,13 @@ Status BenchImpl(const ProcessContext& ctx) {
       model_waves.push_back(static_cast<int>(w));
     }
     cfg.num_waves = 1;
-    for (int64_t t : tokens) WAVEEP_RETURN_IF_ERROR(ep::CheckLayerFitsInMemory(cfg, ctx.world_size, t));
+    // Free memory differs between nodes: every rank must learn of a rank that cannot fit the layer (a failure on
+    // one rank only would leave the others waiting in the next collective until --timeout_s).
+    Status fits;
+    for (int64_t t : tokens) {
+      if (fits.ok()) fits = ep::CheckLayerFitsInMemory(cfg, ctx.world_size, t);
+    }
+    WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, fits));
     for (int64_t t : tokens) {
       RunPoint p;
       p.cfg = cfg;

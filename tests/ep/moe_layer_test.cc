@@ -33,9 +33,8 @@ struct Run {
 
 // Runs one layer step on `ctx` for tokens [first, first + n) with the given settings.
 StatusOr<Run> RunLayer(const ProcessContext& ctx, const ModelConfig& m, int waves, DType dtype, RoutingMode routing,
-                       int64_t first, int64_t n, uint64_t seed = 5, int steps = 1, Device device = Device::Cpu(),
-                       const std::string& backend = "mpi") {
-  WAVEEP_ASSIGN_OR_RETURN(auto comm, comm::CreateCommunicator(backend, ctx));
+                       int64_t first, int64_t n, uint64_t seed = 5, int steps = 1, Device device = Device::Cpu()) {
+  WAVEEP_ASSIGN_OR_RETURN(auto comm, comm::CreateCommunicator("mpi", ctx));
   LayerConfig cfg;
   cfg.device = device;
   cfg.model = m;

@@ -13,6 +13,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "ep/cli/cli.h"
 
@@ -125,12 +126,12 @@ int main(int argc, char** argv) {
     }
   } catch (const std::exception& e) {
     // Sizes are checked before they are allocated; this is the backstop (e.g. memory taken by someone else meanwhile).
-    // Only this rank knows: report it and end the job rather than leave the others waiting.
-    std::fprintf(stderr, "waveep %s: error: rank %d/%d: %s%s; ending the job\n", cmd.c_str(), ctx->world_rank,
-                 ctx->world_size, dynamic_cast<const std::bad_alloc*>(&e) != nullptr ? "out of host memory: " : "",
-                 e.what());
-    std::fflush(stderr);
-    waveep::AbortAllRanks(waveep::cli::kError);
+    // Only this rank knows: report it and end the job rather than leave the others waiting (Aborted is job-fatal:
+    // ReportError prints it here and aborts every rank).
+    waveep::cli::ReportError(
+        *ctx, cmd,
+        absl::AbortedError(
+            absl::StrCat(dynamic_cast<const std::bad_alloc*>(&e) != nullptr ? "out of host memory: " : "", e.what())));
   }
   waveep::FinalizeProcess();
   return rc;

@@ -4,6 +4,7 @@
 // checkpoint (--checkpoint, --layer) with real hidden states (--input) and the output written back (--output);
 // summary, --verify, --json, --trace.
 #include <cinttypes>
+#include <climits>
 #include <cstdio>
 #include <filesystem>
 
@@ -116,8 +117,10 @@ StatusOr<Session> OpenCustomSession(const ProcessContext& ctx, const RunPoint& p
     auto dt = ckpt->ExpertDTypeName(ctx.world_rank * (m.num_experts / ctx.world_size));
     src->weight_dtype = dt.ok() ? *dt : "?";
     double mine = static_cast<double>(ckpt->files().bytes_read());
-    WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&mine, &src->bytes_read_max, 1, MPI_DOUBLE, MPI_MAX, ctx.world));
-    WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&mine, &src->bytes_read_total, 1, MPI_DOUBLE, MPI_SUM, ctx.world));
+    WAVEEP_RETURN_IF_ERROR(
+        Allreduce(ctx, &mine, &src->bytes_read_max, 1, MPI_DOUBLE, MPI_MAX, "checkpoint bytes read"));
+    WAVEEP_RETURN_IF_ERROR(
+        Allreduce(ctx, &mine, &src->bytes_read_total, 1, MPI_DOUBLE, MPI_SUM, "checkpoint bytes read"));
   }
   s.out.assign(static_cast<size_t>(s.batch.num_tokens * m.hidden_size), 0.0f);
   return s;
@@ -148,11 +151,12 @@ StatusOr<VerifySummary> VerifyAllRanks(const ProcessContext& ctx, const ep::Laye
     double val;
     int rank;
   } mine{r.max_normalized, ctx.world_rank}, best{};
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&mine, &best, 1, MPI_DOUBLE_INT, MPI_MAXLOC, ctx.world));
+  WAVEEP_RETURN_IF_ERROR(Allreduce(ctx, &mine, &best, 1, MPI_DOUBLE_INT, MPI_MAXLOC, "verify: worst error"));
   double rel = r.max_rel_l2, grel = 0;
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&rel, &grel, 1, MPI_DOUBLE, MPI_MAX, ctx.world));
-  long long worst = r.worst_token;
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Bcast(&worst, 1, MPI_LONG_LONG, best.rank, ctx.world));
+  WAVEEP_RETURN_IF_ERROR(Allreduce(ctx, &rel, &grel, 1, MPI_DOUBLE, MPI_MAX, "verify: relative L2"));
+  // The worst rank's token, to everyone (an allreduce rather than a broadcast: bounded like every other collective).
+  long long mine_worst = ctx.world_rank == best.rank ? r.worst_token : LLONG_MIN, worst = 0;
+  WAVEEP_RETURN_IF_ERROR(Allreduce(ctx, &mine_worst, &worst, 1, MPI_LONG_LONG, MPI_MAX, "verify: worst token"));
   v.max_normalized = best.val;
   v.max_rel_l2 = grel;
   v.worst_token = worst;
@@ -205,8 +209,8 @@ Status RunImpl(const ProcessContext& ctx, int* exit_code) {
   }
   // Token counts per rank (uneven with --input).
   long long my_tokens = s.batch.num_tokens, min_tokens = 0, max_tokens = 0;
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&my_tokens, &min_tokens, 1, MPI_LONG_LONG, MPI_MIN, ctx.world));
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&my_tokens, &max_tokens, 1, MPI_LONG_LONG, MPI_MAX, ctx.world));
+  WAVEEP_RETURN_IF_ERROR(Allreduce(ctx, &my_tokens, &min_tokens, 1, MPI_LONG_LONG, MPI_MIN, "tokens per rank"));
+  WAVEEP_RETURN_IF_ERROR(Allreduce(ctx, &my_tokens, &max_tokens, 1, MPI_LONG_LONG, MPI_MAX, "tokens per rank"));
   WAVEEP_ASSIGN_OR_RETURN(StepSeries series, RunSteps(ctx, s, p));
   Summary step = Summarize(series.step_ms), layout = Summarize(series.layout_ms);
   Summary compute = Summarize(series.compute_ms), commt = Summarize(series.comm_ms);

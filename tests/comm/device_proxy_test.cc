@@ -33,6 +33,14 @@ std::unique_ptr<Stream> MakeStream(const char* name) {
 
 double SecondsSince(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+// Polls until `proxy` finished at least `n` jobs (true) or 10 s passed (false).
+bool WaitFinished(const DeviceProxy& proxy, uint64_t n) {
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  while (proxy.jobs_finished() < n && Clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  return proxy.jobs_finished() >= n;
+}
+
 // A gate whose start markers the test opens by hand and whose releases it counts, per job in Arm order. Like the
 // CUDA gate's flag wait, a task holds the stream until the release (unless hold_stream is off).
 class FakeGate final : public StreamGate {
@@ -275,9 +283,7 @@ TEST(DeviceProxy, EveryJobIsReleasedExactlyOnceInOrderWhateverItsOutcome) {
   ASSERT_EQ(fake->num_jobs(), 5u);
   fake->job(2)->ready_error = absl::UnavailableError("event query failed");
   for (size_t i : {0, 1, 4}) fake->job(i)->reached = true;
-  const auto deadline = Clock::now() + std::chrono::seconds(10);
-  while (proxy.jobs_finished() < 5 && Clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_TRUE(WaitFinished(proxy, 5));
   ASSERT_EQ(proxy.jobs_finished(), 5u);
   const std::vector<FakeGate::Job*> order = fake->release_order();
   ASSERT_EQ(order.size(), 5u);
@@ -309,9 +315,7 @@ TEST(DeviceProxy, ReadyErrorFailsTheJobWithoutRunningIt) {
                   .ok());
   fake->job(0)->ready_error = absl::InternalError("cudaEventQuery: illegal address");
   go = true;
-  const auto deadline = Clock::now() + std::chrono::seconds(10);
-  while (proxy.jobs_finished() < 2 && Clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_TRUE(WaitFinished(proxy, 2));
   EXPECT_EQ(ran, 0);
   EXPECT_EQ(fake->job(0)->releases, 1);
 }
@@ -339,9 +343,7 @@ TEST(DeviceProxy, ReportTaskRefusedFailsTheJobButStillReleasesIt) {
     return absl::OkStatus();
   });
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
-  const auto deadline = Clock::now() + std::chrono::seconds(10);
-  while (proxy.jobs_finished() < 1 && Clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_TRUE(WaitFinished(proxy, 1));
   EXPECT_EQ(ran, 0);
   ASSERT_EQ(fake->num_jobs(), 1u);
   EXPECT_EQ(fake->job(0)->releases, 1);
@@ -401,9 +403,7 @@ TEST(DeviceProxy, WaitingHostThreadCancelsAJobThatDidNotStart) {
   EXPECT_TRUE(absl::StrContains(s.message(), "will not run")) << s;
   go = true;
   EXPECT_TRUE((*first)->Wait(absl::Seconds(10), absl::Seconds(1)).ok());
-  const auto deadline = Clock::now() + std::chrono::seconds(10);
-  while (proxy.jobs_finished() < 2 && Clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_TRUE(WaitFinished(proxy, 2));
   EXPECT_EQ(second_ran, 0);
 }
 

@@ -146,28 +146,36 @@ TEST(CpuStream, UnrecordedEventDoesNotBlock) {
   EXPECT_TRUE(ev->Synchronize(absl::Seconds(1)).ok());
 }
 
+// The error contract on any device: a task fails on `a`; the failure travels a -> b -> c through two events, every
+// later task is skipped (ran_after stays 0), every stream and event reports it, and no waiting stream hangs.
+void ExpectErrorsPropagateTwoHops(Stream& a, Stream& b, Stream& c, Event& ev, Event& ev2) {
+  std::atomic<int> ran_after{0};
+  auto bump = [&] {
+    ++ran_after;
+    return absl::OkStatus();
+  };
+  ASSERT_TRUE(a.Enqueue([] { return absl::DataLossError("boom"); }).ok());
+  ASSERT_TRUE(a.Enqueue(bump).ok());
+  ASSERT_TRUE(a.Record(ev).ok());
+  ASSERT_TRUE(b.Wait(ev).ok());
+  ASSERT_TRUE(b.Enqueue(bump).ok());
+  ASSERT_TRUE(b.Record(ev2).ok());
+  ASSERT_TRUE(c.Wait(ev2).ok());  // two hops: a -> b -> c
+  EXPECT_EQ(a.Synchronize().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(b.Synchronize().code(), absl::StatusCode::kDataLoss);  // the waiting stream fails too instead of hanging
+  EXPECT_EQ(c.Synchronize().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(ran_after, 0);
+  EXPECT_EQ(ev.Synchronize(absl::Seconds(1)).code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(ev2.Synchronize(absl::Seconds(1)).code(), absl::StatusCode::kDataLoss);
+}
+
 TEST(CpuStream, ErrorsAreStickyAndPropagateThroughEvents) {
   auto a = MakeStream("a");
   auto b = MakeStream("b");
+  auto c = MakeStream("c");
   auto ev = MakeEvent("after_error");
-  std::atomic<int> ran_after{0};
-  ASSERT_TRUE(a->Enqueue([] { return absl::DataLossError("boom"); }).ok());
-  ASSERT_TRUE(a->Enqueue([&] {
-                 ++ran_after;
-                 return absl::OkStatus();
-               }).ok());
-  ASSERT_TRUE(a->Record(*ev).ok());
-  ASSERT_TRUE(b->Wait(*ev).ok());
-  ASSERT_TRUE(b->Enqueue([&] {
-                 ++ran_after;
-                 return absl::OkStatus();
-               }).ok());
-  Status sa = a->Synchronize();
-  Status sb = b->Synchronize();
-  EXPECT_EQ(sa.code(), absl::StatusCode::kDataLoss);
-  EXPECT_EQ(sb.code(), absl::StatusCode::kDataLoss);  // the waiting stream fails too instead of hanging
-  EXPECT_EQ(ran_after, 0);
-  EXPECT_EQ(ev->Synchronize(absl::Seconds(1)).code(), absl::StatusCode::kDataLoss);
+  auto ev2 = MakeEvent("b_done");
+  ExpectErrorsPropagateTwoHops(*a, *b, *c, *ev, *ev2);
 }
 
 TEST(CpuStream, WaitTimesOutWithDiagnostic) {
@@ -372,26 +380,7 @@ TEST(CudaStream, ErrorsPropagateThroughEventsToWaitingStreams) {
   auto ev = MakeCudaEvent("after_error");
   auto ev2 = MakeCudaEvent("b_done");
   ASSERT_TRUE(a && b && c && ev && ev2);
-  std::atomic<int> ran_after{0};
-  ASSERT_TRUE(a->Enqueue([] { return absl::DataLossError("boom"); }).ok());
-  ASSERT_TRUE(a->Enqueue([&] {
-                 ++ran_after;
-                 return absl::OkStatus();
-               }).ok());
-  ASSERT_TRUE(a->Record(*ev).ok());
-  ASSERT_TRUE(b->Wait(*ev).ok());
-  ASSERT_TRUE(b->Enqueue([&] {
-                 ++ran_after;
-                 return absl::OkStatus();
-               }).ok());
-  ASSERT_TRUE(b->Record(*ev2).ok());
-  ASSERT_TRUE(c->Wait(*ev2).ok());  // two hops: a -> b -> c
-  EXPECT_EQ(a->Synchronize().code(), absl::StatusCode::kDataLoss);
-  EXPECT_EQ(b->Synchronize().code(), absl::StatusCode::kDataLoss);
-  EXPECT_EQ(c->Synchronize().code(), absl::StatusCode::kDataLoss);
-  EXPECT_EQ(ran_after, 0);
-  EXPECT_EQ(ev->Synchronize(absl::Seconds(1)).code(), absl::StatusCode::kDataLoss);
-  EXPECT_EQ(ev2->Synchronize(absl::Seconds(1)).code(), absl::StatusCode::kDataLoss);
+  ExpectErrorsPropagateTwoHops(*a, *b, *c, *ev, *ev2);
 }
 
 // (b) A wait on a record made before the error does not fail the waiting stream.

@@ -91,11 +91,12 @@ Status CudaCopyAsync(void* dst, const void* src, int64_t bytes, Stream& stream) 
 
 Status CudaCopyRowsAsync(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t row_bytes,
                          int64_t rows, Stream& stream) {
-  WAVEEP_RETURN_IF_ERROR(CheckLaunch(src, dst, rows * row_bytes, stream, "CudaCopyRowsAsync"));
-  if (row_bytes < 0 || src_pitch < row_bytes || dst_pitch < row_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("CudaCopyRowsAsync: pitches (src ", src_pitch, ", dst ", dst_pitch,
-                                                   ") must be >= row_bytes (", row_bytes, ")"));
+  if (rows < 0 || row_bytes < 0 || src_pitch < row_bytes || dst_pitch < row_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("CudaCopyRowsAsync: rows (", rows, ") and row_bytes (", row_bytes,
+                                                   ") must be >= 0 and the pitches (src ", src_pitch, ", dst ",
+                                                   dst_pitch, ") >= row_bytes"));
   }
+  WAVEEP_RETURN_IF_ERROR(CheckLaunch(src, dst, rows * row_bytes, stream, "CudaCopyRowsAsync"));
   if (rows == 0 || row_bytes == 0) return absl::OkStatus();
   DeviceGuard guard;
   WAVEEP_RETURN_IF_ERROR(guard.Enter(stream.device().ordinal));

@@ -24,8 +24,10 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 [[ -x "$build/bin/waveep" ]] || { echo "gpu_bundle.sh: $build/bin/waveep not found: build first (see --help)" >&2; exit 1; }
-grep -q '^WAVEEP_HAVE_CUDA\|CMAKE_CUDA_COMPILER:' "$build/CMakeCache.txt" ||
-  { echo "gpu_bundle.sh: $build was configured without CUDA" >&2; exit 1; }
+# CUDA on and a real nvcc found (a NOTFOUND compiler would bundle a CPU-only build whose CUDA tests all skip).
+grep -q '^WAVEEP_ENABLE_CUDA:BOOL=ON' "$build/CMakeCache.txt" &&
+  grep -Eq '^CMAKE_CUDA_COMPILER:[A-Z]+=/' "$build/CMakeCache.txt" ||
+  { echo "gpu_bundle.sh: $build was configured without CUDA (WAVEEP_ENABLE_CUDA=ON and nvcc needed)" >&2; exit 1; }
 
 rm -rf "$dest"
 mkdir -p "$dest/build" "$dest/lib"

@@ -3,6 +3,8 @@
 
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -35,6 +37,81 @@ Status WaitCollective(const ProcessContext& ctx, MPI_Request* req, absl::string_
     }
   }
 }
+
+// An integer environment variable, or -1 when unset or not a non-negative integer.
+int EnvInt(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return -1;
+  char* end = nullptr;
+  errno = 0;
+  const long x = std::strtol(v, &end, 10);
+  if (errno != 0 || *end != '\0' || x < 0 || x > INT32_MAX) return -1;
+  return static_cast<int>(x);
+}
+
+bool Set(const char* name) { return std::getenv(name) != nullptr; }
+// A task of an srun job step (a batch script itself has SLURM_JOB_ID but no step id).
+bool UnderSrun() { return Set("SLURM_JOB_ID") && Set("SLURM_STEP_ID"); }
+// Open MPI's mpirun sets OMPI_COMM_WORLD_*; a PMIx or PMI-2 server (srun --mpi=pmix|pmi2) sets PMIX_RANK / PMI_RANK.
+bool UnderMpirun() { return Set("OMPI_COMM_WORLD_SIZE"); }
+bool HasPmi() { return UnderMpirun() || Set("PMIX_RANK") || Set("PMI_RANK"); }
+
+// Before MPI_Init: a task that srun started without a PMI plugin cannot find its peers; Open MPI would fail inside
+// MPI_Init with a page about rebuilding it, other MPIs would run every task as a job of its own.
+Status CheckLaunchBeforeInit() {
+  if (!UnderSrun() || HasPmi()) return absl::OkStatus();
+  const char* type = std::getenv("SLURM_MPI_TYPE");
+  return absl::FailedPreconditionError(absl::StrCat(
+      "started by srun --mpi=", type != nullptr ? type : "none",
+      ", which gives the tasks no PMI to find each other: launch with `srun --mpi=pmix` (`srun --mpi=list` shows what "
+      "this Slurm offers; MpiDefault=pmix in slurm.conf makes it the default) or with mpirun"));
+}
+
+// After MPI_Init: the launcher's rank, size and local rank must be MPI's (a mismatch means two launchers' variables
+// mixed, or an MPI that did not take its ranks from this launcher). mpirun's variables win: mpirun inside a Slurm
+// allocation starts its daemons with srun, so its ranks also carry the daemons' SLURM_* values.
+Status CheckLaunchAfterInit(ProcessContext& ctx) {
+  struct Want {
+    const char* var;
+    int mpi;
+    const char* what;
+  };
+  const Want size_rank_local[3][3] = {
+      {{"OMPI_COMM_WORLD_SIZE", ctx.world_size, "world size"},
+       {"OMPI_COMM_WORLD_RANK", ctx.world_rank, "world rank"},
+       {"OMPI_COMM_WORLD_LOCAL_RANK", ctx.local_rank, "local rank"}},
+      {{"SLURM_STEP_NUM_TASKS", ctx.world_size, "world size"},
+       {"SLURM_PROCID", ctx.world_rank, "world rank"},
+       {"SLURM_LOCALID", ctx.local_rank, "local rank"}},
+      {{"MV2_COMM_WORLD_SIZE", ctx.world_size, "world size"},
+       {"MV2_COMM_WORLD_RANK", ctx.world_rank, "world rank"},
+       {"MV2_COMM_WORLD_LOCAL_RANK", ctx.local_rank, "local rank"}},
+  };
+  int which = -1;
+  if (UnderMpirun()) {
+    ctx.launcher = "mpirun";
+    which = 0;
+  } else if (UnderSrun()) {
+    ctx.launcher = "srun";
+    which = 1;
+  } else if (Set("MV2_COMM_WORLD_SIZE")) {
+    ctx.launcher = "mpirun";
+    which = 2;
+  } else if (Set("SLURM_JOB_ID") && ctx.world_size == 1 && EnvInt("SLURM_NTASKS") > 1) {
+    ctx.launch_note = absl::StrCat("running as 1 rank inside Slurm job ", std::getenv("SLURM_JOB_ID"), ", which has ",
+                                   EnvInt("SLURM_NTASKS"), " tasks: start the ranks with srun (or mpirun)");
+  }
+  if (which < 0) return absl::OkStatus();
+  for (const Want& w : size_rank_local[which]) {
+    const int launcher = EnvInt(w.var);
+    if (launcher >= 0 && launcher != w.mpi) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          w.var, "=", launcher, " but MPI's ", w.what, " is ", w.mpi, " on ", ctx.hostname, " (launched by ",
+          ctx.launcher, "): the MPI library did not take its ranks from this launcher; with srun use --mpi=pmix"));
+    }
+  }
+  return absl::OkStatus();
+}
 }  // namespace
 
 bool IsJobFatal(const Status& s) {
@@ -46,6 +123,7 @@ StatusOr<ProcessContext> InitProcess(int* argc, char*** argv) {
   MPI_Initialized(&initialized);
   int provided = 0;
   if (!initialized) {
+    WAVEEP_RETURN_IF_ERROR(CheckLaunchBeforeInit());
     // NOTES: Open MPI's TCP transport emulates RDMA put by default, and then every chunk of a large message from A
     // to B waits for a control message from B that queues behind B's own bulk data to A on the same connection: two
     // ranks exchanging back to back take turns instead of using both directions of the link (`topo probe` on a 1
@@ -88,17 +166,7 @@ StatusOr<ProcessContext> InitProcess(int* argc, char*** argv) {
   ctx.node_id = node_id;
   WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&is_leader, &ctx.num_nodes, 1, MPI_INT, MPI_SUM, ctx.world));
 
-  // The launcher's local rank, when present, must agree with MPI's view (it decides GPU binding).
-  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MV2_COMM_WORLD_LOCAL_RANK"}) {
-    if (const char* v = std::getenv(var); v != nullptr && *v != '\0') {
-      int launcher_local = std::atoi(v);
-      if (launcher_local != ctx.local_rank && std::strcmp(var, "SLURM_LOCALID") != 0) {
-        return absl::InternalError(absl::StrCat(var, "=", launcher_local, " disagrees with MPI's local rank ",
-                                                ctx.local_rank, " on ", ctx.hostname));
-      }
-      break;
-    }
-  }
+  WAVEEP_RETURN_IF_ERROR(CheckLaunchAfterInit(ctx));
   SetDiagnosticPrefix(absl::StrCat("rank ", ctx.world_rank, "/", ctx.world_size));
   WAVEEP_MPI_RETURN_IF_ERROR(MPI_Barrier(ctx.world));
   ResetTraceEpoch();

@@ -9,9 +9,11 @@
 //     waveep::FinalizeProcess();
 //   }
 //
-// Local rank comes from MPI_Comm_split_type(MPI_COMM_TYPE_SHARED) and is cross-checked against
-// OMPI_COMM_WORLD_LOCAL_RANK / SLURM_LOCALID when the launcher sets them. Node ids are dense, in order of each
-// node's lowest world rank.
+// Local rank comes from MPI_Comm_split_type(MPI_COMM_TYPE_SHARED). Ranks may be started by mpirun (Open MPI),
+// by Slurm's srun with a PMI plugin (`srun --mpi=pmix`), or not at all (one rank); what the launcher says (rank,
+// size, local rank: OMPI_COMM_WORLD_*, or SLURM_PROCID / SLURM_STEP_NUM_TASKS / SLURM_LOCALID) must agree with MPI's
+// view, and srun without a PMI plugin is refused before MPI_Init (every task would be a job of its own). Node ids
+// are dense, in order of each node's lowest world rank.
 #ifndef WAVEEP_RUNTIME_CONTEXT_H_
 #define WAVEEP_RUNTIME_CONTEXT_H_
 
@@ -36,6 +38,10 @@ struct ProcessContext {
   MPI_Comm world = MPI_COMM_NULL;  // duplicate of MPI_COMM_WORLD owned by the context (bootstrap collectives)
   MPI_Comm node = MPI_COMM_NULL;   // processes on this node
   int thread_level = 0;            // what MPI provided
+  std::string launcher = "none";   // "mpirun", "srun" or "none" (a lone process)
+  // Non-empty when the launch looks unintended but is allowed: one rank inside a Slurm allocation of several tasks
+  // (a job script that forgot srun). main() prints it once.
+  std::string launch_note;
 };
 
 // Initialises MPI (once per process) requesting MPI_THREAD_MULTIPLE; fails if less is provided. Sets the

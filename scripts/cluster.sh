@@ -11,6 +11,8 @@
 #   sudo scripts/cluster.sh status                                      # hosts, addresses, qdiscs, tc counters
 #   sudo scripts/cluster.sh exec wvp-h1 ip -s link                      # a command inside one host
 #   sudo scripts/cluster.sh down                                        # remove everything `up` made
+#   sudo scripts/cluster.sh up --hosts 2 --slots 2 --slurm              # ... plus a Slurm cluster on the hosts
+#   eval "$(scripts/cluster.sh env)"; sbatch -N2 scripts/slurm/verified_run.sbatch   # Slurm's own commands
 #   eval "$(scripts/cluster.sh env)"; mpirun --hostfile "$WAVEEP_CLUSTER_HOSTFILE" -np 2 ...   # plain mpirun
 #
 # Options of `up` (and `shape`, which takes the shaping ones):
@@ -24,12 +26,14 @@
 #   --node-delay I=D     host I gets delay D instead (repeatable)
 #   --subnet A.B.C       /24 for the hosts, inside 198.18.0.0/15 (default 198.18.0; hosts .1.., switch .254)
 #   --prefix P           name prefix of namespaces, hostnames, bridge and state (default wvp; <= 8 characters)
+#   --slurm              also start Slurm: munged, slurmctld on host 0, one slurmd per host (each host offers
+#                        --slots CPUs), partition 'waveep', MpiDefault=pmix; `env` then exports SLURM_CONF
 # Environment: WAVEEP_CLUSTER_PREFIX (same as --prefix), WAVEEP_CLUSTER_DIR (state; default /run/waveep-cluster/P).
 #
 # Addresses come only from the benchmarking range 198.18.0.0/15; nothing is routed anywhere else. `up` is
 # idempotent (it takes down a cluster of the same prefix first) and removes what it made when it fails part-way.
 # Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN), iproute2 (ip, tc with the tbf and netem qdiscs) and util-linux
-# (unshare, nsenter). Exit codes: 0 ok, 1 failure, 2 bad arguments, 77 this machine cannot host namespaces (tests
+# (unshare, nsenter); --slurm needs Slurm 22.05+ (slurmctld, slurmd, slurm-client) and munge. Exit codes: 0 ok, 1 failure, 2 bad arguments, 77 this machine cannot host namespaces (tests
 # skip on 77).
 set -euo pipefail
 shopt -s inherit_errexit  # a failing tc inside $(...) must fail the command too
@@ -42,6 +46,7 @@ DELAY=""
 JITTER=""
 LOSS=""
 SUBNET=198.18.0
+SLURM=0
 declare -A NODE_RATE=() NODE_DELAY=()
 
 die() {
@@ -195,12 +200,139 @@ write_env() {
   local dir="$1" i
   {
     echo "# written by scripts/cluster.sh up; sourced by its other commands"
-    printf 'PREFIX=%q\nHOSTS=%q\nSLOTS=%q\nSUBNET=%q\nRATE=%q\nDELAY=%q\nJITTER=%q\nLOSS=%q\n' \
-      "$PREFIX" "$HOSTS" "$SLOTS" "$SUBNET" "$RATE" "$DELAY" "$JITTER" "$LOSS"
+    printf 'PREFIX=%q\nHOSTS=%q\nSLOTS=%q\nSUBNET=%q\nRATE=%q\nDELAY=%q\nJITTER=%q\nLOSS=%q\nSLURM=%q\n' \
+      "$PREFIX" "$HOSTS" "$SLOTS" "$SUBNET" "$RATE" "$DELAY" "$JITTER" "$LOSS" "$SLURM"
     echo "declare -gA NODE_RATE=() NODE_DELAY=()"  # -g: sourced inside a function
     for i in "${!NODE_RATE[@]}"; do printf 'NODE_RATE[%q]=%q\n' "$i" "${NODE_RATE[$i]}"; done
     for i in "${!NODE_DELAY[@]}"; do printf 'NODE_DELAY[%q]=%q\n' "$i" "${NODE_DELAY[$i]}"; done
   } >"$dir/cluster.env"
+}
+
+# ---- Slurm --------------------------------------------------------------------------------------------------------
+# One munged (in the root namespace, with its own key and socket), slurmctld inside host 0 and one slurmd inside every
+# host, all configured by one slurm.conf in the state directory. Nothing uses cgroups (proctrack/linuxproc, task/none):
+# the hosts share one kernel, and a container's cgroup tree is rarely writable (Slurm 22.05 also refuses a hybrid
+# v1/v2 tree). Each node's spool, pid and log files, and its TmpFS, are its own (%n): the PMIx plugin makes a
+# per-step client directory under TmpFS, and two nodes on one machine would otherwise make the same one.
+slurm_dir() { echo "$(state_dir)/slurm"; }
+
+require_slurm() {
+  local t
+  for t in slurmctld slurmd sbatch srun sinfo scontrol munged mungekey; do
+    command -v "$t" >/dev/null 2>&1 ||
+      unavailable "--slurm: '$t' not found (apt-get install slurmctld slurmd slurm-client munge)"
+  done
+  compgen -G "/usr/lib/*/slurm*/mpi_pmix*.so" >/dev/null || compgen -G "/usr/lib*/slurm*/mpi_pmix*.so" >/dev/null ||
+    unavailable "--slurm: Slurm's PMIx plugin (mpi_pmix.so) is not installed (apt-get install slurm-wlm-basic-plugins)"
+}
+
+in_host() {  # index command...: runs a command inside host i's network and UTS namespaces
+  local h
+  h=$(host_name "$1")
+  shift
+  nsenter --net="/run/netns/$h" --uts="$(state_dir)/uts/$h" -- "$@"
+}
+
+slurm_write_conf() {
+  local sd i
+  sd=$(slurm_dir)
+  {
+    echo "# Slurm on the emulated cluster '$PREFIX', written by scripts/cluster.sh up --slurm. Not for a real cluster."
+    echo "ClusterName=waveep$PREFIX"
+    echo "SlurmctldHost=$(host_name 0)($SUBNET.1)"
+    echo "SlurmUser=root"
+    echo "SlurmdUser=root"
+    echo "AuthType=auth/munge"
+    echo "CredType=cred/munge"
+    echo "AuthInfo=socket=$sd/munge.socket"
+    echo "MpiDefault=pmix"
+    echo "ProctrackType=proctrack/linuxproc"
+    echo "TaskPlugin=task/none"
+    echo "JobAcctGatherType=jobacct_gather/none"
+    echo "AccountingStorageType=accounting_storage/none"
+    echo "SelectType=select/cons_tres"
+    echo "SelectTypeParameters=CR_Core"
+    echo "SchedulerType=sched/backfill"
+    echo "ReturnToService=2"
+    # Every host claims --slots CPUs although they share this machine's cores.
+    echo "SlurmdParameters=config_overrides"
+    echo "StateSaveLocation=$sd/ctld"
+    echo "SlurmctldPidFile=$sd/slurmctld.pid"
+    echo "SlurmctldLogFile=$sd/slurmctld.log"
+    echo "SlurmdSpoolDir=$sd/%n/spool"
+    echo "SlurmdPidFile=$sd/%n/slurmd.pid"
+    echo "SlurmdLogFile=$sd/%n/slurmd.log"
+    echo "TmpFS=$sd/%n/tmp"
+    echo "SlurmctldTimeout=30"
+    echo "SlurmdTimeout=30"
+    echo "InactiveLimit=0"
+    echo "KillWait=5"
+    echo "MinJobAge=600"
+    for ((i = 0; i < HOSTS; i++)); do
+      echo "NodeName=$(host_name "$i") NodeAddr=$SUBNET.$((i + 1)) CPUs=$SLOTS State=UNKNOWN"
+    done
+    echo "PartitionName=waveep Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
+  } >"$sd/slurm.conf"
+}
+
+slurm_logs() {  # the tail of every Slurm log, for a failure
+  local f
+  for f in "$(slurm_dir)"/munged.log "$(slurm_dir)"/slurmctld.log "$(slurm_dir)"/*/slurmd.log; do
+    [[ -f "$f" ]] || continue
+    echo "---- $f" >&2
+    tail -n 15 "$f" >&2
+  done
+}
+
+slurm_up() {
+  local sd i h
+  sd=$(slurm_dir)
+  mkdir -p "$sd/ctld"
+  chmod 0700 "$sd"
+  for ((i = 0; i < HOSTS; i++)); do
+    h=$(host_name "$i")
+    mkdir -p "$sd/$h/spool" "$sd/$h/tmp"
+    chmod 1777 "$sd/$h/tmp"
+  done
+  mungekey --create --keyfile="$sd/munge.key"
+  # --force: munged runs as root here, which it only warns about then.
+  munged --force --socket="$sd/munge.socket" --key-file="$sd/munge.key" --pid-file="$sd/munged.pid" \
+    --log-file="$sd/munged.log" --seed-file="$sd/munged.seed"
+  slurm_write_conf
+  in_host 0 slurmctld -f "$sd/slurm.conf"
+  for ((i = 0; i < HOSTS; i++)); do in_host "$i" slurmd -f "$sd/slurm.conf" -N "$(host_name "$i")"; done
+  # Ready when every node registered and is idle.
+  local deadline=$((SECONDS + 60)) idle=0
+  while ((SECONDS < deadline)); do
+    idle=$(SLURM_CONF="$sd/slurm.conf" timeout 10 sinfo -h -N -p waveep -t idle -o '%N' 2>/dev/null | wc -l || true)
+    ((idle == HOSTS)) && break
+    sleep 0.5
+  done
+  if ((idle != HOSTS)); then
+    echo "cluster.sh: Slurm did not come up: $idle of $HOSTS node(s) idle after 60 s; its logs:" >&2
+    SLURM_CONF="$sd/slurm.conf" timeout 10 sinfo -N -p waveep >&2 || true
+    slurm_logs
+    return 1
+  fi
+  say "slurm: slurmctld on $(host_name 0), slurmd on $HOSTS host(s) x $SLOTS CPU(s), partition waveep" \
+    "(SLURM_CONF=$sd/slurm.conf)"
+}
+
+slurm_down() {  # the daemons inside the hosts end with the hosts' processes; munged runs outside them
+  local sd pid
+  sd=$(slurm_dir)
+  [[ -f "$sd/munged.pid" ]] || return 0
+  pid=$(cat "$sd/munged.pid" 2>/dev/null || true)
+  if [[ "$pid" =~ ^[0-9]+$ ]] && grep -q munged "/proc/$pid/comm" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    # It writes its seed file on the way out: wait (at most 5 s) before its directory is removed.
+    local i
+    for ((i = 0; i < 50; i++)); do
+      grep -q munged "/proc/$pid/comm" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]] ||
+        break
+      sleep 0.1
+    done
+  fi
 }
 
 # ---- down ---------------------------------------------------------------------------------------------------------
@@ -231,6 +363,7 @@ cmd_down() {
       rm -f "$h"
     done
   fi
+  slurm_down
   rm -rf "$dir"
   say "down: prefix $PREFIX removed"
 }
@@ -239,6 +372,11 @@ cmd_down() {
 cmd_up() {
   while [[ $# -gt 0 ]]; do
     local opt="$1" val
+    if [[ "$opt" == --slurm ]]; then
+      SLURM=1
+      shift
+      continue
+    fi
     if [[ "$opt" == --*=* ]]; then
       val="${opt#*=}"
       opt="${opt%%=*}"
@@ -276,6 +414,7 @@ cmd_up() {
     unavailable "tc cannot add a tbf qdisc (kernel without CONFIG_NET_SCH_TBF?)"
   fi
   require_netem_if_asked
+  ((SLURM == 0)) || require_slurm
 
   local dir br
   dir=$(state_dir)
@@ -342,6 +481,7 @@ export OMPI_MCA_rtc=^hwloc
 export OMPI_MCA_hwloc_base_binding_policy=none
 EOF
   write_env "$dir"
+  ((SLURM == 0)) || slurm_up
   trap - ERR
   say "up: $HOSTS host(s) ${PREFIX}-h0..$((HOSTS - 1)) on $SUBNET.0/24 (switch $br at $SUBNET.254), $SLOTS slot(s) each"
   say "launch: $0 mpirun -np N ...   or   eval \"\$($0 env)\"; mpirun --hostfile \$WAVEEP_CLUSTER_HOSTFILE ..."
@@ -387,11 +527,19 @@ cmd_status() {
     echo "    sends:    $(ip netns exec "$h" tc -s qdisc show dev eth0 | awk '/^qdisc tbf/{q=$0} /Sent/{print; exit}')"
     echo "    receives: $(tc -s qdisc show dev "$h" | awk '/Sent/{print; exit}')"
   done
+  if ((SLURM == 1)); then
+    echo "slurm: SLURM_CONF=$(slurm_dir)/slurm.conf"
+    SLURM_CONF="$(slurm_dir)/slurm.conf" timeout 10 sinfo -N -p waveep | sed 's/^/  /' || echo "  (controller not answering)"
+  fi
 }
 
 cmd_env() {
   load_state
   cat "$(state_dir)/mpi.env"
+  if ((SLURM == 1)); then
+    echo "# Slurm's commands (sbatch, srun, squeue, sinfo) talk to the emulated cluster's controller."
+    echo "export SLURM_CONF=$(slurm_dir)/slurm.conf"
+  fi
 }
 
 cmd_mpirun() {

@@ -6,6 +6,7 @@
 #
 #   scripts/install_deps.sh            # install what is missing
 #   scripts/install_deps.sh --check    # list what is missing, install nothing (exit 1 if any)
+#   scripts/install_deps.sh --tests    # also what only the test suite needs: Slurm and munge (cluster.slurm_sbatch)
 set -euo pipefail
 
 PACKAGES=(
@@ -22,13 +23,18 @@ PACKAGES=(
   python3 python3-numpy python3-matplotlib
 )
 
+# Only for the tests: a Slurm controller and node daemon on the emulated hosts (scripts/cluster.sh up --slurm).
+TEST_PACKAGES=(slurmctld slurmd slurm-client munge)
+
 check_only=0
-case "${1:-}" in
-  --check) check_only=1 ;;
-  -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
-  "") ;;
-  *) echo "install_deps.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
-esac
+for arg in "$@"; do
+  case "$arg" in
+    --check) check_only=1 ;;
+    --tests) PACKAGES+=("${TEST_PACKAGES[@]}") ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "install_deps.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Turns `waveep bench --csv` output (one or several runs concatenated) into PNG plots.
+"""Turns `waveep bench --csv` output (one or several runs concatenated) into PNG plots. Runs over several hosts
+(the `nodes` column) are told apart by node count, and weak scaling is then drawn per ranks-per-node.
 
 usage: plot_bench.py BENCH.csv OUT_DIR
 writes: speedup_vs_waves.png, time_vs_tokens.png, scaling_vs_ranks.png
@@ -21,11 +22,16 @@ def load(path):
         for r in csv.DictReader(f):
             for k in ("ranks", "tokens_per_rank", "waves"):
                 r[k] = int(r[k])
+            r["nodes"] = int(r.get("nodes") or 1)  # older CSVs have no nodes column: one host
             for k in ("step_ms_median", "step_ms_min", "step_ms_max", "speedup", "overlap_efficiency", "tflops",
                       "predicted_ms"):
                 r[k] = float(r[k])
             rows.append(r)
     return rows
+
+
+def layout(ranks, nodes):
+    return f"np{ranks}" if nodes == 1 else f"np{ranks} {nodes}x{ranks // nodes}"
 
 
 def main():
@@ -40,18 +46,18 @@ def main():
     # 1. speedup vs waves: one panel per model; colour = ranks, line style = tokens per rank
     models = sorted({r["model"] for r in rows})
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
-    rank_colors = {n: plt.cm.tab10(i) for i, n in enumerate(sorted({r["ranks"] for r in rows}))}
+    rank_colors = {n: plt.cm.tab10(i % 10) for i, n in enumerate(sorted({(r["ranks"], r["nodes"]) for r in rows}))}
     styles = ["-", "--", ":", "-."]
     token_style = {t: styles[i % len(styles)] for i, t in enumerate(sorted({r["tokens_per_rank"] for r in rows}))}
     for ax, model in zip(axes[0], models):
         groups = defaultdict(list)
         for r in rows:
             if r["model"] == model:
-                groups[(r["ranks"], r["tokens_per_rank"])].append(r)
-        for (ranks, tokens), g in sorted(groups.items()):
+                groups[(r["ranks"], r["nodes"], r["tokens_per_rank"])].append(r)
+        for (ranks, nodes, tokens), g in sorted(groups.items()):
             g.sort(key=lambda r: r["waves"])
-            ax.plot([r["waves"] for r in g], [r["speedup"] for r in g], marker="o", color=rank_colors[ranks],
-                    ls=token_style[tokens], label=f"np{ranks} T{tokens}")
+            ax.plot([r["waves"] for r in g], [r["speedup"] for r in g], marker="o", color=rank_colors[(ranks, nodes)],
+                    ls=token_style[tokens], label=f"{layout(ranks, nodes)} T{tokens}")
         ax.axhline(1.0, color="gray", lw=0.8, ls="--")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("waves (W)")
@@ -65,13 +71,13 @@ def main():
     fig, ax = plt.subplots(figsize=(7, 4.5))
     by_mr = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        by_mr[(r["model"], r["ranks"])][r["tokens_per_rank"]].append(r)
-    for (model, ranks), by_t in sorted(by_mr.items()):
+        by_mr[(r["model"], r["ranks"], r["nodes"])][r["tokens_per_rank"]].append(r)
+    for (model, ranks, nodes), by_t in sorted(by_mr.items()):
         ts = sorted(by_t)
         base = [next(r["step_ms_median"] for r in by_t[t] if r["waves"] == 1) for t in ts]
         best = [min(r["step_ms_median"] for r in by_t[t]) for t in ts]
-        line, = ax.plot(ts, base, marker="o", ls="--", label=f"{model} np{ranks} W=1")
-        ax.plot(ts, best, marker="s", color=line.get_color(), label=f"{model} np{ranks} best W")
+        line, = ax.plot(ts, base, marker="o", ls="--", label=f"{model} {layout(ranks, nodes)} W=1")
+        ax.plot(ts, best, marker="s", color=line.get_color(), label=f"{model} {layout(ranks, nodes)} best W")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("tokens per rank")
@@ -81,21 +87,24 @@ def main():
     fig.tight_layout()
     fig.savefig(os.path.join(out, "time_vs_tokens.png"), dpi=120)
 
-    # 3. scaling vs ranks at fixed tokens per rank (weak scaling): step time (W=1, best W) and TFLOP/s
+    # 3. scaling vs ranks at fixed tokens per rank (weak scaling): step time (W=1, best W) and TFLOP/s. Across hosts
+    # one line per ranks-per-node (P), the ranks growing with the nodes.
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
     by_mt = defaultdict(lambda: defaultdict(list))
+    multi_host = any(r["nodes"] > 1 for r in rows)
     for r in rows:
-        by_mt[(r["model"], r["tokens_per_rank"])][r["ranks"]].append(r)
-    for (model, tokens), by_r in sorted(by_mt.items()):
+        per_node = r["ranks"] // r["nodes"] if multi_host else 0
+        by_mt[(r["model"], r["tokens_per_rank"], per_node)][r["ranks"]].append(r)
+    for (model, tokens, per_node), by_r in sorted(by_mt.items()):
         rs = sorted(by_r)
         if len(rs) < 2:
             continue
         base = [next(r for r in by_r[n] if r["waves"] == 1) for n in rs]
         best = [min(by_r[n], key=lambda r: r["step_ms_median"]) for n in rs]
-        line, = ax1.plot(rs, [r["step_ms_median"] for r in base], marker="o", ls="--", label=f"{model} T{tokens} W=1")
-        ax1.plot(rs, [r["step_ms_median"] for r in best], marker="s", color=line.get_color(),
-                 label=f"{model} T{tokens} best W")
-        ax2.plot(rs, [r["tflops"] for r in best], marker="s", color=line.get_color(), label=f"{model} T{tokens}")
+        name = f"{model} T{tokens}" + (f" P={per_node}" if per_node else "")
+        line, = ax1.plot(rs, [r["step_ms_median"] for r in base], marker="o", ls="--", label=f"{name} W=1")
+        ax1.plot(rs, [r["step_ms_median"] for r in best], marker="s", color=line.get_color(), label=f"{name} best W")
+        ax2.plot(rs, [r["tflops"] for r in best], marker="s", color=line.get_color(), label=name)
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("ranks (np)")

@@ -9,7 +9,7 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-"$WAVEEP_ROOT/scripts/install_deps.sh"
+"$WAVEEP_ROOT/scripts/install_deps.sh" --tests
 export WAVEEP_CMAKE_ARGS="-DWAVEEP_WERROR=ON -DBUILD_TESTING=ON ${WAVEEP_CMAKE_ARGS:-}"
 # shellcheck disable=SC2086
 waveep_build ${WAVEEP_BUILD_TARGETS:-}

@@ -129,6 +129,7 @@ Status BenchImpl(const ProcessContext& ctx) {
         BenchRow r;
         r.model = cfg.model.name;
         r.ranks = ctx.world_size;
+        r.nodes = ctx.num_nodes;
         r.tokens_per_rank = t;
         r.waves = model_waves[i];
         r.dtype = std::string(DTypeName(cfg.dispatch_dtype));
@@ -163,6 +164,7 @@ Status BenchImpl(const ProcessContext& ctx) {
     j["command"] = "bench";
     j["ranks"] = ctx.world_size;
     j["nodes"] = ctx.num_nodes;
+    j["launcher"] = ctx.launcher;
     j["blas"] = kernels::BlasInfo();
     j["blas_threads"] = blas;
     j["steps"] = absl::GetFlag(FLAGS_steps);
@@ -203,12 +205,12 @@ std::string FormatBenchTable(const std::vector<BenchRow>& rows, int blas_threads
 std::string BenchCsv(const std::vector<BenchRow>& rows) {
   std::ostringstream o;
   o << "model,ranks,tokens_per_rank,dtype,waves,step_ms_median,step_ms_min,step_ms_max,speedup,compute_ms,comm_ms,"
-       "overlap_efficiency,tflops,gbps_per_rank,predicted_ms\n";
+       "overlap_efficiency,tflops,gbps_per_rank,predicted_ms,nodes\n";
   for (const BenchRow& r : rows) {
     o << r.model << ',' << r.ranks << ',' << r.tokens_per_rank << ',' << r.dtype << ',' << r.waves << ','
       << r.step_ms_median << ',' << r.step_ms_min << ',' << r.step_ms_max << ',' << r.speedup << ',' << r.compute_ms
       << ',' << r.comm_ms << ',' << r.overlap_efficiency << ',' << r.tflops << ',' << r.gbps_per_rank << ','
-      << r.predicted_ms << '\n';
+      << r.predicted_ms << ',' << r.nodes << '\n';
   }
   return o.str();
 }
@@ -230,7 +232,8 @@ std::string BenchJsonRows(const std::vector<BenchRow>& rows) {
                  {"overlap_efficiency", r.overlap_efficiency},
                  {"tflops", r.tflops},
                  {"gbps_per_rank", r.gbps_per_rank},
-                 {"predicted_ms", r.predicted_ms}});
+                 {"predicted_ms", r.predicted_ms},
+                 {"nodes", r.nodes}});
   }
   return a.dump();
 }

@@ -14,6 +14,7 @@ namespace waveep::cli {
 struct BenchRow {
   std::string model;
   int ranks = 0;
+  int nodes = 1;  // hosts the ranks span (MPI's shared-memory domains)
   int64_t tokens_per_rank = 0;
   std::string dtype;
   int waves = 1;

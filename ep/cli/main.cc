@@ -106,9 +106,11 @@ int main(int argc, char** argv) {
   }
   auto ctx = waveep::InitProcess(&argc, &argv);
   if (!ctx.ok()) {
+    // Every rank prints (a launch that MPI and the launcher see differently may fail on any of them).
     std::fprintf(stderr, "waveep: error: %s\n", std::string(ctx.status().message()).c_str());
-    return waveep::cli::kError;
+    return waveep::cli::ExitCodeFor(ctx.status());
   }
+  if (!ctx->launch_note.empty()) std::fprintf(stderr, "waveep: note: %s\n", ctx->launch_note.c_str());
   waveep::SetDefaultTimeout(absl::Seconds(absl::GetFlag(FLAGS_timeout_s)));
   int rc = waveep::cli::kUsage;
   try {

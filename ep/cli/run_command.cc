@@ -298,6 +298,7 @@ Status RunImpl(const ProcessContext& ctx, int* exit_code) {
       j["model_config"] = nlohmann::json::parse(ModelConfigToJson(m));
       j["ranks"] = ctx.world_size;
       j["nodes"] = ctx.num_nodes;
+      j["launcher"] = ctx.launcher;
       j["tokens_per_rank"] = custom ? max_tokens : p.tokens_per_rank;
       j["total_tokens"] = src.total_tokens;
       j["routing_source"] = src.routing;

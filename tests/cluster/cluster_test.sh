@@ -5,8 +5,10 @@
 #
 #   cluster_test.sh WAVEEP verify_2x2   # 2 hosts x 2 ranks, --verify, checksum == the single-host run's
 #   cluster_test.sh WAVEEP probe_nic    # 4 hosts x 1 rank, host 3 at half rate: probe within 10%, check names it
+#   cluster_test.sh WAVEEP slurm_sbatch # Slurm on 2 hosts: scripts/slurm/*.sbatch through sbatch, checked
 #
-# Exit 77 (ctest: skipped) with the reason when this machine cannot emulate hosts (not root, no namespaces, no tc).
+# Exit 77 (ctest: skipped) with the reason when this machine cannot emulate hosts (not root, no namespaces, no tc)
+# or, for slurm_sbatch, has no Slurm to start (slurmctld, slurmd, slurm-client, munge).
 set -euo pipefail
 WAVEEP="$1"
 CASE="$2"
@@ -16,6 +18,7 @@ WORK="$(mktemp -d)"
 case "$CASE" in
   verify_2x2) export WAVEEP_CLUSTER_PREFIX=wvpta SUBNET=198.18.71 ;;
   probe_nic) export WAVEEP_CLUSTER_PREFIX=wvptb SUBNET=198.18.72 ;;
+  slurm_sbatch) export WAVEEP_CLUSTER_PREFIX=wvptc SUBNET=198.18.73 ;;
   *) echo "unknown case '$CASE'" >&2; exit 2 ;;
 esac
 export WAVEEP_CLUSTER_DIR="$WORK/cluster"
@@ -37,7 +40,8 @@ up() {
   local rc=0
   "$CLUSTER" up --subnet "$SUBNET" "$@" || rc=$?
   if [[ $rc -eq 77 ]]; then
-    echo "SKIP [$CASE]: this machine cannot emulate hosts (see the line above)"
+    echo "SKIP [$CASE]: this machine cannot emulate hosts$([[ "$*" == *--slurm* ]] && echo " or start Slurm")" \
+      "(see the line above)"
     exit 77
   fi
   [[ $rc -eq 0 ]] || fail "scripts/cluster.sh up $* exited $rc"
@@ -104,5 +108,72 @@ assert all(l["margin"] > 1.5 * worst["margin"] for l in others), rows
 print("slowest NIC:", worst["link"], "margin", worst["margin"])
 PY
     echo "PASS [$CASE]: probe within 10% on every NIC; check names n3 (wvptb-h3)"
+    ;;
+  slurm_sbatch)
+    up --hosts 2 --slots 2 --rate 2gbit --slurm
+    eval "$("$CLUSTER" env)"  # SLURM_CONF
+    # The reference: the same 4 x 64 tokens on one host under mpirun.
+    timeout 120 mpirun -np 4 --oversubscribe --bind-to none "$WAVEEP" run --model=tiny --tokens_per_rank=64 \
+      --steps=2 --timeout_s=60 >"$WORK/one.txt" 2>&1 || { cat "$WORK/one.txt"; fail "single-host run failed"; }
+    one=$(awk '/output_checksum/{print $2}' "$WORK/one.txt")
+    # Submits a job script as a user would (from a directory of theirs, the checkout named by WAVEEP_HOME) and waits
+    # for it with a deadline; prints the job's output; returns the job's exit code.
+    submit() {  # name deadline_s sbatch-args...
+      local name="$1" deadline=$((SECONDS + $2)) jid state=""
+      shift 2
+      jid=$(cd "$WORK/jobs" && WAVEEP_HOME="$ROOT" WAVEEP="$WAVEEP" sbatch --parsable --job-name="$name" \
+        --output="$WORK/jobs/$name.out" "$@") || fail "sbatch $* failed"
+      jid="${jid%%;*}"
+      while ((SECONDS < deadline)); do
+        state=$(scontrol show job "$jid" 2>/dev/null | grep -o 'JobState=[A-Z_]*' || true)
+        [[ "$state" == *PENDING* || "$state" == *RUNNING* || "$state" == *CONFIGURING* || "$state" == *COMPLETING* ]] ||
+          break
+        sleep 0.5
+      done
+      echo "---- job $jid ($name): $state"
+      cat "$WORK/jobs/$name.out" 2>/dev/null || true
+      if [[ "$state" != *COMPLETED* ]]; then
+        scancel "$jid" 2>/dev/null || true
+        scontrol show job "$jid" 2>/dev/null | grep -E "JobState|ExitCode|Reason" || true
+        return 1
+      fi
+    }
+    mkdir -p "$WORK/jobs"
+    submit verify 120 "$ROOT/scripts/slurm/verified_run.sbatch" --tokens_per_rank=64 --steps=2 --timeout_s=60 ||
+      fail "the verified job did not complete"
+    out=$(echo "$WORK/jobs/verify-"*)  # the job's output directory, verify-<job id>
+    grep -q "ranks=4 nodes=2" "$out/run.txt" || fail "expected 'ranks=4 nodes=2' from 2 nodes x 2 tasks"
+    grep -q "verify      PASS" "$out/run.txt" || fail "--verify did not pass under srun"
+    two=$(awk '/output_checksum/{print $2}' "$out/run.txt")
+    [[ -n "$one" && "$one" == "$two" ]] || fail "checksum under srun '$two' != mpirun on one host '$one'"
+    python3 - "$out/run.json" <<'PY' || fail "run.json does not say srun, 4 ranks, 2 nodes"
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert (j["launcher"], j["ranks"], j["nodes"]) == ("srun", 4, 2), (j["launcher"], j["ranks"], j["nodes"])
+PY
+    # The sweep script, cut to one small point per layout (no probe): it must write every layout's rows and all.csv.
+    NODES_LIST="1 2" PER_NODE_LIST=2 TOKENS=64 WAVES=1,2 STEPS=2 PROBE=0 \
+      submit sweep 120 "$ROOT/scripts/slurm/sweep.sbatch" --timeout_s=60 || fail "the sweep job did not complete"
+    python3 - "$WORK"/jobs/sweep-*/all.csv <<'PY' || fail "the sweep's all.csv is not 1x2 and 2x2 at W=1,2"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+got = sorted((int(r["nodes"]), int(r["ranks"]), int(r["waves"])) for r in rows)
+assert got == [(1, 2, 1), (1, 2, 2), (2, 4, 1), (2, 4, 2)], got
+PY
+    if python3 -c "import matplotlib" 2>/dev/null || /usr/bin/python3 -c "import matplotlib" 2>/dev/null; then
+      for f in speedup_vs_waves time_vs_tokens scaling_vs_ranks; do
+        compgen -G "$WORK/jobs/sweep-*/plots/$f.png" >/dev/null || fail "the sweep made no plots/$f.png"
+      done
+    fi
+    # srun without a PMI plugin: refused by name, exit 2, before MPI_Init (not Open MPI's page, not N lone jobs).
+    rc=0
+    (cd "$WORK" && timeout 60 srun --mpi=none -N2 -n2 "$WAVEEP" run --model=tiny >"$WORK/nopmi.txt" 2>&1) || rc=$?
+    cat "$WORK/nopmi.txt"
+    [[ $rc -ne 0 ]] || fail "srun --mpi=none ran"
+    grep -q "started by srun --mpi=none, which gives the tasks no PMI" "$WORK/nopmi.txt" ||
+      fail "srun --mpi=none should be refused with its reason"
+    grep -q "exit code 2" "$WORK/nopmi.txt" || fail "srun --mpi=none should exit 2 (bad launch)"
+    echo "PASS [$CASE]: sbatch verified run on 2 nodes x 2 (srun, PMIx), checksum $two == mpirun; sweep rows;" \
+      "srun --mpi=none refused"
     ;;
 esac

@@ -541,6 +541,7 @@ class MpiCommunicator final : public Communicator {
   // Waits for a nonblocking collective on coll_. On timeout the request (and `staging`, which MPI may still write)
   // is kept until destruction and the communicator refuses further blocking calls. Requires coll_mu_.
   Status WaitCollective(MPI_Request& req, absl::string_view what, std::unique_ptr<char[]>* staging) {
+    const int64_t seq = BeginBoundedCollective();
     const absl::Duration timeout = Timeout();
     Poller poller(GetMpiTuning(), timeout);
     for (;;) {
@@ -549,10 +550,11 @@ class MpiCommunicator final : public Communicator {
       if (done) return absl::OkStatus();
       if (!poller.Next(false)) break;
     }
-    Status s = absl::DeadlineExceededError(WithPrefix(absl::StrCat(
-        "mpi communicator: ", what, " timed out after ", absl::FormatDuration(timeout), "; at least one of the ", size_,
-        " ranks has not entered it (a hung or failed rank, or ranks calling collectives in different "
-        "orders)")));
+    // The roll call names the rank(s) that never came, or those stuck in another collective (ranks calling
+    // collectives in different orders).
+    Status s = absl::DeadlineExceededError(
+        WithPrefix(absl::StrCat("mpi communicator: ", what, " timed out after ", absl::FormatDuration(timeout),
+                                " waiting for the other ", size_ - 1, " rank(s)", RollCall(seq, timeout))));
     abandoned_.push_back(Abandoned{req, staging != nullptr ? std::move(*staging) : nullptr});
     broken_ = absl::FailedPreconditionError(
         absl::StrCat("mpi communicator unusable for blocking calls after an earlier timeout: ", s.message()));

@@ -3,6 +3,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
@@ -17,10 +19,101 @@ namespace waveep {
 namespace {
 ProcessContext* g_ctx = nullptr;
 
+// A communicator of its own for the roll call (no tag of any other message can match it), and the number of bounded
+// collectives this process has entered: every rank enters them in the same order, so equal numbers mean "waiting in
+// the same one".
+MPI_Comm g_roll_call_comm = MPI_COMM_NULL;
+std::atomic<int64_t> g_collectives{0};
+constexpr int kRollCallTag = 1;
+
+// "2, 5-7, 9": ascending ranks as ranges, at most 16 items.
+std::string RankList(const std::vector<int>& ranks) {
+  std::string out;
+  int items = 0;
+  for (size_t i = 0; i < ranks.size();) {
+    size_t j = i;
+    while (j + 1 < ranks.size() && ranks[j + 1] == ranks[j] + 1) ++j;
+    if (++items > 16) {
+      absl::StrAppend(&out, ", ... (", ranks.size() - i, " more)");
+      break;
+    }
+    absl::StrAppend(&out, out.empty() ? "" : ", ", ranks[i]);
+    if (j > i) absl::StrAppend(&out, "-", ranks[j]);
+    i = j + 1;
+  }
+  return out;
+}
+
+// Every rank that times out tells every other rank which collective it is stuck in, and listens for the others for
+// a short grace. The messages left unanswered are cancelled or freed (the job ends right after anyway).
+std::string RollCallImpl(const ProcessContext& ctx, int64_t seq, absl::Duration grace) {
+  if (g_roll_call_comm == MPI_COMM_NULL || ctx.world_size < 2) return "";
+  static int64_t mine;  // outlives the sends, which may never complete (a stopped peer)
+  mine = seq;
+  std::vector<int64_t> theirs(static_cast<size_t>(ctx.world_size), -1);
+  std::vector<MPI_Request> recvs(static_cast<size_t>(ctx.world_size), MPI_REQUEST_NULL);
+  for (int r = 0; r < ctx.world_size; ++r) {
+    if (r == ctx.world_rank) continue;
+    MPI_Request send = MPI_REQUEST_NULL;
+    if (MPI_Isend(&mine, 1, MPI_INT64_T, r, kRollCallTag, g_roll_call_comm, &send) == MPI_SUCCESS) {
+      MPI_Request_free(&send);
+    }
+    MPI_Irecv(&theirs[r], 1, MPI_INT64_T, r, kRollCallTag, g_roll_call_comm, &recvs[r]);
+  }
+  const absl::Time until = absl::Now() + grace;
+  std::vector<bool> answered(static_cast<size_t>(ctx.world_size), false);
+  answered[ctx.world_rank] = true;
+  for (int pending = ctx.world_size - 1; pending > 0 && absl::Now() < until;) {
+    for (int r = 0; r < ctx.world_size; ++r) {
+      if (answered[r] || recvs[r] == MPI_REQUEST_NULL) continue;
+      int done = 0;
+      MPI_Test(&recvs[r], &done, MPI_STATUS_IGNORE);
+      if (done) {
+        answered[r] = true;
+        --pending;
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  std::vector<int> silent, elsewhere;
+  int with_me = 0;
+  for (int r = 0; r < ctx.world_size; ++r) {
+    if (r == ctx.world_rank) continue;
+    if (!answered[r]) {
+      silent.push_back(r);
+      if (recvs[r] != MPI_REQUEST_NULL) {
+        MPI_Cancel(&recvs[r]);
+        MPI_Request_free(&recvs[r]);
+      }
+    } else if (theirs[r] == seq) {
+      ++with_me;
+    } else {
+      elsewhere.push_back(r);
+    }
+  }
+  std::string out = "; roll call: ";
+  if (!silent.empty()) {
+    absl::StrAppend(&out, silent.size() == 1 ? "rank " : "ranks ", RankList(silent), " did not answer within ",
+                    absl::FormatDuration(grace), " (stopped, hung, or died)");
+  } else {
+    absl::StrAppend(&out, "every rank answered (the collective itself is slow, or MPI made no progress)");
+  }
+  if (!elsewhere.empty()) {
+    // Their collective's number next to ours: behind or ahead in the program, or collectives called in another order.
+    absl::StrAppend(&out, "; ", elsewhere.size() == 1 ? "rank " : "ranks ", RankList(elsewhere),
+                    " timed out in another collective (this is #", seq, "; rank ", elsewhere[0], " is at #",
+                    theirs[elsewhere[0]], ")");
+  }
+  absl::StrAppend(&out, "; ", with_me, " other rank(s) timed out in this one too");
+  return out;
+}
+
 // Completes a non-blocking collective within DefaultTimeout(). On expiry the request is left to MPI (a collective
 // cannot be cancelled) and the caller must not free its buffers before the job ends: the error is job-fatal
-// (DeadlineExceeded), and the CLI aborts every rank right after printing it.
+// (DeadlineExceeded), and the CLI aborts every rank right after printing it. The error names the ranks that did not
+// answer the roll call, which adds at most 1 s.
 Status WaitCollective(const ProcessContext& ctx, MPI_Request* req, absl::string_view what) {
+  const int64_t seq = BeginBoundedCollective();
   const absl::Duration timeout = DefaultTimeout();
   const absl::Time deadline = absl::Now() + timeout;
   for (int polls = 0;; ++polls) {
@@ -29,9 +122,9 @@ Status WaitCollective(const ProcessContext& ctx, MPI_Request* req, absl::string_
     if (done) return absl::OkStatus();
     if (polls > 1000) {
       if (absl::Now() > deadline) {
-        return absl::DeadlineExceededError(absl::StrCat(
-            DiagnosticPrefix(), ": ", what, " timed out after ", absl::FormatDuration(timeout),
-            "; at least one of the ", ctx.world_size, " ranks has not entered it (stopped, hung, or died)"));
+        return absl::DeadlineExceededError(absl::StrCat(DiagnosticPrefix(), ": ", what, " timed out after ",
+                                                        absl::FormatDuration(timeout), " waiting for the other ",
+                                                        ctx.world_size - 1, " rank(s)", RollCall(seq, timeout)));
       }
       absl::SleepFor(absl::Microseconds(50));
     }
@@ -114,6 +207,12 @@ Status CheckLaunchAfterInit(ProcessContext& ctx) {
 }
 }  // namespace
 
+int64_t BeginBoundedCollective() { return g_collectives.fetch_add(1); }
+
+std::string RollCall(int64_t seq, absl::Duration timeout) {
+  return g_ctx == nullptr ? std::string() : RollCallImpl(*g_ctx, seq, std::min(absl::Seconds(1), timeout));
+}
+
 bool IsJobFatal(const Status& s) {
   return s.code() == absl::StatusCode::kDeadlineExceeded || s.code() == absl::StatusCode::kAborted;
 }
@@ -167,6 +266,7 @@ StatusOr<ProcessContext> InitProcess(int* argc, char*** argv) {
   WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&is_leader, &ctx.num_nodes, 1, MPI_INT, MPI_SUM, ctx.world));
 
   WAVEEP_RETURN_IF_ERROR(CheckLaunchAfterInit(ctx));
+  if (g_roll_call_comm == MPI_COMM_NULL) WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_dup(ctx.world, &g_roll_call_comm));
   SetDiagnosticPrefix(absl::StrCat("rank ", ctx.world_rank, "/", ctx.world_size));
   WAVEEP_MPI_RETURN_IF_ERROR(MPI_Barrier(ctx.world));
   ResetTraceEpoch();
@@ -179,6 +279,7 @@ void FinalizeProcess() {
   if (g_ctx != nullptr) {
     if (g_ctx->node != MPI_COMM_NULL) MPI_Comm_free(&g_ctx->node);
     if (g_ctx->world != MPI_COMM_NULL) MPI_Comm_free(&g_ctx->world);
+    if (g_roll_call_comm != MPI_COMM_NULL) MPI_Comm_free(&g_roll_call_comm);
     delete g_ctx;
     g_ctx = nullptr;
   }

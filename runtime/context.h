@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "runtime/status.h"
 
 namespace waveep {
@@ -61,6 +62,16 @@ Status CheckSameOnAllRanks(const ProcessContext& ctx, absl::string_view what, ab
 // may still hold buffers of the failed exchange) or a peer was lost (Aborted). The rank that sees one reports it
 // itself and ends the whole job (AbortAllRanks) instead of agreeing with peers that may never answer.
 bool IsJobFatal(const Status& s);
+
+// Bounded collectives name the rank they waited for. Call BeginBoundedCollective() when a collective starts (every
+// rank enters bounded collectives in the same order, so equal numbers mean "the same one"); when it times out,
+// RollCall(seq, timeout) asks every rank, over a communicator of its own, which collective it is stuck in and returns
+// the text for the error: "; roll call: rank 2 did not answer within 1s (stopped, hung, or died); 2 other rank(s)
+// timed out in this one too". It listens for min(1 s, timeout) (less when every rank answered): ranks that time out
+// in the same collective entered it, and so time out, within that of each other. "" before InitProcess or with one
+// rank. Only for the error path: the job ends right after.
+int64_t BeginBoundedCollective();
+std::string RollCall(int64_t seq, absl::Duration timeout);
 
 // Combines a local Status across ranks: OK only if OK on every rank; otherwise every rank returns the error of the
 // lowest failing rank, prefixed with "rank R: ". Collective, bounded by DefaultTimeout() (DeadlineExceeded naming

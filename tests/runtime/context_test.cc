@@ -69,5 +69,30 @@ TEST(Context, GatherStringsInRankOrder) {
   }
 }
 
+// Keep this test last: the late rank's collective completes only after the others gave up on it.
+TEST(Context, RollCallNamesTheRankThatNeverCame) {
+  const ProcessContext& c = waveep::testing::MpiTestContext();
+  if (c.world_size < 2) GTEST_SKIP() << "needs 2 ranks";
+  const int late = c.world_size - 1;
+  const absl::Duration saved = DefaultTimeout();
+  // MPI may write these after the timeout (WaitCollective): never freed.
+  auto* send = new int(1);
+  auto* recv = new int(0);
+  if (c.world_rank == late) {
+    absl::SleepFor(absl::Seconds(4));  // past the others' 1 s timeout and their 1 s roll call
+    EXPECT_TRUE(Allreduce(c, send, recv, 1, MPI_INT, MPI_SUM, "the late sum").ok());
+  } else {
+    SetDefaultTimeout(absl::Seconds(1));
+    Status s = Allreduce(c, send, recv, 1, MPI_INT, MPI_SUM, "the late sum");
+    SetDefaultTimeout(saved);
+    ASSERT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr("the late sum timed out after 1s"));
+    EXPECT_THAT(std::string(s.message()), HasSubstr(absl::StrCat("roll call: rank ", late, " did not answer")));
+    EXPECT_THAT(std::string(s.message()),
+                HasSubstr(absl::StrCat(c.world_size - 2, " other rank(s) timed out in this one too")));
+  }
+  MPI_Barrier(MPI_COMM_WORLD);  // progresses the late collective to completion on every rank
+}
+
 }  // namespace
 }  // namespace waveep

@@ -17,7 +17,6 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   libbenchmark-dev
   libopenblas-dev
-  libhwloc-dev
   nlohmann-json3-dev
   iproute2 util-linux
   python3 python3-numpy python3-matplotlib

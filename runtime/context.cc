@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 
 #include "absl/time/clock.h"
 #include "runtime/stream.h"
@@ -48,14 +49,17 @@ std::string RankList(const std::vector<int>& ranks) {
 // a short grace. The messages left unanswered are cancelled or freed (the job ends right after anyway).
 std::string RollCallImpl(const ProcessContext& ctx, int64_t seq, absl::Duration grace) {
   if (g_roll_call_comm == MPI_COMM_NULL || ctx.world_size < 2) return "";
-  static int64_t mine;  // outlives the sends, which may never complete (a stopped peer)
-  mine = seq;
+  // One roll call at a time (the comm thread and the main thread may both time out); each one's message outlives
+  // its sends, which may never complete (a stopped peer): 8 bytes left behind on the way out of the job.
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  const int64_t* mine = new int64_t(seq);
   std::vector<int64_t> theirs(static_cast<size_t>(ctx.world_size), -1);
   std::vector<MPI_Request> recvs(static_cast<size_t>(ctx.world_size), MPI_REQUEST_NULL);
   for (int r = 0; r < ctx.world_size; ++r) {
     if (r == ctx.world_rank) continue;
     MPI_Request send = MPI_REQUEST_NULL;
-    if (MPI_Isend(&mine, 1, MPI_INT64_T, r, kRollCallTag, g_roll_call_comm, &send) == MPI_SUCCESS) {
+    if (MPI_Isend(mine, 1, MPI_INT64_T, r, kRollCallTag, g_roll_call_comm, &send) == MPI_SUCCESS) {
       MPI_Request_free(&send);
     }
     MPI_Irecv(&theirs[r], 1, MPI_INT64_T, r, kRollCallTag, g_roll_call_comm, &recvs[r]);

@@ -163,7 +163,7 @@ struct StepStats {
   double layout_us = 0;           // routing validation + count/boundary exchange
   double compute_busy_us = 0;     // union of compute-stream spans
   double comm_busy_us = 0;        // union of comm-stream spans
-  double overlap_efficiency = 0;  // (comm + compute - (step - layout)) / min(comm, compute); not clamped: below 0 when both streams sat idle
+  double overlap_efficiency = 0;  // (comm + compute - (step - layout)) / min(comm, compute); < 0 when idle
   double flops = 0;               // routed + shared FLOPs computed on this rank
   double bytes_sent = 0;          // dispatch + combine bytes this rank sent to other ranks
   int64_t recv_rows = 0;          // rows this rank computed (routed)

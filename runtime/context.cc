@@ -269,7 +269,14 @@ StatusOr<ProcessContext> InitProcess(int* argc, char*** argv) {
   ctx.node_id = node_id;
   WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&is_leader, &ctx.num_nodes, 1, MPI_INT, MPI_SUM, ctx.world));
 
-  WAVEEP_RETURN_IF_ERROR(CheckLaunchAfterInit(ctx));
+  // Agreed, so that the ranks whose launch check passed do not wait in the next collective for one that failed.
+  const Status launch = CheckLaunchAfterInit(ctx);
+  int launch_bad = launch.ok() ? 0 : 1, any_launch_bad = 0;
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&launch_bad, &any_launch_bad, 1, MPI_INT, MPI_MAX, ctx.world));
+  if (!launch.ok()) return launch;
+  if (any_launch_bad != 0) {
+    return absl::FailedPreconditionError("another rank's launcher disagrees with MPI (see that rank's line)");
+  }
   if (g_roll_call_comm == MPI_COMM_NULL) WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_dup(ctx.world, &g_roll_call_comm));
   SetDiagnosticPrefix(absl::StrCat("rank ", ctx.world_rank, "/", ctx.world_size));
   WAVEEP_MPI_RETURN_IF_ERROR(MPI_Barrier(ctx.world));

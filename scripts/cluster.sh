@@ -33,8 +33,8 @@
 # Addresses come only from the benchmarking range 198.18.0.0/15; nothing is routed anywhere else. `up` is
 # idempotent (it takes down a cluster of the same prefix first) and removes what it made when it fails part-way.
 # Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN), iproute2 (ip, tc with the tbf and netem qdiscs) and util-linux
-# (unshare, nsenter); --slurm needs Slurm 22.05+ (slurmctld, slurmd, slurm-client) and munge. Exit codes: 0 ok, 1 failure, 2 bad arguments, 77 this machine cannot host namespaces (tests
-# skip on 77).
+# (unshare, nsenter); --slurm needs Slurm 22.05+ (slurmctld, slurmd, slurm-client) and munge. Exit codes: 0 ok,
+# 1 failure, 2 bad arguments, 77 this machine cannot host namespaces or start Slurm (tests skip on 77).
 set -euo pipefail
 shopt -s inherit_errexit  # a failing tc inside $(...) must fail the command too
 

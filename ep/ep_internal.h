@@ -49,10 +49,6 @@ struct WaveOps {
 //
 // Row formats shared by both (so any mix of ranks exchanges the same bytes): a dispatch row is the token in BF16
 // (2H bytes), or FP8 e4m3 [H] followed by its H / block FP32 scales; a combine row is the expert output in BF16.
-// Bytes of one dispatch row: the token in BF16, or FP8 e4m3 followed by its FP32 block scales. One definition for
-// the layer, its operations and MoeLayer::dispatch_row_bytes().
-int64_t DispatchRowBytes(const ModelConfig& model, DType dispatch_dtype);
-
 // The shared expert on the CPU runs on blocks of this many rows aligned to *global* token ids, so that a token's
 // result does not depend on np (cpu_layer_ops.cc).
 inline constexpr int64_t kSharedBlockRows = 64;

@@ -88,15 +88,9 @@ MoeLayer::MoeLayer(const ProcessContext& ctx, comm::Communicator* comm, LayerCon
 
 MoeLayer::~MoeLayer() = default;
 
-int64_t MoeLayer::dispatch_row_bytes() const { return internal::DispatchRowBytes(cfg_.model, cfg_.dispatch_dtype); }
+int64_t MoeLayer::dispatch_row_bytes() const { return cfg_.model.DispatchRowBytes(cfg_.dispatch_dtype); }
 
 namespace internal {
-
-int64_t DispatchRowBytes(const ModelConfig& model, DType dispatch_dtype) {
-  const int64_t h = model.hidden_size;
-  if (dispatch_dtype == DType::kFP8E4M3) return h + 4 * (h / model.fp8_block_size);
-  return 2 * h;
-}
 
 Status CheckCudaDevice(Device device) {
   if (!kernels::CudaKernelsCompiledIn()) {
@@ -132,7 +126,7 @@ LayerOps::LayerOps(const ModelConfig& model, DType dispatch_dtype, Device device
       h_(model.hidden_size),
       inter_(model.moe_intermediate_size),
       si_(model.moe_intermediate_size * model.num_shared_experts),
-      drow_(DispatchRowBytes(model, dispatch_dtype)),
+      drow_(model.DispatchRowBytes(dispatch_dtype)),
       crow_(2 * model.hidden_size) {}
 
 Status LayerOps::BeginStep(const TokenBatch& batch, const DispatchLayout& lay, float* out) {

@@ -18,6 +18,7 @@
 
 #include "absl/strings/string_view.h"
 #include "runtime/status.h"
+#include "runtime/types.h"
 
 namespace waveep {
 
@@ -42,6 +43,12 @@ struct ModelConfig {
 
   // FLOPs of one (token, expert) pair: gate+up (2*H*2I) + down (2*I*H) = 6*H*I.
   double FlopsPerPair() const { return 6.0 * static_cast<double>(hidden_size) * moe_intermediate_size; }
+  // Bytes of one dispatch row: the token in `dispatch_dtype`, or FP8 e4m3 followed by one FP32 scale per
+  // fp8_block_size elements. The one definition the layer, the balance check and the model use.
+  int64_t DispatchRowBytes(DType dispatch_dtype) const {
+    if (dispatch_dtype == DType::kFP8E4M3) return hidden_size + 4 * (hidden_size / fp8_block_size);
+    return hidden_size * static_cast<int64_t>(DTypeSize(dispatch_dtype));
+  }
 };
 
 // Checks every field; InvalidArgument naming the first bad field and the model.

@@ -15,12 +15,6 @@ namespace waveep::topology {
 
 namespace internal {
 
-double DispatchRowBytes(const ModelConfig& model, DType dispatch_dtype) {
-  const double h = static_cast<double>(model.hidden_size);
-  if (dispatch_dtype == DType::kFP8E4M3) return h + 4.0 * (h / model.fp8_block_size);  // + one FP32 scale per block
-  return h * static_cast<double>(DTypeSize(dispatch_dtype));
-}
-
 std::string GemmDtypeName(const DeviceSpec& device, DType dispatch_dtype) {
   if (!device.gemm_dtype.empty()) return device.gemm_dtype;
   return std::string(DTypeName(dispatch_dtype));
@@ -71,7 +65,7 @@ StatusOr<Threshold> DeriveThreshold(const ModelConfig& model, DType dispatch_dty
   const double bd = static_cast<double>(DTypeSize(dispatch_dtype));
   t.dtype_bytes_per_pair = (bd + 2.0) * h;
   t.dtype_flops_per_byte = t.flops_per_pair / t.dtype_bytes_per_pair;
-  t.scale_bytes_per_pair = internal::DispatchRowBytes(model, dispatch_dtype) - bd * h;
+  t.scale_bytes_per_pair = static_cast<double>(model.DispatchRowBytes(dispatch_dtype)) - bd * h;
   // waveep exchanges E int64 counts per rank per step (R peers x L local experts); top-k weights stay at the origin.
   const double pairs = static_cast<double>(tokens_per_rank) * model.top_k;
   t.metadata_bytes_per_pair = pairs > 0 ? 8.0 * model.num_experts / pairs : 0.0;
@@ -130,7 +124,7 @@ StatusOr<CheckReport> CheckBalance(const ModelConfig& model, const Cluster& clus
   rep.effective_tflops = rep.peak_tflops * rep.gemm_efficiency;
 
   WAVEEP_ASSIGN_OR_RETURN(std::vector<LinkTraffic> traffic, ExpertTraffic(cluster, r));
-  const double db = internal::DispatchRowBytes(model, options.dispatch_dtype);
+  const double db = static_cast<double>(model.DispatchRowBytes(options.dispatch_dtype));
   const double cb = internal::CombineRowBytes(model);
   const double flops = rep.effective_tflops * 1e12;
   rep.pair_flops_per_byte = rep.threshold.flops_per_pair / (db + cb);

@@ -149,7 +149,7 @@ StatusOr<Prediction> PredictStep(const ModelConfig& model, const Cluster& cluste
   const double pairs = t_tok * model.top_k;  // sent by, and (uniform) received by, every rank
   p.rows_per_expert = pairs / l;
   p.local_fraction = 1.0 / r;
-  p.dispatch_row_bytes = internal::DispatchRowBytes(model, shape.dispatch_dtype);
+  p.dispatch_row_bytes = static_cast<double>(model.DispatchRowBytes(shape.dispatch_dtype));
   p.combine_row_bytes = internal::CombineRowBytes(model);
   p.dispatch_bytes_per_rank = pairs * (1.0 - p.local_fraction) * p.dispatch_row_bytes;
   p.combine_bytes_per_rank = pairs * (1.0 - p.local_fraction) * p.combine_row_bytes;

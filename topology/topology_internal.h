@@ -12,8 +12,6 @@
 
 namespace waveep::topology::internal {
 
-// Bytes of one dispatched row: H elements of the dispatch dtype plus, for FP8, one FP32 scale per block.
-double DispatchRowBytes(const ModelConfig& model, DType dispatch_dtype);
 // Bytes of one combined row (BF16).
 inline double CombineRowBytes(const ModelConfig& model) { return 2.0 * static_cast<double>(model.hidden_size); }
 

@@ -129,6 +129,15 @@ std::unique_ptr<WaveScheduler> MakeScheduler() {
   return *std::move(s);
 }
 
+// Runs `waves` waves (1 expert each) where every pair (a, b) of `meet` must overlap: a may finish only once b started
+// (FakeLayer::meet_). OK only for a schedule that runs each pair side by side.
+Status RunRequiringOverlap(int waves, const std::map<std::string, std::string>& meet) {
+  auto sched = MakeScheduler();
+  FakeLayer fake(waves, 1);
+  fake.meet_ = meet;
+  return sched->Run(waves, fake.Ops(), nullptr);
+}
+
 class WaveSchedulerTest : public ::testing::TestWithParam<int> {};
 
 TEST_P(WaveSchedulerTest, RespectsEveryDependencyAndBuffer) {
@@ -167,21 +176,14 @@ TEST(WaveScheduler, OneWaveIsSequential) {
 TEST(WaveScheduler, SharedExpertFillsThePipelinesFillAndDrain) {
   // The head runs beside the first dispatch (the compute stream has nothing else to do then) and the tail beside the
   // last combine; a schedule that runs either alone fails here instead of being merely slower.
-  auto sched = MakeScheduler();
-  FakeLayer fake(3, 1);
-  fake.meet_["head"] = "dispatch(0)";
-  fake.meet_["tail"] = "combine(2)";
-  Status s = sched->Run(3, fake.Ops(), nullptr);
+  Status s = RunRequiringOverlap(3, {{"head", "dispatch(0)"}, {"tail", "combine(2)"}});
   EXPECT_TRUE(s.ok()) << s;
 }
 
 TEST(WaveScheduler, UnpackNeverWaitsForAnEarlierCombine) {
   // Return slots are per wave: unpack(2) may run while combine(0) is still in flight (with two shared return buffers
   // it had to wait for it, and a slow link stalled the compute stream).
-  auto sched = MakeScheduler();
-  FakeLayer fake(4, 1);
-  fake.meet_["combine(0)"] = "unpack(2)";
-  Status s = sched->Run(4, fake.Ops(), nullptr);
+  Status s = RunRequiringOverlap(4, {{"combine(0)", "unpack(2)"}});
   EXPECT_TRUE(s.ok()) << s;
 }
 
@@ -190,11 +192,7 @@ TEST(WaveScheduler, CommOfNextWaveOverlapsCurrentGemm) {
   // gemm(0) — the point of the schedule.
   // Ordering, not timing: gemm(0) finishes only once pack(1) started (so they overlap), and, as the comm stream issues
   // dispatch(w+1) before combine(w-1) (DESIGN.md §3), gemm(2) only once combine(0) started. A serial schedule fails.
-  auto sched = MakeScheduler();
-  FakeLayer fake(4, 1);
-  fake.meet_["gemm(0)"] = "pack(1)";
-  fake.meet_["gemm(2)"] = "combine(0)";
-  Status s = sched->Run(4, fake.Ops(), nullptr);
+  Status s = RunRequiringOverlap(4, {{"gemm(0)", "pack(1)"}, {"gemm(2)", "combine(0)"}});
   EXPECT_TRUE(s.ok()) << s;
 }
 

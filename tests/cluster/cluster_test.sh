@@ -117,7 +117,7 @@ PY
       --steps=2 --timeout_s=60 >"$WORK/one.txt" 2>&1 || { cat "$WORK/one.txt"; fail "single-host run failed"; }
     one=$(awk '/output_checksum/{print $2}' "$WORK/one.txt")
     # Submits a job script as a user would (from a directory of theirs, the checkout named by WAVEEP_HOME) and waits
-    # for it with a deadline; prints the job's output; returns the job's exit code.
+    # for it with a deadline; prints the job's output; fails unless the job COMPLETED (Slurm: every step exited 0).
     submit() {  # name deadline_s sbatch-args...
       local name="$1" deadline=$((SECONDS + $2)) jid state=""
       shift 2

@@ -139,7 +139,8 @@ class DeviceProxy {
   // until the thread exited. Idempotent.
   void Shutdown();
 
-  // Jobs finished so far (any Status). For tests and diagnostics.
+  // Jobs finished so far (any Status), counted after the job's Status is stored and its release ran: a caller that
+  // saw a ticket finish may still read the count one lower for a moment. For tests and diagnostics.
   uint64_t jobs_finished() const;
 
  private:

@@ -166,6 +166,8 @@ TEST(DeviceProxy, RunsJobsInSubmissionOrderOnItsOwnThread) {
   for (int i = 0; i < 200; ++i) EXPECT_EQ(order[i], i);
   EXPECT_TRUE(one_thread);
   EXPECT_NE(runner, std::this_thread::get_id());
+  // The count moves after a ticket's Status is stored and its release ran, so a finished ticket may be seen first.
+  ASSERT_TRUE(WaitFinished(proxy, 200));
   EXPECT_EQ(proxy.jobs_finished(), 200u);
 }
 

@@ -37,6 +37,7 @@
 #include "benchmark/benchmark.h"
 #include "comm/comm.h"
 #include "comm/mpi_transport.h"  // tuning knobs of the mpi backend (this is the comm module's own bench)
+#include "runtime/mpi_context.h"
 #include "runtime/runtime.h"
 
 namespace {
@@ -117,11 +118,11 @@ void RunTimed(benchmark::State& state, size_t per_peer, const std::function<Stat
   double total_s = 0;
   std::string error;
   for (auto _ : state) {
-    MPI_Barrier(g_ctx->world);
+    MPI_Barrier(WorldComm(*g_ctx));
     const double t0 = MPI_Wtime();
     Status s = op(b);
     double v[2] = {MPI_Wtime() - t0, s.ok() ? 0.0 : 1.0};
-    MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_DOUBLE, MPI_MAX, g_ctx->world);
+    MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_DOUBLE, MPI_MAX, WorldComm(*g_ctx));
     if (!s.ok()) error = std::string(s.message());
     if (v[1] != 0) {
       state.SkipWithError(error.empty() ? "another rank failed" : error.c_str());
@@ -132,7 +133,7 @@ void RunTimed(benchmark::State& state, size_t per_peer, const std::function<Stat
   }
   if (!error.empty() || total_s <= 0) return;
   int ok = Received(b) ? 1 : 0;
-  MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, g_ctx->world);
+  MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, WorldComm(*g_ctx));
   if (!ok) {
     state.SkipWithError("received data differs from what was sent");
     return;
@@ -164,7 +165,7 @@ void BM_AlltoallvMpi(benchmark::State& state, size_t per_peer) {
   }
   RunTimed(state, per_peer, [](Buffers& b) -> Status {
     WAVEEP_MPI_RETURN_IF_ERROR(MPI_Alltoallv(b.send.data(), b.counts.data(), b.displs.data(), MPI_BYTE, b.recv.data(),
-                                             b.counts.data(), b.displs.data(), MPI_BYTE, g_ctx->world));
+                                             b.counts.data(), b.displs.data(), MPI_BYTE, WorldComm(*g_ctx)));
     return absl::OkStatus();
   });
 }

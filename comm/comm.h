@@ -87,8 +87,8 @@ class Communicator {
   virtual Status AlltoallvAsync(AlltoallvArgs args, Stream& stream) = 0;
 };
 
-// Creates a backend by name ("mpi", "nccl", "cuda_ipc"; see AvailableBackends). Collective over ctx.world. NotFound for
-// an unknown name (listing the compiled-in ones), Unavailable for a known backend not compiled in.
+// Creates a backend by name ("mpi", "nccl", "cuda_ipc"; see AvailableBackends). Collective over WorldComm(ctx).
+// NotFound for an unknown name (listing the compiled-in ones), Unavailable for a known backend not compiled in.
 StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(absl::string_view backend, const ProcessContext& ctx,
                                                            Options options = {});
 // Backends compiled into this binary, in order of preference.

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/mpi_context.h"
 
 namespace waveep::comm::internal {
 

@@ -23,6 +23,7 @@
 #include "comm/cuda_status_internal.h"
 #include "comm/device_proxy_internal.h"
 #include "comm/mpi_transport.h"
+#include "runtime/mpi_context.h"
 
 namespace waveep::comm::internal {
 namespace {
@@ -408,7 +409,7 @@ class CudaIpcCommunicator final : public Communicator {
 }  // namespace
 
 StatusOr<std::unique_ptr<Communicator>> NewCudaIpcCommunicator(const ProcessContext& ctx, Options options) {
-  if (ctx.world == MPI_COMM_NULL) {
+  if (WorldComm(ctx) == MPI_COMM_NULL) {
     return absl::FailedPreconditionError("cuda_ipc communicator: ProcessContext has no world communicator");
   }
   const int num_devices = CudaDeviceCount();
@@ -430,7 +431,7 @@ StatusOr<std::unique_ptr<Communicator>> NewCudaIpcCommunicator(const ProcessCont
   s->size = n;
   s->device = ctx.local_rank % num_devices;  // several ranks per GPU (MPS) when local_size > num_devices
   s->peers.resize(n);
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_dup(ctx.world, &s->ctrl));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_dup(WorldComm(ctx), &s->ctrl));
   WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_set_errhandler(s->ctrl, MPI_ERRORS_RETURN));
   std::unique_ptr<DeviceProxy> proxy;
   const Status local = [&]() -> Status {

@@ -36,7 +36,7 @@
 
 namespace waveep::comm::internal {
 
-// The "cuda_ipc" backend. Collective over ctx.world. Unavailable without a CUDA device (or without CUDA:
+// The "cuda_ipc" backend. Collective over WorldComm(ctx). Unavailable without a CUDA device (or without CUDA:
 // cuda_ipc_transport_stub.cc), FailedPrecondition when the ranks span several nodes (naming two of them) or ctx has
 // no world communicator.
 StatusOr<std::unique_ptr<Communicator>> NewCudaIpcCommunicator(const ProcessContext& ctx, Options options);

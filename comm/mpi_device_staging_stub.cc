@@ -3,6 +3,7 @@
 // The device path of the "mpi" backend in a build without CUDA: no device memory exists, so mpi_transport.cc never
 // builds a StagedPlan; the entry points only exist to link.
 #include "comm/mpi_device_staging_internal.h"
+#include "runtime/mpi_context.h"
 
 namespace waveep::comm::internal {
 

@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "comm/comm_internal.h"
 #include "comm/mpi_device_staging_internal.h"
+#include "runtime/mpi_context.h"
 
 namespace waveep::comm::internal {
 namespace {
@@ -632,7 +633,7 @@ Status SetMpiTuning(const MpiTuning& tuning) {
 }
 
 StatusOr<std::unique_ptr<Communicator>> NewMpiCommunicator(const ProcessContext& ctx, Options options) {
-  if (ctx.world == MPI_COMM_NULL) {
+  if (WorldComm(ctx) == MPI_COMM_NULL) {
     return absl::FailedPreconditionError(
         "mpi communicator: ProcessContext has no world communicator "
         "(call waveep::InitProcess first)");
@@ -641,8 +642,8 @@ StatusOr<std::unique_ptr<Communicator>> NewMpiCommunicator(const ProcessContext&
     return absl::InvalidArgumentError(
         absl::StrCat("comm Options.timeout = ", absl::FormatDuration(options.timeout), " is negative"));
   }
-  WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<OwnedComm> coll, DupComm(ctx.world));
-  WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<OwnedComm> p2p, DupComm(ctx.world));
+  WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<OwnedComm> coll, DupComm(WorldComm(ctx)));
+  WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<OwnedComm> p2p, DupComm(WorldComm(ctx)));
   int rank = 0, size = 0;
   WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_rank(p2p->comm, &rank));
   WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_size(p2p->comm, &size));

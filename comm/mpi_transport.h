@@ -8,7 +8,7 @@
 //   WAVEEP_ASSIGN_OR_RETURN(auto comm, CreateCommunicator("mpi", ctx));   // not NewMpiCommunicator(...)
 //
 // How the backend works (the contract is in comm.h; this is what the MPI implementation adds to it):
-// - Two duplicates of ctx.world: `coll` carries the blocking calls (Barrier, Allgather, AlltoallCounts, blocking
+// - Two duplicates of WorldComm(ctx): `coll` carries the blocking calls (Barrier, Allgather, AlltoallCounts, blocking
 //   Alltoallv), `p2p` carries the async exchanges. Blocking calls on the host thread therefore never match or wait
 //   behind an async exchange progressing on a stream's thread (MPI_THREAD_MULTIPLE).
 // - An exchange posts MPI_Irecv/MPI_Isend for every peer with a nonzero block (the block to self is a memcpy), all
@@ -91,8 +91,8 @@ MpiTuning GetMpiTuning();
 // Replaces the knobs (InvalidArgument if max_message_bytes is 0 or > INT_MAX, or a duration is negative). Thread-safe.
 Status SetMpiTuning(const MpiTuning& tuning);
 
-// The "mpi" backend. Collective over ctx.world (duplicates it twice and allgathers node ids). FailedPrecondition if
-// ctx has no world communicator (InitProcess was not called), InvalidArgument for a negative timeout.
+// The "mpi" backend. Collective over WorldComm(ctx) (duplicates it twice and allgathers node ids). FailedPrecondition
+// if ctx has no world communicator (InitProcess was not called), InvalidArgument for a negative timeout.
 StatusOr<std::unique_ptr<Communicator>> NewMpiCommunicator(const ProcessContext& ctx, Options options);
 
 }  // namespace waveep::comm::internal

@@ -25,6 +25,7 @@
 #include "comm/comm_internal.h"
 #include "comm/cuda_status_internal.h"
 #include "comm/mpi_transport.h"
+#include "runtime/mpi_context.h"
 
 // NCCL return code -> Status with the expression, file:line and NCCL's last error text.
 #define WAVEEP_NCCL_RETURN_IF_ERROR(expr)                                                        \
@@ -368,7 +369,7 @@ struct RankInfo {
 }  // namespace
 
 StatusOr<std::unique_ptr<Communicator>> NewNcclCommunicator(const ProcessContext& ctx, Options options) {
-  if (ctx.world == MPI_COMM_NULL) {
+  if (WorldComm(ctx) == MPI_COMM_NULL) {
     return absl::FailedPreconditionError("nccl communicator: ProcessContext has no world communicator");
   }
   const int num_devices = CudaDeviceCount();

@@ -33,7 +33,7 @@
 
 namespace waveep::comm::internal {
 
-// The "nccl" backend. Collective over ctx.world. Unavailable without a CUDA device (or in a build without NCCL:
+// The "nccl" backend. Collective over WorldComm(ctx). Unavailable without a CUDA device (or in a build without NCCL:
 // nccl_transport_stub.cc), FailedPrecondition when two ranks share a GPU or ctx has no world communicator,
 // DeadlineExceeded when ncclCommInitRank does not finish within the timeout.
 StatusOr<std::unique_ptr<Communicator>> NewNcclCommunicator(const ProcessContext& ctx, Options options);

@@ -15,7 +15,7 @@
 namespace waveep::ep::internal {
 
 // OK only if `local` is OK on every rank of `comm`; otherwise every rank returns the lowest failing rank's error
-// ("rank R: ..."). Collective.
+// ("rank R: ..."). Collective: runtime's AgreeOnStatus over comm.Allgather.
 Status AgreeStatus(comm::Communicator& comm, const Status& local);
 
 // What one step does per wave; the WaveScheduler decides when. Every operation *enqueues* its work on the stream

@@ -46,26 +46,8 @@ StatusOr<std::vector<int>> PartitionWaves(const std::vector<int64_t>& rows, int 
 namespace internal {
 
 Status AgreeStatus(comm::Communicator& comm, const Status& local) {
-  if (IsJobFatal(local)) return local;  // a peer may never answer: see IsJobFatal
-  // Fixed-size record: code + message prefix, so one Allgather suffices.
-  constexpr size_t kMsg = 480;
-  struct Record {
-    int32_t code;
-    char msg[kMsg];
-  };
-  Record mine{};
-  mine.code = static_cast<int32_t>(local.code());
-  std::string text(local.message());
-  std::memcpy(mine.msg, text.data(), std::min(text.size(), kMsg - 1));
-  std::vector<Record> all(comm.size());
-  WAVEEP_RETURN_IF_ERROR(comm.Allgather(&mine, sizeof(Record), all.data()));
-  for (int r = 0; r < comm.size(); ++r) {
-    if (all[r].code != 0) {
-      if (r == comm.rank()) return local;
-      return Status(static_cast<absl::StatusCode>(all[r].code), absl::StrCat("rank ", r, ": ", all[r].msg));
-    }
-  }
-  return absl::OkStatus();
+  return AgreeOnStatus(comm.rank(), comm.size(), local,
+                       [&](const void* send, size_t bytes, void* recv) { return comm.Allgather(send, bytes, recv); });
 }
 
 }  // namespace internal

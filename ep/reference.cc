@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "ep/ep.h"
+#include "runtime/mpi_context.h"
 
 namespace waveep::ep {
 namespace {
@@ -164,11 +165,11 @@ StatusOr<uint64_t> GlobalChecksum(const ProcessContext& ctx, const float* out, i
   unsigned long long h = 0xcbf29ce484222325ull;
   if (ctx.world_rank > 0)
     WAVEEP_MPI_RETURN_IF_ERROR(
-        MPI_Recv(&h, 1, MPI_UNSIGNED_LONG_LONG, ctx.world_rank - 1, 77, ctx.world, MPI_STATUS_IGNORE));
+        MPI_Recv(&h, 1, MPI_UNSIGNED_LONG_LONG, ctx.world_rank - 1, 77, WorldComm(ctx), MPI_STATUS_IGNORE));
   h = Fnv1a64(out, static_cast<size_t>(num_floats) * sizeof(float), h);
   if (ctx.world_rank + 1 < ctx.world_size)
-    WAVEEP_MPI_RETURN_IF_ERROR(MPI_Send(&h, 1, MPI_UNSIGNED_LONG_LONG, ctx.world_rank + 1, 77, ctx.world));
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Bcast(&h, 1, MPI_UNSIGNED_LONG_LONG, ctx.world_size - 1, ctx.world));
+    WAVEEP_MPI_RETURN_IF_ERROR(MPI_Send(&h, 1, MPI_UNSIGNED_LONG_LONG, ctx.world_rank + 1, 77, WorldComm(ctx)));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Bcast(&h, 1, MPI_UNSIGNED_LONG_LONG, ctx.world_size - 1, WorldComm(ctx)));
   return static_cast<uint64_t>(h);
 }
 

@@ -74,6 +74,21 @@ uint16_t FloatToBf16(float x) {
 
 float Bf16ToFloat(uint16_t x) { return BitsToFloat(static_cast<uint32_t>(x) << 16); }
 
+float F16ToFloat(uint16_t x) {
+  const uint32_t sign = static_cast<uint32_t>(x & 0x8000u) << 16;
+  const int exp = (x >> 10) & 0x1F;
+  const uint32_t mant = x & 0x3FFu;
+  float v;
+  if (exp == 0) {
+    v = std::ldexp(static_cast<float>(mant), -24);  // subnormal (or zero): mant * 2^(1 - 15 - 10)
+  } else if (exp == 31) {
+    v = mant == 0 ? std::numeric_limits<float>::infinity() : std::numeric_limits<float>::quiet_NaN();
+  } else {
+    v = std::ldexp(static_cast<float>(mant | 0x400u), exp - 25);  // (1 + mant/1024) * 2^(exp - 15)
+  }
+  return BitsToFloat(FloatBits(v) | sign);
+}
+
 void ConvertF32ToBf16(const float* in, uint16_t* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = FloatToBf16(in[i]);
 }

@@ -37,6 +37,9 @@ float Bf16ToFloat(uint16_t x);  // exact
 void ConvertF32ToBf16(const float* in, uint16_t* out, int64_t n);
 void ConvertBf16ToF32(const uint16_t* in, float* out, int64_t n);
 
+// ---- F16 (IEEE binary16) -> FP32 ---------------------------------------------------------------------------------
+float F16ToFloat(uint16_t x);  // exact: subnormals, infinities and the sign kept; NaN -> quiet NaN
+
 // ---- FP8 e4m3fn ------------------------------------------------------------------------------------------------
 inline constexpr float kFp8E4M3Max = 448.0f;
 uint8_t FloatToFp8E4M3(float x);  // RNE, saturating to +-448; NaN -> 0x7F

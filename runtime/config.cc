@@ -33,34 +33,38 @@ Status FieldError(absl::string_view origin, absl::string_view field, absl::strin
   return absl::InvalidArgumentError(absl::StrCat("model config ", origin, ": field '", field, "' ", why));
 }
 
-// Reads an integer field. `required` fields must exist.
-Status GetInt(const json& j, absl::string_view origin, const char* key, bool required, int64_t* out);
-
-// An integer field stored as int: values outside [INT_MIN, INT_MAX] are errors, never narrowed (2^32 + 16 must not
-// become 16).
-Status GetInt32(const json& j, absl::string_view origin, const char* key, bool required, int* out) {
-  int64_t v = *out;
-  WAVEEP_RETURN_IF_ERROR(GetInt(j, origin, key, required, &v));
-  if (v < INT_MIN || v > INT_MAX) return FieldError(origin, key, absl::StrCat("is out of range: ", v));
-  *out = static_cast<int>(v);
-  return absl::OkStatus();
-}
-
-// Reads an integer field. `required` fields must exist.
-Status GetInt(const json& j, absl::string_view origin, const char* key, bool required, int64_t* out) {
+// Reads an integer field in [lo, hi]. `required` fields must exist.
+Status GetInt(const json& j, absl::string_view origin, const char* key, bool required, int64_t* out,
+              int64_t lo = INT64_MIN, int64_t hi = INT64_MAX) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) {
     if (required) return FieldError(origin, key, "is missing");
     return absl::OkStatus();
   }
-  if (!it->is_number_integer()) return FieldError(origin, key, absl::StrCat("must be an integer, got ", it->dump()));
-  if (it->is_number_unsigned() && it->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
-    return FieldError(origin, key, absl::StrCat("is out of range: ", it->dump()));
-  *out = it->get<int64_t>();
+  StatusOr<int64_t> v = JsonInteger(*it, lo, hi);
+  if (!v.ok()) return FieldError(origin, key, v.status().message());
+  *out = *v;
+  return absl::OkStatus();
+}
+
+// An integer field stored as int: values outside [INT_MIN, INT_MAX] are errors, never narrowed.
+Status GetInt32(const json& j, absl::string_view origin, const char* key, bool required, int* out) {
+  int64_t v = *out;
+  WAVEEP_RETURN_IF_ERROR(GetInt(j, origin, key, required, &v, INT_MIN, INT_MAX));
+  *out = static_cast<int>(v);
   return absl::OkStatus();
 }
 
 }  // namespace
+
+StatusOr<int64_t> JsonInteger(const json& v, int64_t lo, int64_t hi) {
+  if (!v.is_number_integer()) return absl::InvalidArgumentError(absl::StrCat("must be an integer, got ", v.dump()));
+  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+    return absl::InvalidArgumentError(absl::StrCat("is out of range: ", v.dump()));
+  const int64_t x = v.get<int64_t>();
+  if (x < lo || x > hi) return absl::InvalidArgumentError(absl::StrCat("is out of range: ", x));
+  return x;
+}
 
 absl::string_view ScoringName(Scoring s) { return s == Scoring::kSoftmax ? "softmax" : "sigmoid"; }
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "nlohmann/json_fwd.hpp"
 #include "runtime/status.h"
 #include "runtime/types.h"
 
@@ -82,6 +83,12 @@ Status CheckRegularFile(const std::string& path);
 // nested value would overflow the stack. InvalidArgument naming `origin` and the depth. O(size), no recursion.
 inline constexpr int kMaxJsonDepth = 64;
 Status CheckJsonNesting(absl::string_view text, absl::string_view origin);
+
+// The one integer reader for JSON from outside (model and cluster files): `v` as an integer in [lo, hi], or
+// InvalidArgument with the reason alone ("must be an integer, got 1.5", "is out of range: 18446744073709551615"),
+// which the caller prefixes with the file and field. Never narrows or wraps (2^32 + 16 is not 16, 2^64 - 1 is not
+// -1).
+StatusOr<int64_t> JsonInteger(const nlohmann::json& v, int64_t lo, int64_t hi);
 
 // Bytes of memory this machine can still give (MemAvailable of /proc/meminfo; physical memory if unknown). Sizes
 // derived from inputs are checked against it before they are allocated.

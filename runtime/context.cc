@@ -12,6 +12,7 @@
 #include <mutex>
 
 #include "absl/time/clock.h"
+#include "runtime/mpi_context.h"
 #include "runtime/stream.h"
 #include "runtime/trace.h"
 #include "runtime/types.h"
@@ -245,16 +246,17 @@ StatusOr<ProcessContext> InitProcess(int* argc, char*** argv) {
   }
   ProcessContext ctx;
   ctx.thread_level = provided;
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_dup(MPI_COMM_WORLD, &ctx.world));
+  ctx.mpi = std::make_shared<MpiComms>();
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_dup(MPI_COMM_WORLD, &ctx.mpi->world));
   // Errors come back as codes so they become Statuses instead of aborting inside MPI.
-  MPI_Comm_set_errhandler(ctx.world, MPI_ERRORS_RETURN);
+  MPI_Comm_set_errhandler(WorldComm(ctx), MPI_ERRORS_RETURN);
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_rank(ctx.world, &ctx.world_rank));
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_size(ctx.world, &ctx.world_size));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_rank(WorldComm(ctx), &ctx.world_rank));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_size(WorldComm(ctx), &ctx.world_size));
   WAVEEP_MPI_RETURN_IF_ERROR(
-      MPI_Comm_split_type(ctx.world, MPI_COMM_TYPE_SHARED, ctx.world_rank, MPI_INFO_NULL, &ctx.node));
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_rank(ctx.node, &ctx.local_rank));
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_size(ctx.node, &ctx.local_size));
+      MPI_Comm_split_type(WorldComm(ctx), MPI_COMM_TYPE_SHARED, ctx.world_rank, MPI_INFO_NULL, &ctx.mpi->node));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_rank(NodeComm(ctx), &ctx.local_rank));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_size(NodeComm(ctx), &ctx.local_size));
   char host[256] = {0};
   gethostname(host, sizeof(host) - 1);
   ctx.hostname = host;
@@ -262,24 +264,24 @@ StatusOr<ProcessContext> InitProcess(int* argc, char*** argv) {
   // Node id: leaders (local rank 0) number themselves in world-rank order; everyone learns its leader's id.
   int is_leader = ctx.local_rank == 0 ? 1 : 0;
   int leaders_before = 0;
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Exscan(&is_leader, &leaders_before, 1, MPI_INT, MPI_SUM, ctx.world));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Exscan(&is_leader, &leaders_before, 1, MPI_INT, MPI_SUM, WorldComm(ctx)));
   if (ctx.world_rank == 0) leaders_before = 0;  // MPI_Exscan leaves rank 0's result undefined
   int node_id = leaders_before;
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Bcast(&node_id, 1, MPI_INT, 0, ctx.node));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Bcast(&node_id, 1, MPI_INT, 0, NodeComm(ctx)));
   ctx.node_id = node_id;
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&is_leader, &ctx.num_nodes, 1, MPI_INT, MPI_SUM, ctx.world));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&is_leader, &ctx.num_nodes, 1, MPI_INT, MPI_SUM, WorldComm(ctx)));
 
   // Agreed, so that the ranks whose launch check passed do not wait in the next collective for one that failed.
   const Status launch = CheckLaunchAfterInit(ctx);
   int launch_bad = launch.ok() ? 0 : 1, any_launch_bad = 0;
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&launch_bad, &any_launch_bad, 1, MPI_INT, MPI_MAX, ctx.world));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&launch_bad, &any_launch_bad, 1, MPI_INT, MPI_MAX, WorldComm(ctx)));
   if (!launch.ok()) return launch;
   if (any_launch_bad != 0) {
     return absl::FailedPreconditionError("another rank's launcher disagrees with MPI (see that rank's line)");
   }
-  if (g_roll_call_comm == MPI_COMM_NULL) WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_dup(ctx.world, &g_roll_call_comm));
+  if (g_roll_call_comm == MPI_COMM_NULL) WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_dup(WorldComm(ctx), &g_roll_call_comm));
   SetDiagnosticPrefix(absl::StrCat("rank ", ctx.world_rank, "/", ctx.world_size));
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Barrier(ctx.world));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Barrier(WorldComm(ctx)));
   ResetTraceEpoch();
   delete g_ctx;
   g_ctx = new ProcessContext(ctx);
@@ -288,8 +290,9 @@ StatusOr<ProcessContext> InitProcess(int* argc, char*** argv) {
 
 void FinalizeProcess() {
   if (g_ctx != nullptr) {
-    if (g_ctx->node != MPI_COMM_NULL) MPI_Comm_free(&g_ctx->node);
-    if (g_ctx->world != MPI_COMM_NULL) MPI_Comm_free(&g_ctx->world);
+    MpiComms& comms = *g_ctx->mpi;  // shared with every copy of the context: they all read MPI_COMM_NULL after this
+    if (comms.node != MPI_COMM_NULL) MPI_Comm_free(&comms.node);
+    if (comms.world != MPI_COMM_NULL) MPI_Comm_free(&comms.world);
     if (g_roll_call_comm != MPI_COMM_NULL) MPI_Comm_free(&g_roll_call_comm);
     delete g_ctx;
     g_ctx = nullptr;
@@ -313,7 +316,7 @@ Status CheckSameOnAllRanks(const ProcessContext& ctx, absl::string_view what, ab
   std::vector<unsigned long long> all(ctx.world_size);
   MPI_Request req = MPI_REQUEST_NULL;
   WAVEEP_MPI_RETURN_IF_ERROR(
-      MPI_Iallgather(&h, 1, MPI_UNSIGNED_LONG_LONG, all.data(), 1, MPI_UNSIGNED_LONG_LONG, ctx.world, &req));
+      MPI_Iallgather(&h, 1, MPI_UNSIGNED_LONG_LONG, all.data(), 1, MPI_UNSIGNED_LONG_LONG, WorldComm(ctx), &req));
   WAVEEP_RETURN_IF_ERROR(WaitCollective(ctx, &req, absl::StrCat("checking that ", what, " is the same on all ranks")));
   std::string differ;
   for (int r = 1; r < ctx.world_size; ++r) {
@@ -325,33 +328,46 @@ Status CheckSameOnAllRanks(const ProcessContext& ctx, absl::string_view what, ab
                                                  "and config files)"));
 }
 
-Status AgreeOnStatus(const ProcessContext& ctx, const Status& local) {
+Status AgreeOnStatus(int rank, int size, const Status& local, const AllgatherFn& allgather) {
   // A timeout means a peer may be stopped or gone: waiting for it to agree would hang. Report it from here; the CLI
   // prints it on this rank and aborts the job (IsJobFatal).
   if (IsJobFatal(local)) return local;
-  const std::string what = "the agreement on every rank's status";
-  int my_fail = local.ok() ? ctx.world_size : ctx.world_rank;
-  int first_fail = ctx.world_size;
-  MPI_Request req = MPI_REQUEST_NULL;
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Iallreduce(&my_fail, &first_fail, 1, MPI_INT, MPI_MIN, ctx.world, &req));
-  WAVEEP_RETURN_IF_ERROR(WaitCollective(ctx, &req, what));
-  if (first_fail == ctx.world_size) return absl::OkStatus();
-  // The failing rank broadcasts (code, message).
-  std::string msg = local.ok() ? std::string() : std::string(local.message());
-  int head[2] = {static_cast<int>(local.code()), static_cast<int>(msg.size())};
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Ibcast(head, 2, MPI_INT, first_fail, ctx.world, &req));
-  WAVEEP_RETURN_IF_ERROR(WaitCollective(ctx, &req, what));
-  msg.resize(static_cast<size_t>(head[1]));
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Ibcast(msg.data(), head[1], MPI_CHAR, first_fail, ctx.world, &req));
-  WAVEEP_RETURN_IF_ERROR(WaitCollective(ctx, &req, what));
-  if (first_fail == ctx.world_rank) return local;
-  return Status(static_cast<absl::StatusCode>(head[0]), absl::StrCat("rank ", first_fail, ": ", msg));
+  // 1. Every rank's (code, message length): one small allgather, all a step costs when every rank is fine.
+  const std::string msg = local.ok() ? std::string() : std::string(local.message());
+  const int64_t head[2] = {static_cast<int64_t>(local.code()), static_cast<int64_t>(msg.size())};
+  std::vector<int64_t> heads(2 * static_cast<size_t>(size));
+  WAVEEP_RETURN_IF_ERROR(allgather(head, sizeof(head), heads.data()));
+  int first_fail = -1;
+  int64_t longest = 0;
+  for (int r = 0; r < size; ++r) {
+    if (heads[2 * r] != 0 && first_fail < 0) first_fail = r;
+    longest = std::max(longest, heads[2 * r + 1]);
+  }
+  if (first_fail < 0) return absl::OkStatus();
+  // 2. The messages, each padded to the longest (every rank knows that length): the lowest failing rank's wins.
+  std::vector<char> mine(static_cast<size_t>(longest), '\0'), all(static_cast<size_t>(longest) * size);
+  std::memcpy(mine.data(), msg.data(), msg.size());
+  if (longest > 0) WAVEEP_RETURN_IF_ERROR(allgather(mine.data(), mine.size(), all.data()));
+  if (first_fail == rank) return local;
+  return Status(static_cast<absl::StatusCode>(heads[2 * first_fail]),
+                absl::StrCat("rank ", first_fail, ": ",
+                             absl::string_view(all.data() + static_cast<size_t>(first_fail) * longest,
+                                               static_cast<size_t>(heads[2 * first_fail + 1]))));
+}
+
+Status AgreeOnStatus(const ProcessContext& ctx, const Status& local) {
+  return AgreeOnStatus(ctx.world_rank, ctx.world_size, local, [&](const void* send, size_t bytes, void* recv) {
+    MPI_Request req = MPI_REQUEST_NULL;
+    WAVEEP_MPI_RETURN_IF_ERROR(MPI_Iallgather(send, static_cast<int>(bytes), MPI_BYTE, recv, static_cast<int>(bytes),
+                                              MPI_BYTE, WorldComm(ctx), &req));
+    return WaitCollective(ctx, &req, "the agreement on every rank's status");
+  });
 }
 
 Status Allreduce(const ProcessContext& ctx, const void* send, void* recv, int count, MPI_Datatype type, MPI_Op op,
                  absl::string_view what) {
   MPI_Request req = MPI_REQUEST_NULL;
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Iallreduce(send, recv, count, type, op, ctx.world, &req));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Iallreduce(send, recv, count, type, op, WorldComm(ctx), &req));
   return WaitCollective(ctx, &req, what);
 }
 
@@ -359,7 +375,7 @@ StatusOr<std::vector<std::string>> GatherStrings(const ProcessContext& ctx, absl
   int len = static_cast<int>(local.size());
   std::vector<int> lens(ctx.world_size), displs(ctx.world_size);
   MPI_Request req = MPI_REQUEST_NULL;
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Igather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, root, ctx.world, &req));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Igather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, root, WorldComm(ctx), &req));
   WAVEEP_RETURN_IF_ERROR(WaitCollective(ctx, &req, "gathering strings to rank 0"));
   int total = 0;
   if (ctx.world_rank == root) {
@@ -370,7 +386,7 @@ StatusOr<std::vector<std::string>> GatherStrings(const ProcessContext& ctx, absl
   }
   std::string all(static_cast<size_t>(total), '\0');
   WAVEEP_MPI_RETURN_IF_ERROR(MPI_Igatherv(local.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR,
-                                          root, ctx.world, &req));
+                                          root, WorldComm(ctx), &req));
   WAVEEP_RETURN_IF_ERROR(WaitCollective(ctx, &req, "gathering strings to rank 0"));
   std::vector<std::string> out;
   if (ctx.world_rank == root) {

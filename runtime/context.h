@@ -9,7 +9,8 @@
 //     waveep::FinalizeProcess();
 //   }
 //
-// Local rank comes from MPI_Comm_split_type(MPI_COMM_TYPE_SHARED). Ranks may be started by mpirun (Open MPI),
+// Local rank comes from MPI_Comm_split_type(MPI_COMM_TYPE_SHARED). The MPI communicators themselves, and the bounded
+// Allreduce, are in runtime/mpi_context.h. Ranks may be started by mpirun (Open MPI),
 // by Slurm's srun with a PMI plugin (`srun --mpi=pmix`), or not at all (one rank); what the launcher says (rank,
 // size, local rank: OMPI_COMM_WORLD_*, or SLURM_PROCID / SLURM_STEP_NUM_TASKS / SLURM_LOCALID) must agree with MPI's
 // view, and srun without a PMI plugin is refused before MPI_Init (every task would be a job of its own). Node ids
@@ -17,8 +18,9 @@
 #ifndef WAVEEP_RUNTIME_CONTEXT_H_
 #define WAVEEP_RUNTIME_CONTEXT_H_
 
-#include <mpi.h>
-
+#include <cstddef>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -28,6 +30,8 @@
 
 namespace waveep {
 
+struct MpiComms;  // runtime/mpi_context.h
+
 struct ProcessContext {
   int world_rank = 0;
   int world_size = 1;
@@ -36,13 +40,15 @@ struct ProcessContext {
   int node_id = 0;
   int num_nodes = 1;
   std::string hostname;
-  MPI_Comm world = MPI_COMM_NULL;  // duplicate of MPI_COMM_WORLD owned by the context (bootstrap collectives)
-  MPI_Comm node = MPI_COMM_NULL;   // processes on this node
-  int thread_level = 0;            // what MPI provided
-  std::string launcher = "none";   // "mpirun", "srun" or "none" (a lone process)
+  int thread_level = 0;           // what MPI provided
+  std::string launcher = "none";  // "mpirun", "srun" or "none" (a lone process)
   // Non-empty when the launch looks unintended but is allowed: one rank inside a Slurm allocation of several tasks
   // (a job script that forgot srun). main() prints it once.
   std::string launch_note;
+  // The context's MPI communicators (a duplicate of MPI_COMM_WORLD, the node's processes), shared by every copy.
+  // Opaque here, so that only code that speaks MPI includes <mpi.h>: runtime/mpi_context.h reads them (WorldComm,
+  // NodeComm).
+  std::shared_ptr<MpiComms> mpi;
 };
 
 // Initialises MPI (once per process) requesting MPI_THREAD_MULTIPLE; fails if less is provided. Sets the
@@ -54,7 +60,7 @@ void FinalizeProcess();
 [[noreturn]] void AbortAllRanks(int exit_code);
 
 // Fails on every rank with one message if `bytes` (e.g. a canonical config) differs between ranks: the message
-// names `what` and the ranks whose hash differs from rank 0's. Collective over ctx.world, bounded by
+// names `what` and the ranks whose hash differs from rank 0's. Collective over the world, bounded by
 // DefaultTimeout() (as are AgreeOnStatus and GatherStrings).
 Status CheckSameOnAllRanks(const ProcessContext& ctx, absl::string_view what, absl::string_view bytes);
 
@@ -79,10 +85,11 @@ std::string RollCall(int64_t seq, absl::Duration timeout);
 // Lets all ranks fail together instead of hanging.
 Status AgreeOnStatus(const ProcessContext& ctx, const Status& local);
 
-// MPI_Allreduce over ctx.world bounded by DefaultTimeout(): DeadlineExceeded naming `what` when some rank never
-// enters it (job-fatal: see IsJobFatal). Use it instead of a blocking collective wherever a peer may be stopped.
-Status Allreduce(const ProcessContext& ctx, const void* send, void* recv, int count, MPI_Datatype type, MPI_Op op,
-                 absl::string_view what);
+// The same agreement over any allgather (`bytes` from every rank into `recv`, rank order; collective, bounded by its
+// caller): the communicators of the comm module agree with it too. Two allgathers when some rank failed (codes and
+// lengths, then the messages, whole), one when none did.
+using AllgatherFn = std::function<Status(const void* send, size_t bytes, void* recv)>;
+Status AgreeOnStatus(int rank, int size, const Status& local, const AllgatherFn& allgather);
 
 // Gathers a variable-length string from every rank to `root` (rank order). Collective; non-roots get {}.
 StatusOr<std::vector<std::string>> GatherStrings(const ProcessContext& ctx, absl::string_view local, int root = 0);

@@ -10,20 +10,18 @@
 //   buffer.h   Buffer (host, pinned host, device)
 //   stream.h   Stream/Event (CPU worker threads or CUDA streams), timeouts with diagnostics
 //   trace.h    spans -> Chrome trace JSON
-//   safetensors.h  safetensors files and multi-file checkpoints: mmap reader by tensor name, writer
 //
 //   #include "runtime/runtime.h"
 //   WAVEEP_ASSIGN_OR_RETURN(waveep::ModelConfig m, waveep::LoadModelConfig("tiny"));
 #ifndef WAVEEP_RUNTIME_RUNTIME_H_
 #define WAVEEP_RUNTIME_RUNTIME_H_
 
-#include "runtime/buffer.h"       // IWYU pragma: export
-#include "runtime/config.h"       // IWYU pragma: export
-#include "runtime/context.h"      // IWYU pragma: export
-#include "runtime/safetensors.h"  // IWYU pragma: export
-#include "runtime/status.h"       // IWYU pragma: export
-#include "runtime/stream.h"       // IWYU pragma: export
-#include "runtime/trace.h"        // IWYU pragma: export
-#include "runtime/types.h"        // IWYU pragma: export
+#include "runtime/buffer.h"   // IWYU pragma: export
+#include "runtime/config.h"   // IWYU pragma: export
+#include "runtime/context.h"  // IWYU pragma: export
+#include "runtime/status.h"   // IWYU pragma: export
+#include "runtime/stream.h"   // IWYU pragma: export
+#include "runtime/trace.h"    // IWYU pragma: export
+#include "runtime/types.h"    // IWYU pragma: export
 
 #endif  // WAVEEP_RUNTIME_RUNTIME_H_

@@ -22,6 +22,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "kernels/kernels.h"
+#include "runtime/mpi_context.h"
 #include "topology/topology.h"
 #include "topology/topology_internal.h"
 
@@ -46,11 +47,18 @@ double MedianOverRanks(const std::vector<double>& gathered, int ranks, size_t st
   return Median(v);
 }
 
+// Median of one field (latency, bandwidth) over a set of measured pairs.
+double MedianOverPairs(const std::vector<const PairMeasurement*>& pairs, double PairMeasurement::*field) {
+  std::vector<double> v;
+  for (const PairMeasurement* m : pairs) v.push_back(m->*field);
+  return Median(v);
+}
+
 // Every rank's `v`, concatenated in rank order.
 StatusOr<std::vector<double>> AllgatherVector(const ProcessContext& ctx, const std::vector<double>& v) {
   std::vector<double> all(v.size() * ctx.world_size);
   WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allgather(v.data(), static_cast<int>(v.size()), MPI_DOUBLE, all.data(),
-                                           static_cast<int>(v.size()), MPI_DOUBLE, ctx.world));
+                                           static_cast<int>(v.size()), MPI_DOUBLE, WorldComm(ctx)));
   return all;
 }
 
@@ -197,9 +205,9 @@ struct Spread {
 };
 StatusOr<Spread> ReduceSpread(const ProcessContext& ctx, double mine_us) {
   Spread s;
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&mine_us, &s.avg_us, 1, MPI_DOUBLE, MPI_SUM, ctx.world));
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&mine_us, &s.min_us, 1, MPI_DOUBLE, MPI_MIN, ctx.world));
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&mine_us, &s.max_us, 1, MPI_DOUBLE, MPI_MAX, ctx.world));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&mine_us, &s.avg_us, 1, MPI_DOUBLE, MPI_SUM, WorldComm(ctx)));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&mine_us, &s.min_us, 1, MPI_DOUBLE, MPI_MIN, WorldComm(ctx)));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(&mine_us, &s.max_us, 1, MPI_DOUBLE, MPI_MAX, WorldComm(ctx)));
   s.avg_us /= ctx.world_size;
   return s;
 }
@@ -361,9 +369,10 @@ StatusOr<RankMap> LocateRanks(const ProcessContext& ctx) {
   std::vector<int> local_sizes(n);
   m.node_of.resize(n);
   m.local_of.resize(n);
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allgather(&ctx.local_size, 1, MPI_INT, local_sizes.data(), 1, MPI_INT, ctx.world));
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allgather(&ctx.node_id, 1, MPI_INT, m.node_of.data(), 1, MPI_INT, ctx.world));
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allgather(&ctx.local_rank, 1, MPI_INT, m.local_of.data(), 1, MPI_INT, ctx.world));
+  WAVEEP_MPI_RETURN_IF_ERROR(
+      MPI_Allgather(&ctx.local_size, 1, MPI_INT, local_sizes.data(), 1, MPI_INT, WorldComm(ctx)));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allgather(&ctx.node_id, 1, MPI_INT, m.node_of.data(), 1, MPI_INT, WorldComm(ctx)));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allgather(&ctx.local_rank, 1, MPI_INT, m.local_of.data(), 1, MPI_INT, WorldComm(ctx)));
   for (int r = 0; r < n; ++r) {
     if (local_sizes[r] != local_sizes[0]) {
       return absl::FailedPreconditionError(
@@ -414,7 +423,8 @@ StatusOr<std::vector<PairMeasurement>> MeasurePairs(const ProcessContext& ctx, c
     }
   }
   if (num_pairs > 0) {
-    WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(mine.data(), all.data(), 3 * num_pairs, MPI_DOUBLE, MPI_MAX, ctx.world));
+    WAVEEP_MPI_RETURN_IF_ERROR(
+        MPI_Allreduce(mine.data(), all.data(), 3 * num_pairs, MPI_DOUBLE, MPI_MAX, WorldComm(ctx)));
   }
   std::vector<PairMeasurement> out;
   for (int k = 0; k < num_pairs; ++k) {
@@ -521,7 +531,7 @@ StatusOr<AlltoallCurve> MeasureAlltoall(const ProcessContext& ctx, comm::Communi
     std::vector<char> sbuf(static_cast<size_t>(max_bytes) * n), rbuf(static_cast<size_t>(max_bytes) * n);
     for (size_t i = 0; i < sbuf.size(); ++i) sbuf[i] = static_cast<char>((i * 131 + ctx.world_rank) & 0xff);
     MPI_Comm mpi_comm = MPI_COMM_NULL;
-    WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_dup(ctx.world, &mpi_comm));
+    WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_dup(WorldComm(ctx), &mpi_comm));
     struct FreeComm {
       MPI_Comm* c;
       ~FreeComm() { MPI_Comm_free(c); }
@@ -585,7 +595,7 @@ StatusOr<AlltoallCurve> MeasureAlltoall(const ProcessContext& ctx, comm::Communi
         WAVEEP_ASSIGN_OR_RETURN(double sec, TimeLocal(comm, w, bodies[m]));
         warm_us[m] = sec * 1e6 / w;
       }
-      WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(MPI_IN_PLACE, warm_us, 3, MPI_DOUBLE, MPI_MAX, ctx.world));
+      WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(MPI_IN_PLACE, warm_us, 3, MPI_DOUBLE, MPI_MAX, WorldComm(ctx)));
       int round_iters[3];
       for (int m = 0; m < 3; ++m) {
         const double want = opt.round_min_ms * 1e3 / std::max(warm_us[m], 1e-3);
@@ -605,7 +615,8 @@ StatusOr<AlltoallCurve> MeasureAlltoall(const ProcessContext& ctx, comm::Communi
         }
       }
       // Round-to-round spread of each method, each round averaged over ranks: the noise the verdict allows for.
-      WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(MPI_IN_PLACE, round_us, 3 * kRounds, MPI_DOUBLE, MPI_SUM, ctx.world));
+      WAVEEP_MPI_RETURN_IF_ERROR(
+          MPI_Allreduce(MPI_IN_PLACE, round_us, 3 * kRounds, MPI_DOUBLE, MPI_SUM, WorldComm(ctx)));
       auto spread = [&](int m) {
         const double* r = round_us + m * kRounds;
         const auto [lo, hi] = std::minmax_element(r, r + kRounds);
@@ -774,14 +785,9 @@ Cluster DescribeCluster(const ProcessContext& ctx, const RankMap& map, const Mod
     }
     return v;
   };
-  auto median = [](const std::vector<const PairMeasurement*>& v, double PairMeasurement::*field) {
-    std::vector<double> x;
-    for (const PairMeasurement* m : v) x.push_back(m->*field);
-    return Median(x);
-  };
   // Full duplex if both directions together move clearly more than one alone.
   auto duplex = [&](const std::vector<const PairMeasurement*>& v) {
-    return median(v, &PairMeasurement::bidir_gbps) >= 1.5 * median(v, &PairMeasurement::uni_gbps);
+    return MedianOverPairs(v, &PairMeasurement::bidir_gbps) >= 1.5 * MedianOverPairs(v, &PairMeasurement::uni_gbps);
   };
   const std::vector<const PairMeasurement*> shm = pairs_of("shm"), net = pairs_of("net");
   double shm_latency_us = 0;
@@ -792,8 +798,8 @@ Cluster DescribeCluster(const ProcessContext& ctx, const RankMap& map, const Mod
     l.kind = LinkKind::kShm;
     l.from = "device";
     l.to = "shm";
-    l.bw_gbps = median(shm, &PairMeasurement::uni_gbps);
-    shm_latency_us = median(shm, &PairMeasurement::latency_us) / 2;  // a pair's path crosses two such links
+    l.bw_gbps = MedianOverPairs(shm, &PairMeasurement::uni_gbps);
+    shm_latency_us = MedianOverPairs(shm, &PairMeasurement::latency_us) / 2;  // a pair's path crosses two such links
     l.latency_us = shm_latency_us;
     l.duplex = duplex(shm);
     c.link_specs.push_back(l);
@@ -801,8 +807,8 @@ Cluster DescribeCluster(const ProcessContext& ctx, const RankMap& map, const Mod
         "links \"shm\": bw_gbps = median unidirectional bandwidth of the %d pairs inside a node (%d-byte messages); "
         "latency_us = half their median latency (two hops per pair); duplex = bidirectional sum %.3f GB/s >= 1.5 x "
         "%.3f",
-        static_cast<int>(shm.size()), static_cast<int>(opt.pair_bytes), median(shm, &PairMeasurement::bidir_gbps),
-        l.bw_gbps));
+        static_cast<int>(shm.size()), static_cast<int>(opt.pair_bytes),
+        MedianOverPairs(shm, &PairMeasurement::bidir_gbps), l.bw_gbps));
   }
   if (map.nodes > 1 && !net.empty()) {
     c.switches.push_back(SwitchSpec{"net", 0, "cluster", 0});
@@ -821,7 +827,7 @@ Cluster DescribeCluster(const ProcessContext& ctx, const RankMap& map, const Mod
     l.bw_gbps = Median(nic);
     for (int node = 0; node < map.nodes; ++node) l.node_bw_gbps[node] = nic[node];
     // A pair crosses two NICs (and, with several ranks per node, two shm hops).
-    l.latency_us = std::max(0.0, median(net, &PairMeasurement::latency_us) / 2 - shm_latency_us);
+    l.latency_us = std::max(0.0, MedianOverPairs(net, &PairMeasurement::latency_us) / 2 - shm_latency_us);
     l.duplex = duplex(net);
     c.link_specs.push_back(l);
     std::vector<std::string> per_node;
@@ -835,8 +841,8 @@ Cluster DescribeCluster(const ProcessContext& ctx, const RankMap& map, const Mod
         "nodes a slow NIC cannot be told from its peer; latency_us = half the median pair latency%s; duplex = "
         "bidirectional sum %.3f GB/s >= 1.5 x %.3f",
         static_cast<int>(net.size()), static_cast<int>(opt.pair_bytes), absl::StrJoin(per_node, ", "),
-        dpn > 1 ? " less the shm hops" : "", median(net, &PairMeasurement::bidir_gbps),
-        median(net, &PairMeasurement::uni_gbps)));
+        dpn > 1 ? " less the shm hops" : "", MedianOverPairs(net, &PairMeasurement::bidir_gbps),
+        MedianOverPairs(net, &PairMeasurement::uni_gbps)));
   }
   LinkSpec lb;
   lb.name = "loopback";

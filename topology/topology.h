@@ -270,38 +270,6 @@ std::string ClusterToJson(const Cluster& cluster);
 // "n0.d3 -> n0.nvswitch" style label of a link (loopback: "n0.d3 (self)").
 std::string LinkLabel(const Cluster& cluster, const Link& link);
 
-// ==== routing and traffic ==========================================================================================
-
-// Path between two devices: the links it crosses and, for each, whether it goes a -> b (forward).
-struct Route {
-  std::vector<int> links;
-  std::vector<bool> forward;
-  double latency_us = 0;  // sum of link latencies
-};
-
-// Cheapest path (sum of 1 / effective bandwidth, then fewest hops, then lowest link index) from device `src` to
-// device `dst` (global indices); src == dst uses the device's loopback link. Switches forward, devices do not.
-// NotFound if unreachable, OutOfRange for bad indices.
-StatusOr<Route> FindRoute(const Cluster& cluster, int src, int dst);
-
-// Per link, the expert traffic of one step under uniform routing over `num_ranks` ranks placed on devices
-// 0 .. num_ranks-1 with contiguous expert placement: every rank sends 1/R of its (token, expert) pairs to every rank
-// (itself included), dispatch rows out and combine rows back.
-struct LinkTraffic {
-  // Fraction of one rank's pairs whose dispatch (resp. combine) row crosses the link in each direction. A device's
-  // NVLink port in EP8 carries 7/8 of its pairs' dispatch rows forward (out) and 7/8 of others' rows back (in).
-  double dispatch_fwd = 0, dispatch_rev = 0, combine_fwd = 0, combine_rev = 0;
-  int num_flows = 0;  // (src, dst) rank pairs crossing the link
-  // Ranks behind the link: of the ranks whose dispatch rows cross it, the smaller set of the two directions. A
-  // GPU's own port: 1; a NIC shared by 4 GPUs: 4; a PCIe uplink of a 2-GPU switch: 2.
-  int num_devices = 0;
-  // Share of one rank's pair bytes (dispatch + combine) carried in the busiest direction, or in both together on a
-  // half-duplex link. `dispatch_bytes` / `combine_bytes` are the row sizes.
-  double Share(double dispatch_bytes, double combine_bytes, bool duplex) const;
-};
-// One entry per link of cluster.links. InvalidArgument if num_ranks is < 1 or exceeds the devices.
-StatusOr<std::vector<LinkTraffic>> ExpertTraffic(const Cluster& cluster, int num_ranks);
-
 // ==== balance threshold and check ==================================================================================
 
 // The FLOPs-per-byte threshold of DESIGN.md §1, derived from the model shape and dtypes (never hard-coded).
@@ -365,6 +333,12 @@ struct CheckReport {
 // does not split over the ranks (E % R), when the cluster lacks the compute rate for the GEMM dtype, etc.
 StatusOr<CheckReport> CheckBalance(const ModelConfig& model, const Cluster& cluster, const CheckOptions& options);
 
+// The `waveep topo check --json` document (pretty-printed, 2 spaces, newline-terminated): what was checked (model,
+// cluster, options), the threshold, the device figures and one entry per link of `report`. `comm_bound_rows` (rows of
+// the caller's text table that are comm-bound) and `exit_code` are the caller's and written as given.
+std::string CheckReportToJson(const CheckReport& report, const ModelConfig& model, const Cluster& cluster,
+                              const CheckOptions& options, int comm_bound_rows, int exit_code);
+
 // ==== performance model =============================================================================================
 
 // How waves split the work. waveep's scheduler splits each rank's experts (per-expert M is unchanged; each wave's
@@ -425,6 +399,11 @@ struct Prediction {
 // for shapes that waveep itself would refuse (E % R, bad dtype, T < 0) and for clusters lacking a needed rate.
 StatusOr<Prediction> PredictStep(const ModelConfig& model, const Cluster& cluster, const StepShape& shape);
 
+// The `waveep topo model --json` document (pretty-printed, 2 spaces, newline-terminated): the step asked for, the
+// phase times and one entry per W of `prediction`.
+std::string PredictionToJson(const Prediction& prediction, const ModelConfig& model, const Cluster& cluster,
+                             const StepShape& shape);
+
 // ==== tuner ========================================================================================================
 
 struct TuneCandidate {
@@ -444,6 +423,11 @@ struct TuneResult {
 };
 // Tries every EP group size G that divides the cluster's devices and the experts, predicts each at its best W.
 StatusOr<TuneResult> Tune(const ModelConfig& model, const Cluster& cluster, const StepShape& shape);
+
+// The `waveep topo tune --json` document (pretty-printed, 2 spaces, newline-terminated): one entry per candidate and
+// the recommended one (null when none fits), with `recommended_command`, the caller's command line for it.
+std::string TuneResultToJson(const TuneResult& result, const ModelConfig& model, const Cluster& cluster,
+                             const StepShape& shape, absl::string_view recommended_command);
 
 // ==== probe ========================================================================================================
 
@@ -466,7 +450,7 @@ struct ProbeOptions {
   absl::Duration timeout = absl::Seconds(60);
 };
 
-// Measures the cluster the job runs on (collective over ctx.world; every rank must call it with the same options).
+// Measures the cluster the job runs on (collective over WorldComm(ctx); every rank must call it with the same options).
 // Devices are ranks (ranks per node must be equal on every node); links are shm within a node, net between nodes,
 // and loopback; the GEMM rate of `model`'s expert FFN (FP32 via kernels::GroupedGemmNT on the CPU) gives the compute
 // rate and the efficiency curve. Every rank returns the same Cluster (probed, expanded, valid).

@@ -1,16 +1,57 @@
 // Copyright 2026 The waveep Authors.
 // IWYU pragma: private, include "topology/topology.h"
 //
-// Helpers shared by the topology .cc files: GEMM efficiency, routing trees, row sizes. Not part of the API.
+// Helpers shared by the topology .cc files: routing and per-link traffic, GEMM efficiency, row sizes, limits. Not part
+// of the API; tests include it to check the routing directly.
 #ifndef WAVEEP_TOPOLOGY_TOPOLOGY_INTERNAL_H_
 #define WAVEEP_TOPOLOGY_TOPOLOGY_INTERNAL_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "topology/topology.h"
 
-namespace waveep::topology::internal {
+namespace waveep::topology {
+
+// ---- routing and traffic ------------------------------------------------------------------------------------------
+// In waveep::topology rather than `internal`: the balance check and the model build on them, and the tests call them
+// directly.
+
+// Path between two devices: the links it crosses and, for each, whether it goes a -> b (forward).
+struct Route {
+  std::vector<int> links;
+  std::vector<bool> forward;
+  double latency_us = 0;  // sum of link latencies
+};
+
+// Cheapest path (sum of 1 / effective bandwidth, then fewest hops, then lowest link index) from device `src` to
+// device `dst` (global indices); src == dst uses the device's loopback link. Switches forward, devices do not.
+// NotFound if unreachable, OutOfRange for bad indices.
+StatusOr<Route> FindRoute(const Cluster& cluster, int src, int dst);
+
+// Per link, the expert traffic of one step under uniform routing over `num_ranks` ranks placed on devices
+// 0 .. num_ranks-1 with contiguous expert placement: every rank sends 1/R of its (token, expert) pairs to every rank
+// (itself included), dispatch rows out and combine rows back.
+struct LinkTraffic {
+  // Fraction of one rank's pairs whose dispatch (resp. combine) row crosses the link in each direction. A device's
+  // NVLink port in EP8 carries 7/8 of its pairs' dispatch rows forward (out) and 7/8 of others' rows back (in).
+  double dispatch_fwd = 0, dispatch_rev = 0, combine_fwd = 0, combine_rev = 0;
+  int num_flows = 0;  // (src, dst) rank pairs crossing the link
+  // Ranks behind the link: of the ranks whose dispatch rows cross it, the smaller set of the two directions. A
+  // GPU's own port: 1; a NIC shared by 4 GPUs: 4; a PCIe uplink of a 2-GPU switch: 2.
+  int num_devices = 0;
+  // Share of one rank's pair bytes (dispatch + combine) carried in the busiest direction, or in both together on a
+  // half-duplex link. `dispatch_bytes` / `combine_bytes` are the row sizes.
+  double Share(double dispatch_bytes, double combine_bytes, bool duplex) const;
+};
+// One entry per link of cluster.links. InvalidArgument if num_ranks is < 1 or exceeds the devices.
+StatusOr<std::vector<LinkTraffic>> ExpertTraffic(const Cluster& cluster, int num_ranks);
+
+namespace internal {
+
+// The graph is expanded per device and routed from every device: keep it to a size that expands in seconds.
+inline constexpr int64_t kMaxDevices = 65536;
 
 // Bytes of one combined row (BF16).
 inline double CombineRowBytes(const ModelConfig& model) { return 2.0 * static_cast<double>(model.hidden_size); }
@@ -42,6 +83,7 @@ StatusOr<int> ValidateStep(const ModelConfig& model, const Cluster& cluster, int
 // Ranks per node when `num_ranks` ranks fill the cluster's devices in order.
 int RanksOnFirstNode(const Cluster& cluster, int num_ranks);
 
-}  // namespace waveep::topology::internal
+}  // namespace internal
+}  // namespace waveep::topology
 
 #endif  // WAVEEP_TOPOLOGY_TOPOLOGY_INTERNAL_H_

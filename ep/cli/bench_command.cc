@@ -3,9 +3,11 @@
 // `waveep bench`: scaling sweeps. For every (model, tokens per rank) the layer is built once and the wave counts are
 // interleaved step by step (W=1, W=2, ..., W=1, W=2, ...), so the speedup over W=1 is measured in the same run under
 // the same machine noise. Table on stdout (rank 0), progress on stderr, --csv / --json files.
+#include <algorithm>
 #include <climits>
 #include <cstdio>
 #include <sstream>
+#include <utility>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
@@ -36,124 +38,123 @@ std::string Fmt(const char* f, double v) {
   return buf;
 }
 
-Status BenchImpl(const ProcessContext& ctx) {
+// What the flags ask `waveep bench` to measure: models x tokens per rank x wave counts (W = 1 always included).
+struct BenchPlan {
+  std::vector<std::string> models;
+  std::vector<int64_t> tokens;
+  std::vector<int64_t> waves;  // sorted, unique, with 1
+  ep::RoutingMode routing = ep::RoutingMode::kGate;
+};
+
+StatusOr<BenchPlan> BenchPlanFromFlags(const ProcessContext& ctx) {
   WAVEEP_RETURN_IF_ERROR(
       CheckSameOnAllRanks(ctx, "the command line (flags)",
                           absl::StrCat(CanonicalFlags(), absl::GetFlag(FLAGS_models), absl::GetFlag(FLAGS_waves_list),
                                        absl::GetFlag(FLAGS_tokens_list), absl::GetFlag(FLAGS_cluster))));
-  WAVEEP_ASSIGN_OR_RETURN(std::vector<int64_t> waves, ParseIntList("waves_list", absl::GetFlag(FLAGS_waves_list)));
-  WAVEEP_ASSIGN_OR_RETURN(std::vector<int64_t> tokens, ParseIntList("tokens_list", absl::GetFlag(FLAGS_tokens_list)));
+  BenchPlan plan;
+  WAVEEP_ASSIGN_OR_RETURN(plan.waves, ParseIntList("waves_list", absl::GetFlag(FLAGS_waves_list)));
+  WAVEEP_ASSIGN_OR_RETURN(plan.tokens, ParseIntList("tokens_list", absl::GetFlag(FLAGS_tokens_list)));
+  std::vector<int64_t>& waves = plan.waves;
   if (std::find(waves.begin(), waves.end(), 1) == waves.end()) waves.insert(waves.begin(), 1);
   std::sort(waves.begin(), waves.end());
   waves.erase(std::unique(waves.begin(), waves.end()), waves.end());
-  for (int64_t t : tokens)
+  for (int64_t t : plan.tokens)
     if (t < 0) return absl::InvalidArgumentError(absl::StrCat("--tokens_list: tokens per rank must be >= 0, got ", t));
-  std::vector<std::string> models = absl::StrSplit(absl::GetFlag(FLAGS_models), ',', absl::SkipEmpty());
-  if (models.empty()) return absl::InvalidArgumentError("--models is empty");
-  const int blas = ChooseBlasThreads(ctx);
-  kernels::SetBlasThreads(blas);
-  const bool quiet = absl::GetFlag(FLAGS_quiet);
-  WAVEEP_ASSIGN_OR_RETURN(ep::RoutingMode routing, ep::ParseRoutingMode(absl::GetFlag(FLAGS_routing)));
-  WAVEEP_ASSIGN_OR_RETURN(std::unique_ptr<Predictor> predictor, MakePredictor(absl::GetFlag(FLAGS_cluster), ctx));
+  plan.models = absl::StrSplit(absl::GetFlag(FLAGS_models), ',', absl::SkipEmpty());
+  if (plan.models.empty()) return absl::InvalidArgumentError("--models is empty");
+  return plan;
+}
 
-  std::vector<BenchRow> rows;
-  for (const std::string& model_name : models) {
-    // Validate the model and every wave count before building anything.
-    ep::LayerConfig cfg;
-    WAVEEP_ASSIGN_OR_RETURN(cfg.model, LoadModelConfig(model_name));
-    WAVEEP_ASSIGN_OR_RETURN(cfg.dispatch_dtype, ParseDType(absl::GetFlag(FLAGS_dtype)));
-    cfg.shared_experts = absl::GetFlag(FLAGS_shared_experts);
-    cfg.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
-    WAVEEP_ASSIGN_OR_RETURN(cfg.device, DeviceFromFlag(ctx));
-    std::vector<int> model_waves;
-    for (int64_t w : waves) {
-      if (w < 1 || w > INT_MAX) {
-        return absl::InvalidArgumentError(absl::StrCat("--waves_list: ", w, " is not a wave count (need >= 1)"));
-      }
-      cfg.num_waves = static_cast<int>(w);
-      Status ok = ep::ValidateLayerConfig(cfg, ctx.world_size);
-      if (!ok.ok()) {
-        if (w == 1) return ok;
-        if (ctx.world_rank == 0 && !quiet)
-          std::fprintf(stderr, "[waveep] %s: skipping waves=%lld (%s)\n", model_name.c_str(), static_cast<long long>(w),
-                       std::string(ok.message()).c_str());
-        continue;
-      }
-      model_waves.push_back(static_cast<int>(w));
+// One model's layer config (W = 1) and the wave counts of the plan it can run (others are skipped with a note),
+// after every rank agreed that the layer fits in memory at every token count.
+StatusOr<std::pair<ep::LayerConfig, std::vector<int>>> BenchModel(const ProcessContext& ctx, const BenchPlan& plan,
+                                                                  const std::string& model_name, bool quiet) {
+  ep::LayerConfig cfg;
+  WAVEEP_ASSIGN_OR_RETURN(cfg.model, LoadModelConfig(model_name));
+  WAVEEP_ASSIGN_OR_RETURN(cfg.dispatch_dtype, ParseDType(absl::GetFlag(FLAGS_dtype)));
+  cfg.shared_experts = absl::GetFlag(FLAGS_shared_experts);
+  cfg.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
+  WAVEEP_ASSIGN_OR_RETURN(cfg.device, DeviceFromFlag(ctx));
+  std::vector<int> model_waves;
+  for (int64_t w : plan.waves) {
+    if (w < 1 || w > INT_MAX) {
+      return absl::InvalidArgumentError(absl::StrCat("--waves_list: ", w, " is not a wave count (need >= 1)"));
     }
-    cfg.num_waves = 1;
-    // Free memory differs between nodes: every rank must learn of a rank that cannot fit the layer (a failure on
-    // one rank only would leave the others waiting in the next collective until --timeout_s).
-    Status fits;
-    for (int64_t t : tokens) {
-      if (fits.ok()) fits = ep::CheckLayerFitsInMemory(cfg, ctx.world_size, t);
-    }
-    WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, fits));
-    for (int64_t t : tokens) {
-      RunPoint p;
-      p.cfg = cfg;
-      p.tokens_per_rank = t;
-      p.routing = routing;
-      p.seed = absl::GetFlag(FLAGS_seed);
-      p.steps = 1;
-      p.warmup = 0;
-      p.progress = false;
+    cfg.num_waves = static_cast<int>(w);
+    Status ok = ep::ValidateLayerConfig(cfg, ctx.world_size);
+    if (!ok.ok()) {
+      if (w == 1) return ok;
       if (ctx.world_rank == 0 && !quiet)
-        std::fprintf(stderr, "[waveep] bench %s tokens/rank=%lld: building layer (%d experts/rank)...\n",
-                     model_name.c_str(), static_cast<long long>(t), cfg.model.num_experts / ctx.world_size);
-      WAVEEP_ASSIGN_OR_RETURN(Session s, OpenSession(ctx, p, absl::GetFlag(FLAGS_backend)));
-      const int steps = absl::GetFlag(FLAGS_steps), warmup = absl::GetFlag(FLAGS_warmup);
-      std::vector<StepSeries> series(model_waves.size());
-      // Interleave wave counts so every configuration sees the same machine state.
-      for (int rep = 0; rep < warmup + steps; ++rep) {
-        for (size_t i = 0; i < model_waves.size(); ++i) {
-          WAVEEP_RETURN_IF_ERROR(s.layer->SetNumWaves(model_waves[i]));
-          p.steps = 1;
-          p.warmup = rep < warmup ? 1 : 0;
-          if (rep < warmup) p.steps = 0;
-          WAVEEP_ASSIGN_OR_RETURN(StepSeries one, RunSteps(ctx, s, p));
-          StepSeries& acc = series[i];
-          for (size_t k = 0; k < one.step_ms.size(); ++k) {
-            acc.step_ms.push_back(one.step_ms[k]);
-            acc.layout_ms.push_back(one.layout_ms[k]);
-            acc.compute_ms.push_back(one.compute_ms[k]);
-            acc.comm_ms.push_back(one.comm_ms[k]);
-            acc.efficiency.push_back(one.efficiency[k]);
-            acc.flops_per_step = one.flops_per_step;
-            acc.bytes_sent_per_step = one.bytes_sent_per_step;
-          }
-        }
-      }
-      double base_median = Summarize(series[0].step_ms).median;
-      for (size_t i = 0; i < model_waves.size(); ++i) {
-        BenchRow r;
-        r.model = cfg.model.name;
-        r.ranks = ctx.world_size;
-        r.nodes = ctx.num_nodes;
-        r.tokens_per_rank = t;
-        r.waves = model_waves[i];
-        r.dtype = std::string(DTypeName(cfg.dispatch_dtype));
-        Summary st = Summarize(series[i].step_ms);
-        r.step_ms_median = st.median;
-        r.step_ms_min = st.min;
-        r.step_ms_max = st.max;
-        r.speedup = st.median > 0 ? base_median / st.median : 0;
-        r.compute_ms = Summarize(series[i].compute_ms).median;
-        r.comm_ms = Summarize(series[i].comm_ms).median;
-        r.overlap_efficiency = Summarize(series[i].efficiency).median;
-        r.tflops = st.median > 0 ? series[i].flops_per_step / (st.median * 1e-3) / 1e12 : 0;
-        r.gbps_per_rank = st.median > 0 ? series[i].bytes_sent_per_step / ctx.world_size / (st.median * 1e-3) / 1e9 : 0;
-        if (predictor) {
-          WAVEEP_ASSIGN_OR_RETURN(r.predicted_ms, predictor->StepMs(cfg, t, model_waves[i], ctx.world_size));
-        }
-        rows.push_back(r);
-        if (ctx.world_rank == 0 && !quiet)
-          std::fprintf(stderr, "[waveep]   waves=%d: median %.3f ms (speedup %.2fx, overlap %.2f)\n", r.waves,
-                       r.step_ms_median, r.speedup, r.overlap_efficiency);
+        std::fprintf(stderr, "[waveep] %s: skipping waves=%lld (%s)\n", model_name.c_str(), static_cast<long long>(w),
+                     std::string(ok.message()).c_str());
+      continue;
+    }
+    model_waves.push_back(static_cast<int>(w));
+  }
+  cfg.num_waves = 1;
+  // Free memory differs between nodes: every rank must learn of a rank that cannot fit the layer (a failure on
+  // one rank only would leave the others waiting in the next collective until --timeout_s).
+  Status fits;
+  for (int64_t t : plan.tokens) {
+    if (fits.ok()) fits = ep::CheckLayerFitsInMemory(cfg, ctx.world_size, t);
+  }
+  WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, fits));
+  return std::make_pair(cfg, model_waves);
+}
+
+// --warmup + --steps rounds on one session; each round runs every wave count once, interleaved so every
+// configuration sees the same machine state. One series per wave count.
+StatusOr<std::vector<StepSeries>> MeasureWaves(const ProcessContext& ctx, Session& s, RunPoint p,
+                                               const std::vector<int>& model_waves) {
+  const int steps = absl::GetFlag(FLAGS_steps), warmup = absl::GetFlag(FLAGS_warmup);
+  std::vector<StepSeries> series(model_waves.size());
+  for (int rep = 0; rep < warmup + steps; ++rep) {
+    for (size_t i = 0; i < model_waves.size(); ++i) {
+      WAVEEP_RETURN_IF_ERROR(s.layer->SetNumWaves(model_waves[i]));
+      p.steps = 1;
+      p.warmup = rep < warmup ? 1 : 0;
+      if (rep < warmup) p.steps = 0;
+      WAVEEP_ASSIGN_OR_RETURN(StepSeries one, RunSteps(ctx, s, p));
+      StepSeries& acc = series[i];
+      for (size_t k = 0; k < one.step_ms.size(); ++k) {
+        acc.step_ms.push_back(one.step_ms[k]);
+        acc.layout_ms.push_back(one.layout_ms[k]);
+        acc.compute_ms.push_back(one.compute_ms[k]);
+        acc.comm_ms.push_back(one.comm_ms[k]);
+        acc.efficiency.push_back(one.efficiency[k]);
+        acc.flops_per_step = one.flops_per_step;
+        acc.bytes_sent_per_step = one.bytes_sent_per_step;
       }
     }
   }
-  if (ctx.world_rank != 0) return absl::OkStatus();
+  return series;
+}
+
+// One row of the table: W's series against the W = 1 median `base_median`.
+BenchRow MakeBenchRow(const ProcessContext& ctx, const ep::LayerConfig& cfg, int64_t tokens, int waves,
+                      const StepSeries& series, double base_median) {
+  BenchRow r;
+  r.model = cfg.model.name;
+  r.ranks = ctx.world_size;
+  r.nodes = ctx.num_nodes;
+  r.tokens_per_rank = tokens;
+  r.waves = waves;
+  r.dtype = std::string(DTypeName(cfg.dispatch_dtype));
+  Summary st = Summarize(series.step_ms);
+  r.step_ms_median = st.median;
+  r.step_ms_min = st.min;
+  r.step_ms_max = st.max;
+  r.speedup = st.median > 0 ? base_median / st.median : 0;
+  r.compute_ms = Summarize(series.compute_ms).median;
+  r.comm_ms = Summarize(series.comm_ms).median;
+  r.overlap_efficiency = Summarize(series.efficiency).median;
+  r.tflops = st.median > 0 ? series.flops_per_step / (st.median * 1e-3) / 1e12 : 0;
+  r.gbps_per_rank = st.median > 0 ? series.bytes_sent_per_step / ctx.world_size / (st.median * 1e-3) / 1e9 : 0;
+  return r;
+}
+
+// The table on stdout, --csv and --json (rank 0).
+Status ReportBench(const ProcessContext& ctx, const std::vector<BenchRow>& rows, int blas) {
   std::printf("%s", FormatBenchTable(rows, blas).c_str());
   std::fflush(stdout);
   if (const std::string path = absl::GetFlag(FLAGS_csv); !path.empty()) {
@@ -174,6 +175,51 @@ Status BenchImpl(const ProcessContext& ctx) {
     WAVEEP_RETURN_IF_ERROR(WriteTextFile(path, j.dump(2) + "\n"));
   }
   return absl::OkStatus();
+}
+
+Status BenchImpl(const ProcessContext& ctx) {
+  WAVEEP_ASSIGN_OR_RETURN(BenchPlan plan, BenchPlanFromFlags(ctx));
+  const int blas = ChooseBlasThreads(ctx);
+  kernels::SetBlasThreads(blas);
+  const bool quiet = absl::GetFlag(FLAGS_quiet);
+  WAVEEP_ASSIGN_OR_RETURN(plan.routing, ep::ParseRoutingMode(absl::GetFlag(FLAGS_routing)));
+  WAVEEP_ASSIGN_OR_RETURN(std::unique_ptr<Predictor> predictor, MakePredictor(absl::GetFlag(FLAGS_cluster), ctx));
+
+  std::vector<BenchRow> rows;
+  for (const std::string& model_name : plan.models) {
+    // Validate the model and every wave count before building anything.
+    WAVEEP_ASSIGN_OR_RETURN(auto model, BenchModel(ctx, plan, model_name, quiet));
+    const ep::LayerConfig& cfg = model.first;
+    const std::vector<int>& model_waves = model.second;
+    for (int64_t t : plan.tokens) {
+      RunPoint p;
+      p.cfg = cfg;
+      p.tokens_per_rank = t;
+      p.routing = plan.routing;
+      p.seed = absl::GetFlag(FLAGS_seed);
+      p.steps = 1;
+      p.warmup = 0;
+      p.progress = false;
+      if (ctx.world_rank == 0 && !quiet)
+        std::fprintf(stderr, "[waveep] bench %s tokens/rank=%lld: building layer (%d experts/rank)...\n",
+                     model_name.c_str(), static_cast<long long>(t), cfg.model.num_experts / ctx.world_size);
+      WAVEEP_ASSIGN_OR_RETURN(Session s, OpenSession(ctx, p, absl::GetFlag(FLAGS_backend)));
+      WAVEEP_ASSIGN_OR_RETURN(std::vector<StepSeries> series, MeasureWaves(ctx, s, p, model_waves));
+      const double base_median = Summarize(series[0].step_ms).median;
+      for (size_t i = 0; i < model_waves.size(); ++i) {
+        BenchRow r = MakeBenchRow(ctx, cfg, t, model_waves[i], series[i], base_median);
+        if (predictor) {
+          WAVEEP_ASSIGN_OR_RETURN(r.predicted_ms, predictor->StepMs(cfg, t, model_waves[i], ctx.world_size));
+        }
+        rows.push_back(r);
+        if (ctx.world_rank == 0 && !quiet)
+          std::fprintf(stderr, "[waveep]   waves=%d: median %.3f ms (speedup %.2fx, overlap %.2f)\n", r.waves,
+                       r.step_ms_median, r.speedup, r.overlap_efficiency);
+      }
+    }
+  }
+  if (ctx.world_rank != 0) return absl::OkStatus();
+  return ReportBench(ctx, rows, blas);
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 
 #include <cstdio>
 
+#include "runtime/mpi_context.h"
+
 namespace waveep::cli {
 
 StatusOr<Session> OpenSession(const ProcessContext& ctx, const RunPoint& p, const std::string& backend) {

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "ep/cli/cli.h"
+#include "runtime/mpi_context.h"
 
 namespace {
 

@@ -7,12 +7,15 @@
 #include <climits>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 
 #include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "ep/cli/driver.h"
+#include "ep/io/io.h"
 #include "kernels/kernels.h"
 #include "nlohmann/json.hpp"
+#include "runtime/mpi_context.h"
 
 ABSL_DECLARE_FLAG(std::string, checkpoint);
 ABSL_DECLARE_FLAG(int, layer);
@@ -164,16 +167,27 @@ StatusOr<VerifySummary> VerifyAllRanks(const ProcessContext& ctx, const ep::Laye
   return v;
 }
 
-Status RunImpl(const ProcessContext& ctx, int* exit_code) {
-  // Everything that can be wrong with the flags is found before any communication, identically on every rank.
-  auto cfg_or = ConfigFromFlags(ctx);
-  WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, cfg_or.status()));
-  ep::LayerConfig cfg = *std::move(cfg_or);
-  WAVEEP_RETURN_IF_ERROR(CheckSameOnAllRanks(ctx, "the command line (flags) or model config",
-                                             absl::StrCat(CanonicalFlags(), "|", ModelConfigToJson(cfg.model))));
-  const int blas = ChooseBlasThreads(ctx);
-  kernels::SetBlasThreads(blas);
+// What one `waveep run` ran on and measured: everything the summary and --json report.
+struct RunReport {
+  ep::LayerConfig cfg;
+  RunPoint p;
+  Sources src;
+  std::string backend;
+  int blas_threads = 1;
+  bool custom = false;  // --checkpoint or --input
+  int ranks = 1, nodes = 1;
+  std::string launcher;
+  long long min_tokens = 0, max_tokens = 0;  // tokens per rank (uneven with --input)
+  StepSeries series;
+  Summary step, layout, compute, comm, eff;
+  double tflops = 0, gbps_per_rank = 0;
+  char checksum_hex[32] = {};
+  VerifySummary v;
+  std::string output_path, trace_path;
+};
 
+// The steps to run from the flags (after the config is agreed on).
+StatusOr<RunPoint> RunPointFromFlags(const ep::LayerConfig& cfg) {
   RunPoint p;
   p.cfg = cfg;
   p.tokens_per_rank = absl::GetFlag(FLAGS_tokens_per_rank);
@@ -183,175 +197,206 @@ Status RunImpl(const ProcessContext& ctx, int* exit_code) {
   p.warmup = absl::GetFlag(FLAGS_warmup);
   p.progress = !absl::GetFlag(FLAGS_quiet);
   p.label = cfg.model.name;
-  const std::string trace_path = absl::GetFlag(FLAGS_trace);
-  GlobalTracer().SetEnabled(!trace_path.empty());
+  return p;
+}
 
-  const ModelConfig& m = cfg.model;
-  const int l = m.num_experts / ctx.world_size;
-  Sources src;
-  src.checkpoint = absl::GetFlag(FLAGS_checkpoint);
-  src.input = absl::GetFlag(FLAGS_input);
-  src.routing = std::string(ep::RoutingModeName(p.routing));
-  src.total_tokens = p.tokens_per_rank * ctx.world_size;
-  const std::string output_path = absl::GetFlag(FLAGS_output);
-  const bool custom = !src.checkpoint.empty() || !src.input.empty();
+// --output (every rank's rows, written by rank 0) and --trace (every rank's spans). Collective.
+Status WriteRunFiles(const ProcessContext& ctx, const RunReport& r, const Session& s) {
+  if (!r.output_path.empty()) {
+    std::map<std::string, std::string> md = {
+        {"format", "waveep run output"},
+        {"model_config", ModelConfigToJson(r.cfg.model)},
+        {"dispatch_dtype", std::string(DTypeName(r.cfg.dispatch_dtype))},
+        {"shared_experts", r.cfg.shared_experts ? "true" : "false"},
+        {"ranks", absl::StrCat(r.ranks)},
+        {"waves", absl::StrCat(r.cfg.num_waves)},
+        {"routing", r.src.routing},
+        {"checkpoint", r.src.checkpoint},
+        {"layer", r.src.ckpt != nullptr ? absl::StrCat(r.src.ckpt->layer()) : ""},
+        {"input", r.src.input},
+        {"seed", absl::StrCat(r.p.seed)},
+    };
+    WAVEEP_RETURN_IF_ERROR(ep::WriteTokenOutputs(ctx, r.output_path, s.batch, s.out.data(), md));
+  }
+  if (!r.trace_path.empty()) {
+    WAVEEP_ASSIGN_OR_RETURN(std::vector<std::string> frags,
+                            GatherStrings(ctx, GlobalTracer().ToChromeEvents(ctx.world_rank)));
+    if (ctx.world_rank == 0) WAVEEP_RETURN_IF_ERROR(WriteChromeTrace(r.trace_path, frags));
+  }
+  return absl::OkStatus();
+}
+
+// The human summary on stdout (rank 0).
+void PrintRunSummary(const RunReport& r) {
+  const ModelConfig& m = r.cfg.model;
+  const int l = m.num_experts / r.ranks;
+  std::printf("waveep run: model=%s (H=%lld I=%lld E=%d top-%d, %d shared) ranks=%d nodes=%d\n", m.name.c_str(),
+              static_cast<long long>(m.hidden_size), static_cast<long long>(m.moe_intermediate_size), m.num_experts,
+              m.top_k, r.cfg.shared_experts ? m.num_shared_experts : 0, r.ranks, r.nodes);
+  if (r.min_tokens == r.max_tokens) {
+    std::printf("  tokens/rank=%lld", r.max_tokens);
+  } else {
+    std::printf("  tokens/rank=%lld-%lld", r.min_tokens, r.max_tokens);
+  }
+  std::printf(" experts/rank=%d waves=%d dtype=%s routing=%s backend=%s blas_threads=%d\n", l, r.cfg.num_waves,
+              std::string(DTypeName(r.cfg.dispatch_dtype)).c_str(), r.src.routing.c_str(), r.backend.c_str(),
+              r.blas_threads);
+  if (r.src.ckpt != nullptr) {
+    std::printf("  checkpoint  %s layer %d (%s naming, %s weights): read %.2f MB max per rank, %.2f MB all ranks\n",
+                r.src.checkpoint.c_str(), r.src.ckpt->layer(),
+                std::string(ep::CheckpointFamilyName(r.src.ckpt->family())).c_str(), r.src.weight_dtype.c_str(),
+                r.src.bytes_read_max / 1e6, r.src.bytes_read_total / 1e6);
+  }
+  if (!r.src.input.empty()) {
+    std::printf("  input       %s: %lld tokens, routing from %s\n", r.src.input.c_str(),
+                static_cast<long long>(r.src.total_tokens), r.src.routing == "file" ? "the file" : "the router");
+  }
+  std::printf("  step time   median %.3f ms  min %.3f  max %.3f  (%d steps after %d warm-up)\n", r.step.median,
+              r.step.min, r.step.max, r.p.steps, r.p.warmup);
+  std::printf("  per step    layout %.3f ms  compute busy %.3f ms  comm busy %.3f ms  overlap efficiency %.2f\n",
+              r.layout.median, r.compute.median, r.comm.median, r.eff.median);
+  std::printf("  throughput  %.4f TFLOP/s (all ranks)  sent %.2f MB/step  %.3f GB/s per rank\n", r.tflops,
+              r.series.bytes_sent_per_step / 1e6, r.gbps_per_rank);
+  if (r.v.ran) {
+    std::printf("  verify      %s  max error %.3e (tolerance %.3e)  max rel L2 %.3e  worst token %lld\n",
+                r.v.passed ? "PASS" : "FAIL", r.v.max_normalized, r.v.tolerance, r.v.max_rel_l2, r.v.worst_token);
+  }
+  std::printf("  output_checksum %s\n", r.checksum_hex);
+  if (!r.output_path.empty())
+    std::printf("  output      %s (output [%lld, %lld] F32, topk_idx, topk_weights)\n", r.output_path.c_str(),
+                static_cast<long long>(r.src.total_tokens), static_cast<long long>(m.hidden_size));
+  if (!r.trace_path.empty())
+    std::printf("  trace       %s (last step; open in https://ui.perfetto.dev)\n", r.trace_path.c_str());
+  std::fflush(stdout);
+}
+
+// --json: the same figures, machine-readable.
+nlohmann::json RunReportToJson(const RunReport& r) {
+  const ModelConfig& m = r.cfg.model;
+  nlohmann::json j;
+  j["command"] = "run";
+  j["model"] = m.name;
+  j["model_config"] = nlohmann::json::parse(ModelConfigToJson(m));
+  j["ranks"] = r.ranks;
+  j["nodes"] = r.nodes;
+  j["launcher"] = r.launcher;
+  j["tokens_per_rank"] = r.custom ? r.max_tokens : r.p.tokens_per_rank;
+  j["total_tokens"] = r.src.total_tokens;
+  j["routing_source"] = r.src.routing;
+  if (r.src.ckpt != nullptr) {
+    j["checkpoint"] = r.src.checkpoint;
+    j["layer"] = r.src.ckpt->layer();
+    j["checkpoint_family"] = std::string(ep::CheckpointFamilyName(r.src.ckpt->family()));
+    j["checkpoint_weight_dtype"] = r.src.weight_dtype;
+    j["checkpoint_bytes_read_max_rank"] = r.src.bytes_read_max;
+    j["checkpoint_bytes_read_total"] = r.src.bytes_read_total;
+  }
+  if (!r.src.input.empty()) j["input"] = r.src.input;
+  if (!r.output_path.empty()) j["output"] = r.output_path;
+  j["experts_per_rank"] = m.num_experts / r.ranks;
+  j["waves"] = r.cfg.num_waves;
+  j["dtype"] = std::string(DTypeName(r.cfg.dispatch_dtype));
+  j["routing"] = std::string(ep::RoutingModeName(r.p.routing));
+  j["backend"] = r.backend;
+  j["device"] = r.cfg.device.ToString();
+  j["seed"] = r.p.seed;
+  j["shared_experts"] = r.cfg.shared_experts;
+  j["blas_threads"] = r.blas_threads;
+  j["blas"] = kernels::BlasInfo();
+  j["steps"] = r.p.steps;
+  j["warmup"] = r.p.warmup;
+  j["step_ms_median"] = r.step.median;
+  j["step_ms_min"] = r.step.min;
+  j["step_ms_max"] = r.step.max;
+  j["step_ms"] = r.series.step_ms;
+  j["layout_ms_median"] = r.layout.median;
+  j["compute_busy_ms_median"] = r.compute.median;
+  j["comm_busy_ms_median"] = r.comm.median;
+  j["overlap_efficiency_median"] = r.eff.median;
+  j["flops_per_step"] = r.series.flops_per_step;
+  j["tflops"] = r.tflops;
+  j["bytes_sent_per_step"] = r.series.bytes_sent_per_step;
+  j["gbps_sent_per_rank"] = r.gbps_per_rank;
+  j["max_rows_per_rank"] = r.series.max_rows_per_rank;
+  if (r.v.ran) {
+    j["verify_passed"] = r.v.passed;
+    j["verify_max_rel_err"] = r.v.max_normalized;
+    j["verify_max_rel_l2"] = r.v.max_rel_l2;
+    j["verify_tolerance"] = r.v.tolerance;
+    j["verify_worst_token"] = r.v.worst_token;
+  }
+  j["output_checksum"] = r.checksum_hex;
+  return j;
+}
+
+Status RunImpl(const ProcessContext& ctx, int* exit_code) {
+  // Everything that can be wrong with the flags is found before any communication, identically on every rank.
+  auto cfg_or = ConfigFromFlags(ctx);
+  WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, cfg_or.status()));
+  RunReport r;
+  r.cfg = *std::move(cfg_or);
+  WAVEEP_RETURN_IF_ERROR(CheckSameOnAllRanks(ctx, "the command line (flags) or model config",
+                                             absl::StrCat(CanonicalFlags(), "|", ModelConfigToJson(r.cfg.model))));
+  r.blas_threads = ChooseBlasThreads(ctx);
+  kernels::SetBlasThreads(r.blas_threads);
+  WAVEEP_ASSIGN_OR_RETURN(r.p, RunPointFromFlags(r.cfg));
+  r.trace_path = absl::GetFlag(FLAGS_trace);
+  GlobalTracer().SetEnabled(!r.trace_path.empty());
+  r.backend = absl::GetFlag(FLAGS_backend);
+  r.ranks = ctx.world_size;
+  r.nodes = ctx.num_nodes;
+  r.launcher = ctx.launcher;
+
+  const ModelConfig& m = r.cfg.model;
+  r.src.checkpoint = absl::GetFlag(FLAGS_checkpoint);
+  r.src.input = absl::GetFlag(FLAGS_input);
+  r.src.routing = std::string(ep::RoutingModeName(r.p.routing));
+  r.src.total_tokens = r.p.tokens_per_rank * ctx.world_size;
+  r.output_path = absl::GetFlag(FLAGS_output);
+  r.custom = !r.src.checkpoint.empty() || !r.src.input.empty();
   if (ctx.world_rank == 0 && !absl::GetFlag(FLAGS_quiet)) {
+    const int l = m.num_experts / ctx.world_size;
     std::fprintf(stderr, "[waveep] %s weights for %d experts per rank (%.1f MB per rank)...\n",
-                 src.checkpoint.empty() ? "generating" : "loading", l,
+                 r.src.checkpoint.empty() ? "generating" : "loading", l,
                  3.0 * m.hidden_size * m.moe_intermediate_size * l * 4 / 1e6);
   }
-  auto session_or = custom ? OpenCustomSession(ctx, p, absl::GetFlag(FLAGS_backend), &src)
-                           : OpenSession(ctx, p, absl::GetFlag(FLAGS_backend));
+  auto session_or = r.custom ? OpenCustomSession(ctx, r.p, r.backend, &r.src) : OpenSession(ctx, r.p, r.backend);
   WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, session_or.status()));
   Session s = *std::move(session_or);
-  if (src.ckpt != nullptr && ctx.world_rank == 0) {
-    for (const std::string& note : src.ckpt->notes()) std::fprintf(stderr, "[waveep] note: %s\n", note.c_str());
+  if (r.src.ckpt != nullptr && ctx.world_rank == 0) {
+    for (const std::string& note : r.src.ckpt->notes()) std::fprintf(stderr, "[waveep] note: %s\n", note.c_str());
   }
-  // Token counts per rank (uneven with --input).
-  long long my_tokens = s.batch.num_tokens, min_tokens = 0, max_tokens = 0;
-  WAVEEP_RETURN_IF_ERROR(Allreduce(ctx, &my_tokens, &min_tokens, 1, MPI_LONG_LONG, MPI_MIN, "tokens per rank"));
-  WAVEEP_RETURN_IF_ERROR(Allreduce(ctx, &my_tokens, &max_tokens, 1, MPI_LONG_LONG, MPI_MAX, "tokens per rank"));
-  WAVEEP_ASSIGN_OR_RETURN(StepSeries series, RunSteps(ctx, s, p));
-  Summary step = Summarize(series.step_ms), layout = Summarize(series.layout_ms);
-  Summary compute = Summarize(series.compute_ms), commt = Summarize(series.comm_ms);
-  Summary eff = Summarize(series.efficiency);
-  WAVEEP_ASSIGN_OR_RETURN(uint64_t checksum, ep::GlobalChecksum(ctx, s.out.data(), static_cast<int64_t>(s.out.size())));
+  long long my_tokens = s.batch.num_tokens;
+  WAVEEP_RETURN_IF_ERROR(Allreduce(ctx, &my_tokens, &r.min_tokens, 1, MPI_LONG_LONG, MPI_MIN, "tokens per rank"));
+  WAVEEP_RETURN_IF_ERROR(Allreduce(ctx, &my_tokens, &r.max_tokens, 1, MPI_LONG_LONG, MPI_MAX, "tokens per rank"));
 
-  VerifySummary v;
+  WAVEEP_ASSIGN_OR_RETURN(r.series, RunSteps(ctx, s, r.p));
+  r.step = Summarize(r.series.step_ms);
+  r.layout = Summarize(r.series.layout_ms);
+  r.compute = Summarize(r.series.compute_ms);
+  r.comm = Summarize(r.series.comm_ms);
+  r.eff = Summarize(r.series.efficiency);
+  WAVEEP_ASSIGN_OR_RETURN(uint64_t checksum, ep::GlobalChecksum(ctx, s.out.data(), static_cast<int64_t>(s.out.size())));
+  std::snprintf(r.checksum_hex, sizeof(r.checksum_hex), "%016" PRIx64, checksum);
   if (absl::GetFlag(FLAGS_verify)) {
     if (ctx.world_rank == 0 && !absl::GetFlag(FLAGS_quiet))
       std::fprintf(stderr, "[waveep] verifying against the dense reference...\n");
-    WAVEEP_ASSIGN_OR_RETURN(v, VerifyAllRanks(ctx, cfg, s));
+    WAVEEP_ASSIGN_OR_RETURN(r.v, VerifyAllRanks(ctx, r.cfg, s));
   }
-  if (!output_path.empty()) {
-    std::map<std::string, std::string> md = {
-        {"format", "waveep run output"},
-        {"model_config", ModelConfigToJson(m)},
-        {"dispatch_dtype", std::string(DTypeName(cfg.dispatch_dtype))},
-        {"shared_experts", cfg.shared_experts ? "true" : "false"},
-        {"ranks", absl::StrCat(ctx.world_size)},
-        {"waves", absl::StrCat(cfg.num_waves)},
-        {"routing", src.routing},
-        {"checkpoint", src.checkpoint},
-        {"layer", src.ckpt != nullptr ? absl::StrCat(src.ckpt->layer()) : ""},
-        {"input", src.input},
-        {"seed", absl::StrCat(p.seed)},
-    };
-    WAVEEP_RETURN_IF_ERROR(ep::WriteTokenOutputs(ctx, output_path, s.batch, s.out.data(), md));
-  }
-  if (!trace_path.empty()) {
-    WAVEEP_ASSIGN_OR_RETURN(std::vector<std::string> frags,
-                            GatherStrings(ctx, GlobalTracer().ToChromeEvents(ctx.world_rank)));
-    if (ctx.world_rank == 0) WAVEEP_RETURN_IF_ERROR(WriteChromeTrace(trace_path, frags));
-  }
-
-  const double tflops = step.median > 0 ? series.flops_per_step / (step.median * 1e-3) / 1e12 : 0;
-  const double gbps_per_rank =
-      step.median > 0 ? series.bytes_sent_per_step / ctx.world_size / (step.median * 1e-3) / 1e9 : 0;
-  char checksum_hex[32];
-  std::snprintf(checksum_hex, sizeof(checksum_hex), "%016" PRIx64, checksum);
+  WAVEEP_RETURN_IF_ERROR(WriteRunFiles(ctx, r, s));
+  r.tflops = r.step.median > 0 ? r.series.flops_per_step / (r.step.median * 1e-3) / 1e12 : 0;
+  r.gbps_per_rank =
+      r.step.median > 0 ? r.series.bytes_sent_per_step / ctx.world_size / (r.step.median * 1e-3) / 1e9 : 0;
 
   if (ctx.world_rank == 0) {
-    std::printf("waveep run: model=%s (H=%lld I=%lld E=%d top-%d, %d shared) ranks=%d nodes=%d\n", m.name.c_str(),
-                static_cast<long long>(m.hidden_size), static_cast<long long>(m.moe_intermediate_size), m.num_experts,
-                m.top_k, cfg.shared_experts ? m.num_shared_experts : 0, ctx.world_size, ctx.num_nodes);
-    if (min_tokens == max_tokens) {
-      std::printf("  tokens/rank=%lld", max_tokens);
-    } else {
-      std::printf("  tokens/rank=%lld-%lld", min_tokens, max_tokens);
-    }
-    std::printf(" experts/rank=%d waves=%d dtype=%s routing=%s backend=%s blas_threads=%d\n", l, cfg.num_waves,
-                std::string(DTypeName(cfg.dispatch_dtype)).c_str(), src.routing.c_str(),
-                absl::GetFlag(FLAGS_backend).c_str(), blas);
-    if (src.ckpt != nullptr) {
-      std::printf("  checkpoint  %s layer %d (%s naming, %s weights): read %.2f MB max per rank, %.2f MB all ranks\n",
-                  src.checkpoint.c_str(), src.ckpt->layer(),
-                  std::string(ep::CheckpointFamilyName(src.ckpt->family())).c_str(), src.weight_dtype.c_str(),
-                  src.bytes_read_max / 1e6, src.bytes_read_total / 1e6);
-    }
-    if (!src.input.empty()) {
-      std::printf("  input       %s: %lld tokens, routing from %s\n", src.input.c_str(),
-                  static_cast<long long>(src.total_tokens), src.routing == "file" ? "the file" : "the router");
-    }
-    std::printf("  step time   median %.3f ms  min %.3f  max %.3f  (%d steps after %d warm-up)\n", step.median,
-                step.min, step.max, p.steps, p.warmup);
-    std::printf("  per step    layout %.3f ms  compute busy %.3f ms  comm busy %.3f ms  overlap efficiency %.2f\n",
-                layout.median, compute.median, commt.median, eff.median);
-    std::printf("  throughput  %.4f TFLOP/s (all ranks)  sent %.2f MB/step  %.3f GB/s per rank\n", tflops,
-                series.bytes_sent_per_step / 1e6, gbps_per_rank);
-    if (v.ran) {
-      std::printf("  verify      %s  max error %.3e (tolerance %.3e)  max rel L2 %.3e  worst token %lld\n",
-                  v.passed ? "PASS" : "FAIL", v.max_normalized, v.tolerance, v.max_rel_l2, v.worst_token);
-    }
-    std::printf("  output_checksum %s\n", checksum_hex);
-    if (!output_path.empty())
-      std::printf("  output      %s (output [%lld, %lld] F32, topk_idx, topk_weights)\n", output_path.c_str(),
-                  static_cast<long long>(src.total_tokens), static_cast<long long>(m.hidden_size));
-    if (!trace_path.empty())
-      std::printf("  trace       %s (last step; open in https://ui.perfetto.dev)\n", trace_path.c_str());
-    std::fflush(stdout);
-
-    if (const std::string path = absl::GetFlag(FLAGS_json); !path.empty()) {
-      nlohmann::json j;
-      j["command"] = "run";
-      j["model"] = m.name;
-      j["model_config"] = nlohmann::json::parse(ModelConfigToJson(m));
-      j["ranks"] = ctx.world_size;
-      j["nodes"] = ctx.num_nodes;
-      j["launcher"] = ctx.launcher;
-      j["tokens_per_rank"] = custom ? max_tokens : p.tokens_per_rank;
-      j["total_tokens"] = src.total_tokens;
-      j["routing_source"] = src.routing;
-      if (src.ckpt != nullptr) {
-        j["checkpoint"] = src.checkpoint;
-        j["layer"] = src.ckpt->layer();
-        j["checkpoint_family"] = std::string(ep::CheckpointFamilyName(src.ckpt->family()));
-        j["checkpoint_weight_dtype"] = src.weight_dtype;
-        j["checkpoint_bytes_read_max_rank"] = src.bytes_read_max;
-        j["checkpoint_bytes_read_total"] = src.bytes_read_total;
-      }
-      if (!src.input.empty()) j["input"] = src.input;
-      if (!output_path.empty()) j["output"] = output_path;
-      j["experts_per_rank"] = l;
-      j["waves"] = cfg.num_waves;
-      j["dtype"] = std::string(DTypeName(cfg.dispatch_dtype));
-      j["routing"] = std::string(ep::RoutingModeName(p.routing));
-      j["backend"] = absl::GetFlag(FLAGS_backend);
-      j["device"] = cfg.device.ToString();
-      j["seed"] = p.seed;
-      j["shared_experts"] = cfg.shared_experts;
-      j["blas_threads"] = blas;
-      j["blas"] = kernels::BlasInfo();
-      j["steps"] = p.steps;
-      j["warmup"] = p.warmup;
-      j["step_ms_median"] = step.median;
-      j["step_ms_min"] = step.min;
-      j["step_ms_max"] = step.max;
-      j["step_ms"] = series.step_ms;
-      j["layout_ms_median"] = layout.median;
-      j["compute_busy_ms_median"] = compute.median;
-      j["comm_busy_ms_median"] = commt.median;
-      j["overlap_efficiency_median"] = eff.median;
-      j["flops_per_step"] = series.flops_per_step;
-      j["tflops"] = tflops;
-      j["bytes_sent_per_step"] = series.bytes_sent_per_step;
-      j["gbps_sent_per_rank"] = gbps_per_rank;
-      j["max_rows_per_rank"] = series.max_rows_per_rank;
-      if (v.ran) {
-        j["verify_passed"] = v.passed;
-        j["verify_max_rel_err"] = v.max_normalized;
-        j["verify_max_rel_l2"] = v.max_rel_l2;
-        j["verify_tolerance"] = v.tolerance;
-        j["verify_worst_token"] = v.worst_token;
-      }
-      j["output_checksum"] = checksum_hex;
-      WAVEEP_RETURN_IF_ERROR(WriteTextFile(path, j.dump(2) + "\n"));
-    }
+    PrintRunSummary(r);
+    if (const std::string path = absl::GetFlag(FLAGS_json); !path.empty())
+      WAVEEP_RETURN_IF_ERROR(WriteTextFile(path, RunReportToJson(r).dump(2) + "\n"));
   }
-  if (v.ran && !v.passed) {
+  if (r.v.ran && !r.v.passed) {
     if (ctx.world_rank == 0)
       std::fprintf(stderr, "waveep run: error: verification FAILED: max error %.3e > tolerance %.3e (token %lld)\n",
-                   v.max_normalized, v.tolerance, v.worst_token);
+                   r.v.max_normalized, r.v.tolerance, r.v.worst_token);
     *exit_code = kCheckFailed;
   }
   return absl::OkStatus();

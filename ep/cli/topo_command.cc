@@ -3,6 +3,7 @@
 // `waveep topo probe|check|model|tune`: the topology module on the command line. Everything is computed on every
 // rank (cheap, and identical by construction); rank 0 prints and writes files. `probe` (and `--probe` on the
 // others) is collective: launch it under mpirun with the ranks you want measured.
+#include <algorithm>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
@@ -161,10 +162,11 @@ std::string ClusterSummary(const topology::Cluster& c) {
                          c.probed() ? ", probed" : "");
 }
 
-Status WriteJson(const ordered_json& j) {
+// Writes `json_text` to --json (nothing without it).
+Status WriteJson(const std::string& json_text) {
   const std::string path = absl::GetFlag(FLAGS_json);
   if (path.empty()) return absl::OkStatus();
-  return WriteTextFile(path, j.dump(2) + "\n");
+  return WriteTextFile(path, json_text);
 }
 
 // ---- check ---------------------------------------------------------------------------------------------------------
@@ -193,24 +195,30 @@ std::vector<RowGroup> GroupRows(const topology::Cluster& c, const topology::Chec
   return groups;
 }
 
-Status CheckImpl(const ProcessContext& ctx, int* exit_code) {
-  WAVEEP_ASSIGN_OR_RETURN(ModelConfig model, LoadModelConfig(absl::GetFlag(FLAGS_model)));
-  WAVEEP_ASSIGN_OR_RETURN(DType dtype, DtypeFromFlag());
-  if (absl::GetFlag(FLAGS_tokens_per_rank) < 0) return absl::InvalidArgumentError("--tokens_per_rank must be >= 0");
-  WAVEEP_ASSIGN_OR_RETURN(topology::Cluster c, ClusterFromFlags(ctx, model));
+// Rows of the link table that are comm-bound (a group's verdict is its first member's).
+int CommBoundRows(const topology::CheckReport& rep, const std::vector<RowGroup>& groups) {
+  int rows = 0;
+  for (const RowGroup& g : groups) rows += rep.links[g.members.front()].comm_bound ? 1 : 0;
+  return rows;
+}
+
+// Call after LoadModelConfig and before ClusterFromFlags: flag errors come in that order.
+StatusOr<topology::CheckOptions> CheckOptionsFromFlags() {
   topology::CheckOptions opt;
-  opt.dispatch_dtype = dtype;
+  WAVEEP_ASSIGN_OR_RETURN(opt.dispatch_dtype, DtypeFromFlag());
+  if (absl::GetFlag(FLAGS_tokens_per_rank) < 0) return absl::InvalidArgumentError("--tokens_per_rank must be >= 0");
   opt.tokens_per_rank = absl::GetFlag(FLAGS_tokens_per_rank);
   opt.num_ranks = absl::GetFlag(FLAGS_ranks);
-  WAVEEP_ASSIGN_OR_RETURN(topology::CheckReport rep, topology::CheckBalance(model, c, opt));
-  const bool strict_fail = absl::GetFlag(FLAGS_strict) && rep.any_comm_bound;
-  if (strict_fail) *exit_code = kCheckFailed;
-  if (ctx.world_rank != 0) return absl::OkStatus();
+  return opt;
+}
 
+// What is checked, and the threshold derived step by step from the model's shape.
+void PrintThreshold(const ModelConfig& model, const topology::Cluster& c, const topology::CheckOptions& opt,
+                    const topology::CheckReport& rep) {
   const topology::Threshold& t = rep.threshold;
   const double h = static_cast<double>(model.hidden_size), inter = static_cast<double>(model.moe_intermediate_size);
-  const double bd = static_cast<double>(DTypeSize(dtype));
-  const std::string dt = std::string(DTypeName(dtype));
+  const double bd = static_cast<double>(DTypeSize(opt.dispatch_dtype));
+  const std::string dt = std::string(DTypeName(opt.dispatch_dtype));
   std::printf("waveep topo check: model %s on cluster %s\n", model.name.c_str(), ClusterSummary(c).c_str());
   std::printf("  EP group %d ranks, %d experts per rank, %" PRId64 " tokens/rank, top-%d; dispatch %s, combine bf16\n",
               rep.num_ranks, rep.local_experts, opt.tokens_per_rank, model.top_k, dt.c_str());
@@ -238,7 +246,10 @@ Status CheckImpl(const ProcessContext& ctx, int* exit_code) {
   row("refined threshold", "",
       absl::StrFormat("= %.1f FLOPs/byte (a device port carrying (R-1)/R of its pairs)",
                       t.refined_remote_flops_per_byte));
+}
 
+// The device's effective GEMM rate, which every link is held against.
+void PrintDeviceRate(const topology::Cluster& c, const topology::CheckReport& rep) {
   std::printf("\ndevice: %s GEMMs, peak %.4g TFLOP/s x efficiency %.3f at M=%.1f rows/expert = %.4g TFLOP/s\n",
               rep.gemm_dtype.c_str(), rep.peak_tflops, rep.gemm_efficiency, rep.rows_per_expert, rep.effective_tflops);
   std::printf("  balanced iff C/B <= %.1f FLOPs/byte on every link, C = %.4g TFLOP/s, B = link bw / share\n",
@@ -249,24 +260,29 @@ Status CheckImpl(const ProcessContext& ctx, int* exit_code) {
         "prefill regime\n",
         rep.rows_per_expert);
   }
+}
 
+// One row per group of identical links.
+void PrintLinkTable(const topology::Cluster& c, const topology::CheckReport& rep, const std::vector<RowGroup>& groups) {
   std::printf(
       "\nlinks (uniform routing, contiguous placement; share = part of one rank's pair bytes on the link in "
       "its busiest direction)\n");
   std::printf("  %-38s %-8s %9s %7s %4s %9s %9s %8s  %s\n", "link", "kind", "bw GB/s", "share", "devs", "need GB/s",
               "C/B", "margin", "verdict");
-  int bound_rows = 0;
-  for (const RowGroup& g : GroupRows(c, rep)) {
+  for (const RowGroup& g : groups) {
     const topology::LinkCheck& l = rep.links[g.members.front()];
     std::string label = l.label;
     if (g.members.size() > 1) label = absl::StrCat(label, " (x", g.members.size(), ")");
     std::string verdict =
         l.comm_bound ? absl::StrFormat("comm-bound, %.0f%% exposed", 100 * l.exposed_fraction) : "balanced";
-    bound_rows += l.comm_bound ? 1 : 0;
     std::printf("  %-38s %-8s %9.4g %6.1f%% %4d %9.4g %9.1f %7.2fx  %s\n", label.c_str(),
                 std::string(topology::LinkKindName(c.links[l.link].kind)).c_str(), l.bw_gbps, 100 * l.share,
                 l.num_devices, l.required_gbps, l.flops_per_byte, l.margin, verdict.c_str());
   }
+}
+
+// The worst link's verdict (and, for a probed cluster, the host it sits on).
+void PrintCheckVerdict(const topology::Cluster& c, const topology::CheckReport& rep, bool strict_fail) {
   if (rep.worst >= 0) {
     const topology::LinkCheck& w = rep.links[rep.worst];
     // A probed cluster knows which host each node is: name it, since that is where the slow NIC sits.
@@ -289,52 +305,23 @@ Status CheckImpl(const ProcessContext& ctx, int* exit_code) {
   }
   if (strict_fail) std::printf("--strict: exit %d (a link is comm-bound)\n", kCheckFailed);
   std::fflush(stdout);
+}
 
-  ordered_json j;
-  j["command"] = "topo check";
-  j["model"] = model.name;
-  j["cluster"] = c.name;
-  j["cluster_origin"] = c.origin;
-  j["probed"] = c.probed();
-  j["ranks"] = rep.num_ranks;
-  j["tokens_per_rank"] = opt.tokens_per_rank;
-  j["dispatch_dtype"] = dt;
-  j["threshold"] = {{"flops_per_pair", t.flops_per_pair},
-                    {"published_bytes_per_pair", t.published_bytes_per_pair},
-                    {"published_flops_per_byte", t.published_flops_per_byte},
-                    {"dtype_bytes_per_pair", t.dtype_bytes_per_pair},
-                    {"dtype_flops_per_byte", t.dtype_flops_per_byte},
-                    {"scale_bytes_per_pair", t.scale_bytes_per_pair},
-                    {"metadata_bytes_per_pair", t.metadata_bytes_per_pair},
-                    {"refined_bytes_per_pair", t.refined_bytes_per_pair},
-                    {"refined_flops_per_byte", t.refined_flops_per_byte},
-                    {"local_fraction", t.local_fraction},
-                    {"refined_remote_flops_per_byte", t.refined_remote_flops_per_byte}};
-  j["device"] = {{"gemm_dtype", rep.gemm_dtype},
-                 {"peak_tflops", rep.peak_tflops},
-                 {"gemm_efficiency", rep.gemm_efficiency},
-                 {"rows_per_expert", rep.rows_per_expert},
-                 {"effective_tflops", rep.effective_tflops},
-                 {"pair_flops_per_byte", rep.pair_flops_per_byte}};
-  ordered_json links = ordered_json::array();
-  for (const topology::LinkCheck& l : rep.links) {
-    links.push_back({{"link", l.label},
-                     {"name", c.links[l.link].name},
-                     {"kind", std::string(topology::LinkKindName(c.links[l.link].kind))},
-                     {"bw_gbps", l.bw_gbps},
-                     {"share", l.share},
-                     {"devices", l.num_devices},
-                     {"required_gbps", l.required_gbps},
-                     {"flops_per_byte", l.flops_per_byte},
-                     {"margin", l.margin},
-                     {"verdict", l.comm_bound ? "comm-bound" : "balanced"},
-                     {"exposed_fraction", l.exposed_fraction}});
-  }
-  j["links"] = links;
-  j["any_comm_bound"] = rep.any_comm_bound;
-  j["comm_bound_rows"] = bound_rows;
-  j["exit_code"] = *exit_code;
-  return WriteJson(j);
+Status CheckImpl(const ProcessContext& ctx, int* exit_code) {
+  WAVEEP_ASSIGN_OR_RETURN(ModelConfig model, LoadModelConfig(absl::GetFlag(FLAGS_model)));
+  WAVEEP_ASSIGN_OR_RETURN(topology::CheckOptions opt, CheckOptionsFromFlags());
+  WAVEEP_ASSIGN_OR_RETURN(topology::Cluster c, ClusterFromFlags(ctx, model));
+  WAVEEP_ASSIGN_OR_RETURN(topology::CheckReport rep, topology::CheckBalance(model, c, opt));
+  const bool strict_fail = absl::GetFlag(FLAGS_strict) && rep.any_comm_bound;
+  if (strict_fail) *exit_code = kCheckFailed;
+  if (ctx.world_rank != 0) return absl::OkStatus();
+
+  const std::vector<RowGroup> groups = GroupRows(c, rep);
+  PrintThreshold(model, c, opt, rep);
+  PrintDeviceRate(c, rep);
+  PrintLinkTable(c, rep, groups);
+  PrintCheckVerdict(c, rep, strict_fail);
+  return WriteJson(topology::CheckReportToJson(rep, model, c, opt, CommBoundRows(rep, groups), *exit_code));
 }
 
 // ---- model ---------------------------------------------------------------------------------------------------------
@@ -360,12 +347,9 @@ StatusOr<topology::StepShape> ShapeFromFlags() {
   return s;
 }
 
-Status ModelImpl(const ProcessContext& ctx) {
-  WAVEEP_ASSIGN_OR_RETURN(ModelConfig model, LoadModelConfig(absl::GetFlag(FLAGS_model)));
-  WAVEEP_ASSIGN_OR_RETURN(topology::StepShape shape, ShapeFromFlags());
-  WAVEEP_ASSIGN_OR_RETURN(topology::Cluster c, ClusterFromFlags(ctx, model));
-  WAVEEP_ASSIGN_OR_RETURN(topology::Prediction p, topology::PredictStep(model, c, shape));
-  if (ctx.world_rank != 0) return absl::OkStatus();
+// The step's volumes and phase times, then one row per W.
+void PrintPrediction(const ModelConfig& model, const topology::Cluster& c, const topology::StepShape& shape,
+                     const topology::Prediction& p) {
   const std::string dt = std::string(DTypeName(shape.dispatch_dtype));
   std::printf("waveep topo model: model %s on cluster %s\n", model.name.c_str(), ClusterSummary(c).c_str());
   std::printf("  %d ranks, %d experts per rank, %" PRId64
@@ -392,46 +376,32 @@ Status ModelImpl(const ProcessContext& ctx) {
   std::printf("notes:\n");
   for (const std::string& n : p.notes) std::printf("  - %s\n", n.c_str());
   std::fflush(stdout);
+}
 
-  ordered_json j;
-  j["command"] = "topo model";
-  j["model"] = model.name;
-  j["cluster"] = c.name;
-  j["ranks"] = p.num_ranks;
-  j["tokens_per_rank"] = shape.tokens_per_rank;
-  j["dispatch_dtype"] = dt;
-  j["comm_source"] = p.comm_source;
-  j["t_seq_us"] = p.t_seq_us;
-  j["phases_us"] = {{"dispatch", p.dispatch_us}, {"compute", p.compute_us}, {"combine", p.combine_us},
-                    {"layout", p.layout_us},     {"shared", p.shared_us},   {"reduce", p.reduce_us}};
-  ordered_json waves = ordered_json::array();
-  for (const topology::WavePrediction& w : p.waves) {
-    waves.push_back({{"waves", w.waves},
-                     {"step_us", w.step_us},
-                     {"formula_us", w.formula_us},
-                     {"dispatch_us", w.dispatch_us},
-                     {"compute_us", w.compute_us},
-                     {"combine_us", w.combine_us},
-                     {"gemm_efficiency", w.gemm_efficiency},
-                     {"exposed_comm_us", w.exposed_comm_us},
-                     {"speedup", w.speedup}});
-  }
-  j["waves"] = waves;
-  j["best_waves"] = p.best_waves;
-  j["best_speedup"] = p.best_speedup;
-  j["notes"] = p.notes;
-  return WriteJson(j);
+Status ModelImpl(const ProcessContext& ctx) {
+  WAVEEP_ASSIGN_OR_RETURN(ModelConfig model, LoadModelConfig(absl::GetFlag(FLAGS_model)));
+  WAVEEP_ASSIGN_OR_RETURN(topology::StepShape shape, ShapeFromFlags());
+  WAVEEP_ASSIGN_OR_RETURN(topology::Cluster c, ClusterFromFlags(ctx, model));
+  WAVEEP_ASSIGN_OR_RETURN(topology::Prediction p, topology::PredictStep(model, c, shape));
+  if (ctx.world_rank != 0) return absl::OkStatus();
+  PrintPrediction(model, c, shape, p);
+  return WriteJson(topology::PredictionToJson(p, model, c, shape));
 }
 
 // ---- tune ----------------------------------------------------------------------------------------------------------
 
-Status TuneImpl(const ProcessContext& ctx) {
-  WAVEEP_ASSIGN_OR_RETURN(ModelConfig model, LoadModelConfig(absl::GetFlag(FLAGS_model)));
-  WAVEEP_ASSIGN_OR_RETURN(topology::StepShape shape, ShapeFromFlags());
-  if (shape.num_ranks != 0) return absl::InvalidArgumentError("topo tune chooses the EP group itself: drop --ranks");
-  WAVEEP_ASSIGN_OR_RETURN(topology::Cluster c, ClusterFromFlags(ctx, model));
-  WAVEEP_ASSIGN_OR_RETURN(topology::TuneResult res, topology::Tune(model, c, shape));
-  if (ctx.world_rank != 0) return absl::OkStatus();
+// The command line that runs candidate `b` (--model as given on this command line).
+std::string RecommendedCommand(const topology::TuneCandidate& b, const topology::Cluster& c,
+                               const topology::StepShape& shape) {
+  return absl::StrFormat(
+      "mpirun -np %d --map-by ppr:%d:node waveep run --model=%s --dtype=%s --tokens_per_rank=%d --waves=%d",
+      b.group_size, std::min(b.group_size, c.devices_per_node), absl::GetFlag(FLAGS_model),
+      DTypeName(shape.dispatch_dtype), shape.tokens_per_rank, b.best_waves);
+}
+
+// One row per candidate group size.
+void PrintTuneTable(const ModelConfig& model, const topology::Cluster& c, const topology::StepShape& shape,
+                    const topology::TuneResult& res) {
   const std::string dt = std::string(DTypeName(shape.dispatch_dtype));
   std::printf("waveep topo tune: model %s, %" PRId64 " tokens/rank, dispatch %s, on %s (%d devices)\n\n",
               model.name.c_str(), shape.tokens_per_rank, dt.c_str(), ClusterSummary(c).c_str(), c.num_devices());
@@ -443,36 +413,16 @@ Status TuneImpl(const ProcessContext& ctx) {
                 k.step_us, k.t_seq_us, k.t_seq_us / k.step_us, k.weight_gib_per_device, k.fits ? "yes" : "NO",
                 k.bottleneck.c_str(), static_cast<int>(i) == res.best ? "  <- best" : "");
   }
-  ordered_json j;
-  j["command"] = "topo tune";
-  j["model"] = model.name;
-  j["cluster"] = c.name;
-  j["tokens_per_rank"] = shape.tokens_per_rank;
-  j["dispatch_dtype"] = dt;
-  ordered_json cands = ordered_json::array();
-  for (const topology::TuneCandidate& k : res.candidates) {
-    cands.push_back({{"group_size", k.group_size},
-                     {"layout", k.layout},
-                     {"nodes_spanned", k.nodes_spanned},
-                     {"best_waves", k.best_waves},
-                     {"step_us", k.step_us},
-                     {"t_seq_us", k.t_seq_us},
-                     {"weight_gib_per_device", k.weight_gib_per_device},
-                     {"fits", k.fits},
-                     {"tightest_link", k.bottleneck}});
-  }
-  j["candidates"] = cands;
+}
+
+// The best candidate and how to run it (or that none fits).
+void PrintRecommendation(const topology::Cluster& c, const topology::TuneResult& res, const std::string& cmd) {
   if (res.best < 0) {
     std::printf("\nno EP group fits the routed expert weights of this layer in device memory\n");
-    j["recommended"] = nullptr;
     std::fflush(stdout);
-    return WriteJson(j);
+    return;
   }
   const topology::TuneCandidate& b = res.candidates[res.best];
-  const std::string cmd = absl::StrFormat(
-      "mpirun -np %d --map-by ppr:%d:node waveep run --model=%s --dtype=%s --tokens_per_rank=%d --waves=%d",
-      b.group_size, std::min(b.group_size, c.devices_per_node), absl::GetFlag(FLAGS_model), dt, shape.tokens_per_rank,
-      b.best_waves);
   std::printf("\nrecommended: EP group of %d ranks (%s), --waves=%d: %.1f us per step, %.2fx over sequential\n",
               b.group_size, b.layout.c_str(), b.best_waves, b.step_us, b.t_seq_us / b.step_us);
   std::printf("  %s\n", cmd.c_str());
@@ -484,21 +434,25 @@ Status TuneImpl(const ProcessContext& ctx) {
   }
   std::printf("  note: GiB/dev counts this layer's routed experts only; multiply by the layers a device holds\n");
   std::fflush(stdout);
-  j["recommended"] = {{"group_size", b.group_size},
-                      {"waves", b.best_waves},
-                      {"step_us", b.step_us},
-                      {"speedup", b.t_seq_us / b.step_us},
-                      {"command", cmd}};
-  return WriteJson(j);
+}
+
+Status TuneImpl(const ProcessContext& ctx) {
+  WAVEEP_ASSIGN_OR_RETURN(ModelConfig model, LoadModelConfig(absl::GetFlag(FLAGS_model)));
+  WAVEEP_ASSIGN_OR_RETURN(topology::StepShape shape, ShapeFromFlags());
+  if (shape.num_ranks != 0) return absl::InvalidArgumentError("topo tune chooses the EP group itself: drop --ranks");
+  WAVEEP_ASSIGN_OR_RETURN(topology::Cluster c, ClusterFromFlags(ctx, model));
+  WAVEEP_ASSIGN_OR_RETURN(topology::TuneResult res, topology::Tune(model, c, shape));
+  if (ctx.world_rank != 0) return absl::OkStatus();
+  const std::string cmd = res.best >= 0 ? RecommendedCommand(res.candidates[res.best], c, shape) : "";
+  PrintTuneTable(model, c, shape, res);
+  PrintRecommendation(c, res, cmd);
+  return WriteJson(topology::TuneResultToJson(res, model, c, shape, cmd));
 }
 
 // ---- probe ---------------------------------------------------------------------------------------------------------
 
-Status ProbeImpl(const ProcessContext& ctx) {
-  WAVEEP_ASSIGN_OR_RETURN(ModelConfig model, LoadModelConfig(absl::GetFlag(FLAGS_model)));
-  if (!absl::GetFlag(FLAGS_cluster).empty()) return absl::InvalidArgumentError("topo probe measures: drop --cluster");
-  WAVEEP_ASSIGN_OR_RETURN(topology::Cluster c, topology::ProbeCluster(ctx, model, ProbeOptionsFromFlags(ctx)));
-  if (ctx.world_rank != 0) return absl::OkStatus();
+// Who was measured, the device figures, and one row per measured pair.
+void PrintProbeSummary(const topology::Cluster& c) {
   const topology::ProbeInfo& p = *c.probe;
   std::printf("# waveep topo probe: %d ranks on %d node(s) [%s], backend %s, %s\n", p.ranks, c.num_nodes,
               p.hostnames.c_str(), p.backend.c_str(), p.date.c_str());
@@ -511,68 +465,88 @@ Status ProbeImpl(const ProcessContext& ctx) {
     std::printf("  %4d %4d %-5s %12.2f %12.3f %12.3f\n", m.a, m.b, m.kind.c_str(), m.latency_us, m.uni_gbps,
                 m.bidir_gbps);
   }
-  if (p.alltoall.has_value()) {
-    const topology::AlltoallCurve& a = *p.alltoall;
-    std::printf(
-        "#\n# all-to-all-v, OSU style: Size = bytes per (source, destination) block; avg/min/max over ranks "
-        "of the per-iteration mean\n");
-    std::printf(
-        "# algbw = Size*R/avg, busbw = Size*(R-1)/avg (bytes leaving a rank); %s = comm backend blocking "
-        "Alltoallv, async = AlltoallvAsync on a stream + Synchronize (adds the hand-off to the stream's thread, see "
-        "the notes below);\n# noise = (slowest - fastest) / mean of the interleaved timing rounds; MPI/comm* = "
-        "MPI_Alltoallv time / "
-        "backend time on the median rounds (> 1: the backend is faster)\n",
-        a.backend.c_str());
-    std::printf("# %-10s %10s %10s %10s %9s %9s | %10s %10s %10s %9s | %10s | %9s %6s %9s\n", "Size", "Avg(us)",
-                "Min(us)", "Max(us)", "algbw", "busbw", "MPI Avg", "MPI Min", "MPI Max", "MPI busbw", "async Avg",
-                "MPI/comm*", "noise", "MPI noise");
-    for (const topology::AlltoallPoint& q : a.points) {
-      const double alg = static_cast<double>(q.bytes) * a.ranks / (q.comm_avg_us * 1e3);
-      const double bus = static_cast<double>(q.bytes) * (a.ranks - 1) / (q.comm_avg_us * 1e3);
-      const double mbus = q.mpi_avg_us > 0 ? static_cast<double>(q.bytes) * (a.ranks - 1) / (q.mpi_avg_us * 1e3) : 0;
-      std::printf("  %-10" PRId64
-                  " %10.2f %10.2f %10.2f %9.3f %9.3f | %10.2f %10.2f %10.2f %9.3f | %10.2f | %8.2fx %5.1f%% %8.1f%%\n",
-                  q.bytes, q.comm_avg_us, q.comm_min_us, q.comm_max_us, alg, bus, q.mpi_avg_us, q.mpi_min_us,
-                  q.mpi_max_us, mbus, q.async_avg_us, q.MpiOverComm(), 100 * q.comm_spread, 100 * q.mpi_spread);
+}
+
+// The all-to-all-v sweep, OSU style, the comm backend and MPI_Alltoallv side by side.
+void PrintAlltoallTable(const topology::AlltoallCurve& a) {
+  std::printf(
+      "#\n# all-to-all-v, OSU style: Size = bytes per (source, destination) block; avg/min/max over ranks "
+      "of the per-iteration mean\n");
+  std::printf(
+      "# algbw = Size*R/avg, busbw = Size*(R-1)/avg (bytes leaving a rank); %s = comm backend blocking "
+      "Alltoallv, async = AlltoallvAsync on a stream + Synchronize (adds the hand-off to the stream's thread, see "
+      "the notes below);\n# noise = (slowest - fastest) / mean of the interleaved timing rounds; MPI/comm* = "
+      "MPI_Alltoallv time / "
+      "backend time on the median rounds (> 1: the backend is faster)\n",
+      a.backend.c_str());
+  std::printf("# %-10s %10s %10s %10s %9s %9s | %10s %10s %10s %9s | %10s | %9s %6s %9s\n", "Size", "Avg(us)",
+              "Min(us)", "Max(us)", "algbw", "busbw", "MPI Avg", "MPI Min", "MPI Max", "MPI busbw", "async Avg",
+              "MPI/comm*", "noise", "MPI noise");
+  for (const topology::AlltoallPoint& q : a.points) {
+    const double alg = static_cast<double>(q.bytes) * a.ranks / (q.comm_avg_us * 1e3);
+    const double bus = static_cast<double>(q.bytes) * (a.ranks - 1) / (q.comm_avg_us * 1e3);
+    const double mbus = q.mpi_avg_us > 0 ? static_cast<double>(q.bytes) * (a.ranks - 1) / (q.mpi_avg_us * 1e3) : 0;
+    std::printf("  %-10" PRId64
+                " %10.2f %10.2f %10.2f %9.3f %9.3f | %10.2f %10.2f %10.2f %9.3f | %10.2f | %8.2fx %5.1f%% %8.1f%%\n",
+                q.bytes, q.comm_avg_us, q.comm_min_us, q.comm_max_us, alg, bus, q.mpi_avg_us, q.mpi_min_us,
+                q.mpi_max_us, mbus, q.async_avg_us, q.MpiOverComm(), 100 * q.comm_spread, 100 * q.mpi_spread);
+  }
+}
+
+// How the comm backend compares with MPI_Alltoallv over the sweep: the comm backend is meant to be at least as fast
+// as plain MPI_Alltoallv on the same buffers, so say where it is not.
+void PrintVersusMpi(const topology::ProbeInfo& p) {
+  int faster = 0, within_noise = 0, slower = 0;
+  double worst = 1e30;
+  int64_t worst_bytes = 0;
+  std::vector<std::string> slower_sizes;
+  for (const topology::AlltoallPoint& q : p.alltoall->points) {
+    switch (q.CompareWithMpi()) {
+      case topology::AlltoallPoint::VersusMpi::kNotCompared:
+        continue;
+      case topology::AlltoallPoint::VersusMpi::kFaster:
+        ++faster;
+        break;
+      case topology::AlltoallPoint::VersusMpi::kWithinNoise:
+        ++within_noise;
+        break;
+      case topology::AlltoallPoint::VersusMpi::kSlower:
+        ++slower;
+        slower_sizes.push_back(Sizes(q.bytes));
+        break;
+    }
+    const double ratio = q.MpiOverComm();
+    if (ratio < worst) {
+      worst = ratio;
+      worst_bytes = q.bytes;
     }
   }
+  if (faster + within_noise + slower > 0) {
+    std::printf(
+        "# %s backend vs MPI_Alltoallv: faster at %d of %d sizes, slower by less than the round-to-round noise at "
+        "%d, slower beyond it at %d%s%s; worst median-round ratio at %s (%.2fx MPI's speed)\n",
+        p.backend.c_str(), faster, faster + within_noise + slower, within_noise, slower, slower > 0 ? ": " : "",
+        absl::StrJoin(slower_sizes, ", ").c_str(), Sizes(worst_bytes).c_str(), worst);
+  }
+}
+
+void PrintProbe(const topology::Cluster& c) {
+  const topology::ProbeInfo& p = *c.probe;
+  PrintProbeSummary(c);
   if (p.alltoall.has_value()) {
-    // The comm backend is meant to be at least as fast as plain MPI_Alltoallv on the same buffers: say where not.
-    int faster = 0, within_noise = 0, slower = 0;
-    double worst = 1e30;
-    int64_t worst_bytes = 0;
-    std::vector<std::string> slower_sizes;
-    for (const topology::AlltoallPoint& q : p.alltoall->points) {
-      switch (q.CompareWithMpi()) {
-        case topology::AlltoallPoint::VersusMpi::kNotCompared:
-          continue;
-        case topology::AlltoallPoint::VersusMpi::kFaster:
-          ++faster;
-          break;
-        case topology::AlltoallPoint::VersusMpi::kWithinNoise:
-          ++within_noise;
-          break;
-        case topology::AlltoallPoint::VersusMpi::kSlower:
-          ++slower;
-          slower_sizes.push_back(Sizes(q.bytes));
-          break;
-      }
-      const double ratio = q.MpiOverComm();
-      if (ratio < worst) {
-        worst = ratio;
-        worst_bytes = q.bytes;
-      }
-    }
-    if (faster + within_noise + slower > 0) {
-      std::printf(
-          "# %s backend vs MPI_Alltoallv: faster at %d of %d sizes, slower by less than the round-to-round noise at "
-          "%d, slower beyond it at %d%s%s; worst median-round ratio at %s (%.2fx MPI's speed)\n",
-          p.backend.c_str(), faster, faster + within_noise + slower, within_noise, slower, slower > 0 ? ": " : "",
-          absl::StrJoin(slower_sizes, ", ").c_str(), Sizes(worst_bytes).c_str(), worst);
-    }
+    PrintAlltoallTable(*p.alltoall);
+    PrintVersusMpi(p);
   }
   std::printf("#\n# derived cluster (%s):\n", c.name.c_str());
   for (const std::string& n : p.notes) std::printf("#   %s\n", n.c_str());
+}
+
+Status ProbeImpl(const ProcessContext& ctx) {
+  WAVEEP_ASSIGN_OR_RETURN(ModelConfig model, LoadModelConfig(absl::GetFlag(FLAGS_model)));
+  if (!absl::GetFlag(FLAGS_cluster).empty()) return absl::InvalidArgumentError("topo probe measures: drop --cluster");
+  WAVEEP_ASSIGN_OR_RETURN(topology::Cluster c, topology::ProbeCluster(ctx, model, ProbeOptionsFromFlags(ctx)));
+  if (ctx.world_rank != 0) return absl::OkStatus();
+  PrintProbe(c);
   const std::string path = absl::GetFlag(FLAGS_out);
   const std::string cluster_json = topology::ClusterToJson(c);
   WAVEEP_RETURN_IF_ERROR(WriteTextFile(path, cluster_json));
@@ -583,7 +557,7 @@ Status ProbeImpl(const ProcessContext& ctx) {
   j["command"] = "topo probe";
   j["cluster_file"] = path;
   j["cluster"] = ordered_json::parse(cluster_json, nullptr, false);
-  return WriteJson(j);
+  return WriteJson(j.dump(2) + "\n");
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "comm/comm.h"
 #include "comm/mpi_transport.h"
 #include "gtest/gtest.h"
+#include "runtime/mpi_context.h"
 #include "runtime/runtime.h"
 
 namespace waveep::comm {

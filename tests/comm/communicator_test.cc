@@ -29,6 +29,7 @@
 #include <cuda_runtime_api.h>
 #endif
 #include "gtest/gtest.h"
+#include "runtime/mpi_context.h"
 #include "runtime/runtime.h"
 
 namespace waveep::comm {
@@ -858,7 +859,7 @@ int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   int rc = RUN_ALL_TESTS();
   int any = 0;
-  MPI_Allreduce(&rc, &any, 1, MPI_INT, MPI_MAX, ctx->world);
+  MPI_Allreduce(&rc, &any, 1, MPI_INT, MPI_MAX, WorldComm(*ctx));
   waveep::FinalizeProcess();
   return any;
 }

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "gtest/gtest.h"
+#include "runtime/mpi_context.h"
 
 namespace waveep::testing {
 namespace {
@@ -28,7 +29,7 @@ int main(int argc, char** argv) {
   }
   int rc = RUN_ALL_TESTS();
   int all = 0;
-  MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MAX, ctx->world);
+  MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MAX, WorldComm(*ctx));
   if (all != 0 && rc == 0) std::fprintf(stderr, "rank %d: passed, but another rank failed\n", ctx->world_rank);
   waveep::FinalizeProcess();
   return all;

@@ -12,6 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "runtime/mpi_context.h"
 #include "tests/common/mpi_test_main.h"
 
 namespace waveep::ep {
@@ -53,8 +54,9 @@ StatusOr<Run> RunLayer(const ProcessContext& ctx, const ModelConfig& m, int wave
 // A one-rank context over MPI_COMM_SELF: the np = 1 computation inside a multi-rank job.
 ProcessContext SelfContext() {
   ProcessContext c;
-  MPI_Comm_dup(MPI_COMM_SELF, &c.world);
-  MPI_Comm_dup(MPI_COMM_SELF, &c.node);
+  c.mpi = std::make_shared<MpiComms>();
+  MPI_Comm_dup(MPI_COMM_SELF, &c.mpi->world);
+  MPI_Comm_dup(MPI_COMM_SELF, &c.mpi->node);
   c.thread_level = MPI_THREAD_MULTIPLE;
   return c;
 }
@@ -63,7 +65,7 @@ ProcessContext SelfContext() {
 std::vector<float> GatherToRoot(const ProcessContext& ctx, const std::vector<float>& mine) {
   std::vector<float> all(ctx.world_rank == 0 ? mine.size() * ctx.world_size : 0);
   MPI_Gather(mine.data(), static_cast<int>(mine.size()), MPI_FLOAT, all.data(), static_cast<int>(mine.size()),
-             MPI_FLOAT, 0, ctx.world);
+             MPI_FLOAT, 0, WorldComm(ctx));
   return all;
 }
 
@@ -132,10 +134,10 @@ TEST_P(LayerTest, BitwiseIdenticalToOneRank) {
     ASSERT_TRUE(one.ok()) << one.status();
     ASSERT_EQ(gathered.size(), one->out.size());
     EXPECT_EQ(0, std::memcmp(gathered.data(), one->out.data(), gathered.size() * sizeof(float)));
-    MPI_Comm_free(&self.world);
-    MPI_Comm_free(&self.node);
+    MPI_Comm_free(&self.mpi->world);
+    MPI_Comm_free(&self.mpi->node);
   }
-  MPI_Barrier(ctx.world);
+  MPI_Barrier(WorldComm(ctx));
 }
 
 INSTANTIATE_TEST_SUITE_P(DtypesAndRouting, LayerTest,

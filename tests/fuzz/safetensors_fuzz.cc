@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/runtime.h"
+#include "ep/io/io.h"
 #include "tests/fuzz/fuzz_target.h"
 
 namespace {

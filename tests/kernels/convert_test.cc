@@ -150,6 +150,34 @@ TEST(Bf16Test, RandomFloatsMatchReference) {
   for (size_t i = 0; i < in.size(); ++i) ASSERT_EQ(Bits(back[i]), static_cast<uint32_t>(out[i]) << 16);
 }
 
+// ---- F16 -> FP32 ------------------------------------------------------------------------------------------------
+
+// IEEE binary16 by definition, in double: (-1)^s * 2^(e-15) * (1 + m/1024), subnormals 2^-14 * m/1024.
+double F16Value(uint16_t code) {
+  const int e = (code >> 10) & 0x1F, m = code & 0x3FF;
+  const double sign = (code & 0x8000) ? -1.0 : 1.0;
+  if (e == 31) return m == 0 ? sign * std::numeric_limits<double>::infinity() : std::nan("");
+  if (e == 0) return sign * std::ldexp(m / 1024.0, -14);
+  return sign * std::ldexp(1.0 + m / 1024.0, e - 15);
+}
+
+TEST(F16Test, EveryCodeDecodesByDefinition) {
+  for (int c = 0; c < 65536; ++c) {
+    const uint16_t code = static_cast<uint16_t>(c);
+    const float f = F16ToFloat(code);
+    const double want = F16Value(code);
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(f)) << c;
+    } else {
+      ASSERT_EQ(static_cast<double>(f), want) << c;
+      ASSERT_EQ(std::signbit(f), (code & 0x8000) != 0) << c;  // -0 stays -0
+    }
+  }
+  EXPECT_EQ(F16ToFloat(0x3C00), 1.0f);
+  EXPECT_EQ(F16ToFloat(0x7BFF), 65504.0f);  // largest normal
+  EXPECT_EQ(F16ToFloat(0x0001), 0x1p-24f);  // smallest subnormal
+}
+
 // ---- FP8 e4m3fn ----------------------------------------------------------------------------------------------
 
 TEST(Fp8Test, DecodesByDefinition) {

@@ -4,6 +4,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "runtime/runtime.h"
 
 namespace waveep {
@@ -64,6 +65,21 @@ TEST(ModelConfig, WrongTypeIsNamed) {
       "x.json");
   ASSERT_FALSE(m.ok());
   EXPECT_THAT(std::string(m.status().message()), HasSubstr("hidden_size"));
+}
+
+TEST(ModelConfig, IntegersAreNeverWrappedOrNarrowed) {
+  for (const char* big : {"18446744073709551615", "4294967304"}) {
+    auto m = ParseModelConfig(absl::StrCat(R"({"hidden_size": 256, "moe_intermediate_size": 128, )",
+                                           R"("n_routed_experts": )", big, R"(, "num_experts_per_tok": 2})"),
+                              "x.json");
+    ASSERT_FALSE(m.ok()) << big;
+    EXPECT_THAT(std::string(m.status().message()),
+                HasSubstr(absl::StrCat("'n_routed_experts' is out of range: ", big)));
+  }
+  EXPECT_EQ(JsonInteger(nlohmann::json::parse("-7"), -10, 10).value(), -7);
+  EXPECT_FALSE(JsonInteger(nlohmann::json::parse("11"), -10, 10).ok());
+  EXPECT_THAT(std::string(JsonInteger(nlohmann::json::parse("\"7\""), 0, 10).status().message()),
+              HasSubstr("must be an integer, got \"7\""));
 }
 
 TEST(ModelConfig, ValidationNamesTheField) {

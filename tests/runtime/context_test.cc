@@ -3,6 +3,7 @@
 // MPI bootstrap under real mpirun (np 1, 2, 4).
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "runtime/mpi_context.h"
 #include "runtime/runtime.h"
 #include "tests/common/mpi_test_main.h"
 

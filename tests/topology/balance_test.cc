@@ -8,6 +8,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "topology/topology.h"
+#include "topology/topology_internal.h"
 
 namespace waveep::topology {
 namespace {

@@ -8,6 +8,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "topology/topology.h"
+#include "topology/topology_internal.h"
 
 namespace waveep::topology {
 namespace {
@@ -199,6 +200,12 @@ TEST(Cluster, BadFilesNameTheField) {
   const std::string g = kGood;
   const std::vector<BadCase> cases = {
       {"malformed", "{\"name\": ", "parse error"},
+      // Integers are read by runtime's JsonInteger: never wrapped (2^64 - 1 is not -1) or narrowed (2^32 + 2 is not 2).
+      {"unsigned that would wrap", Replace(g, "\"nodes\": 2", "\"nodes\": 18446744073709551615"),
+       "nodes is out of range: 18446744073709551615"},
+      {"int that would narrow", Replace(g, "\"nodes\": 2", "\"nodes\": 4294967298"),
+       "nodes is out of range: 4294967298"},
+      {"non-integer", Replace(g, "\"nodes\": 2", "\"nodes\": 2.5"), "nodes must be an integer, got 2.5"},
       {"unknown endpoint", Replace(g, "\"to\": \"fabric\"", "\"to\": \"fabrik\""),
        "links[1] (\"nic\").to = \"fabrik\": no switch named \"fabrik\" (switches: sw, fabric"},
       {"negative bandwidth", Replace(g, "\"bw_gbps\": 10,", "\"bw_gbps\": -10,"),

@@ -8,6 +8,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "runtime/mpi_context.h"
 #include "tests/common/mpi_test_main.h"
 #include "topology/topology.h"
 
@@ -35,8 +36,8 @@ ProbeOptions FastOptions() {
 // True on every rank iff `x` is the same on every rank.
 bool SameEverywhere(const ProcessContext& ctx, double x) {
   double lo = 0, hi = 0;
-  MPI_Allreduce(&x, &lo, 1, MPI_DOUBLE, MPI_MIN, ctx.world);
-  MPI_Allreduce(&x, &hi, 1, MPI_DOUBLE, MPI_MAX, ctx.world);
+  MPI_Allreduce(&x, &lo, 1, MPI_DOUBLE, MPI_MIN, WorldComm(ctx));
+  MPI_Allreduce(&x, &hi, 1, MPI_DOUBLE, MPI_MAX, WorldComm(ctx));
   return lo == hi;
 }
 

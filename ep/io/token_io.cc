@@ -7,7 +7,8 @@
 #include <cstring>
 #include <limits>
 
-#include "ep/ep.h"
+#include "ep/io/io.h"
+#include "runtime/mpi_context.h"
 
 namespace waveep::ep {
 namespace {
@@ -118,7 +119,7 @@ Status WriteTokenOutputs(const ProcessContext& ctx, const std::string& path, con
   // agree, then broadcasts go / no-go so no rank waits on a transfer that will not come.
   long long meta[4] = {batch.first_token, batch.num_tokens, batch.hidden, batch.top_k};
   std::vector<long long> all(static_cast<size_t>(4 * r_count));
-  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Gather(meta, 4, MPI_LONG_LONG, all.data(), 4, MPI_LONG_LONG, 0, ctx.world));
+  WAVEEP_MPI_RETURN_IF_ERROR(MPI_Gather(meta, 4, MPI_LONG_LONG, all.data(), 4, MPI_LONG_LONG, 0, WorldComm(ctx)));
   Status layout = absl::OkStatus();
   int64_t total = 0;
   if (me == 0) {
@@ -137,9 +138,9 @@ Status WriteTokenOutputs(const ProcessContext& ctx, const std::string& path, con
   const int64_t h = batch.hidden, k = batch.top_k;
   Status written = absl::OkStatus();
   if (me != 0) {
-    WAVEEP_RETURN_IF_ERROR(SendChunked(out, batch.num_tokens * h * 4, 0, kTagOut, ctx.world));
-    WAVEEP_RETURN_IF_ERROR(SendChunked(batch.topk_idx.data(), batch.num_tokens * k * 4, 0, kTagIdx, ctx.world));
-    WAVEEP_RETURN_IF_ERROR(SendChunked(batch.topk_weights.data(), batch.num_tokens * k * 4, 0, kTagW, ctx.world));
+    WAVEEP_RETURN_IF_ERROR(SendChunked(out, batch.num_tokens * h * 4, 0, kTagOut, WorldComm(ctx)));
+    WAVEEP_RETURN_IF_ERROR(SendChunked(batch.topk_idx.data(), batch.num_tokens * k * 4, 0, kTagIdx, WorldComm(ctx)));
+    WAVEEP_RETURN_IF_ERROR(SendChunked(batch.topk_weights.data(), batch.num_tokens * k * 4, 0, kTagW, WorldComm(ctx)));
   } else {
     std::vector<float> o(static_cast<size_t>(total * h)), w(static_cast<size_t>(total * k));
     std::vector<int32_t> idx(static_cast<size_t>(total * k));
@@ -148,9 +149,9 @@ Status WriteTokenOutputs(const ProcessContext& ctx, const std::string& path, con
     std::memcpy(w.data(), batch.topk_weights.data(), static_cast<size_t>(batch.num_tokens * k) * 4);
     for (int r = 1; r < r_count; ++r) {
       const int64_t first = all[4 * r], n = all[4 * r + 1];
-      WAVEEP_RETURN_IF_ERROR(RecvChunked(o.data() + first * h, n * h * 4, r, kTagOut, ctx.world));
-      WAVEEP_RETURN_IF_ERROR(RecvChunked(idx.data() + first * k, n * k * 4, r, kTagIdx, ctx.world));
-      WAVEEP_RETURN_IF_ERROR(RecvChunked(w.data() + first * k, n * k * 4, r, kTagW, ctx.world));
+      WAVEEP_RETURN_IF_ERROR(RecvChunked(o.data() + first * h, n * h * 4, r, kTagOut, WorldComm(ctx)));
+      WAVEEP_RETURN_IF_ERROR(RecvChunked(idx.data() + first * k, n * k * 4, r, kTagIdx, WorldComm(ctx)));
+      WAVEEP_RETURN_IF_ERROR(RecvChunked(w.data() + first * k, n * k * 4, r, kTagW, WorldComm(ctx)));
     }
     written = WriteSafetensors(path,
                                {{"output", DType::kF32, {total, h}, o.data()},

@@ -1,6 +1,6 @@
 // Copyright 2026 The waveep Authors.
 //
-// runtime/safetensors.h — reading and writing safetensors files and multi-file checkpoints.
+// ep/io/safetensors.h — reading and writing safetensors files and multi-file checkpoints.
 //
 // The format (https://huggingface.co/docs/safetensors): an 8-byte little-endian header length N, N bytes of JSON
 // mapping tensor name -> {"dtype", "shape", "data_offsets": [begin, end]} (plus an optional "__metadata__" object of
@@ -31,8 +31,8 @@
 // length vs file size, known dtypes, shape x dtype size == byte range, ranges inside the data section and not
 // overlapping). NOTES: a file truncated by another process *after* Open can still raise SIGBUS on access, as with
 // any mmap reader. Little-endian hosts only (x86-64, AArch64), like the format.
-#ifndef WAVEEP_RUNTIME_SAFETENSORS_H_
-#define WAVEEP_RUNTIME_SAFETENSORS_H_
+#ifndef WAVEEP_EP_IO_SAFETENSORS_H_
+#define WAVEEP_EP_IO_SAFETENSORS_H_
 
 #include <atomic>
 #include <cstdint>
@@ -200,4 +200,4 @@ Status WriteSafetensors(const std::string& path, const std::vector<SafetensorsWr
 
 }  // namespace waveep
 
-#endif  // WAVEEP_RUNTIME_SAFETENSORS_H_
+#endif  // WAVEEP_EP_IO_SAFETENSORS_H_

@@ -9,7 +9,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
-#include "ep/ep.h"
+#include "ep/io/io.h"
 #include "nlohmann/json.hpp"
 
 namespace waveep::ep {
@@ -270,38 +270,6 @@ StatusOr<std::unique_ptr<CheckpointWeights>> OpenCheckpoint(const std::string& d
     }
   }
   return w;
-}
-
-// ---- router ----------------------------------------------------------------------------------------------------
-
-Status RouteWithGate(const ModelConfig& model, const float* gate_weight, const float* bias, TokenBatch* batch) {
-  const int64_t h = model.hidden_size, t_count = batch->num_tokens;
-  const int e_count = model.num_experts, k = model.top_k;
-  if (batch->hidden != h)
-    return absl::InvalidArgumentError(absl::StrCat("router: batch has H=", batch->hidden, ", model has H=", h));
-  std::vector<float> logits(static_cast<size_t>(t_count * e_count));
-  for (int64_t t = 0; t < t_count; ++t) {
-    const float* x = batch->x.data() + t * h;
-    for (int e = 0; e < e_count; ++e) {
-      const float* wg = gate_weight + static_cast<int64_t>(e) * h;
-      // Four independent double accumulators in a fixed order: vectorizes, and is the same on every rank.
-      double acc[4] = {0, 0, 0, 0};
-      int64_t c = 0;
-      for (; c + 4 <= h; c += 4) {
-        for (int l = 0; l < 4; ++l) acc[l] += static_cast<double>(x[c + l]) * wg[c + l];
-      }
-      for (; c < h; ++c) acc[0] += static_cast<double>(x[c]) * wg[c];
-      logits[t * e_count + e] = static_cast<float>((acc[0] + acc[1]) + (acc[2] + acc[3]));
-    }
-  }
-  std::vector<int32_t> idx(static_cast<size_t>(t_count * k));
-  std::vector<float> wts(static_cast<size_t>(t_count * k));
-  WAVEEP_RETURN_IF_ERROR(
-      kernels::TopkGating(logits.data(), bias, t_count, kernels::GateParamsFrom(model), idx.data(), wts.data()));
-  batch->top_k = k;
-  batch->topk_idx = std::move(idx);
-  batch->topk_weights = std::move(wts);
-  return absl::OkStatus();
 }
 
 }  // namespace waveep::ep

@@ -13,7 +13,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "runtime/runtime.h"
+#include "ep/io/io.h"
 
 namespace waveep {
 namespace {

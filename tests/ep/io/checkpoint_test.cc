@@ -15,10 +15,11 @@
 #include <set>
 
 #include "comm/comm.h"
-#include "ep/ep.h"
+#include "ep/io/io.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "runtime/mpi_context.h"
 #include "tests/common/mpi_test_main.h"
 
 namespace waveep::ep {
@@ -61,13 +62,13 @@ ModelConfig MixtralModel() {
 std::string SharedDir(const ProcessContext& ctx, const std::string& name) {
   std::string d = absl::StrCat(::testing::TempDir(), "/waveep_ckpt_test_", name);
   int pid = getpid();
-  MPI_Bcast(&pid, 1, MPI_INT, 0, ctx.world);
+  MPI_Bcast(&pid, 1, MPI_INT, 0, WorldComm(ctx));
   d = absl::StrCat(d, "_", pid);
   if (ctx.world_rank == 0) {
     fs::remove_all(d);
     fs::create_directories(d);
   }
-  MPI_Barrier(ctx.world);
+  MPI_Barrier(WorldComm(ctx));
   return d;
 }
 
@@ -251,7 +252,7 @@ Opened WriteAndOpen(const ProcessContext& ctx, const std::string& name, const Mo
   Opened o;
   o.dir = SharedDir(ctx, name);
   if (ctx.world_rank == 0) o.written = WriteCheckpoint(o.dir, m, spec);
-  MPI_Barrier(ctx.world);
+  MPI_Barrier(WorldComm(ctx));
   auto cfg = LoadCheckpointConfig(o.dir);
   WAVEEP_CHECK(cfg.ok()) << cfg.status();
   o.model = *cfg;
@@ -300,7 +301,7 @@ TEST(CheckpointConfig, ReadsHuggingFaceNames) {
       "norm_topk_prob": true})";
     fs::create_directories(dir + "/empty");
   }
-  MPI_Barrier(ctx.world);
+  MPI_Barrier(WorldComm(ctx));
   auto ds = LoadCheckpointConfig(dir + "/DeepSeek-V3/");
   ASSERT_TRUE(ds.ok()) << ds.status();
   EXPECT_EQ(ds->name, "DeepSeek-V3");
@@ -494,7 +495,7 @@ TEST(TokenFiles, RouterInputSplitAndGatheredOutput) {
   if (ctx.world_rank == 0) {
     EXPECT_TRUE(WriteSafetensors(in_path, {{"hidden_states", DType::kF32, {t_total, h}, x.data()}}).ok());
   }
-  MPI_Barrier(ctx.world);
+  MPI_Barrier(WorldComm(ctx));
 
   auto in = ReadTokenFile(in_path, m, ctx.world_rank, ctx.world_size);
   ASSERT_TRUE(in.ok()) << in.status();
@@ -566,7 +567,7 @@ TEST(TokenFiles, RouterInputSplitAndGatheredOutput) {
                                           {"topk_weights", DType::kF32, {t_total, m.top_k}, wts.data()}})
                     .ok());
   }
-  MPI_Barrier(ctx.world);
+  MPI_Barrier(WorldComm(ctx));
   auto r = ReadTokenFile(routed, m, ctx.world_rank, ctx.world_size);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(r->has_routing);
@@ -618,7 +619,7 @@ TEST(TokenFiles, BadInputsNameFileAndTensor) {
     if (ctx.world_rank == 0) {
       EXPECT_TRUE(WriteSafetensors(path, c.tensors).ok()) << c.name;
     }
-    MPI_Barrier(ctx.world);
+    MPI_Barrier(WorldComm(ctx));
     auto in = ReadTokenFile(path, m, ctx.world_rank, ctx.world_size);
     ASSERT_FALSE(in.ok()) << c.name;
     EXPECT_THAT(std::string(in.status().message()), HasSubstr(path)) << c.name;
@@ -664,7 +665,7 @@ TEST_P(BadCheckpoint, FailsOnEveryRankNamingFileAndTensor) {
       f.write(reinterpret_cast<const char*>(&n), 8);
     }
   }
-  MPI_Barrier(ctx.world);
+  MPI_Barrier(WorldComm(ctx));
   auto cfg = LoadCheckpointConfig(dir);
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   Status st = absl::OkStatus();

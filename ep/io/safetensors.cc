@@ -1,5 +1,5 @@
 // Copyright 2026 The waveep Authors.
-#include "runtime/safetensors.h"
+#include "ep/io/safetensors.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -16,6 +16,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
+#include "kernels/kernels.h"
 #include "nlohmann/json.hpp"
 #include "runtime/config.h"
 
@@ -57,46 +58,6 @@ std::string Where(absl::string_view file, absl::string_view tensor) {
 }
 Status Invalid(absl::string_view file, absl::string_view tensor, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(Where(file, tensor), what));
-}
-
-float HalfToFloat(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  const int exp = (h >> 10) & 0x1F;
-  const uint32_t mant = h & 0x3FF;
-  float v;
-  if (exp == 0) {
-    v = std::ldexp(static_cast<float>(mant), -24);  // subnormal (or zero)
-  } else if (exp == 31) {
-    v = mant == 0 ? std::numeric_limits<float>::infinity() : std::numeric_limits<float>::quiet_NaN();
-  } else {
-    v = std::ldexp(static_cast<float>(mant | 0x400), exp - 25);
-  }
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  bits |= sign;
-  std::memcpy(&v, &bits, 4);
-  return v;
-}
-
-// OCP e4m3fn: bias 7, no infinities, 0x7F / 0xFF are NaN.
-const float* Fp8Table() {
-  static const std::vector<float> table = [] {
-    std::vector<float> t(256);
-    for (int code = 0; code < 256; ++code) {
-      const int e = (code >> 3) & 0xF, m = code & 7;
-      float v;
-      if ((code & 0x7F) == 0x7F) {
-        v = std::numeric_limits<float>::quiet_NaN();
-      } else if (e == 0) {
-        v = std::ldexp(static_cast<float>(m), -9);
-      } else {
-        v = std::ldexp(1.0f + static_cast<float>(m) / 8.0f, e - 7);
-      }
-      t[code] = (code & 0x80) ? -v : v;
-    }
-    return t;
-  }();
-  return table.data();
 }
 
 // Reads a JSON integer >= 0 into `out`.
@@ -361,22 +322,19 @@ Status SafetensorsFile::ReadRowsF32(absl::string_view name, const std::vector<in
       for (size_t i = 0; i < b.size() / 2; ++i) {
         uint16_t h;
         std::memcpy(&h, p + 2 * i, 2);
-        const uint32_t bits = static_cast<uint32_t>(h) << 16;
-        std::memcpy(out + i, &bits, 4);
+        out[i] = kernels::Bf16ToFloat(h);
       }
       break;
     case DType::kF16:
       for (size_t i = 0; i < b.size() / 2; ++i) {
         uint16_t h;
         std::memcpy(&h, p + 2 * i, 2);
-        out[i] = HalfToFloat(h);
+        out[i] = kernels::F16ToFloat(h);
       }
       break;
-    case DType::kFP8E4M3: {
-      const float* table = Fp8Table();
-      for (size_t i = 0; i < b.size(); ++i) out[i] = table[p[i]];
+    case DType::kFP8E4M3:
+      for (size_t i = 0; i < b.size(); ++i) out[i] = kernels::Fp8E4M3ToFloat(p[i]);
       break;
-    }
     default:
       break;  // excluded above
   }

@@ -48,6 +48,7 @@ class CpuLayerOps final : public LayerOps {
     return absl::OkStatus();
   }
 
+  bool SupportsDedup() const override { return true; }
   Status Pack(int w, Stream& s) override {
     return s.Enqueue([this, w] { return PackNow(w); });
   }
@@ -83,18 +84,17 @@ class CpuLayerOps final : public LayerOps {
     return absl::OkStatus();
   }
 
-  // pack(w): my rows for every peer's wave w, in perm order.
+  // pack(w): my dispatch rows for every peer's wave w (one per pair, or one per token and peer with dedup).
   Status PackNow(int w) {
     if (w == 0) WAVEEP_RETURN_IF_ERROR(EncodeTokens());
     const DispatchLayout& lay = *lay_;
     const int r_count = lay.num_ranks;
-    const int k = batch_->top_k;
     const uint8_t* tok = tokens_.as<uint8_t>();
     uint8_t* send = send_.as<uint8_t>();
     for (int p = 0; p < r_count; ++p) {
-      const int64_t b = lay.send_row_begin[w * r_count + p], n = lay.send_rows[w * r_count + p];
+      const int64_t b = lay.dsend_row_begin[w * r_count + p], n = lay.dsend_rows[w * r_count + p];
       for (int64_t r = b; r < b + n; ++r)
-        std::memcpy(send + r * drow_, tok + (lay.perm.pair_of_row[r] / k) * drow_, static_cast<size_t>(drow_));
+        std::memcpy(send + r * drow_, tok + lay.dsend_token[r] * drow_, static_cast<size_t>(drow_));
     }
     return absl::OkStatus();
   }
@@ -125,9 +125,10 @@ class CpuLayerOps final : public LayerOps {
     return kernels::GroupedGemmNT(act_.as<float>(), off, ee - eb, inter_, b2_.data() + eb, h_, y_.as<float>());
   }
 
-  // unpack(w): results back into the recv layout (source-major blocks in each source's order), as BF16.
+  // unpack(w): results back into the return slot's layout (one row per pair, source-major blocks in each source's
+  // order), as BF16.
   Status UnpackNow(int w) {
-    const std::vector<int64_t>& rows = lay_->a_rows[w];
+    const std::vector<int64_t>& rows = lay_->ret_rows[w];
     uint8_t* dst = static_cast<uint8_t*>(ret_send(w));
     const float* y = y_.as<float>();
     for (size_t i = 0; i < rows.size(); ++i)

@@ -122,17 +122,33 @@ struct DispatchLayout {
   // Wave w's receive buffer is source-major: recv_row_begin[w * R + s], recv_rows[w * R + s] (rows within wave w).
   std::vector<int64_t> recv_row_begin, recv_rows;
   std::vector<int64_t> wave_recv_total;  // [W]
-  // Expert-major order of wave w (local expert, then source, then token): a_rows[w][i] = row of wave w's recv
-  // buffer feeding GEMM row i; a_expert_offsets[w] has (experts in wave + 1) entries.
+  // Expert-major order of wave w (local expert, then source, then token): a_rows[w][i] = row of wave w's receive
+  // buffer (dispatch rows, below) feeding GEMM row i; ret_rows[w][i] = row of wave w's return slot (one per pair, in
+  // the recv_row_begin layout above) that GEMM row i's result goes to. a_expert_offsets[w] has (experts in wave + 1)
+  // entries.
   std::vector<std::vector<int64_t>> a_rows;
+  std::vector<std::vector<int64_t>> ret_rows;
   std::vector<std::vector<int64_t>> a_expert_offsets;
-  int64_t total_recv_rows = 0;
+  int64_t total_recv_rows = 0;  // pairs this rank computes in the step
+
+  // Dispatch rows: what dispatch(w) moves. Without deduplication, one row per (token, expert) pair: the send_* and
+  // recv_* layout above. With it (`dedup`), one row per (token, destination rank) in each wave: a token with several
+  // experts in one wave of a rank crosses the link to that rank once, and the receiver's a_rows point several GEMM
+  // rows at the same received row. The combine still returns one row per pair (send_* / recv_*), so the origin
+  // reduces exactly as without deduplication and the output is bitwise the same.
+  bool dedup = false;
+  // dsend_row_begin[w * R + p], dsend_rows[w * R + p]: rows of the dispatch send buffer for peer p in wave w;
+  // dsend_token[r]: the local token (batch index) of send row r.
+  std::vector<int64_t> dsend_row_begin, dsend_rows, dsend_token;
+  // drecv_row_begin[w * R + s], drecv_rows[w * R + s]: rows from source s in wave w's receive buffer.
+  std::vector<int64_t> drecv_row_begin, drecv_rows;
 };
 
 // Collective. Validates routing on every rank first (an out-of-range expert index anywhere fails every rank with the
-// offending rank/token/slot named), then exchanges counts and wave boundaries.
+// offending rank/token/slot named), then exchanges counts and wave boundaries; with `dedup` (every rank must pass the
+// same value) also each pair's dispatch row (one more all-to-all-v of 4 bytes per pair, host memory).
 StatusOr<DispatchLayout> BuildDispatchLayout(comm::Communicator& comm, const Placement& placement,
-                                             const TokenBatch& batch, int num_waves);
+                                             const TokenBatch& batch, int num_waves, bool dedup = false);
 
 // ---- the layer -------------------------------------------------------------------------------------------------
 struct LayerConfig {
@@ -140,6 +156,9 @@ struct LayerConfig {
   DType dispatch_dtype = DType::kBF16;  // bf16, or fp8 (e4m3 + per-block scales); combine is always bf16
   int num_waves = 1;
   bool shared_experts = true;  // add the model's shared expert(s), computed locally
+  // Send each token once per destination rank and wave instead of once per (token, expert) pair (DispatchLayout).
+  // Output unchanged. On the CPU; the CUDA operations send one row per pair for now (MoeLayer::dedup() says which).
+  bool dedup = true;
   Device device = Device::Cpu();
   absl::Duration timeout = absl::ZeroDuration();  // zero = DefaultTimeout()
 };
@@ -166,14 +185,16 @@ struct SpanRecord {
 };
 
 struct StepStats {
-  double step_us = 0;             // Forward() wall time, layout included
-  double layout_us = 0;           // routing validation + count/boundary exchange
-  double compute_busy_us = 0;     // union of compute-stream spans
-  double comm_busy_us = 0;        // union of comm-stream spans
-  double overlap_efficiency = 0;  // (comm + compute - (step - layout)) / min(comm, compute); < 0 when idle
-  double flops = 0;               // routed + shared FLOPs computed on this rank
-  double bytes_sent = 0;          // dispatch + combine bytes this rank sent to other ranks
-  int64_t recv_rows = 0;          // rows this rank computed (routed)
+  double step_us = 0;               // Forward() wall time, layout included
+  double layout_us = 0;             // routing validation + count/boundary exchange
+  double compute_busy_us = 0;       // union of compute-stream spans
+  double comm_busy_us = 0;          // union of comm-stream spans
+  double overlap_efficiency = 0;    // (comm + compute - (step - layout)) / min(comm, compute); < 0 when idle
+  double flops = 0;                 // routed + shared FLOPs computed on this rank
+  double bytes_sent = 0;            // dispatch + combine bytes this rank sent to other ranks
+  double bytes_sent_dispatch = 0;   // the dispatch part of bytes_sent
+  double bytes_sent_internode = 0;  // the part of bytes_sent that went to ranks on other nodes
+  int64_t recv_rows = 0;            // rows this rank computed (routed)
   std::vector<SpanRecord> spans;
 };
 
@@ -196,6 +217,12 @@ class MoeLayer {
   // (checked); InvalidArgument outside [1, local experts].
   Status SetNumWaves(int num_waves);
 
+  // Turns dispatch deduplication on or off for later steps. Collective: every rank must pass the same value
+  // (checked). Where the operations cannot deduplicate (CUDA for now) it stays off: see dedup().
+  Status SetDedup(bool dedup);
+  // Whether steps deduplicate dispatch rows (LayerConfig::dedup, where every rank's operations can).
+  bool dedup() const { return dedup_; }
+
   const LayerConfig& config() const { return cfg_; }
   const Placement& placement() const { return placement_; }
   // Bytes of one dispatched row (payload + FP8 scales) and of one combined row.
@@ -209,6 +236,8 @@ class MoeLayer {
   comm::Communicator* comm_;
   LayerConfig cfg_;
   Placement placement_;
+  bool dedup_ = false;
+  std::vector<int> node_of_rank_;  // node id of every rank of the communicator (for bytes_sent_internode)
   std::unique_ptr<Impl> impl_;
 };
 

@@ -76,6 +76,8 @@ class LayerOps {
   // Wave w's return slot: its rows in recv row order (every wave has its own, so unpack never waits for a combine).
   void* ret_send(int w) { return ret_send_.as<uint8_t>() + ret_send_row_begin_[w] * crow_; }
   void* ret_recv() { return ret_recv_.data(); }
+  // Whether Pack / Gemm / Unpack follow a deduplicated layout (dsend_token, a_rows into shared rows, ret_rows).
+  virtual bool SupportsDedup() const { return false; }
   virtual Status Pack(int w, Stream& stream) = 0;    // send rows of wave w (encodes the tokens at w = 0)
   virtual Status Gemm(int w, Stream& stream) = 0;    // recv(w % 2) -> wave w's expert outputs
   virtual Status Unpack(int w, Stream& stream) = 0;  // wave w's outputs -> ret_send(w), BF16, recv row order
@@ -120,7 +122,7 @@ std::unique_ptr<LayerOps> NewCpuLayerOps(const ModelConfig& model, DType dispatc
 StatusOr<std::unique_ptr<LayerOps>> NewCudaLayerOps(const ModelConfig& model, DType dispatch_dtype, bool shared,
                                                     Device device);
 
-// The wave schedule of DESIGN.md §3 on a comm and a compute stream:
+// The wave schedule (docs/architecture.md) on a comm and a compute stream:
 //
 //   comm:    pack(0) dispatch(0) pack(1) dispatch(1) combine(0) pack(2) dispatch(2) combine(1) ... combine(W-1)
 //   compute: head                gemm(0) unpack(0)   gemm(1) unpack(1)   gemm(2) ...  tail  finish

@@ -52,8 +52,122 @@ Status AgreeStatus(comm::Communicator& comm, const Status& local) {
 
 }  // namespace internal
 
+namespace {
+
+// Step 6 of BuildDispatchLayout without deduplication: dispatch rows are the pairs.
+void PairDispatchRows(const TokenBatch& batch, DispatchLayout* lay) {
+  lay->dedup = false;
+  lay->dsend_row_begin = lay->send_row_begin;
+  lay->dsend_rows = lay->send_rows;
+  lay->drecv_row_begin = lay->recv_row_begin;
+  lay->drecv_rows = lay->recv_rows;
+  lay->dsend_token.resize(lay->perm.pair_of_row.size());
+  for (size_t r = 0; r < lay->dsend_token.size(); ++r) lay->dsend_token[r] = lay->perm.pair_of_row[r] / batch.top_k;
+  lay->ret_rows = lay->a_rows;
+}
+
+// Step 6 with deduplication. Sender: in each (wave, peer) block of perm rows, the first row of a token becomes a
+// dispatch row and every row of that token points at it (its index within the block). Those indices travel to the
+// owners (4 bytes per pair); a receiver finds in them how many rows each source sends in each wave and which
+// received row feeds each of its GEMM rows.
+Status DedupDispatchRows(comm::Communicator& comm, const Placement& placement, const TokenBatch& batch,
+                         DispatchLayout* lay) {
+  const int r_count = lay->num_ranks, w_count = lay->num_waves, l = lay->local_experts, me = lay->rank;
+  const int k = batch.top_k;
+  const int64_t pairs = lay->perm.num_rows();
+  lay->dedup = true;
+  lay->ret_rows = lay->a_rows;
+
+  // Sender.
+  std::vector<int32_t> index_of_row(static_cast<size_t>(pairs));
+  std::vector<int64_t> block_of_token(static_cast<size_t>(batch.num_tokens), -1), slot(batch.num_tokens, 0);
+  lay->dsend_row_begin.assign(static_cast<size_t>(w_count) * r_count, 0);
+  lay->dsend_rows.assign(static_cast<size_t>(w_count) * r_count, 0);
+  lay->dsend_token.clear();
+  lay->dsend_token.reserve(static_cast<size_t>(pairs));
+  for (int p = 0; p < r_count; ++p) {
+    for (int w = 0; w < w_count; ++w) {
+      const int64_t block = static_cast<int64_t>(p) * w_count + w;
+      const int64_t b = lay->send_row_begin[w * r_count + p], n = lay->send_rows[w * r_count + p];
+      const int64_t first = static_cast<int64_t>(lay->dsend_token.size());
+      for (int64_t r = b; r < b + n; ++r) {
+        const int64_t t = lay->perm.pair_of_row[r] / k;
+        if (block_of_token[t] != block) {
+          block_of_token[t] = block;
+          slot[t] = static_cast<int64_t>(lay->dsend_token.size()) - first;
+          lay->dsend_token.push_back(t);
+        }
+        index_of_row[r] = static_cast<int32_t>(slot[t]);
+      }
+      lay->dsend_row_begin[w * r_count + p] = first;
+      lay->dsend_rows[w * r_count + p] = static_cast<int64_t>(lay->dsend_token.size()) - first;
+    }
+  }
+
+  // The indices, each peer's pairs in perm order (all its waves), to their owners.
+  std::vector<int64_t> src_begin(r_count + 1, 0);  // source s's pairs in `index` start at src_begin[s]
+  for (int s = 0; s < r_count; ++s) {
+    int64_t n = 0;
+    for (int e = 0; e < l; ++e) n += lay->recv_counts[static_cast<size_t>(s) * l + e];
+    src_begin[s + 1] = src_begin[s] + n;
+  }
+  std::vector<int32_t> index(static_cast<size_t>(src_begin[r_count]));
+  comm::AlltoallvArgs a;
+  a.send = index_of_row.data();
+  a.recv = index.data();
+  a.label = "alltoallv dispatch row indices";
+  for (int p = 0; p < r_count; ++p) {
+    const int64_t b = lay->perm.expert_offsets[placement.FirstExpert(p)];
+    const int64_t e = lay->perm.expert_offsets[placement.FirstExpert(p) + l];
+    a.send_offsets.push_back(static_cast<size_t>(b) * 4);
+    a.send_bytes.push_back(static_cast<size_t>(e - b) * 4);
+    a.recv_offsets.push_back(static_cast<size_t>(src_begin[p]) * 4);
+    a.recv_bytes.push_back(static_cast<size_t>(src_begin[p + 1] - src_begin[p]) * 4);
+  }
+  WAVEEP_RETURN_IF_ERROR(comm.Alltoallv(a));
+
+  // Receiver. pair_begin(s, e): first of source s's pairs for my local expert e in `index`.
+  auto pair_begin = [&](int s, int e) {
+    int64_t off = src_begin[s];
+    for (int x = 0; x < e; ++x) off += lay->recv_counts[static_cast<size_t>(s) * l + x];
+    return off;
+  };
+  lay->drecv_row_begin.assign(static_cast<size_t>(w_count) * r_count, 0);
+  lay->drecv_rows.assign(static_cast<size_t>(w_count) * r_count, 0);
+  for (int w = 0; w < w_count; ++w) {
+    const int eb = lay->wave_begin[me * (w_count + 1) + w], ee = lay->wave_begin[me * (w_count + 1) + w + 1];
+    int64_t off = 0;
+    for (int s = 0; s < r_count; ++s) {
+      const int64_t b = pair_begin(s, eb), e = pair_begin(s, ee);
+      int64_t rows = 0;
+      for (int64_t i = b; i < e; ++i) {
+        if (index[i] < 0 || index[i] >= e - b) {
+          return absl::InternalError(absl::StrCat("dispatch row index ", index[i], " from rank ", s, " in wave ", w,
+                                                  " is outside [0, ", e - b, ")"));
+        }
+        rows = std::max<int64_t>(rows, index[i] + 1);
+      }
+      lay->drecv_row_begin[w * r_count + s] = off;
+      lay->drecv_rows[w * r_count + s] = rows;
+      off += rows;
+    }
+    // GEMM rows in the same order as ret_rows (local expert, then source, then token), read from the shared rows.
+    std::vector<int64_t>& gemm_rows = lay->a_rows[w];
+    gemm_rows.clear();
+    for (int e = eb; e < ee; ++e) {
+      for (int s = 0; s < r_count; ++s) {
+        const int64_t b = pair_begin(s, e), n = lay->recv_counts[static_cast<size_t>(s) * l + e];
+        for (int64_t i = b; i < b + n; ++i) gemm_rows.push_back(lay->drecv_row_begin[w * r_count + s] + index[i]);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 StatusOr<DispatchLayout> BuildDispatchLayout(comm::Communicator& comm, const Placement& placement,
-                                             const TokenBatch& batch, int num_waves) {
+                                             const TokenBatch& batch, int num_waves, bool dedup) {
   DispatchLayout lay;
   const int r_count = comm.size();
   const int l = placement.experts_per_rank();
@@ -147,6 +261,13 @@ StatusOr<DispatchLayout> BuildDispatchLayout(comm::Communicator& comm, const Pla
       }
       aoff.push_back(static_cast<int64_t>(a.size()));
     }
+  }
+
+  // 6. Dispatch rows: one per pair, or one per (token, destination rank) in each wave.
+  if (dedup) {
+    WAVEEP_RETURN_IF_ERROR(DedupDispatchRows(comm, placement, batch, &lay));
+  } else {
+    PairDispatchRows(batch, &lay);
   }
   return lay;
 }

@@ -81,6 +81,7 @@ class MoeLayer::Impl {
   std::unique_ptr<internal::LayerOps> ops;
   std::unique_ptr<internal::WaveScheduler> scheduler;
   DispatchLayout lay;
+  bool dedup_capable = false;  // every rank's operations can deduplicate dispatch rows
 };
 
 MoeLayer::MoeLayer(const ProcessContext& ctx, comm::Communicator* comm, LayerConfig cfg, Placement placement)
@@ -162,8 +163,9 @@ StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const ProcessContext& ctx, 
   if (valid.ok()) valid = CheckLayerFitsInMemory(cfg, comm->size(), 0);
   WAVEEP_RETURN_IF_ERROR(internal::AgreeStatus(*comm, valid));
   std::string canon = absl::StrCat(ModelConfigToJson(cfg.model), "|", DTypeName(cfg.dispatch_dtype), "|", cfg.num_waves,
-                                   "|", cfg.shared_experts);
-  WAVEEP_RETURN_IF_ERROR(CheckSameOnAllRanks(ctx, "layer config (model, --dtype, --waves, shared experts)", canon));
+                                   "|", cfg.shared_experts, "|", cfg.dedup);
+  WAVEEP_RETURN_IF_ERROR(
+      CheckSameOnAllRanks(ctx, "layer config (model, --dtype, --waves, shared experts, --dedup)", canon));
   WAVEEP_ASSIGN_OR_RETURN(Placement placement, Placement::Contiguous(cfg.model.num_experts, comm->size()));
   std::unique_ptr<MoeLayer> layer(new MoeLayer(ctx, comm, std::move(cfg), placement));
   Impl& im = *layer->impl_;
@@ -193,6 +195,17 @@ StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const ProcessContext& ctx, 
     }
   }
   WAVEEP_RETURN_IF_ERROR(internal::AgreeStatus(*comm, usable));
+  // Node of every rank (inter-node bytes), and whether every rank's operations can deduplicate dispatch rows.
+  const int32_t mine[2] = {ctx.node_id, im.ops->SupportsDedup() ? 1 : 0};
+  std::vector<int32_t> all(2 * static_cast<size_t>(comm->size()));
+  WAVEEP_RETURN_IF_ERROR(comm->Allgather(mine, sizeof(mine), all.data()));
+  bool all_dedup = true;
+  for (int r = 0; r < comm->size(); ++r) {
+    layer->node_of_rank_.push_back(all[2 * r]);
+    all_dedup = all_dedup && all[2 * r + 1] != 0;
+  }
+  im.dedup_capable = all_dedup;
+  layer->dedup_ = c.dedup && all_dedup;
   std::vector<float> w13(static_cast<size_t>(l) * 2 * i * h), w2(static_cast<size_t>(l) * h * i), sw13, sw2;
   Status load = absl::OkStatus();
   for (int e = 0; e < l && load.ok(); ++e) {
@@ -213,6 +226,13 @@ StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const ProcessContext& ctx, 
   return layer;
 }
 
+Status MoeLayer::SetDedup(bool dedup) {
+  WAVEEP_RETURN_IF_ERROR(CheckSameOnAllRanks(ctx_, "--dedup", dedup ? "1" : "0"));
+  cfg_.dedup = dedup;
+  dedup_ = dedup && impl_->dedup_capable;
+  return absl::OkStatus();
+}
+
 Status MoeLayer::SetNumWaves(int num_waves) {
   LayerConfig next = cfg_;
   next.num_waves = num_waves;
@@ -222,7 +242,7 @@ Status MoeLayer::SetNumWaves(int num_waves) {
   return absl::OkStatus();
 }
 
-// The wave schedule (DESIGN.md §3). Host code only enqueues; the two streams do the work.
+// The wave schedule (docs/architecture.md). Host code only enqueues; the two streams do the work.
 Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) {
   Impl& im = *impl_;
   internal::LayerOps& ops = *im.ops;
@@ -240,7 +260,7 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
           : absl::InvalidArgumentError(absl::StrCat("token batch has H=", batch.hidden, " K=", batch.top_k,
                                                     " but the model has H=", h, " K=", k));
   WAVEEP_RETURN_IF_ERROR(internal::AgreeStatus(*comm_, shape_ok));
-  WAVEEP_ASSIGN_OR_RETURN(im.lay, BuildDispatchLayout(*comm_, placement_, batch, w_count));
+  WAVEEP_ASSIGN_OR_RETURN(im.lay, BuildDispatchLayout(*comm_, placement_, batch, w_count, dedup_));
   const DispatchLayout& lay = im.lay;
   const double t_layout = NowUs();
   spans.push_back(SpanRecord{"comm", "layout", t0, t_layout, 0, 0});
@@ -251,11 +271,12 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
   // Buffers grown to this step's needs, inputs staged (on the comm stream, ahead of pack(0)).
   WAVEEP_RETURN_IF_ERROR(internal::AgreeStatus(*comm_, ops.Prepare(batch, lay, out, im.scheduler->comm_stream())));
 
-  auto wave_bytes_sent = [&](int w, bool dispatch) {
+  // Bytes this rank sends to other ranks in wave w's dispatch or combine (only to other nodes: `internode`).
+  auto wave_bytes_sent = [&](int w, bool dispatch, bool internode = false) {
     double b = 0;
     for (int p = 0; p < r_count; ++p) {
-      if (p == me) continue;
-      b += dispatch ? lay.send_rows[w * r_count + p] * drow : lay.recv_rows[w * r_count + p] * crow;
+      if (p == me || (internode && node_of_rank_[p] == node_of_rank_[me])) continue;
+      b += dispatch ? lay.dsend_rows[w * r_count + p] * drow : lay.recv_rows[w * r_count + p] * crow;
     }
     return b;
   };
@@ -265,10 +286,10 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
     a.recv = ops.recv(w % 2);
     a.label = absl::StrCat("alltoallv dispatch(", w, ")");
     for (int p = 0; p < r_count; ++p) {
-      a.send_bytes.push_back(lay.send_rows[w * r_count + p] * drow);
-      a.send_offsets.push_back(lay.send_row_begin[w * r_count + p] * drow);
-      a.recv_bytes.push_back(lay.recv_rows[w * r_count + p] * drow);
-      a.recv_offsets.push_back(lay.recv_row_begin[w * r_count + p] * drow);
+      a.send_bytes.push_back(lay.dsend_rows[w * r_count + p] * drow);
+      a.send_offsets.push_back(lay.dsend_row_begin[w * r_count + p] * drow);
+      a.recv_bytes.push_back(lay.drecv_rows[w * r_count + p] * drow);
+      a.recv_offsets.push_back(lay.drecv_row_begin[w * r_count + p] * drow);
     }
     return a;
   };
@@ -319,7 +340,11 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
     st.recv_rows = lay.total_recv_rows;
     st.flops = static_cast<double>(lay.total_recv_rows) * m.FlopsPerPair() +
                (shared ? static_cast<double>(batch.num_tokens) * 6.0 * h * si : 0);
-    for (int w = 0; w < w_count; ++w) st.bytes_sent += wave_bytes_sent(w, true) + wave_bytes_sent(w, false);
+    for (int w = 0; w < w_count; ++w) {
+      st.bytes_sent_dispatch += wave_bytes_sent(w, true);
+      st.bytes_sent += wave_bytes_sent(w, true) + wave_bytes_sent(w, false);
+      st.bytes_sent_internode += wave_bytes_sent(w, true, true) + wave_bytes_sent(w, false, true);
+    }
     *stats = std::move(st);
   }
   return absl::OkStatus();

@@ -22,12 +22,15 @@ ABSL_FLAG(std::string, models, "tiny", "Comma-separated model presets (or JSON p
 ABSL_FLAG(std::string, waves_list, "1,2,4,8", "Comma-separated wave counts; 1 (the baseline) is always added");
 ABSL_FLAG(std::string, tokens_list, "128,512", "Comma-separated tokens per rank");
 ABSL_FLAG(std::string, csv, "", "Write the table as CSV to this file");
+ABSL_FLAG(std::string, dedup_list, "1",
+          "Comma-separated dispatch deduplication settings to measure side by side: 1 (on), 0 (off), or 1,0");
 
 namespace waveep::cli {
 
 std::vector<std::string> BenchFlagNames() {
-  return {"models", "waves_list", "tokens_list", "steps",  "warmup",    "dtype",        "routing",        "seed", "csv",
-          "json",   "cluster",    "backend",     "device", "timeout_s", "blas_threads", "shared_experts", "quiet"};
+  return {"models",  "waves_list", "tokens_list",  "steps",          "warmup",  "dtype",
+          "routing", "seed",       "csv",          "json",           "cluster", "backend",
+          "device",  "timeout_s",  "blas_threads", "shared_experts", "quiet",   "dedup_list"};
 }
 
 namespace {
@@ -43,14 +46,15 @@ struct BenchPlan {
   std::vector<std::string> models;
   std::vector<int64_t> tokens;
   std::vector<int64_t> waves;  // sorted, unique, with 1
+  std::vector<bool> dedup;     // deduplication settings, in the order given
   ep::RoutingMode routing = ep::RoutingMode::kGate;
 };
 
 StatusOr<BenchPlan> BenchPlanFromFlags(const ProcessContext& ctx) {
-  WAVEEP_RETURN_IF_ERROR(
-      CheckSameOnAllRanks(ctx, "the command line (flags)",
-                          absl::StrCat(CanonicalFlags(), absl::GetFlag(FLAGS_models), absl::GetFlag(FLAGS_waves_list),
-                                       absl::GetFlag(FLAGS_tokens_list), absl::GetFlag(FLAGS_cluster))));
+  WAVEEP_RETURN_IF_ERROR(CheckSameOnAllRanks(
+      ctx, "the command line (flags)",
+      absl::StrCat(CanonicalFlags(), absl::GetFlag(FLAGS_models), absl::GetFlag(FLAGS_waves_list),
+                   absl::GetFlag(FLAGS_tokens_list), absl::GetFlag(FLAGS_cluster), absl::GetFlag(FLAGS_dedup_list))));
   BenchPlan plan;
   WAVEEP_ASSIGN_OR_RETURN(plan.waves, ParseIntList("waves_list", absl::GetFlag(FLAGS_waves_list)));
   WAVEEP_ASSIGN_OR_RETURN(plan.tokens, ParseIntList("tokens_list", absl::GetFlag(FLAGS_tokens_list)));
@@ -60,6 +64,12 @@ StatusOr<BenchPlan> BenchPlanFromFlags(const ProcessContext& ctx) {
   waves.erase(std::unique(waves.begin(), waves.end()), waves.end());
   for (int64_t t : plan.tokens)
     if (t < 0) return absl::InvalidArgumentError(absl::StrCat("--tokens_list: tokens per rank must be >= 0, got ", t));
+  WAVEEP_ASSIGN_OR_RETURN(std::vector<int64_t> dedup, ParseIntList("dedup_list", absl::GetFlag(FLAGS_dedup_list)));
+  for (int64_t d : dedup) {
+    if (d != 0 && d != 1) return absl::InvalidArgumentError(absl::StrCat("--dedup_list: ", d, " is not 0 or 1"));
+    if (std::find(plan.dedup.begin(), plan.dedup.end(), d == 1) == plan.dedup.end()) plan.dedup.push_back(d == 1);
+  }
+  if (plan.dedup.empty()) return absl::InvalidArgumentError("--dedup_list is empty");
   plan.models = absl::StrSplit(absl::GetFlag(FLAGS_models), ',', absl::SkipEmpty());
   if (plan.models.empty()) return absl::InvalidArgumentError("--models is empty");
   return plan;
@@ -102,20 +112,22 @@ StatusOr<std::pair<ep::LayerConfig, std::vector<int>>> BenchModel(const ProcessC
   return std::make_pair(cfg, model_waves);
 }
 
-// --warmup + --steps rounds on one session; each round runs every wave count once, interleaved so every
-// configuration sees the same machine state. One series per wave count.
+// --warmup + --steps rounds on one session; each round runs every (dedup setting, wave count) once, interleaved so
+// every configuration sees the same machine state. One series per configuration: index d * waves + i.
 StatusOr<std::vector<StepSeries>> MeasureWaves(const ProcessContext& ctx, Session& s, RunPoint p,
-                                               const std::vector<int>& model_waves) {
+                                               const std::vector<bool>& dedup, const std::vector<int>& model_waves) {
   const int steps = absl::GetFlag(FLAGS_steps), warmup = absl::GetFlag(FLAGS_warmup);
-  std::vector<StepSeries> series(model_waves.size());
+  std::vector<StepSeries> series(dedup.size() * model_waves.size());
   for (int rep = 0; rep < warmup + steps; ++rep) {
-    for (size_t i = 0; i < model_waves.size(); ++i) {
+    for (size_t c = 0; c < series.size(); ++c) {
+      const size_t i = c % model_waves.size();
+      WAVEEP_RETURN_IF_ERROR(s.layer->SetDedup(dedup[c / model_waves.size()]));
       WAVEEP_RETURN_IF_ERROR(s.layer->SetNumWaves(model_waves[i]));
       p.steps = 1;
       p.warmup = rep < warmup ? 1 : 0;
       if (rep < warmup) p.steps = 0;
       WAVEEP_ASSIGN_OR_RETURN(StepSeries one, RunSteps(ctx, s, p));
-      StepSeries& acc = series[i];
+      StepSeries& acc = series[c];
       for (size_t k = 0; k < one.step_ms.size(); ++k) {
         acc.step_ms.push_back(one.step_ms[k]);
         acc.layout_ms.push_back(one.layout_ms[k]);
@@ -124,6 +136,8 @@ StatusOr<std::vector<StepSeries>> MeasureWaves(const ProcessContext& ctx, Sessio
         acc.efficiency.push_back(one.efficiency[k]);
         acc.flops_per_step = one.flops_per_step;
         acc.bytes_sent_per_step = one.bytes_sent_per_step;
+        acc.dispatch_bytes_per_step = one.dispatch_bytes_per_step;
+        acc.internode_bytes_per_step = one.internode_bytes_per_step;
       }
     }
   }
@@ -131,9 +145,13 @@ StatusOr<std::vector<StepSeries>> MeasureWaves(const ProcessContext& ctx, Sessio
 }
 
 // One row of the table: W's series against the W = 1 median `base_median`.
-BenchRow MakeBenchRow(const ProcessContext& ctx, const ep::LayerConfig& cfg, int64_t tokens, int waves,
+BenchRow MakeBenchRow(const ProcessContext& ctx, const ep::LayerConfig& cfg, int64_t tokens, int waves, bool dedup,
                       const StepSeries& series, double base_median) {
   BenchRow r;
+  r.dedup = dedup;
+  r.mb_per_step = series.bytes_sent_per_step / 1e6;
+  r.dispatch_mb_per_step = series.dispatch_bytes_per_step / 1e6;
+  r.internode_mb_per_step = series.internode_bytes_per_step / 1e6;
   r.model = cfg.model.name;
   r.ranks = ctx.world_size;
   r.nodes = ctx.num_nodes;
@@ -204,17 +222,19 @@ Status BenchImpl(const ProcessContext& ctx) {
         std::fprintf(stderr, "[waveep] bench %s tokens/rank=%lld: building layer (%d experts/rank)...\n",
                      model_name.c_str(), static_cast<long long>(t), cfg.model.num_experts / ctx.world_size);
       WAVEEP_ASSIGN_OR_RETURN(Session s, OpenSession(ctx, p, absl::GetFlag(FLAGS_backend)));
-      WAVEEP_ASSIGN_OR_RETURN(std::vector<StepSeries> series, MeasureWaves(ctx, s, p, model_waves));
-      const double base_median = Summarize(series[0].step_ms).median;
-      for (size_t i = 0; i < model_waves.size(); ++i) {
-        BenchRow r = MakeBenchRow(ctx, cfg, t, model_waves[i], series[i], base_median);
+      WAVEEP_ASSIGN_OR_RETURN(std::vector<StepSeries> series, MeasureWaves(ctx, s, p, plan.dedup, model_waves));
+      for (size_t c = 0; c < series.size(); ++c) {
+        const size_t d = c / model_waves.size(), i = c % model_waves.size();
+        const double base_median = Summarize(series[d * model_waves.size()].step_ms).median;
+        WAVEEP_RETURN_IF_ERROR(s.layer->SetDedup(plan.dedup[d]));
+        BenchRow r = MakeBenchRow(ctx, cfg, t, model_waves[i], s.layer->dedup(), series[c], base_median);
         if (predictor) {
           WAVEEP_ASSIGN_OR_RETURN(r.predicted_ms, predictor->StepMs(cfg, t, model_waves[i], ctx.world_size));
         }
         rows.push_back(r);
         if (ctx.world_rank == 0 && !quiet)
-          std::fprintf(stderr, "[waveep]   waves=%d: median %.3f ms (speedup %.2fx, overlap %.2f)\n", r.waves,
-                       r.step_ms_median, r.speedup, r.overlap_efficiency);
+          std::fprintf(stderr, "[waveep]   waves=%d dedup=%d: median %.3f ms (speedup %.2fx, overlap %.2f)\n", r.waves,
+                       r.dedup ? 1 : 0, r.step_ms_median, r.speedup, r.overlap_efficiency);
       }
     }
   }
@@ -226,23 +246,27 @@ Status BenchImpl(const ProcessContext& ctx) {
 
 std::string FormatBenchTable(const std::vector<BenchRow>& rows, int blas_threads) {
   std::ostringstream o;
-  o << "waveep bench (blas_threads=" << blas_threads << "): speedup is vs waves=1 measured in the same run\n";
+  o << "waveep bench (blas_threads=" << blas_threads
+    << "): speedup is vs waves=1 (same dedup) measured in the same run; MB/step: all ranks, dispatch + combine, "
+       "xnode_MB: the part between nodes\n";
   bool pred = false;
   for (const BenchRow& r : rows) pred |= r.predicted_ms > 0;
   char line[512];
-  std::snprintf(line, sizeof(line), "%-18s %5s %8s %5s %5s %10s %9s %9s %8s %10s %10s %8s %9s %10s%s\n", "model",
-                "ranks", "tok/rank", "dtype", "waves", "median_ms", "min_ms", "max_ms", "speedup", "compute_ms",
-                "comm_ms", "overlap", "TFLOP/s", "GB/s/rank", pred ? "  pred_ms  pred/meas" : "");
+  std::snprintf(line, sizeof(line), "%-18s %5s %8s %5s %5s %5s %10s %9s %9s %8s %10s %10s %8s %9s %10s %9s %9s%s\n",
+                "model", "ranks", "tok/rank", "dtype", "waves", "dedup", "median_ms", "min_ms", "max_ms", "speedup",
+                "compute_ms", "comm_ms", "overlap", "TFLOP/s", "GB/s/rank", "MB/step", "xnode_MB",
+                pred ? "  pred_ms  pred/meas" : "");
   o << line;
   for (const BenchRow& r : rows) {
     std::string p = pred ? absl::StrCat("  ", Fmt("%7.3f", r.predicted_ms), "  ",
                                         Fmt("%9.2f", r.step_ms_median > 0 ? r.predicted_ms / r.step_ms_median : 0))
                          : "";
-    std::snprintf(line, sizeof(line),
-                  "%-18s %5d %8lld %5s %5d %10.3f %9.3f %9.3f %7.2fx %10.3f %10.3f %8.2f %9.4f %10.3f%s\n",
-                  r.model.c_str(), r.ranks, static_cast<long long>(r.tokens_per_rank), r.dtype.c_str(), r.waves,
-                  r.step_ms_median, r.step_ms_min, r.step_ms_max, r.speedup, r.compute_ms, r.comm_ms,
-                  r.overlap_efficiency, r.tflops, r.gbps_per_rank, p.c_str());
+    std::snprintf(
+        line, sizeof(line),
+        "%-18s %5d %8lld %5s %5d %5s %10.3f %9.3f %9.3f %7.2fx %10.3f %10.3f %8.2f %9.4f %10.3f %9.3f %9.3f%s\n",
+        r.model.c_str(), r.ranks, static_cast<long long>(r.tokens_per_rank), r.dtype.c_str(), r.waves,
+        r.dedup ? "on" : "off", r.step_ms_median, r.step_ms_min, r.step_ms_max, r.speedup, r.compute_ms, r.comm_ms,
+        r.overlap_efficiency, r.tflops, r.gbps_per_rank, r.mb_per_step, r.internode_mb_per_step, p.c_str());
     o << line;
   }
   return o.str();
@@ -251,12 +275,14 @@ std::string FormatBenchTable(const std::vector<BenchRow>& rows, int blas_threads
 std::string BenchCsv(const std::vector<BenchRow>& rows) {
   std::ostringstream o;
   o << "model,ranks,tokens_per_rank,dtype,waves,step_ms_median,step_ms_min,step_ms_max,speedup,compute_ms,comm_ms,"
-       "overlap_efficiency,tflops,gbps_per_rank,predicted_ms,nodes\n";
+       "overlap_efficiency,tflops,gbps_per_rank,predicted_ms,nodes,dedup,mb_per_step,dispatch_mb_per_step,"
+       "internode_mb_per_step\n";
   for (const BenchRow& r : rows) {
     o << r.model << ',' << r.ranks << ',' << r.tokens_per_rank << ',' << r.dtype << ',' << r.waves << ','
       << r.step_ms_median << ',' << r.step_ms_min << ',' << r.step_ms_max << ',' << r.speedup << ',' << r.compute_ms
       << ',' << r.comm_ms << ',' << r.overlap_efficiency << ',' << r.tflops << ',' << r.gbps_per_rank << ','
-      << r.predicted_ms << ',' << r.nodes << '\n';
+      << r.predicted_ms << ',' << r.nodes << ',' << (r.dedup ? 1 : 0) << ',' << r.mb_per_step << ','
+      << r.dispatch_mb_per_step << ',' << r.internode_mb_per_step << '\n';
   }
   return o.str();
 }
@@ -279,7 +305,11 @@ std::string BenchJsonRows(const std::vector<BenchRow>& rows) {
                  {"tflops", r.tflops},
                  {"gbps_per_rank", r.gbps_per_rank},
                  {"predicted_ms", r.predicted_ms},
-                 {"nodes", r.nodes}});
+                 {"nodes", r.nodes},
+                 {"dedup", r.dedup},
+                 {"mb_per_step", r.mb_per_step},
+                 {"dispatch_mb_per_step", r.dispatch_mb_per_step},
+                 {"internode_mb_per_step", r.internode_mb_per_step}});
   }
   return a.dump();
 }

@@ -18,11 +18,15 @@ struct BenchRow {
   int64_t tokens_per_rank = 0;
   std::string dtype;
   int waves = 1;
+  bool dedup = true;  // dispatch deduplication in effect (MoeLayer::dedup())
   double step_ms_median = 0, step_ms_min = 0, step_ms_max = 0;
-  double speedup = 0;  // W=1 median / this median, same run
+  double speedup = 0;  // W=1 median (same dedup setting) / this median, same run
   double compute_ms = 0, comm_ms = 0, overlap_efficiency = 0;
   double tflops = 0, gbps_per_rank = 0;
-  double predicted_ms = 0;  // topology model (0 when no --cluster)
+  double predicted_ms = 0;           // topology model (0 when no --cluster)
+  double mb_per_step = 0;            // bytes all ranks sent to other ranks per step (dispatch + combine), MB
+  double dispatch_mb_per_step = 0;   // the dispatch part
+  double internode_mb_per_step = 0;  // the part that crossed to other nodes
 };
 
 std::string FormatBenchTable(const std::vector<BenchRow>& rows, int blas_threads);

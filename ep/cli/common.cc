@@ -65,6 +65,7 @@ StatusOr<ep::LayerConfig> LayerConfigFromFlags(const ProcessContext& ctx) {
   WAVEEP_ASSIGN_OR_RETURN(cfg.dispatch_dtype, ParseDType(absl::GetFlag(FLAGS_dtype)));
   cfg.num_waves = absl::GetFlag(FLAGS_waves);
   cfg.shared_experts = absl::GetFlag(FLAGS_shared_experts);
+  cfg.dedup = absl::GetFlag(FLAGS_dedup);
   WAVEEP_ASSIGN_OR_RETURN(cfg.device, DeviceFromFlag(ctx));
   if (absl::GetFlag(FLAGS_tokens_per_rank) < 0) {
     return absl::InvalidArgumentError(

@@ -37,11 +37,12 @@ StatusOr<StepSeries> RunSteps(const ProcessContext& ctx, Session& s, const RunPo
     if (!timed) continue;
     // Aggregate: [step, layout, compute, comm] max; [eff, flops, bytes, rows] summed (rows: max).
     double mx[4] = {st.step_us, st.layout_us, st.compute_busy_us, st.comm_busy_us}, gmx[4];
-    double sm[3] = {st.overlap_efficiency, st.flops, st.bytes_sent}, gsm[3];
+    double sm[5] = {st.overlap_efficiency, st.flops, st.bytes_sent, st.bytes_sent_dispatch, st.bytes_sent_internode},
+           gsm[5];
     long long rows = st.recv_rows, grows = 0;
     const char* what = "the per-step statistics reduction";
     WAVEEP_RETURN_IF_ERROR(Allreduce(ctx, mx, gmx, 4, MPI_DOUBLE, MPI_MAX, what));
-    WAVEEP_RETURN_IF_ERROR(Allreduce(ctx, sm, gsm, 3, MPI_DOUBLE, MPI_SUM, what));
+    WAVEEP_RETURN_IF_ERROR(Allreduce(ctx, sm, gsm, 5, MPI_DOUBLE, MPI_SUM, what));
     WAVEEP_RETURN_IF_ERROR(Allreduce(ctx, &rows, &grows, 1, MPI_LONG_LONG, MPI_MAX, what));
     series.step_ms.push_back(gmx[0] * 1e-3);
     series.layout_ms.push_back(gmx[1] * 1e-3);
@@ -50,6 +51,8 @@ StatusOr<StepSeries> RunSteps(const ProcessContext& ctx, Session& s, const RunPo
     series.efficiency.push_back(gsm[0] / ctx.world_size);
     series.flops_per_step = gsm[1];
     series.bytes_sent_per_step = gsm[2];
+    series.dispatch_bytes_per_step = gsm[3];
+    series.internode_bytes_per_step = gsm[4];
     series.max_rows_per_rank = grows;
     series.last_local = std::move(st);
     // Progress a person can read on long runs: one line every kProgressEveryS seconds, not one per step.

@@ -17,10 +17,12 @@ namespace waveep::cli {
 // efficiency the mean over ranks, FLOPs and bytes the sum over ranks.
 struct StepSeries {
   std::vector<double> step_ms, layout_ms, compute_ms, comm_ms, efficiency;
-  double flops_per_step = 0;       // all ranks
-  double bytes_sent_per_step = 0;  // all ranks, to other ranks (dispatch + combine)
-  int64_t max_rows_per_rank = 0;   // routed rows computed by the busiest rank
-  ep::StepStats last_local;        // this rank's last step (spans for the trace)
+  double flops_per_step = 0;            // all ranks
+  double bytes_sent_per_step = 0;       // all ranks, to other ranks (dispatch + combine)
+  double dispatch_bytes_per_step = 0;   // the dispatch part of it
+  double internode_bytes_per_step = 0;  // the part that went to ranks on other nodes
+  int64_t max_rows_per_rank = 0;        // routed rows computed by the busiest rank
+  ep::StepStats last_local;             // this rank's last step (spans for the trace)
 };
 
 struct RunPoint {

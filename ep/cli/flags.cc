@@ -32,6 +32,9 @@ ABSL_FLAG(
     "GPUs: use MPS); or cuda:N");
 ABSL_FLAG(int, blas_threads, 0, "BLAS threads per rank; 0 = cores per rank minus one for the comm thread (min 1)");
 ABSL_FLAG(bool, shared_experts, true, "Include the model's shared expert(s), computed locally on each rank");
+ABSL_FLAG(bool, dedup, true,
+          "Dispatch deduplication: send each token once per destination rank and wave instead of once per (token, "
+          "expert) pair (output unchanged; --device=cpu only for now, CUDA sends every pair)");
 ABSL_FLAG(std::string, cluster, "",
           "Cluster description: a preset in configs/clusters/ or a JSON path (e.g. written by `waveep topo probe`); "
           "topo check/model/tune use it, bench adds the topology model's predicted step time next to the measured");
@@ -56,8 +59,9 @@ std::string CanonicalFlags() {
                       ";verify=", absl::GetFlag(FLAGS_verify), ";waves=", absl::GetFlag(FLAGS_waves),
                       ";routing=", absl::GetFlag(FLAGS_routing), ";backend=", absl::GetFlag(FLAGS_backend),
                       ";device=", absl::GetFlag(FLAGS_device), ";shared=", absl::GetFlag(FLAGS_shared_experts),
-                      ";checkpoint=", absl::GetFlag(FLAGS_checkpoint), ";layer=", absl::GetFlag(FLAGS_layer),
-                      ";input=", absl::GetFlag(FLAGS_input), ";output=", absl::GetFlag(FLAGS_output));
+                      ";dedup=", absl::GetFlag(FLAGS_dedup), ";checkpoint=", absl::GetFlag(FLAGS_checkpoint),
+                      ";layer=", absl::GetFlag(FLAGS_layer), ";input=", absl::GetFlag(FLAGS_input),
+                      ";output=", absl::GetFlag(FLAGS_output));
 }
 
 }  // namespace waveep::cli

@@ -175,6 +175,7 @@ struct RunReport {
   std::string backend;
   int blas_threads = 1;
   bool custom = false;  // --checkpoint or --input
+  bool dedup = false;   // dispatch deduplication in effect (MoeLayer::dedup())
   int ranks = 1, nodes = 1;
   std::string launcher;
   long long min_tokens = 0, max_tokens = 0;  // tokens per rank (uneven with --input)
@@ -238,9 +239,9 @@ void PrintRunSummary(const RunReport& r) {
   } else {
     std::printf("  tokens/rank=%lld-%lld", r.min_tokens, r.max_tokens);
   }
-  std::printf(" experts/rank=%d waves=%d dtype=%s routing=%s backend=%s blas_threads=%d\n", l, r.cfg.num_waves,
+  std::printf(" experts/rank=%d waves=%d dtype=%s routing=%s backend=%s dedup=%s blas_threads=%d\n", l, r.cfg.num_waves,
               std::string(DTypeName(r.cfg.dispatch_dtype)).c_str(), r.src.routing.c_str(), r.backend.c_str(),
-              r.blas_threads);
+              r.dedup ? "on" : "off", r.blas_threads);
   if (r.src.ckpt != nullptr) {
     std::printf("  checkpoint  %s layer %d (%s naming, %s weights): read %.2f MB max per rank, %.2f MB all ranks\n",
                 r.src.checkpoint.c_str(), r.src.ckpt->layer(),
@@ -257,6 +258,10 @@ void PrintRunSummary(const RunReport& r) {
               r.layout.median, r.compute.median, r.comm.median, r.eff.median);
   std::printf("  throughput  %.4f TFLOP/s (all ranks)  sent %.2f MB/step  %.3f GB/s per rank\n", r.tflops,
               r.series.bytes_sent_per_step / 1e6, r.gbps_per_rank);
+  std::printf("  sent        dispatch %.2f MB/step  combine %.2f MB/step  to other nodes %.2f MB/step\n",
+              r.series.dispatch_bytes_per_step / 1e6,
+              (r.series.bytes_sent_per_step - r.series.dispatch_bytes_per_step) / 1e6,
+              r.series.internode_bytes_per_step / 1e6);
   if (r.v.ran) {
     std::printf("  verify      %s  max error %.3e (tolerance %.3e)  max rel L2 %.3e  worst token %lld\n",
                 r.v.passed ? "PASS" : "FAIL", r.v.max_normalized, r.v.tolerance, r.v.max_rel_l2, r.v.worst_token);
@@ -316,6 +321,9 @@ nlohmann::json RunReportToJson(const RunReport& r) {
   j["flops_per_step"] = r.series.flops_per_step;
   j["tflops"] = r.tflops;
   j["bytes_sent_per_step"] = r.series.bytes_sent_per_step;
+  j["dedup"] = r.dedup;
+  j["dispatch_bytes_per_step"] = r.series.dispatch_bytes_per_step;
+  j["internode_bytes_per_step"] = r.series.internode_bytes_per_step;
   j["gbps_sent_per_rank"] = r.gbps_per_rank;
   j["max_rows_per_rank"] = r.series.max_rows_per_rank;
   if (r.v.ran) {
@@ -363,6 +371,7 @@ Status RunImpl(const ProcessContext& ctx, int* exit_code) {
   auto session_or = r.custom ? OpenCustomSession(ctx, r.p, r.backend, &r.src) : OpenSession(ctx, r.p, r.backend);
   WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, session_or.status()));
   Session s = *std::move(session_or);
+  r.dedup = s.layer->dedup();
   if (r.src.ckpt != nullptr && ctx.world_rank == 0) {
     for (const std::string& note : r.src.ckpt->notes()) std::fprintf(stderr, "[waveep] note: %s\n", note.c_str());
   }

@@ -84,7 +84,7 @@ BENCHMARK(BM_GroupedGemm)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
-// The whole expert FFN: gate+up GEMM, SwiGLU, down GEMM; 6*H*I FLOPs per row (DESIGN.md §1).
+// The whole expert FFN: gate+up GEMM, SwiGLU, down GEMM; 6*H*I FLOPs per row (docs/topology.md §2).
 void BM_ExpertFfn(benchmark::State& state) {
   const int64_t hidden = state.range(0), inter = state.range(1);
   const int num_experts = static_cast<int>(state.range(2));

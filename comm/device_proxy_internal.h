@@ -4,7 +4,7 @@
 // comm/device_proxy_internal.h — the progress ("proxy") thread that drives host-side work of GPU exchanges without
 // ever blocking inside a CUDA host function (CUDA forbids host functions that wait on other CUDA work, and one
 // blocked host function stalls every stream's host functions behind it). The pattern of NCCL's proxy thread and the
-// CPU-proxy EP designs (DESIGN.md §7):
+// CPU-proxy EP designs:
 //
 //   user stream:  ... producer ... [start marker] [wait: released?] [report status] ... consumer ...
 //   proxy thread:        polls start marker -> runs the job (D2H, network, H2D) -> stores the Status -> release

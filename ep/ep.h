@@ -12,7 +12,7 @@
 //   WAVEEP_RETURN_IF_ERROR(layer->Forward(batch, out.data(), &stats));
 //
 // Forward = layout (validate routing on every rank, exchange counts per (rank, local expert), split local experts
-// into waves balanced by routed rows, allgather wave boundaries) + the wave schedule of DESIGN.md §3 run by
+// into waves balanced by routed rows, allgather wave boundaries) + the wave schedule of docs/architecture.md run by
 // WaveScheduler on a compute stream and a comm stream:
 //
 //   comm:     dispatch(0) dispatch(1) combine(0) dispatch(2) combine(1) ... combine(W-1)

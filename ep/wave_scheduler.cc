@@ -101,9 +101,9 @@ Status WaveScheduler::Run(int num_waves, const WaveOps& ops, std::vector<SpanRec
     return xs.Record(*unpacked_[w]);
   };
 
-  // Host order == DESIGN.md §3: dispatch(0); for each w: gemm(w) | dispatch(w+1), combine(w-1); combine(W-1). The
-  // head (the first half of the shared expert) fills the compute stream while pack(0) and dispatch(0) run; it needs
-  // only the inputs LayerOps::Prepare staged on the comm stream before this.
+  // Host order == the schedule of docs/architecture.md: dispatch(0); for each w: gemm(w) | dispatch(w+1), combine(w-1);
+  // combine(W-1). The head (the first half of the shared expert) fills the compute stream while pack(0) and dispatch(0)
+  // run; it needs only the inputs LayerOps::Prepare staged on the comm stream before this.
   Status enq = absl::OkStatus();
   if (ops.head) {
     enq = cs.Record(*inputs_ready_);

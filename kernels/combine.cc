@@ -2,8 +2,8 @@
 //
 // Weighted combine of expert outputs back into token order.
 //
-// NOTES: bitwise reproducibility (DESIGN.md §3) rests on a fixed evaluation order: out starts at +0 and each slot
-// adds fl(w * row) in k order. The loop over `hidden` vectorises without reassociating anything, and the target is
+// NOTES: bitwise reproducibility (docs/architecture.md) rests on a fixed evaluation order: out starts at +0 and each
+// slot adds fl(w * row) in k order. The loop over `hidden` vectorises without reassociating anything, and the target is
 // compiled with -ffp-contract=off so no compiler may fuse the multiply-add into an FMA behind our back.
 #include <cstring>
 

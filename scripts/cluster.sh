@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# An emulated multi-host cluster on one Linux machine (DESIGN.md §6): each host is a network namespace with its own
+# An emulated multi-host cluster on one Linux machine (docs/perf/cluster-2026-11-29): each host is a network namespace with its own
 # hostname (UTS namespace) and one NIC (a veth pair) into a switch (a bridge); each NIC is shaped with tc in both
 # directions (tbf for the rate; netem for delay, jitter and loss). An unmodified `mpirun --hostfile` launches ranks
 # across the hosts through an rsh agent that enters a host's namespaces: shared memory inside a host, TCP between.

@@ -26,7 +26,11 @@ def load(path):
             for k in ("step_ms_median", "step_ms_min", "step_ms_max", "speedup", "overlap_efficiency", "tflops",
                       "predicted_ms"):
                 r[k] = float(r[k])
+            r["dedup"] = int(r.get("dedup") or 0)  # older CSVs: no deduplication
             rows.append(r)
+    # A --dedup_list=1,0 run holds every point twice: plot the deduplicated one (the default); the table compares both.
+    if len({r["dedup"] for r in rows}) > 1:
+        rows = [r for r in rows if r["dedup"] == 1]
     return rows
 
 

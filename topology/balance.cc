@@ -1,6 +1,6 @@
 // Copyright 2026 The waveep Authors.
 //
-// The balance threshold of DESIGN.md §1 and the per-link check. The derivation is in docs/topology.md; in short, a
+// The balance threshold and the per-link check. The derivation is in docs/topology.md; in short, a
 // (token, expert) pair costs 6HI FLOPs on the expert's device and moves one dispatch row out and one combine row
 // back, so a link carrying a fraction `share` of a device's pair bytes needs share * F / (6HI / pair bytes) of
 // bandwidth to stay hidden behind a device computing F FLOP/s.

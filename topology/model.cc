@@ -136,6 +136,66 @@ double ConvertUs(const DeviceSpec& d, const char* key, double f32_bytes) {
 
 }  // namespace
 
+double DedupRowsPerPair(const ModelConfig& model, int num_ranks, int num_waves) {
+  const int e_count = model.num_experts, k = model.top_k;
+  if (num_ranks < 1 || num_waves < 1 || e_count < 1 || k < 1 || e_count % num_ranks != 0) return 1.0;
+  const int l = e_count / num_ranks;
+  if (num_waves > l) return 1.0;
+  // Groups (DeepSeek's n_group / topk_group); none = one group drawn always.
+  bool grouped =
+      model.n_group > 1 && model.topk_group >= 1 && model.topk_group <= model.n_group && e_count % model.n_group == 0;
+  if (grouped) {  // enumerate the group draws only while there are few (C(n_group, topk_group) <= 10^5)
+    double draws = 1;
+    for (int i = 0; i < model.topk_group; ++i) draws = draws * (model.n_group - i) / (i + 1);
+    grouped = draws <= 1e5;
+  }
+  const int n_group = grouped ? model.n_group : 1, topk_group = grouped ? model.topk_group : 1;
+  const int g_size = e_count / n_group;
+  // Slices: rank r's wave w = its local experts [b, e), W waves of L / W experts (the first L % W one more).
+  std::vector<std::pair<int, int>> slices;
+  for (int r = 0; r < num_ranks; ++r) {
+    int b = r * l;
+    for (int w = 0; w < num_waves; ++w) {
+      const int n = l / num_waves + (w < l % num_waves ? 1 : 0);
+      slices.emplace_back(b, b + n);
+      b += n;
+    }
+  }
+  // P(a slice with m of the P drawn experts gets none of K uniform draws without replacement) = C(P-m, K) / C(P, K).
+  auto untouched = [k](int pool, int m) {
+    if (pool - m < k) return 0.0;
+    double q = 1.0;
+    for (int i = 0; i < k; ++i) q *= static_cast<double>(pool - m - i) / (pool - i);
+    return q;
+  };
+  // Every draw of topk_group groups (at most C(n_group, topk_group); DeepSeek-V3: C(8, 4) = 70).
+  std::vector<int> chosen(topk_group);
+  for (int i = 0; i < topk_group; ++i) chosen[i] = i;
+  double sum = 0;
+  int64_t draws = 0;
+  std::vector<char> in_draw(n_group);
+  for (;;) {
+    std::fill(in_draw.begin(), in_draw.end(), 0);
+    for (int g : chosen) in_draw[g] = 1;
+    const int pool = topk_group * g_size;
+    double reached = 0;
+    for (const auto& [b, e] : slices) {
+      int m = 0;
+      for (int x = b; x < e; ++x) m += in_draw[x / g_size];
+      if (m > 0) reached += 1.0 - untouched(pool, m);
+    }
+    sum += reached;
+    ++draws;
+    // Next combination in lexicographic order.
+    int i = topk_group - 1;
+    while (i >= 0 && chosen[i] == n_group - topk_group + i) --i;
+    if (i < 0) break;
+    ++chosen[i];
+    for (int j = i + 1; j < topk_group; ++j) chosen[j] = chosen[j - 1] + 1;
+  }
+  return std::min(1.0, sum / static_cast<double>(draws) / k);
+}
+
 StatusOr<Prediction> PredictStep(const ModelConfig& model, const Cluster& cluster, const StepShape& shape) {
   WAVEEP_ASSIGN_OR_RETURN(const int r, internal::ValidateStep(model, cluster, shape.num_ranks, shape.tokens_per_rank,
                                                               shape.dispatch_dtype));
@@ -151,7 +211,8 @@ StatusOr<Prediction> PredictStep(const ModelConfig& model, const Cluster& cluste
   p.local_fraction = 1.0 / r;
   p.dispatch_row_bytes = static_cast<double>(model.DispatchRowBytes(shape.dispatch_dtype));
   p.combine_row_bytes = internal::CombineRowBytes(model);
-  p.dispatch_bytes_per_rank = pairs * (1.0 - p.local_fraction) * p.dispatch_row_bytes;
+  p.dispatch_rows_per_pair = shape.dedup ? DedupRowsPerPair(model, r, 1) : 1.0;
+  p.dispatch_bytes_per_rank = pairs * p.dispatch_rows_per_pair * (1.0 - p.local_fraction) * p.dispatch_row_bytes;
   p.combine_bytes_per_rank = pairs * (1.0 - p.local_fraction) * p.combine_row_bytes;
   p.gemm_dtype = internal::GemmDtypeName(dev, shape.dispatch_dtype);
   WAVEEP_ASSIGN_OR_RETURN(p.peak_tflops, dev.PeakTflops(p.gemm_dtype));
@@ -215,8 +276,14 @@ StatusOr<Prediction> PredictStep(const ModelConfig& model, const Cluster& cluste
   }
   const int wmax_cap = shape.split == WaveSplit::kExperts ? l : 64;
   const int wmax = std::max(1, std::min(wmax_cap, shape.max_waves > 0 ? shape.max_waves : std::min(l, 16)));
+  if (shape.dedup)
+    p.notes.push_back(absl::StrFormat(
+        "dispatch deduplication: %.3f dispatch rows per pair at W = 1 (uniform routing within the group limit)",
+        p.dispatch_rows_per_pair));
   for (int w_count = 1; w_count <= wmax; ++w_count) {
     std::vector<double> d_us(w_count), c_us(w_count), u_us(w_count), r_us(w_count);
+    // Rows a wave's dispatch packs and sends, per pair (one per (token, rank, wave) with deduplication).
+    const double drows = shape.dedup && shape.split == WaveSplit::kExperts ? DedupRowsPerPair(model, r, w_count) : 1.0;
     double eff_sum = 0;
     for (int w = 0; w < w_count; ++w) {
       int experts = l;
@@ -227,8 +294,8 @@ StatusOr<Prediction> PredictStep(const ModelConfig& model, const Cluster& cluste
         rows_per_expert = p.rows_per_expert;
       }
       const double block = rows / r;  // rows to each peer (and to itself)
-      const double pack = rows > 0 ? ovh + ConvertUs(dev, to_key, rows * h * 4.0) : 0.0;
-      d_us[w] = pack + ex.Us(block * p.dispatch_row_bytes, true);
+      const double pack = rows > 0 ? ovh + ConvertUs(dev, to_key, rows * drows * h * 4.0) : 0.0;
+      d_us[w] = pack + ex.Us(block * drows * p.dispatch_row_bytes, true);
       const double eff = internal::GemmEfficiency(dev, model, peak, wbytes, rows_per_expert, experts);
       eff_sum += eff;
       c_us[w] = ovh + ConvertUs(dev, from_key, rows * h * 4.0) +

@@ -272,7 +272,7 @@ std::string LinkLabel(const Cluster& cluster, const Link& link);
 
 // ==== balance threshold and check ==================================================================================
 
-// The FLOPs-per-byte threshold of DESIGN.md §1, derived from the model shape and dtypes (never hard-coded).
+// The FLOPs-per-byte threshold (docs/topology.md §2), derived from the model shape and dtypes (never hard-coded).
 struct Threshold {
   double flops_per_pair = 0;            // 6 * H * I
   double published_bytes_per_pair = 0;  // (1 + 2) * H: FP8 dispatch + BF16 combine, no refinements
@@ -356,13 +356,23 @@ struct StepShape {
   int blas_threads = 0;        // CPU contention model; 0 = cores per rank - 1 (min 1), as the CLI
   WaveSplit split = WaveSplit::kExperts;
   bool use_measured_alltoall = true;  // use the probe's all-to-all curve when it matches R
+  // Dispatch deduplication (ep::LayerConfig::dedup): dispatch rows per pair = DedupRowsPerPair(model, R, W).
+  bool dedup = false;
 };
+
+// Expected dispatch rows per (token, expert) pair when each token is sent once per destination rank and wave (the
+// layer's dispatch deduplication), under uniform routing within the model's group limit: a token's topk_group groups
+// are drawn uniformly from n_group, its K experts uniformly from the drawn groups' experts; ranks hold contiguous
+// experts, each rank's split into W waves of equal expert counts. E[(rank, wave) slices a token reaches] / K =
+// sum over slices of (1 - C(P - m, K) / C(P, K)) / K, averaged over the group draws (P: the drawn groups' experts, m:
+// the slice's experts among them). In (0, 1]; 1 when every slice holds one expert.
+double DedupRowsPerPair(const ModelConfig& model, int num_ranks, int num_waves);
 
 // Per-wave figures for one W. Times are for one wave unless named otherwise.
 struct WavePrediction {
   int waves = 1;
   double step_us = 0;          // simulated two-stream schedule (layout and tail included) — the prediction
-  double formula_us = 0;       // DESIGN.md closed form d + (W-1)*max(c, d+r) + c + r (routed experts only)
+  double formula_us = 0;       // closed form d + (W-1)*max(c, d+r) + c + r (routed experts only)
   double dispatch_us = 0;      // d: pack + exchange of one wave (mean over waves)
   double compute_us = 0;       // c: gather/convert + expert FFN + result conversion of one wave (mean)
   double combine_us = 0;       // r: exchange of one wave's results (mean)
@@ -378,11 +388,12 @@ struct Prediction {
   double local_fraction = 0;           // 1 / R
   double dispatch_row_bytes = 0;       // H * b + FP8 scales
   double combine_row_bytes = 0;        // 2H
-  double dispatch_bytes_per_rank = 0;  // sent to other ranks per step
+  double dispatch_rows_per_pair = 1;   // DedupRowsPerPair at W = 1 with StepShape::dedup, else 1
+  double dispatch_bytes_per_rank = 0;  // sent to other ranks per step (W = 1)
   double combine_bytes_per_rank = 0;
   std::string gemm_dtype;
   double peak_tflops = 0;
-  // Whole-step phase times at W = 1 (sum over waves): D, C, R of DESIGN.md.
+  // Whole-step phase times at W = 1 (sum over waves): D, C, R of docs/topology.md §4.
   double dispatch_us = 0, compute_us = 0, combine_us = 0;
   double layout_us = 0;               // routing check + count exchange + wave boundaries
   double shared_us = 0;               // shared expert(s), overlapping the last combine

@@ -229,7 +229,9 @@ Status BenchImpl(const ProcessContext& ctx) {
         WAVEEP_RETURN_IF_ERROR(s.layer->SetDedup(plan.dedup[d]));
         BenchRow r = MakeBenchRow(ctx, cfg, t, model_waves[i], s.layer->dedup(), series[c], base_median);
         if (predictor) {
-          WAVEEP_ASSIGN_OR_RETURN(r.predicted_ms, predictor->StepMs(cfg, t, model_waves[i], ctx.world_size));
+          ep::LayerConfig row_cfg = cfg;
+          row_cfg.dedup = r.dedup;
+          WAVEEP_ASSIGN_OR_RETURN(r.predicted_ms, predictor->StepMs(row_cfg, t, model_waves[i], ctx.world_size));
         }
         rows.push_back(r);
         if (ctx.world_rank == 0 && !quiet)

@@ -191,7 +191,8 @@ TEST(WaveScheduler, CommOfNextWaveOverlapsCurrentGemm) {
   // Operations sleep (no CPU needed), so the two streams really run side by side: dispatch(1) must run during
   // gemm(0) — the point of the schedule.
   // Ordering, not timing: gemm(0) finishes only once pack(1) started (so they overlap), and, as the comm stream issues
-  // dispatch(w+1) before combine(w-1) (DESIGN.md §3), gemm(2) only once combine(0) started. A serial schedule fails.
+  // dispatch(w+1) before combine(w-1) (docs/architecture.md), gemm(2) only once combine(0) started. A serial schedule
+  // fails.
   Status s = RunRequiringOverlap(4, {{"gemm(0)", "pack(1)"}, {"gemm(2)", "combine(0)"}});
   EXPECT_TRUE(s.ok()) << s;
 }

@@ -1,7 +1,8 @@
 // Copyright 2026 The waveep Authors.
 //
 // Combine-reduce against a naive loop in slot order (bitwise), and the whole CPU MoE layer (gating, permute,
-// grouped GEMMs, SwiGLU, combine) against a per-token evaluation of DESIGN.md §1's formula in double.
+// grouped GEMMs, SwiGLU, combine) against a per-token evaluation of the layer's formula (docs/architecture.md) in
+// double.
 #include <cmath>
 #include <cstdint>
 #include <cstring>

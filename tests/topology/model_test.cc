@@ -5,6 +5,7 @@
 // and the tuner only recommends groups that fit.
 #include <algorithm>
 #include <string>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -33,8 +34,8 @@ ModelConfig SyntheticModel() {
   return m;
 }
 
-// Two devices behind one switch, no latencies or overheads, flat GEMM efficiency: the DESIGN.md pipeline in its
-// pure form. `port_gbps` sets the communication time.
+// Two devices behind one switch, no latencies or overheads, flat GEMM efficiency: the wave pipeline
+// (docs/architecture.md) in its pure form. `port_gbps` sets the communication time.
 Cluster IdealPair(double port_gbps) {
   Cluster c;
   c.name = "ideal-pair";
@@ -72,6 +73,81 @@ StepShape Shape(int64_t tokens, int max_waves = 16) {
   return s;
 }
 
+// Brute force of DedupRowsPerPair: every draw of topk_group groups, every K-subset of the drawn experts, equally
+// likely; the distinct (rank, wave) slices a subset reaches, over K. Small shapes only.
+double BruteForceRowsPerPair(int e_count, int k, int n_group, int topk_group, int ranks, int waves) {
+  const int g_size = e_count / n_group, l = e_count / ranks;
+  auto slice_of = [&](int e) {
+    const int r = e / l, x = e % l;
+    int b = 0;
+    for (int w = 0; w < waves; ++w) {
+      const int n = l / waves + (w < l % waves ? 1 : 0);
+      if (x < b + n) return r * waves + w;
+      b += n;
+    }
+    return -1;
+  };
+  double sum = 0, count = 0;
+  for (int gmask = 0; gmask < (1 << n_group); ++gmask) {
+    if (__builtin_popcount(gmask) != topk_group) continue;
+    std::vector<int> pool;
+    for (int e = 0; e < e_count; ++e)
+      if (gmask & (1 << (e / g_size))) pool.push_back(e);
+    const int p = static_cast<int>(pool.size());
+    for (int emask = 0; emask < (1 << p); ++emask) {
+      if (__builtin_popcount(emask) != k) continue;
+      std::vector<int> reached;
+      for (int i = 0; i < p; ++i)
+        if (emask & (1 << i)) reached.push_back(slice_of(pool[i]));
+      std::sort(reached.begin(), reached.end());
+      sum += static_cast<double>(std::unique(reached.begin(), reached.end()) - reached.begin()) / k;
+      count += 1;
+    }
+  }
+  return sum / count;
+}
+
+TEST(Model, DedupRowsPerPairMatchesBruteForce) {
+  struct Case {
+    int e, k, n_group, topk_group, ranks, waves;
+  };
+  for (const Case& c :
+       {Case{8, 3, 1, 1, 4, 1}, Case{8, 3, 1, 1, 2, 2}, Case{12, 4, 1, 1, 3, 2}, Case{8, 3, 4, 2, 4, 1},
+        Case{8, 3, 4, 2, 2, 1}, Case{16, 4, 4, 2, 8, 1}, Case{16, 4, 4, 2, 4, 2}, Case{8, 2, 1, 1, 8, 1}}) {
+    ModelConfig m = SyntheticModel();
+    m.num_experts = c.e;
+    m.top_k = c.k;
+    m.n_group = c.n_group;
+    m.topk_group = c.topk_group;
+    const double want = BruteForceRowsPerPair(c.e, c.k, c.n_group, c.topk_group, c.ranks, c.waves);
+    EXPECT_NEAR(DedupRowsPerPair(m, c.ranks, c.waves), want, 1e-12)
+        << "E=" << c.e << " K=" << c.k << " groups " << c.n_group << "/" << c.topk_group << " R=" << c.ranks
+        << " W=" << c.waves;
+  }
+  // One expert per slice: nothing to share. tiny on 4 ranks: a rank is a group, 2 of its 4 groups are drawn.
+  ModelConfig m = SyntheticModel();
+  m.num_experts = 8;
+  m.top_k = 2;
+  EXPECT_DOUBLE_EQ(DedupRowsPerPair(m, 8, 1), 1.0);
+  EXPECT_NEAR(DedupRowsPerPair(Model("tiny"), 4, 1), 2.0 * (1.0 - 1.0 / 70.0) / 4.0, 1e-12);
+}
+
+TEST(Model, DedupShrinksTheDispatchOnly) {
+  const Cluster c = IdealPair(10);
+  StepShape off = Shape(512, 4), on = Shape(512, 4);
+  on.dedup = true;
+  auto p_off = PredictStep(SyntheticModel(), c, off);
+  auto p_on = PredictStep(SyntheticModel(), c, on);
+  ASSERT_TRUE(p_off.ok() && p_on.ok());
+  const double f = DedupRowsPerPair(SyntheticModel(), 2, 1);
+  EXPECT_LT(f, 1.0);
+  EXPECT_DOUBLE_EQ(p_on->dispatch_rows_per_pair, f);
+  EXPECT_NEAR(p_on->dispatch_bytes_per_rank, f * p_off->dispatch_bytes_per_rank, 1e-6 * p_off->dispatch_bytes_per_rank);
+  EXPECT_DOUBLE_EQ(p_on->combine_bytes_per_rank, p_off->combine_bytes_per_rank);
+  for (size_t w = 0; w < p_on->waves.size(); ++w) EXPECT_LE(p_on->waves[w].step_us, p_off->waves[w].step_us) << w;
+  EXPECT_LT(p_on->waves[0].step_us, p_off->waves[0].step_us);
+}
+
 TEST(Model, OneWaveIsTheSequentialStep) {
   for (const char* cluster : {"h800-8x-ib400", "pcie-8x-l40s", "cpu-2core-localhost"}) {
     SCOPED_TRACE(cluster);
@@ -86,7 +162,7 @@ TEST(Model, OneWaveIsTheSequentialStep) {
     EXPECT_EQ(p->waves[0].waves, 1);
     EXPECT_EQ(p->waves[0].step_us, p->t_seq_us);
     EXPECT_DOUBLE_EQ(p->waves[0].speedup, 1.0);
-    // DESIGN.md's formula at W = 1 is D + C + R.
+    // The pipeline's formula at W = 1 is D + C + R (docs/topology.md §4).
     EXPECT_DOUBLE_EQ(p->waves[0].formula_us, p->dispatch_us + p->compute_us + p->combine_us);
     // Nothing is faster than its slowest stream's work.
     for (const WavePrediction& w : p->waves) {

@@ -11,9 +11,9 @@
 #include <fstream>
 #include <limits>
 
+#include "ep/io/io.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "ep/io/io.h"
 
 namespace waveep {
 namespace {

@@ -105,13 +105,17 @@ Status DedupDispatchRows(comm::Communicator& comm, const Placement& placement, c
   }
 
   // The indices, each peer's pairs in perm order (all its waves), to their owners.
-  std::vector<int64_t> src_begin(r_count + 1, 0);  // source s's pairs in `index` start at src_begin[s]
+  // pair_off[s * (L + 1) + e]: first of source s's pairs for my local expert e in `index` (e = L: its end).
+  std::vector<int64_t> pair_off(static_cast<size_t>(r_count) * (l + 1), 0);
+  int64_t next = 0;
   for (int s = 0; s < r_count; ++s) {
-    int64_t n = 0;
-    for (int e = 0; e < l; ++e) n += lay->recv_counts[static_cast<size_t>(s) * l + e];
-    src_begin[s + 1] = src_begin[s] + n;
+    for (int e = 0; e <= l; ++e) {
+      pair_off[static_cast<size_t>(s) * (l + 1) + e] = next;
+      if (e < l) next += lay->recv_counts[static_cast<size_t>(s) * l + e];
+    }
   }
-  std::vector<int32_t> index(static_cast<size_t>(src_begin[r_count]));
+  auto pair_begin = [&](int s, int e) { return pair_off[static_cast<size_t>(s) * (l + 1) + e]; };
+  std::vector<int32_t> index(static_cast<size_t>(pair_begin(r_count - 1, l)));
   comm::AlltoallvArgs a;
   a.send = index_of_row.data();
   a.recv = index.data();
@@ -121,17 +125,12 @@ Status DedupDispatchRows(comm::Communicator& comm, const Placement& placement, c
     const int64_t e = lay->perm.expert_offsets[placement.FirstExpert(p) + l];
     a.send_offsets.push_back(static_cast<size_t>(b) * 4);
     a.send_bytes.push_back(static_cast<size_t>(e - b) * 4);
-    a.recv_offsets.push_back(static_cast<size_t>(src_begin[p]) * 4);
-    a.recv_bytes.push_back(static_cast<size_t>(src_begin[p + 1] - src_begin[p]) * 4);
+    a.recv_offsets.push_back(static_cast<size_t>(pair_begin(p, 0)) * 4);
+    a.recv_bytes.push_back(static_cast<size_t>(pair_begin(p, l) - pair_begin(p, 0)) * 4);
   }
   WAVEEP_RETURN_IF_ERROR(comm.Alltoallv(a));
 
-  // Receiver. pair_begin(s, e): first of source s's pairs for my local expert e in `index`.
-  auto pair_begin = [&](int s, int e) {
-    int64_t off = src_begin[s];
-    for (int x = 0; x < e; ++x) off += lay->recv_counts[static_cast<size_t>(s) * l + x];
-    return off;
-  };
+  // Receiver.
   lay->drecv_row_begin.assign(static_cast<size_t>(w_count) * r_count, 0);
   lay->drecv_rows.assign(static_cast<size_t>(w_count) * r_count, 0);
   for (int w = 0; w < w_count; ++w) {

@@ -121,7 +121,8 @@ StatusOr<std::vector<StepSeries>> MeasureWaves(const ProcessContext& ctx, Sessio
   for (int rep = 0; rep < warmup + steps; ++rep) {
     for (size_t c = 0; c < series.size(); ++c) {
       const size_t i = c % model_waves.size();
-      WAVEEP_RETURN_IF_ERROR(s.layer->SetDedup(dedup[c / model_waves.size()]));
+      const bool want = dedup[c / model_waves.size()];
+      if (s.layer->config().dedup != want) WAVEEP_RETURN_IF_ERROR(s.layer->SetDedup(want));
       WAVEEP_RETURN_IF_ERROR(s.layer->SetNumWaves(model_waves[i]));
       p.steps = 1;
       p.warmup = rep < warmup ? 1 : 0;
@@ -138,6 +139,7 @@ StatusOr<std::vector<StepSeries>> MeasureWaves(const ProcessContext& ctx, Sessio
         acc.bytes_sent_per_step = one.bytes_sent_per_step;
         acc.dispatch_bytes_per_step = one.dispatch_bytes_per_step;
         acc.internode_bytes_per_step = one.internode_bytes_per_step;
+        acc.dedup = one.dedup;
       }
     }
   }
@@ -145,10 +147,10 @@ StatusOr<std::vector<StepSeries>> MeasureWaves(const ProcessContext& ctx, Sessio
 }
 
 // One row of the table: W's series against the W = 1 median `base_median`.
-BenchRow MakeBenchRow(const ProcessContext& ctx, const ep::LayerConfig& cfg, int64_t tokens, int waves, bool dedup,
+BenchRow MakeBenchRow(const ProcessContext& ctx, const ep::LayerConfig& cfg, int64_t tokens, int waves,
                       const StepSeries& series, double base_median) {
   BenchRow r;
-  r.dedup = dedup;
+  r.dedup = series.dedup;
   r.mb_per_step = series.bytes_sent_per_step / 1e6;
   r.dispatch_mb_per_step = series.dispatch_bytes_per_step / 1e6;
   r.internode_mb_per_step = series.internode_bytes_per_step / 1e6;
@@ -226,8 +228,7 @@ Status BenchImpl(const ProcessContext& ctx) {
       for (size_t c = 0; c < series.size(); ++c) {
         const size_t d = c / model_waves.size(), i = c % model_waves.size();
         const double base_median = Summarize(series[d * model_waves.size()].step_ms).median;
-        WAVEEP_RETURN_IF_ERROR(s.layer->SetDedup(plan.dedup[d]));
-        BenchRow r = MakeBenchRow(ctx, cfg, t, model_waves[i], s.layer->dedup(), series[c], base_median);
+        BenchRow r = MakeBenchRow(ctx, cfg, t, model_waves[i], series[c], base_median);
         if (predictor) {
           ep::LayerConfig row_cfg = cfg;
           row_cfg.dedup = r.dedup;

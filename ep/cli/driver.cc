@@ -26,6 +26,7 @@ constexpr double kProgressEveryS = 5.0;
 
 StatusOr<StepSeries> RunSteps(const ProcessContext& ctx, Session& s, const RunPoint& p) {
   StepSeries series;
+  series.dedup = s.layer->dedup();
   const int total = p.warmup + p.steps;
   const double started = NowUs();
   double last_progress = started;

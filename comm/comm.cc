@@ -16,6 +16,7 @@
 #include "comm/cuda_ipc_transport.h"
 #include "comm/mpi_transport.h"
 #include "comm/nccl_transport.h"
+#include "comm/ucx_transport.h"
 
 namespace waveep::comm {
 namespace {
@@ -30,7 +31,6 @@ struct Backend {
 // In order of preference (see AvailableBackends). A backend gets a factory here when its transport file lands; until
 // then its name is known so that users get Unavailable ("not built") instead of NotFound ("typo").
 // A registered GPU backend still returns Unavailable from its factory on a machine without a device.
-// TODO(comm): ucx_transport.cc.
 constexpr Backend kBackends[] = {
 #ifdef WAVEEP_HAVE_NCCL
     {"nccl", &internal::NewNcclCommunicator},
@@ -42,7 +42,11 @@ constexpr Backend kBackends[] = {
 #else
     {"cuda_ipc", nullptr},
 #endif
+#ifdef WAVEEP_HAVE_UCX
+    {"ucx", &internal::NewUcxCommunicator},
+#else
     {"ucx", nullptr},
+#endif
     {"mpi", &internal::NewMpiCommunicator},
 };
 

@@ -1,19 +1,25 @@
 // Copyright 2026 The waveep Authors.
 //
-// bench/comm_bench.cc — all-to-all-v bandwidth of a comm backend next to plain MPI_Alltoallv, same buffers and sizes.
+// bench/comm_bench.cc — all-to-all-v bandwidth of comm backends next to plain MPI_Alltoallv, same buffers and sizes.
 //
 //   mpirun -np 4 --oversubscribe build/bench/waveep_comm_bench --benchmark_counters_tabular=true
-//   mpirun -np 4 ... waveep_comm_bench --comm_bench_backend=mpi --comm_bench_max_bytes=16777216
+//   mpirun -np 4 ... waveep_comm_bench --comm_bench_backend=mpi,ucx --comm_bench_max_bytes=16777216
 //   # the mpi backend's polling knobs (comm/mpi_transport.h, MpiTuning):
 //   mpirun -np 4 ... waveep_comm_bench --comm_bench_busy_us=10 --comm_bench_spin_us=50
 //   --comm_bench_spin_per_mib_us=1000 ...
 //                                      ... --comm_bench_poll_sleep_us=20
 //
-// For each per-peer block size (1 KiB .. 64 MiB, x4 steps) it runs, side by side:
-//   BM_AlltoallvWaveep          Communicator::AlltoallvAsync + Stream::Synchronize (what the wave scheduler does:
-//                               the exchange plus the hand-off to the stream's thread and back)
-//   BM_AlltoallvWaveepBlocking  Communicator::Alltoallv on the calling thread (like for like with the baseline)
-//   BM_AlltoallvMpi             MPI_Alltoallv on the same buffers, counts and displacements (the baseline)
+// For each per-peer block size (1 KiB .. 64 MiB, x4 steps) it runs, side by side, for every backend in
+// --comm_bench_backend (a comma-separated list, default "mpi"):
+//   BM_AlltoallvWaveep/<backend>/<size>          Communicator::AlltoallvAsync + Stream::Synchronize (what the wave
+//                                                scheduler does: the exchange plus the hand-off to the stream's
+//                                                thread and back)
+//   BM_AlltoallvWaveepBlocking/<backend>/<size>  Communicator::Alltoallv on the calling thread (like for like with the
+//                                                baseline)
+//   BM_AlltoallvMpi/<size>                       MPI_Alltoallv on the same buffers, counts and displacements (the
+//                                                baseline)
+// After the run, rank 0 prints one summary line per size: each backend's async busbw beside MPI_Alltoallv's, and
+// with several backends, each one's ratio to the first.
 // Each iteration starts after a barrier; its time is the slowest rank's (manual time), so all ranks agree. Counters
 // follow nccl-tests: algbw = bytes each rank sends (size x block, self included) / time; busbw = algbw x (n-1)/n.
 // bytes_per_second is algbw. Every rank runs fixed iteration counts so that the ranks stay in lockstep; only rank 0
@@ -26,13 +32,16 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "benchmark/benchmark.h"
 #include "comm/comm.h"
@@ -46,8 +55,10 @@ using waveep::Status;
 using waveep::comm::AlltoallvArgs;
 
 const waveep::ProcessContext* g_ctx = nullptr;
-std::unique_ptr<waveep::comm::Communicator> g_comm;
+std::vector<std::unique_ptr<waveep::comm::Communicator>> g_comms;  // in --comm_bench_backend order
 std::unique_ptr<waveep::Stream> g_stream;
+// busbw (GB/s) per (benchmark family, per-peer bytes), for the summary.
+std::map<std::pair<std::string, size_t>, double> g_busbw;
 
 // Payload byte i of the block src -> dst: cheap to generate and check, never zero.
 inline char Pattern(int src, int dst, size_t i) {
@@ -111,7 +122,8 @@ int64_t IterationsFor(size_t per_peer, int n) {
 }
 
 // Times `op` per iteration as the slowest rank's time; every rank leaves the loop together on any rank's error.
-void RunTimed(benchmark::State& state, size_t per_peer, const std::function<Status(Buffers&)>& op) {
+void RunTimed(benchmark::State& state, const std::string& family, size_t per_peer,
+              const std::function<Status(Buffers&)>& op) {
   Buffers& b = BuffersFor(per_peer);
   std::fill(b.recv.begin(), b.recv.end(), 0);
   const int n = g_ctx->world_size;
@@ -144,17 +156,21 @@ void RunTimed(benchmark::State& state, size_t per_peer, const std::function<Stat
   state.counters["algbw_GBps"] = algbw;
   state.counters["busbw_GBps"] = algbw * (n - 1) / n;
   state.counters["ranks"] = n;
+  g_busbw[{family, per_peer}] = algbw * (n - 1) / n;
 }
 
-void BM_AlltoallvWaveep(benchmark::State& state, size_t per_peer) {
-  RunTimed(state, per_peer, [](Buffers& b) -> Status {
-    WAVEEP_RETURN_IF_ERROR(g_comm->AlltoallvAsync(b.args, *g_stream));
+void BM_AlltoallvWaveep(benchmark::State& state, size_t comm_index, size_t per_peer) {
+  waveep::comm::Communicator* comm = g_comms[comm_index].get();
+  RunTimed(state, std::string(comm->name()), per_peer, [comm](Buffers& b) -> Status {
+    WAVEEP_RETURN_IF_ERROR(comm->AlltoallvAsync(b.args, *g_stream));
     return g_stream->Synchronize();
   });
 }
 
-void BM_AlltoallvWaveepBlocking(benchmark::State& state, size_t per_peer) {
-  RunTimed(state, per_peer, [](Buffers& b) { return g_comm->Alltoallv(b.args); });
+void BM_AlltoallvWaveepBlocking(benchmark::State& state, size_t comm_index, size_t per_peer) {
+  waveep::comm::Communicator* comm = g_comms[comm_index].get();
+  RunTimed(state, absl::StrCat(comm->name(), " blocking"), per_peer,
+           [comm](Buffers& b) { return comm->Alltoallv(b.args); });
 }
 
 void BM_AlltoallvMpi(benchmark::State& state, size_t per_peer) {
@@ -163,7 +179,7 @@ void BM_AlltoallvMpi(benchmark::State& state, size_t per_peer) {
     state.SkipWithError("MPI_Alltoallv: displacements exceed INT_MAX at this size");
     return;
   }
-  RunTimed(state, per_peer, [](Buffers& b) -> Status {
+  RunTimed(state, "MPI_Alltoallv", per_peer, [](Buffers& b) -> Status {
     WAVEEP_MPI_RETURN_IF_ERROR(MPI_Alltoallv(b.send.data(), b.counts.data(), b.displs.data(), MPI_BYTE, b.recv.data(),
                                              b.counts.data(), b.displs.data(), MPI_BYTE, WorldComm(*g_ctx)));
     return absl::OkStatus();
@@ -180,6 +196,35 @@ class NullReporter : public benchmark::BenchmarkReporter {
 std::string SizeName(size_t bytes) {
   if (bytes >= (size_t{1} << 20)) return absl::StrCat(bytes >> 20, "MiB");
   return absl::StrCat(bytes >> 10, "KiB");
+}
+
+// One line per block size: every backend's async busbw (and blocking, in brackets) beside MPI_Alltoallv's.
+void PrintSummary(size_t max_bytes) {
+  std::printf("\nsummary: busbw GB/s per block size (async [blocking]); ratio = backend / first backend, async\n");
+  std::printf("%-8s", "block");
+  for (const auto& c : g_comms) std::printf(" %22s", std::string(c->name()).c_str());
+  std::printf(" %14s", "MPI_Alltoallv");
+  for (size_t i = 1; i < g_comms.size(); ++i)
+    std::printf(" %10s", absl::StrCat(g_comms[i]->name(), "/", g_comms[0]->name()).c_str());
+  std::printf("\n");
+  auto get = [](const std::string& family, size_t bytes) {
+    auto it = g_busbw.find({family, bytes});
+    return it == g_busbw.end() ? -1.0 : it->second;
+  };
+  for (size_t per_peer = 1024; per_peer <= max_bytes; per_peer *= 4) {
+    std::printf("%-8s", SizeName(per_peer).c_str());
+    for (const auto& c : g_comms) {
+      const std::string name(c->name());
+      std::printf(" %10.4f [%9.4f]", get(name, per_peer), get(name + " blocking", per_peer));
+    }
+    std::printf(" %14.4f", get("MPI_Alltoallv", per_peer));
+    const double first = get(std::string(g_comms[0]->name()), per_peer);
+    for (size_t i = 1; i < g_comms.size(); ++i) {
+      const double v = get(std::string(g_comms[i]->name()), per_peer);
+      std::printf(" %10.3f", first > 0 && v > 0 ? v / first : -1.0);
+    }
+    std::printf("\n");
+  }
 }
 
 }  // namespace
@@ -238,35 +283,47 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  auto comm = waveep::comm::CreateCommunicator(backend, *ctx);
   waveep::StreamOptions stream_opts;
   stream_opts.name = "comm";
   auto stream = waveep::Stream::Create(waveep::Device::Cpu(), stream_opts);
-  Status setup = !comm.ok() ? comm.status() : stream.status();
+  Status setup = stream.status();
+  for (absl::string_view name : absl::StrSplit(backend, ',', absl::SkipEmpty())) {
+    if (!setup.ok()) break;
+    auto comm = waveep::comm::CreateCommunicator(name, *ctx);
+    if (!comm.ok()) {
+      setup = comm.status();
+      break;
+    }
+    g_comms.push_back(std::move(comm).value());
+  }
+  if (setup.ok() && g_comms.empty()) setup = absl::InvalidArgumentError("--comm_bench_backend names no backend");
   if (!setup.ok()) {
     if (root) std::fprintf(stderr, "setup failed: %s\n", std::string(setup.message()).c_str());
+    g_comms.clear();
     waveep::FinalizeProcess();
     return 1;
   }
-  g_comm = std::move(comm).value();
   g_stream = std::move(stream).value();
 
   benchmark::AddCustomContext("waveep_backend", backend);
   benchmark::AddCustomContext("waveep_ranks", absl::StrCat(ctx->world_size, " on ", ctx->num_nodes, " node(s)"));
   benchmark::AddCustomContext("waveep_link_to_next_rank",
-                              g_comm->Estimate((ctx->world_rank + 1) % ctx->world_size).kind);
+                              g_comms[0]->Estimate((ctx->world_rank + 1) % ctx->world_size).kind);
   for (size_t per_peer = 1024; per_peer <= max_bytes; per_peer *= 4) {
     const int64_t iters = IterationsFor(per_peer, ctx->world_size);
-    benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvWaveep/", SizeName(per_peer)).c_str(), BM_AlltoallvWaveep,
-                                 per_peer)
-        ->UseManualTime()
-        ->Iterations(iters)
-        ->Unit(benchmark::kMicrosecond);
-    benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvWaveepBlocking/", SizeName(per_peer)).c_str(),
-                                 BM_AlltoallvWaveepBlocking, per_peer)
-        ->UseManualTime()
-        ->Iterations(iters)
-        ->Unit(benchmark::kMicrosecond);
+    for (size_t c = 0; c < g_comms.size(); ++c) {
+      const std::string name(g_comms[c]->name());
+      benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvWaveep/", name, "/", SizeName(per_peer)).c_str(),
+                                   BM_AlltoallvWaveep, c, per_peer)
+          ->UseManualTime()
+          ->Iterations(iters)
+          ->Unit(benchmark::kMicrosecond);
+      benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvWaveepBlocking/", name, "/", SizeName(per_peer)).c_str(),
+                                   BM_AlltoallvWaveepBlocking, c, per_peer)
+          ->UseManualTime()
+          ->Iterations(iters)
+          ->Unit(benchmark::kMicrosecond);
+    }
     benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvMpi/", SizeName(per_peer)).c_str(), BM_AlltoallvMpi,
                                  per_peer)
         ->UseManualTime()
@@ -280,9 +337,10 @@ int main(int argc, char** argv) {
     NullReporter quiet;
     benchmark::RunSpecifiedBenchmarks(&quiet);
   }
+  if (root) PrintSummary(max_bytes);
   benchmark::Shutdown();
   g_stream.reset();
-  g_comm.reset();
+  g_comms.clear();
   waveep::FinalizeProcess();
   return 0;
 }

@@ -21,6 +21,7 @@
 #include <list>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -51,6 +52,7 @@ constexpr unsigned kAmCts = 0x57a1;    // receiver -> sender: clear to send, whe
 constexpr unsigned kAmFin = 0x57a2;    // sender -> receiver: the put has landed
 constexpr unsigned kAmCtl = 0x57a3;    // control collectives (barrier, allgather, count exchange)
 constexpr unsigned kAmAbort = 0x57a4;  // either side: this rank gave up on an exchange (timeout or error)
+constexpr unsigned kAmData = 0x57a5;   // sender -> receiver: the block itself, for the address its CTS named
 
 // Exchange channels: async exchanges and blocking ones count their sequence numbers separately.
 constexpr uint32_t kChanAsync = 0;
@@ -71,6 +73,13 @@ struct FinMsg {
   uint64_t seq;
   uint64_t bytes;
 };
+struct DataMsg {
+  uint32_t channel;
+  int32_t from;
+  uint64_t seq;
+  uint64_t addr;
+  uint64_t bytes;
+};
 struct AbortMsg {
   uint32_t channel;
   int32_t from;
@@ -88,6 +97,29 @@ struct Cts {
   uint64_t addr = 0;
   uint64_t bytes = 0;
   uint32_t rkey_id = 0;
+};
+
+// A receive this rank announced with a CTS and waits for.
+struct Expect {
+  char* dst = nullptr;
+  uint64_t bytes = 0;
+};
+
+// A block that arrived before its exchange started here (am path): eager data copied, or a rendezvous descriptor
+// held until the receive buffer is known.
+struct Unexpected {
+  bool rndv = false;
+  void* desc = nullptr;
+  std::string data;
+  size_t bytes = 0;
+};
+
+// A rendezvous block that arrived; its receive starts right after the progress call that delivered it.
+struct RndvArrival {
+  XKey key;
+  void* desc;
+  char* dst;
+  size_t bytes;
 };
 
 // A registered receive range.
@@ -136,10 +168,13 @@ ucs_status_t Check(Op* op) {
   return s;
 }
 
-// An active message with its header and data kept alive until UCX is done with them.
+// An active message with its header and data kept alive until UCX is done with them. `payload` (when set) is sent
+// instead of `data` and belongs to the caller (a send block).
 struct AmSend {
   std::string header;
   std::string data;
+  const void* payload = nullptr;
+  size_t payload_bytes = 0;
   Op op;
   int peer = -1;
 };
@@ -179,16 +214,23 @@ class UcxState {
   std::unique_ptr<std::atomic<int>[]> failed;  // ucs_status_t per peer, UCS_OK while alive
 
   std::map<XKey, Cts> cts;
-  std::map<XKey, uint64_t> fins;
-  std::map<XKey, bool> aborts;                                // (channel, seq, peer that gave up)
-  std::map<std::pair<uint64_t, int>, std::string> ctl;        // (seq, from) -> payload
+  std::map<XKey, uint64_t> fins;                        // landed blocks (FIN, eager data, finished rendezvous)
+  std::map<XKey, bool> aborts;                          // (channel, seq, peer that gave up)
+  std::map<XKey, Expect> expected;                      // announced receives not landed yet
+  std::map<XKey, std::string> recv_errors;              // a block that could not land, and why
+  std::vector<RndvArrival> rndv_arrivals;               // see ProgressLocked
+  std::map<XKey, Unexpected> unexpected;                // am path: blocks that came before their exchange started here
+  std::set<XKey> abandoned_keys;                        // receives this rank gave up on: their blocks are dropped
+  bool use_put = false;                                 // the data path; the same on every rank (checked at creation)
+  std::map<std::pair<uint64_t, int>, std::string> ctl;  // (seq, from) -> payload
   std::vector<std::map<uint32_t, std::string>> packed_rkeys;  // per peer, not unpacked yet
   std::vector<std::map<uint32_t, ucp_rkey_h>> rkeys;          // per peer
   std::list<Region> regions;
   uint32_t next_region_id = 1;
   uint64_t use_clock = 0;
   std::string protocol_error;                      // set by a handler that met a message it cannot take
-  std::vector<std::unique_ptr<AmSend>> abandoned;  // sends left to UCX after an error (their storage lives on)
+  std::vector<std::unique_ptr<AmSend>> abandoned;  // sends of a failed exchange, drained by DrainAbandonedLocked
+  std::vector<std::unique_ptr<AmSend>> released;   // sends left to UCX after an error (their storage lives on)
 
   // "rank 3 (host wvp-h1)".
   std::string Peer(int p) const {
@@ -196,7 +238,8 @@ class UcxState {
     return absl::StrCat("rank ", p, " (host ", hosts[p], ")");
   }
 
-  // Progresses the worker until it has nothing more to do right now. Requires mu.
+  // Progresses the worker until it has nothing more to do right now, and starts the receives of rendezvous blocks
+  // that arrived meanwhile (outside the handler, as UCX documents). Requires mu.
   unsigned ProgressLocked() {
     unsigned total = 0;
     for (int i = 0; i < 64; ++i) {
@@ -204,18 +247,52 @@ class UcxState {
       if (n == 0) break;
       total += n;
     }
+    if (!rndv_arrivals.empty()) {
+      std::vector<RndvArrival> todo;
+      todo.swap(rndv_arrivals);
+      for (const RndvArrival& a : todo) StartRndvReceiveLocked(a);
+      total += static_cast<unsigned>(todo.size());
+    }
     return total;
   }
 
-  // Sends an eager active message to `peer`. Requires mu.
+  void StartRndvReceiveLocked(const RndvArrival& a);
+
+  // am path: the receive of block `key` into [dst, +bytes) starts now, from a block that already arrived or, once
+  // it does, in OnData. Requires mu.
+  void PostReceiveLocked(const XKey& key, char* dst, size_t bytes) {
+    auto u = unexpected.find(key);
+    if (u == unexpected.end()) {
+      expected[key] = Expect{dst, bytes};
+      return;
+    }
+    Unexpected got = std::move(u->second);
+    unexpected.erase(u);
+    if (got.bytes != bytes) {
+      recv_errors[key] = absl::StrCat("received ", got.bytes, " bytes from rank ", std::get<2>(key), " where ", bytes,
+                                      " were expected (recv_bytes disagrees with what it sends)");
+      if (got.rndv) ucp_am_data_release(worker, got.desc);
+      return;
+    }
+    if (got.rndv) {
+      StartRndvReceiveLocked(RndvArrival{key, got.desc, dst, bytes});
+      return;
+    }
+    if (bytes > 0) std::memcpy(dst, got.data.data(), bytes);
+    fins[key] = bytes;
+  }
+
+  // Sends an active message to `peer`: eager for control messages, UCX's choice (eager or rendezvous) for data.
+  // Requires mu.
   Status SendAmLocked(int peer, unsigned id, std::unique_ptr<AmSend>& m) {
     m->peer = peer;
     ucp_request_param_t param{};
     param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    param.flags = UCP_AM_SEND_FLAG_EAGER;
-    const ucs_status_t s = Start(ucp_am_send_nbx(eps[peer], id, m->header.data(), m->header.size(),
-                                                 m->data.empty() ? nullptr : m->data.data(), m->data.size(), &param),
-                                 &m->op);
+    param.flags = id == kAmData ? 0 : UCP_AM_SEND_FLAG_EAGER;
+    const void* data = m->payload != nullptr ? m->payload : (m->data.empty() ? nullptr : m->data.data());
+    const size_t bytes = m->payload != nullptr ? m->payload_bytes : m->data.size();
+    const ucs_status_t s =
+        Start(ucp_am_send_nbx(eps[peer], id, m->header.data(), m->header.size(), data, bytes, &param), &m->op);
     if (s == UCS_OK || s == UCS_INPROGRESS) return absl::OkStatus();
     return PeerError(peer, "sending a control message", s);
   }
@@ -334,13 +411,37 @@ class UcxState {
     }
   }
 
-  // Leaves an in-flight send to UCX after an error. Requires mu.
-  // UCX completes the request on its own; its header and data live on until the state is destroyed.
+  // Keeps an in-flight send of an exchange or collective that failed, for DrainAbandonedLocked. Requires mu.
   void AbandonLocked(std::unique_ptr<AmSend> m) {
     if (m == nullptr || Check(&m->op) != UCS_INPROGRESS) return;
-    ucp_request_free(m->op.req);
-    m->op.req = nullptr;
     abandoned.push_back(std::move(m));
+  }
+
+  // After an error: progresses for up to `grace` so that the abandoned sends (the aborts above all, which tell the
+  // peers to stop waiting) leave this rank even if it never progresses this worker again; whatever is still in
+  // flight then is released to UCX (its header stays allocated until the state is destroyed). Returns how many data
+  // blocks were released in flight: UCX may still read those send buffers. Requires mu.
+  int DrainAbandonedLocked(absl::Duration grace) {
+    const Clock::time_point deadline = Clock::now() + absl::ToChronoNanoseconds(grace);
+    for (;;) {
+      ProgressLocked();
+      bool pending = false;
+      for (auto& m : abandoned) pending = (m->op.req != nullptr && Check(&m->op) == UCS_INPROGRESS) || pending;
+      if (!pending || Clock::now() >= deadline) break;
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    int data_in_flight = 0;
+    std::vector<std::unique_ptr<AmSend>> keep;
+    for (auto& m : abandoned) {
+      if (m->op.req == nullptr) continue;  // done: its storage can go
+      ucp_request_free(m->op.req);
+      m->op.req = nullptr;
+      if (m->payload != nullptr) ++data_in_flight;
+      keep.push_back(std::move(m));
+    }
+    released.insert(released.end(), std::make_move_iterator(keep.begin()), std::make_move_iterator(keep.end()));
+    abandoned.clear();
+    return data_in_flight;
   }
 };
 
@@ -399,6 +500,86 @@ ucs_status_t OnCtl(void* arg, const void* header, size_t header_length, void* da
   return UCS_OK;
 }
 
+// A block for an announced receive: eager data is copied into place here; a rendezvous block is received straight
+// into place after the progress call (StartRndvReceiveLocked). A block nobody waits for (its exchange was abandoned
+// here) is dropped; one that does not match its CTS is an error for that exchange.
+ucs_status_t OnData(void* arg, const void* header, size_t header_length, void* data, size_t length,
+                    const ucp_am_recv_param_t* param) {
+  auto* st = static_cast<UcxState*>(arg);
+  DataMsg m{};
+  if (header_length != sizeof(m)) {
+    st->protocol_error = absl::StrCat("a data message with a header of ", header_length, " bytes");
+    return UCS_OK;
+  }
+  std::memcpy(&m, header, sizeof(m));
+  if (m.from < 0 || m.from >= st->size) {
+    st->protocol_error = absl::StrCat("a data message from rank ", m.from);
+    return UCS_OK;
+  }
+  const XKey key{m.channel, m.seq, m.from};
+  const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+  auto it = st->expected.find(key);
+  if (it == st->expected.end()) {
+    if (st->use_put || st->abandoned_keys.count(key) > 0) return UCS_OK;  // nobody waits for it: dropped
+    Unexpected& u = st->unexpected[key];
+    u.rndv = rndv;
+    u.bytes = length;
+    if (!rndv) {
+      u.data.assign(static_cast<const char*>(data), length);
+      return UCS_OK;
+    }
+    u.desc = data;
+    return UCS_INPROGRESS;
+  }
+  const Expect e = it->second;
+  if ((m.addr != 0 && reinterpret_cast<uint64_t>(e.dst) != m.addr) || e.bytes != m.bytes || length != m.bytes) {
+    st->recv_errors[key] = absl::StrCat("received ", length, " bytes from rank ", m.from, " where ", e.bytes,
+                                        " were announced (recv_bytes disagrees with what it sends)");
+    st->expected.erase(it);
+    return UCS_OK;
+  }
+  st->expected.erase(it);
+  if (rndv) {
+    st->rndv_arrivals.push_back(RndvArrival{key, data, e.dst, length});
+    return UCS_INPROGRESS;
+  }
+  if (length > 0) std::memcpy(e.dst, data, length);
+  st->fins[key] = length;
+  return UCS_OK;
+}
+
+struct RndvReceive {
+  UcxState* st;
+  XKey key;
+  size_t bytes;
+};
+
+void OnRndvDone(void* request, ucs_status_t status, size_t /*length*/, void* user_data) {
+  std::unique_ptr<RndvReceive> r(static_cast<RndvReceive*>(user_data));
+  if (status == UCS_OK) {
+    r->st->fins[r->key] = r->bytes;
+  } else {
+    r->st->recv_errors[r->key] = absl::StrCat("receiving the block failed: ", Ucs(status));
+  }
+  ucp_request_free(request);
+}
+
+void UcxState::StartRndvReceiveLocked(const RndvArrival& a) {
+  auto ctx = std::make_unique<RndvReceive>(RndvReceive{this, a.key, a.bytes});
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  param.cb.recv_am = OnRndvDone;
+  param.user_data = ctx.get();
+  ucs_status_ptr_t p = ucp_am_recv_data_nbx(worker, a.desc, a.dst, a.bytes, &param);
+  if (p == nullptr) {
+    fins[a.key] = a.bytes;
+  } else if (UCS_PTR_IS_ERR(p)) {
+    recv_errors[a.key] = absl::StrCat("receiving the block failed: ", Ucs(UCS_PTR_STATUS(p)));
+  } else {
+    ctx.release();  // OnRndvDone owns it now
+  }
+}
+
 ucs_status_t OnAbort(void* arg, const void* header, size_t header_length, void* /*data*/, size_t length,
                      const ucp_am_recv_param_t* /*param*/) {
   auto* st = static_cast<UcxState*>(arg);
@@ -427,6 +608,9 @@ UcxState::~UcxState() {
     std::lock_guard<std::mutex> lock(mu);
     for (auto& per_peer : rkeys) {
       for (auto& [id, rkey] : per_peer) ucp_rkey_destroy(rkey);
+    }
+    for (auto& [key, u] : unexpected) {
+      if (u.rndv) ucp_am_data_release(worker, u.desc);
     }
     // Close every endpoint, flushing what is still queued (our last FINs), bounded: a peer that is gone makes its
     // close fail, not hang.
@@ -590,11 +774,12 @@ StatusOr<Plan> MakePlan(const AlltoallvArgs& args, int rank, int size) {
 }
 
 // One send block's progress: waiting for the receiver's CTS, putting (and flushing), sending the FIN, done.
+// Data path "am" (the default): CTS -> data message -> done. Data path "put": CTS -> put + flush -> FIN -> done.
 struct SendState {
   enum Phase { kWaitCts, kPutting, kFin, kDone } phase = kWaitCts;
   Op put;
   Op flush;
-  std::unique_ptr<AmSend> fin;
+  std::unique_ptr<AmSend> fin;  // the FIN (put path) or the data message (am path)
 };
 
 // Runs one exchange to completion on the calling thread.
@@ -618,10 +803,18 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       st.AbandonLocked(std::move(s.fin));
     }
     for (auto& c : ctss) st.AbandonLocked(std::move(c));
+    // Blocks that arrive from now on are dropped (a rendezvous already under way still lands).
+    for (size_t i = 0; i < plan.recvs.size(); ++i) {
+      if (recv_done[i]) continue;
+      const XKey key{plan.channel, plan.seq, plan.recvs[i].peer};
+      st.expected.erase(key);
+      st.abandoned_keys.insert(key);
+    }
     if (region != nullptr) --region->in_use;
+    puts += st.DrainAbandonedLocked(kCancelGrace);
     if (puts == 0) return "";
     return absl::StrCat(" [", puts,
-                        " put(s) still in flight were left to UCX: they may still read their send buffers]");
+                        " block(s) still in flight were left to UCX: it may still read their send buffers]");
   };
 
   {
@@ -629,14 +822,35 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
     if (!st.protocol_error.empty()) {
       return absl::InternalError(WithPrefix(absl::StrCat("ucx: received ", st.protocol_error)));
     }
-    if (!plan.recvs.empty()) {
+    if (!st.use_put) {
+      // am path: no handshake. Receives are posted (or served from blocks that came early), sends go at once.
+      for (const Block& b : plan.recvs) st.PostReceiveLocked(XKey{plan.channel, plan.seq, b.peer}, b.dst, b.bytes);
+      for (size_t i = 0; i < plan.sends.size() && status.ok(); ++i) {
+        const Block& b = plan.sends[i];
+        SendState& s = sends[i];
+        s.fin = std::make_unique<AmSend>();
+        const DataMsg h{plan.channel, st.rank, plan.seq, 0, b.bytes};
+        s.fin->header.assign(reinterpret_cast<const char*>(&h), sizeof(h));
+        s.fin->payload = b.src;
+        s.fin->payload_bytes = b.bytes;
+        status = st.SendAmLocked(b.peer, kAmData, s.fin);
+        s.phase = SendState::kFin;
+      }
+    } else if (!plan.recvs.empty()) {
       StatusOr<Region*> r = st.RegisterLocked(plan.recv_lo, plan.recv_hi);
       if (!r.ok()) return Status(r.status().code(), absl::StrCat(What(plan), ": ", r.status().message()));
       region = *r;
       for (const Block& b : plan.recvs) {
         auto m = std::make_unique<AmSend>();
-        CtsMsg h{plan.channel, st.rank, plan.seq, reinterpret_cast<uint64_t>(b.dst), b.bytes, region->id, 0};
-        if (!region->sent_to[b.peer]) {
+        CtsMsg h{plan.channel,
+                 st.rank,
+                 plan.seq,
+                 reinterpret_cast<uint64_t>(b.dst),
+                 b.bytes,
+                 region != nullptr ? region->id : 0,
+                 0};
+        st.expected[XKey{plan.channel, plan.seq, b.peer}] = Expect{b.dst, b.bytes};
+        if (region != nullptr && !region->sent_to[b.peer]) {
           m->data = region->packed;
           h.rkey_len = static_cast<uint32_t>(m->data.size());
           region->sent_to[b.peer] = true;
@@ -668,10 +882,12 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       for (size_t i = 0; i < plan.recvs.size(); ++i) {
         if (!recv_done[i]) pending_peers.push_back(plan.recvs[i].peer);
       }
-      // A peer that gave up on this exchange fails it here, before anything is put into its buffers.
-      for (int p : pending_peers) {
+      // A peer that gave up on this exchange fails it here, before anything is put into its buffers. On the am
+      // path only a peer this rank still waits to receive from counts (a block sent to it is simply dropped there).
+      for (size_t k = st.use_put ? 0 : sends_left; k < pending_peers.size(); ++k) {
+        const int p = pending_peers[k];
         auto it = st.aborts.find(XKey{plan.channel, plan.seq, p});
-        if (it == st.aborts.end()) continue;
+        if (it == st.aborts.end() || st.fins.count(it->first) > 0) continue;  // its block landed before it gave up
         st.aborts.erase(it);
         status = absl::AbortedError(
             WithPrefix(absl::StrCat(What(plan), ": ", st.Peer(p),
@@ -743,6 +959,11 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       for (size_t i = 0; i < plan.recvs.size() && status.ok(); ++i) {
         if (recv_done[i]) continue;
         const Block& b = plan.recvs[i];
+        if (auto e = st.recv_errors.find(XKey{plan.channel, plan.seq, b.peer}); e != st.recv_errors.end()) {
+          status = absl::InvalidArgumentError(WithPrefix(absl::StrCat(What(plan), ": ", e->second)));
+          st.recv_errors.erase(e);
+          break;
+        }
         auto it = st.fins.find(XKey{plan.channel, plan.seq, b.peer});
         if (it == st.fins.end()) continue;
         if (it->second != b.bytes) {
@@ -819,7 +1040,7 @@ class UcxCommunicator final : public Communicator {
   int size() const override { return st_->size; }
   Capabilities capabilities() const override {
     Capabilities caps;
-    caps.one_sided = true;
+    caps.one_sided = st_->use_put;
     return caps;
   }
 
@@ -828,6 +1049,34 @@ class UcxCommunicator final : public Communicator {
     if (peer == st_->rank) return LinkEstimate{"loopback", kLoopbackBwGbps, kLoopbackLatencyUs};
     if (st_->node_ids[peer] == st_->node_ids[st_->rank]) return LinkEstimate{"shm", kShmBwGbps, kShmLatencyUs};
     return LinkEstimate{"net", kNetBwGbps, kNetLatencyUs};
+  }
+
+  // Waits until every endpoint is wired up and has nothing outstanding (ucp_worker_flush_nbx), progressing.
+  Status FlushEndpoints() {
+    UcxState& st = *st_;
+    Op op;
+    ucs_status_t u;
+    {
+      std::lock_guard<std::mutex> lock(st.mu);
+      ucp_request_param_t param{};
+      u = Start(ucp_worker_flush_nbx(st.worker, &param), &op);
+    }
+    Waiter waiter(GetUcxTuning(), Timeout());
+    while (u == UCS_INPROGRESS) {
+      bool progressed;
+      {
+        std::lock_guard<std::mutex> lock(st.mu);
+        progressed = st.ProgressLocked() > 0;
+        u = Check(&op);
+        if (u == UCS_INPROGRESS && !waiter.Next(progressed, st)) {
+          ucp_request_free(op.req);
+          return absl::DeadlineExceededError(WithPrefix(
+              absl::StrCat("ucx: connecting the endpoints timed out after ", absl::FormatDuration(Timeout()))));
+        }
+      }
+    }
+    if (u != UCS_OK) return UcxError(absl::StatusCode::kUnavailable, "connecting the endpoints", u);
+    return absl::OkStatus();
   }
 
   Status Barrier() override {
@@ -950,6 +1199,7 @@ class UcxCommunicator final : public Communicator {
     Status status;
     auto abandon = [&]() {
       for (auto& m : sends) st.AbandonLocked(std::move(m));
+      st.DrainAbandonedLocked(kCancelGrace);
     };
     {
       std::lock_guard<std::mutex> lock(st.mu);
@@ -1052,17 +1302,19 @@ struct Directory {
   std::vector<std::string> addresses;
 };
 
-StatusOr<Directory> Exchange(Communicator& mpi, const ProcessContext& ctx, const std::string& address) {
+StatusOr<Directory> Exchange(Communicator& mpi, const ProcessContext& ctx, const std::string& address, bool use_put) {
   constexpr size_t kHost = 64;
   struct Rec {
     int32_t node_id;
     uint32_t address_len;
     int64_t pid;
+    int32_t use_put;
     char host[kHost];
   };
   Rec mine{};
   mine.node_id = ctx.node_id;
   mine.pid = static_cast<int64_t>(getpid());
+  mine.use_put = use_put ? 1 : 0;
   mine.address_len = static_cast<uint32_t>(address.size());
   std::strncpy(mine.host, ctx.hostname.c_str(), kHost - 1);
   const int n = mpi.size();
@@ -1076,6 +1328,11 @@ StatusOr<Directory> Exchange(Communicator& mpi, const ProcessContext& ctx, const
   WAVEEP_RETURN_IF_ERROR(mpi.Allgather(padded.data(), max_len, flat.data()));
   Directory d;
   for (int p = 0; p < n; ++p) {
+    if (all[p].use_put != all[0].use_put) {
+      return absl::InvalidArgumentError(absl::StrCat("ucx: rank ", p, " uses the ", all[p].use_put ? "put" : "am",
+                                                     " data path but rank 0 the ", all[0].use_put ? "put" : "am",
+                                                     " one (UcxTuning::put must be the same on every rank)"));
+    }
     d.node_ids.push_back(all[p].node_id);
     d.pids.push_back(all[p].pid);
     d.hosts.emplace_back(all[p].host, strnlen(all[p].host, kHost));
@@ -1135,7 +1392,7 @@ StatusOr<std::unique_ptr<Communicator>> NewUcxCommunicator(const ProcessContext&
     if (s != UCS_OK) return UcxError(absl::StatusCode::kUnavailable, "ucp_worker_create", s);
     if (ucp_worker_get_efd(st->worker, &st->efd) != UCS_OK) st->efd = -1;
     const std::pair<unsigned, ucp_am_recv_callback_t> handlers[] = {
-        {kAmCts, OnCts}, {kAmFin, OnFin}, {kAmCtl, OnCtl}, {kAmAbort, OnAbort}};
+        {kAmCts, OnCts}, {kAmFin, OnFin}, {kAmCtl, OnCtl}, {kAmAbort, OnAbort}, {kAmData, OnData}};
     for (const auto& [id, cb] : handlers) {
       ucp_am_handler_param_t hp{};
       hp.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
@@ -1155,7 +1412,8 @@ StatusOr<std::unique_ptr<Communicator>> NewUcxCommunicator(const ProcessContext&
   }();
   WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(st->rank, st->size, local,
                                        [&](const void* s, size_t b, void* r) { return mpi->Allgather(s, b, r); }));
-  WAVEEP_ASSIGN_OR_RETURN(Directory dir, Exchange(*mpi, ctx, address));
+  st->use_put = GetUcxTuning().put;
+  WAVEEP_ASSIGN_OR_RETURN(Directory dir, Exchange(*mpi, ctx, address, st->use_put));
   st->node_ids = dir.node_ids;
   st->hosts = dir.hosts;
   st->pids = dir.pids;
@@ -1189,7 +1447,12 @@ StatusOr<std::unique_ptr<Communicator>> NewUcxCommunicator(const ProcessContext&
   WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(st->rank, st->size, local,
                                        [&](const void* s, size_t b, void* r) { return mpi->Allgather(s, b, r); }));
   auto comm = std::make_unique<UcxCommunicator>(std::move(st), options);
-  // Wire up every endpoint now (a barrier over UCX), so that the first exchange does not pay for it.
+  // Wire up every endpoint now, so that the first exchange does not pay for it and, above all, so that no send is
+  // ever left waiting in UCX for a wireup reply that only the peer's progress would bring (a rank that gives up on an
+  // exchange could not otherwise count on its last messages leaving). A barrier starts the wireup, a worker flush
+  // waits for it on every endpoint, and a second barrier keeps every rank progressing until all have flushed.
+  WAVEEP_RETURN_IF_ERROR(comm->Barrier());
+  WAVEEP_RETURN_IF_ERROR(comm->FlushEndpoints());
   WAVEEP_RETURN_IF_ERROR(comm->Barrier());
   return std::unique_ptr<Communicator>(std::move(comm));
 }

@@ -62,6 +62,16 @@ struct UcxTuning {
   absl::Duration busy_poll = absl::Microseconds(20);  // ucp_worker_progress back to back
   absl::Duration spin = absl::Microseconds(200);      // then progress and yield the core between polls
   absl::Duration max_sleep = absl::Milliseconds(1);   // then sleep on the worker's event fd, at most this per wait
+  // The data path, read when a communicator is created and required to be the same on every rank:
+  //   false ("am", the default): no handshake; each block is an active message that UCX sends eagerly (small) or by
+  //          rendezvous (large: the receiver pulls it straight into the receive block, zero-copy where the transport
+  //          can — cma inside a host, TCP zcopy between hosts). A block that arrives before its exchange started
+  //          waits (eager: copied; rendezvous: only its descriptor).
+  //   true  ("put"): the receiver registers its receive range and sends a clear-to-send with the address and remote
+  //          key; the sender puts the block (ucp_put_nbx), flushes, and sends a FIN. One-sided, but over transports
+  //          without RDMA (TCP, shared memory here) UCX 1.13 emulates the put with active messages and is slower:
+  //          docs/comm_backends.md has the figures. capabilities().one_sided says which one runs.
+  bool put = false;
 };
 
 UcxTuning GetUcxTuning();

@@ -6,6 +6,8 @@
 #   cluster_test.sh WAVEEP verify_2x2   # 2 hosts x 2 ranks, --verify, checksum == the single-host run's
 #   cluster_test.sh WAVEEP probe_nic    # 4 hosts x 1 rank, host 3 at half rate: probe within 10%, check names it
 #   cluster_test.sh WAVEEP slurm_sbatch # Slurm on 2 hosts: scripts/slurm/*.sbatch through sbatch, checked
+#   cluster_test.sh WAVEEP ucx_2x2 CONFORMANCE_TEST  # the ucx backend on 2 hosts x 2 ranks: the comm conformance
+#                                       # suite, --verify with the single-host checksum, a killed rank named in < 5 s
 #
 # Exit 77 (ctest: skipped) with the reason when this machine cannot emulate hosts (not root, no namespaces, no tc)
 # or, for slurm_sbatch, has no Slurm to start (slurmctld, slurmd, slurm-client, munge).
@@ -19,10 +21,13 @@ case "$CASE" in
   verify_2x2) export WAVEEP_CLUSTER_PREFIX=wvpta SUBNET=198.18.71 ;;
   probe_nic) export WAVEEP_CLUSTER_PREFIX=wvptb SUBNET=198.18.72 ;;
   slurm_sbatch) export WAVEEP_CLUSTER_PREFIX=wvptc SUBNET=198.18.73 ;;
+  ucx_2x2) export WAVEEP_CLUSTER_PREFIX=wvptd SUBNET=198.18.74 ;;
   *) echo "unknown case '$CASE'" >&2; exit 2 ;;
 esac
 export WAVEEP_CLUSTER_DIR="$WORK/cluster"
+MARKER="--seed=$((RANDOM + 5000))"  # tells this test's long-running ranks apart from any other waveep
 cleanup() {
+  pkill -KILL -f -- "waveep run .*$MARKER" 2>/dev/null || true
   "$CLUSTER" down >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
@@ -175,5 +180,53 @@ PY
     grep -q "exit code 2" "$WORK/nopmi.txt" || fail "srun --mpi=none should exit 2 (bad launch)"
     echo "PASS [$CASE]: sbatch verified run on 2 nodes x 2 (srun, PMIx), checksum $two == mpirun; sweep rows;" \
       "srun --mpi=none refused"
+    ;;
+  ucx_2x2)
+    CONFORMANCE="${3:?ucx_2x2 needs the comm conformance test binary}"
+    up --hosts 2 --slots 2 --rate 2gbit
+    # 1. The conformance suite, ucx only, 2 ranks on each host: shared memory inside a host, TCP between them.
+    timeout 240 "$CLUSTER" mpirun -np 4 --map-by ppr:2:node "$CONFORMANCE" --gtest_filter="*/ucx" \
+      >"$WORK/conf.txt" 2>&1 || { grep -B3 -A12 "Failure" "$WORK/conf.txt" | head -80; fail "the conformance suite failed on ucx across hosts"; }
+    grep -E "^\S*\[  PASSED  \]" "$WORK/conf.txt" | head -1
+    # 2. A verified run: the single-host checksum (mpi, one host) across hosts on ucx.
+    timeout 120 mpirun -np 4 --oversubscribe --bind-to none "$WAVEEP" run --model=tiny --tokens_per_rank=64 \
+      --steps=2 --timeout_s=60 >"$WORK/one.txt" 2>&1 || { cat "$WORK/one.txt"; fail "single-host run failed"; }
+    timeout 180 "$CLUSTER" mpirun -np 4 --map-by ppr:2:node "$WAVEEP" run --model=tiny --tokens_per_rank=64 \
+      --steps=2 --waves=2 --verify --backend=ucx --timeout_s=60 >"$WORK/two.txt" 2>&1 ||
+      { cat "$WORK/two.txt"; fail "2-host run on ucx failed"; }
+    grep -q "backend=ucx" "$WORK/two.txt" || fail "the run did not use the ucx backend"
+    grep -q "verify      PASS" "$WORK/two.txt" || fail "--verify did not pass on ucx across hosts"
+    one=$(awk '/output_checksum/{print $2}' "$WORK/one.txt")
+    two=$(awk '/output_checksum/{print $2}' "$WORK/two.txt")
+    [[ -n "$one" && "$one" == "$two" ]] || fail "checksum on ucx across hosts '$two' != single host '$one'"
+    # 3. A rank killed mid-run (rank 2, on the second host): every other rank must fail within 5 s, naming it, not
+    # after --timeout_s (60 s). mpirun --enable-recovery keeps the survivors alive so that their own errors show.
+    "$CLUSTER" mpirun -np 4 --map-by ppr:2:node --enable-recovery "$WAVEEP" run --model=tiny --tokens_per_rank=256 \
+      --steps=200000 --warmup=0 --timeout_s=60 --backend=ucx "$MARKER" >"$WORK/kill.txt" 2>&1 &
+    victim=""
+    for _ in $(seq 1 200); do
+      for p in $(pgrep -f -- "waveep run .*$MARKER" 2>/dev/null); do
+        if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=2"; then victim=$p; fi
+      done
+      [[ -n $victim ]] && grep -q "generating weights" "$WORK/kill.txt" && break
+      sleep 0.1
+    done
+    [[ -n $victim ]] || { cat "$WORK/kill.txt"; fail "rank 2 never started"; }
+    sleep 2
+    kill -KILL "$victim"
+    t0=$SECONDS
+    named=0
+    while ((SECONDS - t0 < 5)); do
+      named=$(grep -cE "error: .*rank 2 \(host $WAVEEP_CLUSTER_PREFIX-h1\) (failed|died)" "$WORK/kill.txt" || true)
+      ((named >= 1)) && break
+      sleep 0.1
+    done
+    sleep 1
+    grep -E "error:" "$WORK/kill.txt" | head -4
+    pkill -KILL -f -- "waveep run .*$MARKER" 2>/dev/null || true
+    wait || true
+    ((named >= 1)) || { tail -20 "$WORK/kill.txt"; fail "no rank named the killed rank 2 within 5 s"; }
+    echo "PASS [$CASE]: conformance suite on ucx across 2 hosts x 2; verify PASS, checksum $two == single host;" \
+      "killed rank 2 named within $((SECONDS - t0)) s"
     ;;
 esac

@@ -766,11 +766,13 @@ class TimeoutTest : public CommConformanceTest {
   }
 
   // Checks what the late rank 0 sees when it finally issues an exchange the others abandoned (see the tests). On
-  // ucx a block moves only while its sender progresses UCX, which the others stopped doing for this exchange: the late
-  // side fails as well, within its own timeout, naming the exchange — Aborted when the others' abort messages reached
-  // it, DeadlineExceeded otherwise — and never with wrong data.
+  // ucx a block moves only while its sender progresses UCX, which the others stopped doing for this exchange: whether
+  // their blocks left before they gave up depends on the transport (over TCP they do; over shared memory a block may
+  // still wait in the sender's queue). So the late side either completes with their data, or fails within its own
+  // timeout naming the exchange — Aborted when the others' abort messages reached it, DeadlineExceeded otherwise —
+  // never with wrong data, never hanging.
   void ExpectLateSideDrains(const Status& s, absl::string_view label, const TestExchange& ex) {
-    if (GetParam() == "ucx") {
+    if (GetParam() == "ucx" && !s.ok()) {
       EXPECT_TRUE(s.code() == absl::StatusCode::kAborted || s.code() == absl::StatusCode::kDeadlineExceeded) << s;
       EXPECT_TRUE(absl::StrContains(s.message(), label)) << s;
       EXPECT_TRUE(absl::StrContains(s.message(), "gave up on this exchange") ||

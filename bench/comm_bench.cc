@@ -8,6 +8,9 @@
 //   mpirun -np 4 ... waveep_comm_bench --comm_bench_busy_us=10 --comm_bench_spin_us=50
 //   --comm_bench_spin_per_mib_us=1000 ...
 //                                      ... --comm_bench_poll_sleep_us=20
+//   # the ucx backend's (comm/ucx_transport.h, UcxTuning; put=1 selects the put data path):
+//   mpirun -np 4 ... waveep_comm_bench --comm_bench_backend=mpi,ucx --comm_bench_ucx_spin_us=200
+//       --comm_bench_ucx_min_sleep_us=20 --comm_bench_ucx_max_sleep_us=1000 --comm_bench_ucx_put=0
 //
 // For each per-peer block size (1 KiB .. 64 MiB, x4 steps) it runs, side by side, for every backend in
 // --comm_bench_backend (a comma-separated list, default "mpi"):
@@ -46,6 +49,7 @@
 #include "benchmark/benchmark.h"
 #include "comm/comm.h"
 #include "comm/mpi_transport.h"  // tuning knobs of the mpi backend (this is the comm module's own bench)
+#include "comm/ucx_transport.h"  // and of the ucx backend
 #include "runtime/mpi_context.h"
 #include "runtime/runtime.h"
 
@@ -269,6 +273,29 @@ int main(int argc, char** argv) {
       }
       if (Status s = waveep::comm::internal::SetMpiTuning(t); !s.ok()) {
         if (root) std::fprintf(stderr, "%s: %s\n", argv[i], std::string(s.message()).c_str());
+        waveep::FinalizeProcess();
+        return 2;
+      }
+    } else if (absl::ConsumePrefix(&a, "--comm_bench_ucx_spin_us=") ||
+               absl::ConsumePrefix(&a, "--comm_bench_ucx_min_sleep_us=") ||
+               absl::ConsumePrefix(&a, "--comm_bench_ucx_max_sleep_us=") ||
+               absl::ConsumePrefix(&a, "--comm_bench_ucx_put=")) {
+      waveep::comm::internal::UcxTuning t = waveep::comm::internal::GetUcxTuning();
+      int64_t v = 0;
+      const bool parsed = absl::SimpleAtoi(a, &v);
+      const absl::Duration d = absl::Microseconds(parsed ? v : -1);
+      if (absl::StartsWith(argv[i], "--comm_bench_ucx_spin_us=")) {
+        t.spin = d;
+      } else if (absl::StartsWith(argv[i], "--comm_bench_ucx_min_sleep_us=")) {
+        t.min_sleep = d;
+      } else if (absl::StartsWith(argv[i], "--comm_bench_ucx_max_sleep_us=")) {
+        t.max_sleep = d;
+      } else {
+        t.put = parsed && v != 0;
+      }
+      if (Status s = waveep::comm::internal::SetUcxTuning(t); !s.ok() || !parsed) {
+        if (root)
+          std::fprintf(stderr, "%s: %s\n", argv[i], parsed ? std::string(s.message()).c_str() : "not an integer");
         waveep::FinalizeProcess();
         return 2;
       }

@@ -27,8 +27,8 @@
 //   runs over UCX, and every wait sees a dead peer.
 // - Progress is driven by the thread that waits (ucp_worker_progress under the communicator's mutex; the worker is
 //   UCS_THREAD_MODE_SERIALIZED). A waiter polls back to back for UcxTuning::busy_poll, then yields for `spin`, then
-//   sleeps in poll(2) on the worker's event file descriptor (ucp_worker_arm) for at most `max_sleep` at a time — a
-//   waiting rank costs no CPU while its data is on the wire.
+//   sleeps in ppoll(2) on the worker's event file descriptor (ucp_worker_arm), min_sleep at first and twice as long
+//   each time up to max_sleep — a waiting rank costs no CPU while its data is on the wire.
 // - A peer whose endpoint fails (process died, connection reset; over shared memory, UCX's keepalive finds it) fails
 //   every exchange and collective that waits on it at once, with an error naming the rank and its host. Unless
 //   UCX_KEEPALIVE_INTERVAL is set, the keepalive runs every second (UCX's default is far longer).
@@ -61,7 +61,9 @@ inline constexpr int kMaxRegistrations = 64;
 struct UcxTuning {
   absl::Duration busy_poll = absl::Microseconds(20);  // ucp_worker_progress back to back
   absl::Duration spin = absl::Microseconds(200);      // then progress and yield the core between polls
-  absl::Duration max_sleep = absl::Milliseconds(1);   // then sleep on the worker's event fd, at most this per wait
+  // Then sleep on the worker's event fd: the first sleep min_sleep, each next one twice as long, up to max_sleep.
+  absl::Duration min_sleep = absl::Microseconds(20);
+  absl::Duration max_sleep = absl::Milliseconds(1);
   // The data path, read when a communicator is created and required to be the same on every rank:
   //   false ("am", the default): no handshake; each block is an active message that UCX sends eagerly (small) or by
   //          rendezvous (large: the receiver pulls it straight into the receive block, zero-copy where the transport
@@ -75,7 +77,7 @@ struct UcxTuning {
 };
 
 UcxTuning GetUcxTuning();
-// InvalidArgument for a negative duration or a max_sleep under 1 ms (poll(2) counts milliseconds). Thread-safe.
+// InvalidArgument for a negative duration or unless 0 < min_sleep <= max_sleep. Thread-safe.
 Status SetUcxTuning(const UcxTuning& tuning);
 
 // The "ucx" backend. Collective over WorldComm(ctx). FailedPrecondition without a world communicator, Unavailable

@@ -291,7 +291,7 @@ class UcxState {
     // Data to a peer on this host: UCX's choice (rendezvous over cma above its threshold: one copy, no bounce
     // buffer). Data between hosts: eager, as a stream of fragments. UCX 1.13's TCP rendezvous makes the two directions
     // of a link take turns (its handshakes queue behind the other direction's bulk data); eager fragments keep both
-    // busy at once (docs/perf/ucx-2026-11-30: 0.53-0.64x of the mpi backend with rendezvous, ... with eager).
+    // busy at once (docs/perf/ucx-2026-11-30: 0.52-0.64x of the mpi backend with rendezvous, 0.74-1.09x eager).
     param.flags = id == kAmData && node_ids[peer] == node_ids[rank] ? 0 : UCP_AM_SEND_FLAG_EAGER;
     const void* data = m->payload != nullptr ? m->payload : (m->data.empty() ? nullptr : m->data.data());
     const size_t bytes = m->payload != nullptr ? m->payload_bytes : m->data.size();

@@ -7,37 +7,40 @@
 //
 //   WAVEEP_ASSIGN_OR_RETURN(auto comm, CreateCommunicator("ucx", ctx));
 //
-// How the backend works (the contract is in comm.h; docs/comm_backends.md has the picture):
+// How the backend works (the contract is in comm.h; docs/comm_backends.md has the measurements):
 // - One UCP context and one worker per communicator. Ranks are still launched by mpirun: the workers' addresses (and
-//   each rank's node and host name) are exchanged once through an MPI allgather, then every rank connects an endpoint
-//   to every other rank, in UCP_ERR_HANDLING_MODE_PEER. UCX picks the transports (UCX_TLS and the other UCX_*
-//   variables are honoured): shared memory inside a host, TCP between hosts, RDMA where a cluster has it.
-// - An exchange (blocking or async) moves every block with one ucp_put_nbx straight into the receiver's buffer:
-//     receiver: registers its receive range (ucp_mem_map, cached) and sends each sender a clear-to-send (CTS) active
-//               message: exchange id, remote address, bytes, and the packed remote key the first time that peer
-//               meets that registration;
-//     sender:   on CTS, puts the block, flushes the endpoint (the put has landed), then sends a FIN active message;
-//     receiver: done when every sender's FIN has arrived. The block to self is a memcpy.
-//   The CTS is what makes a one-sided put safe: it is sent only when the receiver's stream reaches the exchange, so
-//   the receiver is done with the buffer's previous contents. Exchanges are told apart by (channel, sequence number),
-//   fixed on the host when the call is issued (identical order on every rank), so exchanges on different streams may
-//   run concurrently, and a CTS or FIN that arrives early waits in a table until its exchange runs.
+//   each rank's node, host name and process id) are exchanged once through an MPI allgather, then every rank connects
+//   an endpoint to every other rank and all endpoints are wired up before the factory returns. UCX picks the
+//   transports (UCX_TLS and the other UCX_* variables are honoured): shared memory inside a host, TCP between hosts,
+//   RDMA where a cluster has it.
+// - Exchanges (blocking or async) are told apart by (channel, sequence number), fixed on the host when the call is
+//   issued (identical order on every rank), so exchanges on different streams may run concurrently. Data path "am"
+//   (the default, UcxTuning::put = false): each nonzero block is one active message; UCX sends it eagerly or, inside a
+//   host above its threshold, by rendezvous (the receiver pulls it straight into the receive block); between hosts it
+//   always goes eagerly (UCX 1.13's TCP rendezvous made the two directions of a link take turns). A block that arrives
+//   before its exchange started here waits in a table (eager: copied; rendezvous: only its descriptor). Data path
+//   "put": the receiver registers its receive range (ucp_mem_map, cached), sends a clear-to-send (CTS) with the
+//   address and, once per range and peer, the packed remote key; the sender puts (ucp_put_nbx), flushes the endpoint
+//   and sends a FIN. The CTS is what makes the put safe: the receiver sends it only when its stream reaches the
+//   exchange, so it is done with the buffer's previous contents.
 // - Barrier, Allgather and AlltoallCounts are eager active messages, one per peer, matched by their own sequence
-//   numbers (an Allgather of more than kMaxControlBytes per rank goes as a put exchange instead). Everything therefore
-//   runs over UCX, and every wait sees a dead peer.
+//   numbers (an Allgather of more than kMaxControlBytes per rank goes as an exchange). Everything runs over UCX, and
+//   every wait sees a dead peer.
 // - Progress is driven by the thread that waits (ucp_worker_progress under the communicator's mutex; the worker is
 //   UCS_THREAD_MODE_SERIALIZED). A waiter polls back to back for UcxTuning::busy_poll, then yields for `spin`, then
 //   sleeps in ppoll(2) on the worker's event file descriptor (ucp_worker_arm), min_sleep at first and twice as long
 //   each time up to max_sleep — a waiting rank costs no CPU while its data is on the wire.
-// - A peer whose endpoint fails (process died, connection reset; over shared memory, UCX's keepalive finds it) fails
-//   every exchange and collective that waits on it at once, with an error naming the rank and its host. Unless
-//   UCX_KEEPALIVE_INTERVAL is set, the keepalive runs every second (UCX's default is far longer).
-// - After an error or a timeout, puts and sends still in flight cannot be cancelled: they are released to complete
-//   on their own and may still read their send buffers (the message says how many); a peer that received our CTS may
-//   still put into the receive buffer later. The job is expected to end (waveep run does).
-// - Registrations are cached by address range (at most kMaxRegistrations, least recently used evicted). The cache
-//   does not see free(): a range freed and reused keeps its registration, which is correct for the transports that
-//   do not pin memory (tcp, shared memory through cma/posix) and relies on UCX's memory hooks where they do (RDMA).
+// - Dead peers: endpoints between hosts run in UCP_ERR_HANDLING_MODE_PEER, so a peer whose process died or whose
+//   connection reset fails every exchange and collective that waits on it at once, with an error naming the rank and
+//   its host. UCX's shared-memory transports do not offer that mode, so same-host endpoints run without it and their
+//   peers are watched by process id (/proc/<pid>/stat, at most every 100 ms).
+// - A rank that gives up on an exchange (timeout or error) sends an abort message to the peers it still waited on, so
+//   that they fail at once rather than after their own timeout, and progresses for kCancelGrace so that its last
+//   messages leave. Blocks already handed to UCX cannot be cancelled: they may still read their send buffers (the
+//   message says how many). The job is expected to end (waveep run does).
+// - Put path registrations are cached by address range (at most kMaxRegistrations, least recently used evicted). The
+//   cache does not see free(): a range freed and reused keeps its registration, which is correct for the transports
+//   that do not pin memory (tcp, shared memory) and relies on UCX's memory hooks where they do (RDMA).
 // - Debian's UCX is built without CUDA: capabilities().device_memory is false and device blocks are refused with an
 //   error saying so (use --backend=mpi, which stages them, or nccl/cuda_ipc).
 #ifndef WAVEEP_COMM_UCX_TRANSPORT_H_

@@ -75,8 +75,13 @@ endfunction()
 # Environment every mpirun-driven test needs: root is allowed (CI), one BLAS thread per rank (2 cores),
 # and the shared-memory/TCP transports only (no network probing on CI boxes).
 function(waveep_set_mpi_test_env test)
-  set_tests_properties(${test} PROPERTIES ENVIRONMENT
-    "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OPENBLAS_NUM_THREADS=1;OMPI_MCA_rmaps_base_oversubscribe=1;OMPI_MCA_btl=self,vader,tcp;OMPI_MCA_pml=ob1;OMPI_MCA_btl_vader_single_copy_mechanism=none")
+  set(_env "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OPENBLAS_NUM_THREADS=1;OMPI_MCA_rmaps_base_oversubscribe=1;OMPI_MCA_btl=self,vader,tcp;OMPI_MCA_pml=ob1;OMPI_MCA_btl_vader_single_copy_mechanism=none")
+  # UCX's memory hooks patch mmap/munmap/brk, which the sanitizers intercept too: under TSan the ucx backend crashed
+  # in UCX's init with them on. Its memory-event cache is not needed for host buffers over shared memory and TCP.
+  if(WAVEEP_SANITIZE)
+    string(APPEND _env ";UCX_MEM_EVENTS=no")
+  endif()
+  set_tests_properties(${test} PROPERTIES ENVIRONMENT "${_env}")
 endfunction()
 
 # Shared main() for gtest binaries run under mpirun (tests/common/mpi_test_main.cc).

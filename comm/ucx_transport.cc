@@ -54,6 +54,9 @@ constexpr unsigned kAmCtl = 0x57a3;    // control collectives (barrier, allgathe
 constexpr unsigned kAmAbort = 0x57a4;  // either side: this rank gave up on an exchange (timeout or error)
 constexpr unsigned kAmData = 0x57a5;   // sender -> receiver: the block itself, for the address its CTS named
 
+// A block UCX cannot send at once is copied into the message up to this size (see SendAmLocked).
+constexpr size_t kCopyBeforeQueueBytes = size_t{16} << 10;
+
 // Exchange channels: async exchanges and blocking ones count their sequence numbers separately.
 constexpr uint32_t kChanAsync = 0;
 constexpr uint32_t kChanBlocking = 1;
@@ -292,7 +295,29 @@ class UcxState {
     // buffer). Data between hosts: eager, as a stream of fragments. UCX 1.13's TCP rendezvous makes the two directions
     // of a link take turns (its handshakes queue behind the other direction's bulk data); eager fragments keep both
     // busy at once (docs/perf/ucx-2026-11-30: 0.52-0.64x of the mpi backend with rendezvous, 0.74-1.09x eager).
-    param.flags = id == kAmData && node_ids[peer] == node_ids[rank] ? 0 : UCP_AM_SEND_FLAG_EAGER;
+    const bool same_host = node_ids[peer] == node_ids[rank];
+    param.flags = id == kAmData && same_host ? 0 : UCP_AM_SEND_FLAG_EAGER;
+    // A send from the caller's block must not outlive the exchange in UCX's queues (an exchange that fails returns
+    // while such a send may still be queued, and the caller may free the block; ASan caught UCX replaying one after
+    // an endpoint's wireup). So it first tries to go at once; if UCX would have to queue it, an eager block is copied
+    // into the message and queued from there. Only a rendezvous block (inside a host, above kCopyBeforeQueueBytes)
+    // is queued from the caller's memory.
+    if (m->payload != nullptr) {
+      ucp_request_param_t now = param;
+      now.op_attr_mask |= UCP_OP_ATTR_FLAG_FORCE_IMM_CMPL;
+      ucs_status_ptr_t p =
+          ucp_am_send_nbx(eps[peer], id, m->header.data(), m->header.size(), m->payload, m->payload_bytes, &now);
+      if (p == nullptr) return absl::OkStatus();
+      if (!UCS_PTR_IS_ERR(p)) {
+        Start(p, &m->op);
+        return absl::OkStatus();
+      }
+      if (UCS_PTR_STATUS(p) != UCS_ERR_NO_RESOURCE) return PeerError(peer, "sending a block", UCS_PTR_STATUS(p));
+      if (!same_host || m->payload_bytes <= kCopyBeforeQueueBytes) {
+        m->data.assign(static_cast<const char*>(m->payload), m->payload_bytes);
+        m->payload = nullptr;
+      }
+    }
     const void* data = m->payload != nullptr ? m->payload : (m->data.empty() ? nullptr : m->data.data());
     const size_t bytes = m->payload != nullptr ? m->payload_bytes : m->data.size();
     const ucs_status_t s =

@@ -85,6 +85,75 @@ std::string PendingPeers::ToString() const {
   return out;
 }
 
+absl::Duration EffectiveTimeout(const Options& options) {
+  return options.timeout > absl::ZeroDuration() ? options.timeout : DefaultTimeout();
+}
+
+Status CheckOptions(const Options& options) {
+  if (options.timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("comm Options.timeout = ", absl::FormatDuration(options.timeout), " is negative"));
+  }
+  return absl::OkStatus();
+}
+
+LinkEstimate HostLinkEstimate(int rank, int peer, const std::vector<int>& node_ids) {
+  // NOTES: modelled, not measured — placeholders for topology/ until a probe runs. Deliberately modest: host memory
+  // through a shared-memory transport without single-copy (copy in, copy out), and a commodity network.
+  constexpr double kLoopbackBwGbps = 10.0;  // one memcpy
+  constexpr double kLoopbackLatencyUs = 0.2;
+  constexpr double kShmBwGbps = 5.0;  // two memcpys through a shared FIFO
+  constexpr double kShmLatencyUs = 1.0;
+  constexpr double kNetBwGbps = 3.0;  // TCP / IPoIB class network
+  constexpr double kNetLatencyUs = 10.0;
+  const int size = static_cast<int>(node_ids.size());
+  if (peer < 0 || peer >= size || rank < 0 || rank >= size) return LinkEstimate{"invalid", 0, 0};
+  if (peer == rank) return LinkEstimate{"loopback", kLoopbackBwGbps, kLoopbackLatencyUs};
+  if (node_ids[peer] == node_ids[rank]) return LinkEstimate{"shm", kShmBwGbps, kShmLatencyUs};
+  return LinkEstimate{"net", kNetBwGbps, kNetLatencyUs};
+}
+
+Status CheckAllgatherArgs(const void* send, size_t bytes, const void* recv) {
+  if (bytes > 0 && (send == nullptr || recv == nullptr)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Allgather: null ", send == nullptr ? "send" : "recv", " buffer with bytes = ", bytes));
+  }
+  return absl::OkStatus();
+}
+
+Status CheckCountsArgs(const int64_t* send, int64_t n, const int64_t* recv, int64_t max_n, absl::string_view backend) {
+  if (n < 0 || n > max_n) {
+    return absl::InvalidArgumentError(absl::StrCat("AlltoallCounts: n = ", n, " counts per peer, need [0, ", max_n,
+                                                   "] on the ", backend, " backend"));
+  }
+  if (n > 0 && (send == nullptr || recv == nullptr)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AlltoallCounts: null ", send == nullptr ? "send" : "recv", " buffer with n = ", n));
+  }
+  return absl::OkStatus();
+}
+
+AlltoallvArgs AllgatherAsAlltoallv(const void* send, size_t bytes, void* recv, int size) {
+  AlltoallvArgs args;
+  args.send = send;
+  args.recv = recv;
+  args.label = "allgather";
+  args.send_bytes.assign(size, bytes);
+  args.send_offsets.assign(size, 0);
+  args.recv_bytes.assign(size, bytes);
+  for (int p = 0; p < size; ++p) args.recv_offsets.push_back(static_cast<size_t>(p) * bytes);
+  return args;
+}
+
+Status CheckSelfBlock(const AlltoallvArgs& args, int rank) {
+  if (args.send_bytes[rank] != args.recv_bytes[rank]) {
+    return absl::InvalidArgumentError(absl::StrCat("AlltoallvArgs: send_bytes[", rank, "] = ", args.send_bytes[rank],
+                                                   " but recv_bytes[", rank, "] = ", args.recv_bytes[rank],
+                                                   " (the block a rank sends itself has one size)"));
+  }
+  return absl::OkStatus();
+}
+
 Status CheckDeviceBuffers(const AlltoallvArgs& args, absl::string_view backend) {
   struct Side {
     const void* base;

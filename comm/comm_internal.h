@@ -62,6 +62,27 @@ class PendingPeers {
   std::map<std::pair<int, bool>, Entry> pending_;  // (peer, is_send)
 };
 
+// The timeout a communicator's waits use: Options::timeout, or DefaultTimeout() when that is zero.
+absl::Duration EffectiveTimeout(const Options& options);
+// InvalidArgument for a negative Options::timeout; every factory checks it before communicating.
+Status CheckOptions(const Options& options);
+
+// Modelled (not measured) link between host-memory ranks (mpi, ucx), from every rank's node id: loopback to itself,
+// "shm" inside a node, "net" between nodes; "invalid" for a peer out of range. topology/ probes the real links.
+LinkEstimate HostLinkEstimate(int rank, int peer, const std::vector<int>& node_ids);
+
+// Argument checks of the blocking collectives, shared so that every backend refuses the same input with the same
+// message. Allgather: a null buffer with bytes > 0. AlltoallCounts: n outside [0, max_n] (naming `backend`, whose
+// limit it is) or a null buffer with n > 0.
+Status CheckAllgatherArgs(const void* send, size_t bytes, const void* recv);
+Status CheckCountsArgs(const int64_t* send, int64_t n, const int64_t* recv, int64_t max_n, absl::string_view backend);
+// An allgather of `bytes` per rank as an exchange (for backends whose collective path cannot carry that much):
+// the same block to every rank, rank p's landing at recv + p * bytes. Labelled "allgather".
+AlltoallvArgs AllgatherAsAlltoallv(const void* send, size_t bytes, void* recv, int size);
+// For point-to-point backends, after ValidateAlltoallvArgs: InvalidArgument unless the block a rank sends itself has
+// one size (send_bytes[rank] == recv_bytes[rank]).
+Status CheckSelfBlock(const AlltoallvArgs& args, int rank);
+
 // True when `p` points into CUDA device memory (cudaMemoryTypeDevice) and stores its device ordinal in *device.
 // False for null, host, pinned-host and managed memory, without a visible device and always without CUDA.
 // Non-blocking, thread-safe; leaves no sticky CUDA error behind.

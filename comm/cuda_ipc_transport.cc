@@ -464,7 +464,7 @@ StatusOr<std::unique_ptr<Communicator>> NewCudaIpcCommunicator(const ProcessCont
   int flag = 0;
   WAVEEP_MPI_RETURN_IF_ERROR(MPI_Comm_get_attr(s->ctrl, MPI_TAG_UB, &attr, &flag));
   const int tag_modulus = std::min(flag ? *static_cast<int*>(attr) : 32767, 1 << 30);
-  const absl::Duration timeout = options.timeout > absl::ZeroDuration() ? options.timeout : DefaultTimeout();
+  const absl::Duration timeout = EffectiveTimeout(options);
   return std::unique_ptr<Communicator>(
       new CudaIpcCommunicator(std::move(host), std::move(s), std::move(proxy), timeout, tag_modulus));
 }

@@ -26,15 +26,6 @@
 namespace waveep::comm::internal {
 namespace {
 
-// NOTES: modelled, not measured — placeholders for topology/ until a probe runs. Deliberately modest: host memory
-// through Open MPI's shared-memory BTL without single-copy (copy in, copy out), and MPI over a commodity network.
-constexpr double kLoopbackBwGbps = 10.0;  // one memcpy
-constexpr double kLoopbackLatencyUs = 0.2;
-constexpr double kShmBwGbps = 5.0;  // two memcpys through a shared FIFO
-constexpr double kShmLatencyUs = 1.0;
-constexpr double kNetBwGbps = 3.0;  // TCP / IPoIB class network through MPI
-constexpr double kNetLatencyUs = 10.0;
-
 std::mutex g_tuning_mu;
 MpiTuning g_tuning;
 std::atomic<uint64_t> g_tuning_generation{0};  // bumped by every SetMpiTuning
@@ -103,11 +94,7 @@ struct Scratch {
 // caller sets.
 Status FillPlan(const AlltoallvArgs& args, int rank, int size, size_t max_message_bytes, Plan* plan) {
   WAVEEP_RETURN_IF_ERROR(ValidateAlltoallvArgs(args, size));
-  if (args.send_bytes[rank] != args.recv_bytes[rank]) {
-    return absl::InvalidArgumentError(absl::StrCat("AlltoallvArgs: send_bytes[", rank, "] = ", args.send_bytes[rank],
-                                                   " but recv_bytes[", rank, "] = ", args.recv_bytes[rank],
-                                                   " (the block a rank sends itself has one size)"));
-  }
+  WAVEEP_RETURN_IF_ERROR(CheckSelfBlock(args, rank));
   plan->messages.clear();
   plan->self_src = nullptr;
   plan->self_dst = nullptr;
@@ -364,12 +351,7 @@ class MpiCommunicator final : public Communicator {
     return caps;
   }
 
-  LinkEstimate Estimate(int peer) const override {
-    if (peer < 0 || peer >= size_) return LinkEstimate{"invalid", 0, 0};
-    if (peer == rank_) return LinkEstimate{"loopback", kLoopbackBwGbps, kLoopbackLatencyUs};
-    if (node_ids_[peer] == node_ids_[rank_]) return LinkEstimate{"shm", kShmBwGbps, kShmLatencyUs};
-    return LinkEstimate{"net", kNetBwGbps, kNetLatencyUs};
-  }
+  LinkEstimate Estimate(int peer) const override { return HostLinkEstimate(rank_, peer, node_ids_); }
 
   Status Barrier() override {
     std::lock_guard<std::mutex> lock(coll_mu_);
@@ -380,12 +362,11 @@ class MpiCommunicator final : public Communicator {
   }
 
   Status Allgather(const void* send, size_t bytes, void* recv) override {
+    WAVEEP_RETURN_IF_ERROR(CheckAllgatherArgs(send, bytes, recv));
     if (bytes == 0) return absl::OkStatus();
-    if (send == nullptr || recv == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("Allgather: null ", send == nullptr ? "send" : "recv", " buffer with bytes = ", bytes));
-    }
-    if (bytes > static_cast<size_t>(INT_MAX)) return LargeAllgather(send, bytes, recv);
+    // Blocks too large for one MPI count: an exchange. Unstaged, so on timeout it follows the exchange rules
+    // (receives cancelled).
+    if (bytes > static_cast<size_t>(INT_MAX)) return Alltoallv(AllgatherAsAlltoallv(send, bytes, recv, size_));
     std::lock_guard<std::mutex> lock(coll_mu_);
     WAVEEP_RETURN_IF_ERROR(broken_);
     // Staged, so that a collective abandoned after a timeout never touches the caller's buffers.
@@ -400,15 +381,8 @@ class MpiCommunicator final : public Communicator {
   }
 
   Status AlltoallCounts(const int64_t* send, int64_t n, int64_t* recv) override {
-    if (n < 0 || n > INT_MAX) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("AlltoallCounts: n = ", n, " counts per peer, need [0, ", INT_MAX, "]"));
-    }
+    WAVEEP_RETURN_IF_ERROR(CheckCountsArgs(send, n, recv, INT_MAX, "mpi"));
     if (n == 0) return absl::OkStatus();
-    if (send == nullptr || recv == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("AlltoallCounts: null ", send == nullptr ? "send" : "recv", " buffer with n = ", n));
-    }
     std::lock_guard<std::mutex> lock(coll_mu_);
     WAVEEP_RETURN_IF_ERROR(broken_);
     const size_t bytes = static_cast<size_t>(n) * size_ * sizeof(int64_t);
@@ -509,9 +483,7 @@ class MpiCommunicator final : public Communicator {
     std::unique_ptr<char[]> staging;
   };
 
-  absl::Duration Timeout() const {
-    return options_.timeout > absl::ZeroDuration() ? options_.timeout : DefaultTimeout();
-  }
+  absl::Duration Timeout() const { return EffectiveTimeout(options_); }
   // Message split: identical on every rank (see MpiTuning::staging_chunk_bytes).
   size_t SplitBytes(const MpiTuning& tuning) const {
     return any_rank_stages_ ? std::min(tuning.max_message_bytes, tuning.staging_chunk_bytes) : tuning.max_message_bytes;
@@ -560,20 +532,6 @@ class MpiCommunicator final : public Communicator {
     broken_ = absl::FailedPreconditionError(
         absl::StrCat("mpi communicator unusable for blocking calls after an earlier timeout: ", s.message()));
     return s;
-  }
-
-  // Allgather of blocks too large for one MPI count: an exchange that sends the same block to every rank. Unstaged,
-  // so on timeout it follows the exchange rules (receives cancelled).
-  Status LargeAllgather(const void* send, size_t bytes, void* recv) {
-    AlltoallvArgs args;
-    args.send = send;
-    args.recv = recv;
-    args.label = "allgather";
-    args.send_bytes.assign(size_, bytes);
-    args.send_offsets.assign(size_, 0);
-    args.recv_bytes.assign(size_, bytes);
-    for (int p = 0; p < size_; ++p) args.recv_offsets.push_back(static_cast<size_t>(p) * bytes);
-    return Alltoallv(args);
   }
 
   std::shared_ptr<OwnedComm> coll_;
@@ -638,10 +596,7 @@ StatusOr<std::unique_ptr<Communicator>> NewMpiCommunicator(const ProcessContext&
         "mpi communicator: ProcessContext has no world communicator "
         "(call waveep::InitProcess first)");
   }
-  if (options.timeout < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("comm Options.timeout = ", absl::FormatDuration(options.timeout), " is negative"));
-  }
+  WAVEEP_RETURN_IF_ERROR(CheckOptions(options));
   WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<OwnedComm> coll, DupComm(WorldComm(ctx)));
   WAVEEP_ASSIGN_OR_RETURN(std::shared_ptr<OwnedComm> p2p, DupComm(WorldComm(ctx)));
   int rank = 0, size = 0;

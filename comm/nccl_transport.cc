@@ -375,7 +375,7 @@ StatusOr<std::unique_ptr<Communicator>> NewNcclCommunicator(const ProcessContext
   const int num_devices = CudaDeviceCount();
   if (num_devices == 0) return absl::UnavailableError("comm backend 'nccl': no CUDA device is visible");
   WAVEEP_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> host, NewMpiCommunicator(ctx, options));
-  const absl::Duration timeout = options.timeout > absl::ZeroDuration() ? options.timeout : DefaultTimeout();
+  const absl::Duration timeout = EffectiveTimeout(options);
   const int me = host->rank();
   const int n = host->size();
 

@@ -38,15 +38,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// NOTES: modelled, not measured — placeholders for topology/ until a probe runs (as in the mpi backend; UCX's
-// shared-memory path copies once through cma where the kernel allows it).
-constexpr double kLoopbackBwGbps = 10.0;
-constexpr double kLoopbackLatencyUs = 0.2;
-constexpr double kShmBwGbps = 5.0;
-constexpr double kShmLatencyUs = 1.0;
-constexpr double kNetBwGbps = 3.0;
-constexpr double kNetLatencyUs = 10.0;
-
 // Active message ids.
 constexpr unsigned kAmCts = 0x57a1;    // receiver -> sender: clear to send, where, and the remote key
 constexpr unsigned kAmFin = 0x57a2;    // sender -> receiver: the put has landed
@@ -768,11 +759,7 @@ Status CheckHostBlocks(const void* base, const std::vector<size_t>& bytes, const
 
 StatusOr<Plan> MakePlan(const AlltoallvArgs& args, int rank, int size) {
   WAVEEP_RETURN_IF_ERROR(ValidateAlltoallvArgs(args, size));
-  if (args.send_bytes[rank] != args.recv_bytes[rank]) {
-    return absl::InvalidArgumentError(absl::StrCat("AlltoallvArgs: send_bytes[", rank, "] = ", args.send_bytes[rank],
-                                                   " but recv_bytes[", rank, "] = ", args.recv_bytes[rank],
-                                                   " (the block a rank sends itself has one size)"));
-  }
+  WAVEEP_RETURN_IF_ERROR(CheckSelfBlock(args, rank));
   WAVEEP_RETURN_IF_ERROR(CheckHostBlocks(args.send, args.send_bytes, args.send_offsets, "send"));
   WAVEEP_RETURN_IF_ERROR(CheckHostBlocks(args.recv, args.recv_bytes, args.recv_offsets, "recv"));
   Plan plan;
@@ -880,15 +867,9 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       region = *r;
       for (const Block& b : plan.recvs) {
         auto m = std::make_unique<AmSend>();
-        CtsMsg h{plan.channel,
-                 st.rank,
-                 plan.seq,
-                 reinterpret_cast<uint64_t>(b.dst),
-                 b.bytes,
-                 region != nullptr ? region->id : 0,
-                 0};
+        CtsMsg h{plan.channel, st.rank, plan.seq, reinterpret_cast<uint64_t>(b.dst), b.bytes, region->id, 0};
         st.expected[XKey{plan.channel, plan.seq, b.peer}] = Expect{b.dst, b.bytes};
-        if (region != nullptr && !region->sent_to[b.peer]) {
+        if (!region->sent_to[b.peer]) {
           m->data = region->packed;
           h.rkey_len = static_cast<uint32_t>(m->data.size());
           region->sent_to[b.peer] = true;
@@ -985,7 +966,8 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
           const ucs_status_t u = Check(&s.fin->op);
           if (u == UCS_INPROGRESS) continue;
           if (u != UCS_OK) {
-            status = st.PeerError(b.peer, absl::StrCat("signalling the end of ", What(plan)), u);
+            status = st.PeerError(
+                b.peer, absl::StrCat(st.use_put ? "signalling the end of " : "sending its block of ", What(plan)), u);
             break;
           }
           s.fin.reset();
@@ -1082,12 +1064,7 @@ class UcxCommunicator final : public Communicator {
     return caps;
   }
 
-  LinkEstimate Estimate(int peer) const override {
-    if (peer < 0 || peer >= st_->size) return LinkEstimate{"invalid", 0, 0};
-    if (peer == st_->rank) return LinkEstimate{"loopback", kLoopbackBwGbps, kLoopbackLatencyUs};
-    if (st_->node_ids[peer] == st_->node_ids[st_->rank]) return LinkEstimate{"shm", kShmBwGbps, kShmLatencyUs};
-    return LinkEstimate{"net", kNetBwGbps, kNetLatencyUs};
-  }
+  LinkEstimate Estimate(int peer) const override { return HostLinkEstimate(st_->rank, peer, st_->node_ids); }
 
   // Waits until every endpoint is wired up and has nothing outstanding (ucp_worker_flush_nbx), progressing.
   Status FlushEndpoints() {
@@ -1125,22 +1102,9 @@ class UcxCommunicator final : public Communicator {
   }
 
   Status Allgather(const void* send, size_t bytes, void* recv) override {
+    WAVEEP_RETURN_IF_ERROR(CheckAllgatherArgs(send, bytes, recv));
     if (bytes == 0) return absl::OkStatus();
-    if (send == nullptr || recv == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("Allgather: null ", send == nullptr ? "send" : "recv", " buffer with bytes = ", bytes));
-    }
-    if (bytes > kMaxControlBytes) {
-      AlltoallvArgs args;
-      args.send = send;
-      args.recv = recv;
-      args.label = "allgather";
-      args.send_bytes.assign(st_->size, bytes);
-      args.send_offsets.assign(st_->size, 0);
-      args.recv_bytes.assign(st_->size, bytes);
-      for (int p = 0; p < st_->size; ++p) args.recv_offsets.push_back(static_cast<size_t>(p) * bytes);
-      return Alltoallv(args);
-    }
+    if (bytes > kMaxControlBytes) return Alltoallv(AllgatherAsAlltoallv(send, bytes, recv, st_->size));
     std::lock_guard<std::mutex> lock(coll_mu_);
     WAVEEP_RETURN_IF_ERROR(broken_);
     // Staged: an abandoned collective never touches the caller's buffer.
@@ -1155,15 +1119,9 @@ class UcxCommunicator final : public Communicator {
   }
 
   Status AlltoallCounts(const int64_t* send, int64_t n, int64_t* recv) override {
-    if (n < 0 || n > static_cast<int64_t>(kMaxControlBytes / sizeof(int64_t))) {
-      return absl::InvalidArgumentError(absl::StrCat("AlltoallCounts: n = ", n, " counts per peer, need [0, ",
-                                                     kMaxControlBytes / sizeof(int64_t), "] on the ucx backend"));
-    }
+    WAVEEP_RETURN_IF_ERROR(
+        CheckCountsArgs(send, n, recv, static_cast<int64_t>(kMaxControlBytes / sizeof(int64_t)), "ucx"));
     if (n == 0) return absl::OkStatus();
-    if (send == nullptr || recv == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("AlltoallCounts: null ", send == nullptr ? "send" : "recv", " buffer with n = ", n));
-    }
     std::lock_guard<std::mutex> lock(coll_mu_);
     WAVEEP_RETURN_IF_ERROR(broken_);
     const size_t bytes = static_cast<size_t>(n) * sizeof(int64_t);
@@ -1209,9 +1167,7 @@ class UcxCommunicator final : public Communicator {
   }
 
  private:
-  absl::Duration Timeout() const {
-    return options_.timeout > absl::ZeroDuration() ? options_.timeout : DefaultTimeout();
-  }
+  absl::Duration Timeout() const { return EffectiveTimeout(options_); }
 
   static Status Take(int p, const std::string& m, size_t bytes, std::string* out) {
     if (m.size() != bytes) {
@@ -1401,10 +1357,7 @@ Status SetUcxTuning(const UcxTuning& tuning) {
 }
 
 StatusOr<std::unique_ptr<Communicator>> NewUcxCommunicator(const ProcessContext& ctx, Options options) {
-  if (options.timeout < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("comm Options.timeout = ", absl::FormatDuration(options.timeout), " is negative"));
-  }
+  WAVEEP_RETURN_IF_ERROR(CheckOptions(options));
   // The bootstrap: an mpi communicator, for the address exchange and to agree on success.
   WAVEEP_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> mpi, NewMpiCommunicator(ctx, options));
   auto st = std::make_shared<UcxState>(mpi->rank(), mpi->size());

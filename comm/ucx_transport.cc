@@ -39,11 +39,14 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // Active message ids.
-constexpr unsigned kAmCts = 0x57a1;    // receiver -> sender: clear to send, where, and the remote key
-constexpr unsigned kAmFin = 0x57a2;    // sender -> receiver: the put has landed
-constexpr unsigned kAmCtl = 0x57a3;    // control collectives (barrier, allgather, count exchange)
-constexpr unsigned kAmAbort = 0x57a4;  // either side: this rank gave up on an exchange (timeout or error)
-constexpr unsigned kAmData = 0x57a5;   // sender -> receiver: the block itself, for the address its CTS named
+constexpr unsigned kAmCts = 0x57a1;           // receiver -> sender: clear to send, where, and the remote key
+constexpr unsigned kAmFin = 0x57a2;           // sender -> receiver: the put has landed
+constexpr unsigned kAmCtl = 0x57a3;           // control collectives (barrier, allgather, count exchange)
+constexpr size_t kMaxAbortReasonBytes = 480;  // the cause an abort message carries (its header after AbortMsg)
+constexpr unsigned kAmAbort = 0x57a4;         // either side: this rank gave up on an exchange (timeout or error)
+// The channel of an abort that is about the whole job: its sender hit a job-fatal error and is leaving.
+constexpr uint32_t kLeavingChannel = 0xffffffffu;
+constexpr unsigned kAmData = 0x57a5;  // sender -> receiver: the block itself, for the address its CTS named
 
 // A block UCX cannot send at once is copied into the message up to this size (see SendAmLocked).
 constexpr size_t kCopyBeforeQueueBytes = size_t{16} << 10;
@@ -78,6 +81,13 @@ struct AbortMsg {
   uint32_t channel;
   int32_t from;
   uint64_t seq;
+  uint32_t peer_lost;  // 1: the sender gave up because a rank of the job is gone (its reason names it)
+  uint32_t reserved;
+};
+// An abort as received: its sender's reason.
+struct AbortNote {
+  std::string why;
+  bool peer_lost = false;
 };
 struct CtlMsg {
   int32_t from;
@@ -197,6 +207,7 @@ class UcxState {
   std::vector<std::string> hosts;
   std::vector<int64_t> pids;    // every rank's process id, for the liveness check of same-host peers
   std::vector<bool> watch_pid;  // same-host peers whose /proc entry is visible (same PID namespace)
+  std::vector<int> all_peers;   // every rank but this one
   std::atomic<int64_t> next_pid_check_ns{0};
 
   std::mutex mu;  // every ucp_* call on the worker and every table below
@@ -206,12 +217,21 @@ class UcxState {
   std::vector<ucp_ep_h> eps;
   std::vector<std::unique_ptr<EpArg>> ep_args;
   std::unique_ptr<std::atomic<int>[]> failed;  // ucs_status_t per peer, UCS_OK while alive
+  // Peers that left the job after a job-fatal error, and why (their kLeavingChannel abort). Written by the abort
+  // handler under mu, read by FailedPeer, which may run without mu: its own lock.
+  std::mutex left_mu;
+  std::map<int, std::string> left_job;
 
   std::map<XKey, Cts> cts;
-  std::map<XKey, uint64_t> fins;                        // landed blocks (FIN, eager data, finished rendezvous)
-  std::map<XKey, bool> aborts;                          // (channel, seq, peer that gave up)
+  std::map<XKey, uint64_t> fins;     // landed blocks (FIN, eager data, finished rendezvous)
+  std::map<XKey, AbortNote> aborts;  // (channel, seq, peer that gave up) -> why
+  bool leaving = false;              // this rank told every peer it is leaving (SendLeavingLocked)
+  // Set once this rank knows that a rank of the job is gone (its endpoint failed, its process died, it left, or a
+  // peer gave up because of such a loss). From then on the communicator cannot serve the job, and the first error
+  // tells every peer so (SendLeavingLocked). A timeout alone does not set it: after one the communicator stays usable.
+  mutable std::atomic<bool> peer_lost{false};
   std::map<XKey, Expect> expected;                      // announced receives not landed yet
-  std::map<XKey, std::string> recv_errors;              // a block that could not land, and why
+  std::map<XKey, Status> recv_errors;                   // a block that could not land, and why (no prefix yet)
   std::vector<RndvArrival> rndv_arrivals;               // see ProgressLocked
   std::map<XKey, Unexpected> unexpected;                // am path: blocks that came before their exchange started here
   std::set<XKey> abandoned_keys;                        // receives this rank gave up on: their blocks are dropped
@@ -263,8 +283,10 @@ class UcxState {
     Unexpected got = std::move(u->second);
     unexpected.erase(u);
     if (got.bytes != bytes) {
-      recv_errors[key] = absl::StrCat("received ", got.bytes, " bytes from rank ", std::get<2>(key), " where ", bytes,
-                                      " were expected (recv_bytes disagrees with what it sends)");
+      recv_errors[key] = absl::InvalidArgumentError(absl::StrCat("received ", got.bytes, " bytes from rank ",
+                                                                 std::get<2>(key), " where ", bytes,
+                                                                 " were expected (recv_bytes disagrees with what it "
+                                                                 "sends)"));
       if (got.rndv) ucp_am_data_release(worker, got.desc);
       return;
     }
@@ -379,17 +401,37 @@ class UcxState {
     return rkey;
   }
 
-  // Unavailable naming the peer: its endpoint failed or an operation towards it did.
+  // Aborted naming the peer: its endpoint failed or an operation towards it did. Aborted, not Unavailable: a lost
+  // peer is job-fatal (IsJobFatal), seen by the ranks that talked to it only, so each prints it and the job ends.
   Status PeerError(int peer, absl::string_view doing, ucs_status_t s) const {
-    return absl::UnavailableError(
-        WithPrefix(absl::StrCat("ucx: ", Peer(peer), " failed or became unreachable while ", doing, ": ", Ucs(s),
-                                " (the peer's process died, or its link went down)")));
+    return absl::AbortedError(WithPrefix(PeerLostText(peer, doing, s)));
+  }
+  std::string PeerLostText(int peer, absl::string_view doing, ucs_status_t s) const {
+    peer_lost.store(true);
+    return absl::StrCat("ucx: ", Peer(peer), " failed or became unreachable while ", doing, ": ", Ucs(s),
+                        " (the peer's process died, or its link went down)");
+  }
+  // A rendezvous receive that failed (over shared memory: the sender's process is gone, cma reads fail). For
+  // recv_errors: the exchange adds its name and the rank prefix.
+  Status ReceiveFailed(const XKey& key, ucs_status_t s) const {
+    return absl::AbortedError(PeerLostText(std::get<2>(key), "this rank read its block", s));
   }
 
   // The error for the first peer in `peers` whose endpoint failed, OK if none did. Lock-free.
   // Endpoints inside a host run without UCX's peer-failure mode (UCX's shared-memory transports do not offer it), so
   // a dead peer there is found here instead: its process is gone (or a zombie), checked at most every 100 ms.
   Status FailedPeer(const std::vector<int>& peers, absl::string_view doing) {
+    {
+      // A peer that said why it left: its reason, not the closed endpoint that follows it.
+      std::lock_guard<std::mutex> lock(left_mu);
+      for (int p : peers) {
+        auto it = left_job.find(p);
+        if (it == left_job.end()) continue;
+        peer_lost.store(true);
+        return absl::AbortedError(WithPrefix(
+            absl::StrCat("ucx: ", Peer(p), " left the job while ", doing, " (its error: ", it->second, ")")));
+      }
+    }
     for (int p : peers) {
       const int s = failed[p].load(std::memory_order_relaxed);
       if (s != UCS_OK) return PeerError(p, doing, static_cast<ucs_status_t>(s));
@@ -400,10 +442,25 @@ class UcxState {
     for (int p : peers) {
       if (!watch_pid[p] || ProcessAlive(pids[p])) continue;
       failed[p].store(UCS_ERR_CONNECTION_RESET);
-      return absl::UnavailableError(WithPrefix(
+      peer_lost.store(true);
+      return absl::AbortedError(WithPrefix(
           absl::StrCat("ucx: ", Peer(p), " died while ", doing, " (process ", pids[p], " on this host is gone)")));
     }
     return absl::OkStatus();
+  }
+
+  // FailedPeer over every peer, for a caller outside this communicator's exchanges (CheckPeerFailures, while the job
+  // waits in an MPI collective): progresses the worker first when no exchange is doing so (endpoint errors are
+  // delivered by progress), never waiting for the lock.
+  Status CheckAllPeers(absl::string_view doing) {
+    std::unique_lock<std::mutex> lock(mu, std::try_to_lock);
+    if (lock.owns_lock()) ProgressLocked();
+    Status s = FailedPeer(all_peers, doing);
+    if (!s.ok() && lock.owns_lock()) {
+      SendLeavingLocked(s);
+      DrainAbandonedLocked(kCancelGrace);
+    }
+    return s;
   }
 
   // False once the process has exited (no /proc entry, or a zombie waiting to be reaped).
@@ -418,17 +475,30 @@ class UcxState {
     return state != 'Z' && state != 'X';
   }
 
-  // Tells the peers that still expected something from this exchange that this rank gave up on it, so that they
-  // fail at once instead of waiting for their timeout (and never put into this rank's buffers). Best effort.
-  // Requires mu.
-  void SendAbortsLocked(uint32_t channel, uint64_t seq, const std::vector<int>& peers) {
+  // Tells the peers that still expected something from this exchange that this rank gave up on it, and why (the
+  // first kMaxAbortReasonBytes of `why`), so that they fail at once instead of waiting for their timeout (and never
+  // put into this rank's buffers), their error carrying the cause (a dead rank is named by every rank that waited
+  // on it, directly or through this one). Best effort. Requires mu.
+  void SendAbortsLocked(uint32_t channel, uint64_t seq, const std::vector<int>& peers, const Status& why) {
+    const absl::string_view reason = absl::string_view(why.message()).substr(0, kMaxAbortReasonBytes);
     for (int p : peers) {
       if (failed[p].load() != UCS_OK) continue;
       auto m = std::make_unique<AmSend>();
-      const AbortMsg h{channel, rank, seq};
+      const AbortMsg h{channel, rank, seq, peer_lost.load() ? 1u : 0u, 0};
       m->header.assign(reinterpret_cast<const char*>(&h), sizeof(h));
+      m->header.append(reason.data(), reason.size());
       if (SendAmLocked(p, kAmAbort, m).ok()) AbandonLocked(std::move(m));
     }
+  }
+
+  // After an error caused by a lost rank (peer_lost) in an exchange or collective: tells every peer still reachable
+  // that this rank is leaving the job, and why, once. The CLI ends the job after such an error, and this rank's
+  // endpoints close when its communicator goes; a peer waiting on it then reports this reason (which names the rank
+  // that died) rather than a closed endpoint. Best effort. Requires mu.
+  void SendLeavingLocked(const Status& why) {
+    if (leaving || why.ok() || !peer_lost.load()) return;
+    leaving = true;
+    SendAbortsLocked(kLeavingChannel, 0, all_peers, why);
   }
 
   // Keeps an in-flight send of an exchange or collective that failed, for DrainAbandonedLocked. Requires mu.
@@ -553,8 +623,9 @@ ucs_status_t OnData(void* arg, const void* header, size_t header_length, void* d
   }
   const Expect e = it->second;
   if ((m.addr != 0 && reinterpret_cast<uint64_t>(e.dst) != m.addr) || e.bytes != m.bytes || length != m.bytes) {
-    st->recv_errors[key] = absl::StrCat("received ", length, " bytes from rank ", m.from, " where ", e.bytes,
-                                        " were announced (recv_bytes disagrees with what it sends)");
+    st->recv_errors[key] =
+        absl::InvalidArgumentError(absl::StrCat("received ", length, " bytes from rank ", m.from, " where ", e.bytes,
+                                                " were announced (recv_bytes disagrees with what it sends)"));
     st->expected.erase(it);
     return UCS_OK;
   }
@@ -579,7 +650,7 @@ void OnRndvDone(void* request, ucs_status_t status, size_t /*length*/, void* use
   if (status == UCS_OK) {
     r->st->fins[r->key] = r->bytes;
   } else {
-    r->st->recv_errors[r->key] = absl::StrCat("receiving the block failed: ", Ucs(status));
+    r->st->recv_errors[r->key] = r->st->ReceiveFailed(r->key, status);
   }
   ucp_request_free(request);
 }
@@ -594,7 +665,7 @@ void UcxState::StartRndvReceiveLocked(const RndvArrival& a) {
   if (p == nullptr) {
     fins[a.key] = a.bytes;
   } else if (UCS_PTR_IS_ERR(p)) {
-    recv_errors[a.key] = absl::StrCat("receiving the block failed: ", Ucs(UCS_PTR_STATUS(p)));
+    recv_errors[a.key] = ReceiveFailed(a.key, UCS_PTR_STATUS(p));
   } else {
     ctx.release();  // OnRndvDone owns it now
   }
@@ -604,7 +675,7 @@ ucs_status_t OnAbort(void* arg, const void* header, size_t header_length, void* 
                      const ucp_am_recv_param_t* /*param*/) {
   auto* st = static_cast<UcxState*>(arg);
   AbortMsg m{};
-  if (header_length != sizeof(m) || length != 0) {
+  if (header_length < sizeof(m) || header_length > sizeof(m) + kMaxAbortReasonBytes || length != 0) {
     st->protocol_error = absl::StrCat("an abort message of ", header_length, "+", length, " bytes");
     return UCS_OK;
   }
@@ -613,7 +684,13 @@ ucs_status_t OnAbort(void* arg, const void* header, size_t header_length, void* 
     st->protocol_error = absl::StrCat("an abort message from rank ", m.from);
     return UCS_OK;
   }
-  st->aborts[XKey{m.channel, m.seq, m.from}] = true;
+  std::string why(static_cast<const char*>(header) + sizeof(m), header_length - sizeof(m));
+  if (m.channel == kLeavingChannel) {
+    std::lock_guard<std::mutex> lock(st->left_mu);
+    st->left_job[m.from] = std::move(why);
+  } else {
+    st->aborts[XKey{m.channel, m.seq, m.from}] = AbortNote{std::move(why), m.peer_lost != 0};
+  }
   return UCS_OK;
 }
 
@@ -907,11 +984,13 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
         const int p = pending_peers[k];
         auto it = st.aborts.find(XKey{plan.channel, plan.seq, p});
         if (it == st.aborts.end() || st.fins.count(it->first) > 0) continue;  // its block landed before it gave up
+        const std::string why = std::move(it->second.why);
+        if (it->second.peer_lost) st.peer_lost.store(true);
         st.aborts.erase(it);
-        status = absl::AbortedError(
-            WithPrefix(absl::StrCat(What(plan), ": ", st.Peer(p),
-                                    " gave up on this exchange (its timeout expired or it failed) before this "
-                                    "rank got to it; nothing was put into its buffers")));
+        status = absl::AbortedError(WithPrefix(
+            absl::StrCat(What(plan), ": ", st.Peer(p), " gave up on this exchange before this rank got to it",
+                         why.empty() ? " (its timeout expired or it failed)" : absl::StrCat(" (its error: ", why, ")"),
+                         "; nothing was put into its buffers")));
         break;
       }
       for (size_t i = 0; i < sends.size() && status.ok(); ++i) {
@@ -980,7 +1059,7 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
         if (recv_done[i]) continue;
         const Block& b = plan.recvs[i];
         if (auto e = st.recv_errors.find(XKey{plan.channel, plan.seq, b.peer}); e != st.recv_errors.end()) {
-          status = absl::InvalidArgumentError(WithPrefix(absl::StrCat(What(plan), ": ", e->second)));
+          status = Status(e->second.code(), WithPrefix(absl::StrCat(What(plan), ": ", e->second.message())));
           st.recv_errors.erase(e);
           break;
         }
@@ -1019,7 +1098,8 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       // A dead peer fails the exchange at once if this rank still waits on it.
       if (status.ok()) status = st.FailedPeer(pending_peers, What(plan));
       if (!status.ok()) {
-        st.SendAbortsLocked(plan.channel, plan.seq, pending_peers);
+        st.SendAbortsLocked(plan.channel, plan.seq, pending_peers, status);
+        st.SendLeavingLocked(status);
         const std::string note = abandon();
         return Status(status.code(), absl::StrCat(status.message(), note));
       }
@@ -1039,21 +1119,28 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
   for (size_t i = 0; i < plan.recvs.size(); ++i) {
     if (!recv_done[i]) pending.Add(plan.recvs[i].peer, false, plan.recvs[i].bytes, plan.recvs[i].bytes);
   }
-  st.SendAbortsLocked(plan.channel, plan.seq, pending_peers);
-  const std::string note = abandon();
-  return absl::DeadlineExceededError(WithPrefix(absl::StrCat(
+  const std::string text = absl::StrCat(
       What(plan), " (channel ", plan.channel, ", seq ", plan.seq, ") timed out after ", absl::FormatDuration(timeout),
       "; still pending: ", pending.ToString(), "; ", plan.num_peers - pending.num_peers(), " of ", plan.num_peers,
       " peers done",
       waiting_cts > 0 ? absl::StrCat(" (", waiting_cts, " send(s) never got the receiver's clear-to-send)") : "",
-      ". Did every rank issue this exchange, in the same order, with matching sizes?", note)));
+      ". Did every rank issue this exchange, in the same order, with matching sizes?");
+  st.SendAbortsLocked(plan.channel, plan.seq, pending_peers, absl::DeadlineExceededError(WithPrefix(text)));
+  st.SendLeavingLocked(absl::DeadlineExceededError(WithPrefix(text)));
+  const std::string note = abandon();
+  return absl::DeadlineExceededError(WithPrefix(absl::StrCat(text, note)));
 }
 
 // ---- the communicator --------------------------------------------------------------------------------------------
 
 class UcxCommunicator final : public Communicator {
  public:
-  UcxCommunicator(std::shared_ptr<UcxState> st, Options options) : st_(std::move(st)), options_(options) {}
+  UcxCommunicator(std::shared_ptr<UcxState> st, Options options) : st_(std::move(st)), options_(options) {
+    // While this communicator lives, the job's bounded MPI collectives (between steps, e.g. the per-step statistics)
+    // fail at once when it knows a peer died, instead of after their timeout.
+    peer_check_ = AddPeerFailureCheck([s = st_.get()](absl::string_view doing) { return s->CheckAllPeers(doing); });
+  }
+  ~UcxCommunicator() override { RemovePeerFailureCheck(peer_check_); }
 
   absl::string_view name() const override { return "ucx"; }
   int rank() const override { return st_->rank; }
@@ -1250,6 +1337,7 @@ class UcxCommunicator final : public Communicator {
           status = absl::InternalError(WithPrefix(absl::StrCat("ucx: received ", st.protocol_error)));
         }
         if (!status.ok()) {
+          st.SendLeavingLocked(status);
           abandon();
           return status;
         }
@@ -1258,7 +1346,6 @@ class UcxCommunicator final : public Communicator {
       if (!waiter.Next(progressed, st)) break;
     }
     std::lock_guard<std::mutex> lock(st.mu);
-    abandon();
     std::vector<std::string> names;
     for (int p : missing) {
       if (static_cast<int>(names.size()) == kMaxPeersInMessage) {
@@ -1271,6 +1358,8 @@ class UcxCommunicator final : public Communicator {
         WithPrefix(absl::StrCat("ucx communicator: ", what, " timed out after ", absl::FormatDuration(timeout),
                                 " waiting for the other ", st.size - 1, " rank(s); nothing arrived from ",
                                 absl::StrJoin(names, ", "), " (stopped, or issuing collectives in another order)")));
+    st.SendLeavingLocked(s);
+    abandon();
     // As on the mpi backend: once a collective timed out, the ranks may no longer agree on the collective order, so
     // later blocking collectives are refused rather than matched against the wrong call.
     broken_ = absl::FailedPreconditionError(
@@ -1280,6 +1369,7 @@ class UcxCommunicator final : public Communicator {
 
   std::shared_ptr<UcxState> st_;
   const Options options_;
+  int64_t peer_check_ = 0;
   std::mutex coll_mu_;  // serialises blocking calls (collective: issued in the same order on every rank)
   Status broken_;
   uint64_t ctl_seq_ = 0;
@@ -1412,6 +1502,7 @@ StatusOr<std::unique_ptr<Communicator>> NewUcxCommunicator(const ProcessContext&
   st->watch_pid.assign(st->size, false);
   for (int p = 0; p < st->size; ++p) {
     st->watch_pid[p] = p != st->rank && dir.node_ids[p] == ctx.node_id && UcxState::ProcessAlive(dir.pids[p]);
+    if (p != st->rank) st->all_peers.push_back(p);
   }
   st->eps.assign(st->size, nullptr);
   local = [&]() -> Status {

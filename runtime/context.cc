@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 
 #include "absl/time/clock.h"
@@ -27,6 +28,12 @@ ProcessContext* g_ctx = nullptr;
 MPI_Comm g_roll_call_comm = MPI_COMM_NULL;
 std::atomic<int64_t> g_collectives{0};
 constexpr int kRollCallTag = 1;
+
+// The registered peer-failure checks (AddPeerFailureCheck). Calls hold the mutex, so removing one waits out a call.
+constexpr absl::Duration kPeerCheckEvery = absl::Milliseconds(10);
+std::mutex g_peer_checks_mu;
+std::map<int64_t, PeerFailureCheck>* g_peer_checks = nullptr;  // never freed: used until exit
+int64_t g_next_peer_check = 0;
 
 // "2, 5-7, 9": ascending ranks as ranges, at most 16 items.
 std::string RankList(const std::vector<int>& ranks) {
@@ -121,12 +128,20 @@ Status WaitCollective(const ProcessContext& ctx, MPI_Request* req, absl::string_
   const int64_t seq = BeginBoundedCollective();
   const absl::Duration timeout = DefaultTimeout();
   const absl::Time deadline = absl::Now() + timeout;
+  absl::Time next_peer_check = absl::Now() + kPeerCheckEvery;
   for (int polls = 0;; ++polls) {
     int done = 0;
     WAVEEP_MPI_RETURN_IF_ERROR(MPI_Test(req, &done, MPI_STATUS_IGNORE));
     if (done) return absl::OkStatus();
     if (polls > 1000) {
-      if (absl::Now() > deadline) {
+      const absl::Time now = absl::Now();
+      if (now >= next_peer_check) {
+        // A peer a comm backend knows to be dead will never enter this collective: fail now (the request is left to
+        // MPI, as on a timeout; the error is job-fatal).
+        WAVEEP_RETURN_IF_ERROR(CheckPeerFailures(what));
+        next_peer_check = now + kPeerCheckEvery;
+      }
+      if (now > deadline) {
         return absl::DeadlineExceededError(absl::StrCat(DiagnosticPrefix(), ": ", what, " timed out after ",
                                                         absl::FormatDuration(timeout), " waiting for the other ",
                                                         ctx.world_size - 1, " rank(s)", RollCall(seq, timeout)));
@@ -213,6 +228,26 @@ Status CheckLaunchAfterInit(ProcessContext& ctx) {
 }  // namespace
 
 int64_t BeginBoundedCollective() { return g_collectives.fetch_add(1); }
+
+int64_t AddPeerFailureCheck(PeerFailureCheck check) {
+  std::lock_guard<std::mutex> lock(g_peer_checks_mu);
+  if (g_peer_checks == nullptr) g_peer_checks = new std::map<int64_t, PeerFailureCheck>();
+  const int64_t id = ++g_next_peer_check;
+  g_peer_checks->emplace(id, std::move(check));
+  return id;
+}
+
+void RemovePeerFailureCheck(int64_t id) {
+  std::lock_guard<std::mutex> lock(g_peer_checks_mu);
+  if (g_peer_checks != nullptr) g_peer_checks->erase(id);
+}
+
+Status CheckPeerFailures(absl::string_view doing) {
+  std::lock_guard<std::mutex> lock(g_peer_checks_mu);
+  if (g_peer_checks == nullptr) return absl::OkStatus();
+  for (const auto& [id, check] : *g_peer_checks) WAVEEP_RETURN_IF_ERROR(check(doing));
+  return absl::OkStatus();
+}
 
 std::string RollCall(int64_t seq, absl::Duration timeout) {
   return g_ctx == nullptr ? std::string() : RollCallImpl(*g_ctx, seq, std::min(absl::Seconds(1), timeout));

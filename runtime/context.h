@@ -69,6 +69,21 @@ Status CheckSameOnAllRanks(const ProcessContext& ctx, absl::string_view what, ab
 // itself and ends the whole job (AbortAllRanks) instead of agreeing with peers that may never answer.
 bool IsJobFatal(const Status& s);
 
+// Dead peers between exchanges. A comm backend that can tell by itself that a peer died (ucx: endpoint errors and
+// process ids) registers a check while it lives; the bounded MPI collectives of this header (and Allreduce in
+// mpi_context.h) run every registered check about every 10 ms while they wait, so a rank that died between two
+// exchanges fails them at once with the check's error (Aborted naming the dead rank: job-fatal) instead of after
+// DefaultTimeout(). A check must not block (try its locks, never wait on them); `doing` names the collective.
+//
+//   const int64_t id = AddPeerFailureCheck([st](absl::string_view doing) { return st->CheckPeers(doing); });
+//   ...
+//   RemovePeerFailureCheck(id);  // before what the check uses goes away; waits out a call in progress
+using PeerFailureCheck = std::function<Status(absl::string_view doing)>;
+int64_t AddPeerFailureCheck(PeerFailureCheck check);
+void RemovePeerFailureCheck(int64_t id);
+// Runs every registered check; the first error, OK when none failed (or none is registered).
+Status CheckPeerFailures(absl::string_view doing);
+
 // Bounded collectives name the rank they waited for. Call BeginBoundedCollective() when a collective starts (every
 // rank enters bounded collectives in the same order, so equal numbers mean "the same one"); when it times out,
 // RollCall(seq, timeout) asks every rank, over a communicator of its own, which collective it is stuck in and returns

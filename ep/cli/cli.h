@@ -45,13 +45,17 @@ int ExitCodeFor(const Status& s);
 
 // Prints "waveep <cmd>: error: <message>" on rank 0 only (every rank has the same message by construction). A
 // job-fatal error (IsJobFatal: a timeout, a lost peer) is seen by some ranks only: it is printed by each rank that
-// has it, naming the rank, and the job ends at once (AbortAllRanks(kError): every rank exits, mpirun returns
-// non-zero) — this call then does not return.
+// has it, naming the rank, and the job ends kJobFatalGrace later (AbortAllRanks(kError): every rank exits, mpirun
+// returns non-zero) — this call then does not return.
 void ReportError(const ProcessContext& ctx, absl::string_view cmd, const Status& s);
 
 // Returns the layer configuration the flags describe (model loaded, dtype parsed, waves, device), validated for
 // `num_ranks`.
 StatusOr<ep::LayerConfig> LayerConfigFromFlags(const ProcessContext& ctx);
+// How long a rank that reports a job-fatal error waits before it aborts the job, so that the other ranks that saw the
+// same failure (a dead peer: every rank that talked to it, within ~100 ms) print their own line first.
+inline constexpr absl::Duration kJobFatalGrace = absl::Milliseconds(500);
+
 // --timeout_s must be finite, > 0 and at most kMaxTimeoutS (a day: a wait longer than that is a hang to report).
 inline constexpr double kMaxTimeoutS = 86400;
 Status CheckTimeoutFlag();

@@ -38,6 +38,9 @@ void ReportError(const ProcessContext& ctx, absl::string_view cmd, const Status&
     std::fprintf(stderr, "waveep %s: error: %s%s; ending the job\n", std::string(cmd).c_str(),
                  absl::StartsWith(msg, "rank ") ? "" : absl::StrCat(who, ": ").c_str(), msg.c_str());
     std::fflush(stderr);
+    // The other ranks that saw it (a dead peer is seen by every rank that talked to it, within ~100 ms) get a moment
+    // to say so too before the abort ends them: each line names what that rank waited for.
+    absl::SleepFor(kJobFatalGrace);
     AbortAllRanks(kError);
   }
   if (ctx.world_rank != 0) return;

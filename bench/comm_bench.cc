@@ -8,9 +8,9 @@
 //   mpirun -np 4 ... waveep_comm_bench --comm_bench_busy_us=10 --comm_bench_spin_us=50
 //   --comm_bench_spin_per_mib_us=1000 ...
 //                                      ... --comm_bench_poll_sleep_us=20
-//   # the ucx backend's (comm/ucx_transport.h, UcxTuning; put=1 selects the put data path):
-//   mpirun -np 4 ... waveep_comm_bench --comm_bench_backend=mpi,ucx --comm_bench_ucx_spin_us=200
-//       --comm_bench_ucx_min_sleep_us=20 --comm_bench_ucx_max_sleep_us=1000 --comm_bench_ucx_put=0
+//   # the ucx backends' (comm/ucx_transport.h, UcxTuning; "ucx_put" is the put data path):
+//   mpirun -np 4 ... waveep_comm_bench --comm_bench_backend=mpi,ucx,ucx_put --comm_bench_ucx_spin_us=200
+//       --comm_bench_ucx_min_sleep_us=20 --comm_bench_ucx_max_sleep_us=1000
 //
 // For each per-peer block size (1 KiB .. 64 MiB, x4 steps) it runs, side by side, for every backend in
 // --comm_bench_backend (a comma-separated list, default "mpi"):
@@ -278,8 +278,7 @@ int main(int argc, char** argv) {
       }
     } else if (absl::ConsumePrefix(&a, "--comm_bench_ucx_spin_us=") ||
                absl::ConsumePrefix(&a, "--comm_bench_ucx_min_sleep_us=") ||
-               absl::ConsumePrefix(&a, "--comm_bench_ucx_max_sleep_us=") ||
-               absl::ConsumePrefix(&a, "--comm_bench_ucx_put=")) {
+               absl::ConsumePrefix(&a, "--comm_bench_ucx_max_sleep_us=")) {
       waveep::comm::internal::UcxTuning t = waveep::comm::internal::GetUcxTuning();
       int64_t v = 0;
       const bool parsed = absl::SimpleAtoi(a, &v);
@@ -288,10 +287,8 @@ int main(int argc, char** argv) {
         t.spin = d;
       } else if (absl::StartsWith(argv[i], "--comm_bench_ucx_min_sleep_us=")) {
         t.min_sleep = d;
-      } else if (absl::StartsWith(argv[i], "--comm_bench_ucx_max_sleep_us=")) {
-        t.max_sleep = d;
       } else {
-        t.put = parsed && v != 0;
+        t.max_sleep = d;
       }
       if (Status s = waveep::comm::internal::SetUcxTuning(t); !s.ok() || !parsed) {
         if (root)

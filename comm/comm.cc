@@ -43,9 +43,10 @@ constexpr Backend kBackends[] = {
     {"cuda_ipc", nullptr},
 #endif
 #ifdef WAVEEP_HAVE_UCX
-    {"ucx", &internal::NewUcxCommunicator},
+    {"ucx", &internal::NewUcxCommunicator},          {"ucx_put", &internal::NewUcxPutCommunicator},
 #else
     {"ucx", nullptr},
+    {"ucx_put", nullptr},
 #endif
     {"mpi", &internal::NewMpiCommunicator},
 };

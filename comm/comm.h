@@ -36,7 +36,7 @@ namespace waveep::comm {
 struct Capabilities {
   bool host_memory = true;     // buffers in (pageable or pinned) host memory
   bool device_memory = false;  // buffers in GPU memory
-  bool one_sided = false;      // registered-buffer puts (no backend offers them yet)
+  bool one_sided = false;      // registered-buffer puts into the receiver's blocks (ucx_put)
 };
 
 // Modelled (not measured) link between this rank and a peer. topology/ uses it when no probe is available.
@@ -87,8 +87,9 @@ class Communicator {
   virtual Status AlltoallvAsync(AlltoallvArgs args, Stream& stream) = 0;
 };
 
-// Creates a backend by name ("mpi", "nccl", "cuda_ipc"; see AvailableBackends). Collective over WorldComm(ctx).
-// NotFound for an unknown name (listing the compiled-in ones), Unavailable for a known backend not compiled in.
+// Creates a backend by name ("mpi", "ucx", "ucx_put", "nccl", "cuda_ipc"; see AvailableBackends). Collective over
+// WorldComm(ctx). NotFound for an unknown name (listing the compiled-in ones), Unavailable for a known backend not
+// compiled in.
 StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(absl::string_view backend, const ProcessContext& ctx,
                                                            Options options = {});
 // Backends compiled into this binary, in order of preference.

@@ -1142,7 +1142,7 @@ class UcxCommunicator final : public Communicator {
   }
   ~UcxCommunicator() override { RemovePeerFailureCheck(peer_check_); }
 
-  absl::string_view name() const override { return "ucx"; }
+  absl::string_view name() const override { return st_->use_put ? "ucx_put" : "ucx"; }
   int rank() const override { return st_->rank; }
   int size() const override { return st_->size; }
   Capabilities capabilities() const override {
@@ -1415,7 +1415,8 @@ StatusOr<Directory> Exchange(Communicator& mpi, const ProcessContext& ctx, const
     if (all[p].use_put != all[0].use_put) {
       return absl::InvalidArgumentError(absl::StrCat("ucx: rank ", p, " uses the ", all[p].use_put ? "put" : "am",
                                                      " data path but rank 0 the ", all[0].use_put ? "put" : "am",
-                                                     " one (UcxTuning::put must be the same on every rank)"));
+                                                     " one (every rank must create the same backend: ucx or "
+                                                     "ucx_put)"));
     }
     d.node_ids.push_back(all[p].node_id);
     d.pids.push_back(all[p].pid);
@@ -1446,7 +1447,9 @@ Status SetUcxTuning(const UcxTuning& tuning) {
   return absl::OkStatus();
 }
 
-StatusOr<std::unique_ptr<Communicator>> NewUcxCommunicator(const ProcessContext& ctx, Options options) {
+namespace {
+
+StatusOr<std::unique_ptr<Communicator>> NewUcx(const ProcessContext& ctx, Options options, bool use_put) {
   WAVEEP_RETURN_IF_ERROR(CheckOptions(options));
   // The bootstrap: an mpi communicator, for the address exchange and to agree on success.
   WAVEEP_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> mpi, NewMpiCommunicator(ctx, options));
@@ -1494,7 +1497,7 @@ StatusOr<std::unique_ptr<Communicator>> NewUcxCommunicator(const ProcessContext&
   }();
   WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(st->rank, st->size, local,
                                        [&](const void* s, size_t b, void* r) { return mpi->Allgather(s, b, r); }));
-  st->use_put = GetUcxTuning().put;
+  st->use_put = use_put;
   WAVEEP_ASSIGN_OR_RETURN(Directory dir, Exchange(*mpi, ctx, address, st->use_put));
   st->node_ids = dir.node_ids;
   st->hosts = dir.hosts;
@@ -1538,6 +1541,16 @@ StatusOr<std::unique_ptr<Communicator>> NewUcxCommunicator(const ProcessContext&
   WAVEEP_RETURN_IF_ERROR(comm->FlushEndpoints());
   WAVEEP_RETURN_IF_ERROR(comm->Barrier());
   return std::unique_ptr<Communicator>(std::move(comm));
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Communicator>> NewUcxCommunicator(const ProcessContext& ctx, Options options) {
+  return NewUcx(ctx, options, /*use_put=*/false);
+}
+
+StatusOr<std::unique_ptr<Communicator>> NewUcxPutCommunicator(const ProcessContext& ctx, Options options) {
+  return NewUcx(ctx, options, /*use_put=*/true);
 }
 
 }  // namespace waveep::comm::internal

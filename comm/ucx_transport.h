@@ -1,11 +1,12 @@
 // Copyright 2026 The waveep Authors.
 // IWYU pragma: private, include "comm/comm.h"
 //
-// comm/ucx_transport.h — the "ucx" Communicator backend (host memory; one-sided puts, explicit progress, peer-failure
-// detection). Only comm.cc (the factory), tests/comm and bench/comm_bench.cc include this file; everyone else goes
-// through comm/comm.h:
+// comm/ucx_transport.h — the "ucx" and "ucx_put" Communicator backends (host memory; active messages or one-sided
+// puts, explicit progress, peer-failure detection). Only comm.cc (the factory), tests/comm and bench/comm_bench.cc
+// include this file; everyone else goes through comm/comm.h:
 //
-//   WAVEEP_ASSIGN_OR_RETURN(auto comm, CreateCommunicator("ucx", ctx));
+//   WAVEEP_ASSIGN_OR_RETURN(auto comm, CreateCommunicator("ucx", ctx));      // data path "am"
+//   WAVEEP_ASSIGN_OR_RETURN(auto comm, CreateCommunicator("ucx_put", ctx));  // data path "put"
 //
 // How the backend works (the contract is in comm.h; docs/comm_backends.md has the measurements):
 // - One UCP context and one worker per communicator. Ranks are still launched by mpirun: the workers' addresses (and
@@ -15,14 +16,14 @@
 //   RDMA where a cluster has it.
 // - Exchanges (blocking or async) are told apart by (channel, sequence number), fixed on the host when the call is
 //   issued (identical order on every rank), so exchanges on different streams may run concurrently. Data path "am"
-//   (the default, UcxTuning::put = false): each nonzero block is one active message; UCX sends it eagerly or, inside a
+//   (backend "ucx"): each nonzero block is one active message; UCX sends it eagerly or, inside a
 //   host above its threshold, by rendezvous (the receiver pulls it straight into the receive block); between hosts it
 //   always goes eagerly (UCX 1.13's TCP rendezvous made the two directions of a link take turns). A block that arrives
 //   before its exchange started here waits in a table (eager: copied; rendezvous: only its descriptor). Data path
-//   "put": the receiver registers its receive range (ucp_mem_map, cached), sends a clear-to-send (CTS) with the
-//   address and, once per range and peer, the packed remote key; the sender puts (ucp_put_nbx), flushes the endpoint
-//   and sends a FIN. The CTS is what makes the put safe: the receiver sends it only when its stream reaches the
-//   exchange, so it is done with the buffer's previous contents.
+//   "put" (backend "ucx_put"): the receiver registers its receive range (ucp_mem_map, cached), sends a clear-to-send
+//   (CTS) with the address and, once per range and peer, the packed remote key; the sender puts (ucp_put_nbx), flushes
+//   the endpoint and sends a FIN. The CTS is what makes the put safe: the receiver sends it only when its stream
+//   reaches the exchange, so it is done with the buffer's previous contents.
 // - Barrier, Allgather and AlltoallCounts are eager active messages, one per peer, matched by their own sequence
 //   numbers (an Allgather of more than kMaxControlBytes per rank goes as an exchange). Everything runs over UCX, and
 //   every wait sees a dead peer.
@@ -67,25 +68,23 @@ struct UcxTuning {
   // Then sleep on the worker's event fd: the first sleep min_sleep, each next one twice as long, up to max_sleep.
   absl::Duration min_sleep = absl::Microseconds(20);
   absl::Duration max_sleep = absl::Milliseconds(1);
-  // The data path, read when a communicator is created and required to be the same on every rank:
-  //   false ("am", the default): no handshake; each block is an active message that UCX sends eagerly (small) or by
-  //          rendezvous (large: the receiver pulls it straight into the receive block, zero-copy where the transport
-  //          can — cma inside a host, TCP zcopy between hosts). A block that arrives before its exchange started
-  //          waits (eager: copied; rendezvous: only its descriptor).
-  //   true  ("put"): the receiver registers its receive range and sends a clear-to-send with the address and remote
-  //          key; the sender puts the block (ucp_put_nbx), flushes, and sends a FIN. One-sided, but over transports
-  //          without RDMA (TCP, shared memory here) UCX 1.13 emulates the put with active messages and is slower:
-  //          docs/comm_backends.md has the figures. capabilities().one_sided says which one runs.
-  bool put = false;
 };
 
 UcxTuning GetUcxTuning();
 // InvalidArgument for a negative duration or unless 0 < min_sleep <= max_sleep. Thread-safe.
 Status SetUcxTuning(const UcxTuning& tuning);
 
-// The "ucx" backend. Collective over WorldComm(ctx). FailedPrecondition without a world communicator, Unavailable
-// when UCX cannot be initialised (the message carries UCX's reason).
+// The "ucx" backend, data path "am": no handshake; each block is an active message that UCX sends eagerly (small) or
+// by rendezvous (large: the receiver pulls it straight into the receive block, zero-copy where the transport can —
+// cma inside a host, TCP zcopy between hosts). Collective over WorldComm(ctx). FailedPrecondition without a world
+// communicator, Unavailable when UCX cannot be initialised (the message carries UCX's reason).
 StatusOr<std::unique_ptr<Communicator>> NewUcxCommunicator(const ProcessContext& ctx, Options options);
+
+// The "ucx_put" backend, data path "put": the receiver registers its receive range and sends a clear-to-send with
+// the address and remote key; the sender puts the block (ucp_put_nbx), flushes, and sends a FIN. One-sided
+// (capabilities().one_sided), but over transports without RDMA (TCP, shared memory) UCX 1.13 emulates the put with
+// active messages and is slower than "ucx": docs/comm_backends.md has the figures. Otherwise as NewUcxCommunicator.
+StatusOr<std::unique_ptr<Communicator>> NewUcxPutCommunicator(const ProcessContext& ctx, Options options);
 
 }  // namespace waveep::comm::internal
 

@@ -301,6 +301,20 @@ Status ParseProbe(Obj& root, Cluster* c) {
         double ignored = 0;
         WAVEEP_RETURN_IF_ERROR(q.Number("comm_busbw_gbps", false, &ignored));
         WAVEEP_RETURN_IF_ERROR(q.Number("mpi_busbw_gbps", false, &ignored));
+        if (const Json* others = q.Find("others"); others != nullptr) {
+          if (!others->is_array()) return q.Error("others", "must be an array of {backend, median_us, spread}");
+          for (size_t k = 0; k < others->size(); ++k) {
+            const std::string where = absl::StrCat("probe.alltoall.points[", i, "].others[", k, "]");
+            if (!(*others)[k].is_object()) return q.Error(absl::StrCat("others[", k, "]"), "must be an object");
+            Obj oo((*others)[k], where, root.origin());
+            AlltoallPoint::Other other;
+            WAVEEP_RETURN_IF_ERROR(oo.String("backend", true, &other.backend));
+            WAVEEP_RETURN_IF_ERROR(oo.Number("median_us", true, &other.median_us));
+            WAVEEP_RETURN_IF_ERROR(oo.Number("spread", false, &other.spread));
+            WAVEEP_RETURN_IF_ERROR(oo.NoUnknownKeys());
+            pt.others.push_back(std::move(other));
+          }
+        }
         WAVEEP_RETURN_IF_ERROR(q.NoUnknownKeys());
         if (pt.bytes <= 0 || !(pt.comm_avg_us > 0)) return q.Error("bytes", "and comm_avg_us must be > 0");
         if (!curve.points.empty() && pt.bytes <= curve.points.back().bytes)
@@ -525,6 +539,13 @@ std::string ClusterToJson(const Cluster& c) {
                 {"mpi_spread", q.mpi_spread},
                 {"comm_busbw_gbps", moved / (q.comm_avg_us * 1e3)}};
         if (q.mpi_avg_us > 0) qj["mpi_busbw_gbps"] = moved / (q.mpi_avg_us * 1e3);
+        if (!q.others.empty()) {
+          Json others = Json::array();
+          for (const AlltoallPoint::Other& o : q.others) {
+            others.push_back(Json{{"backend", o.backend}, {"median_us", o.median_us}, {"spread", o.spread}});
+          }
+          qj["others"] = others;
+        }
         pts.push_back(qj);
       }
       pj["alltoall"] = Json{{"ranks", a.ranks}, {"backend", a.backend}, {"points", pts}};

@@ -514,7 +514,8 @@ StatusOr<HostFigures> MeasureHost(const ProcessContext& ctx, comm::Communicator&
 
 // The all-to-all-v sweep: the comm backend (blocking, and async on a stream) and plain MPI_Alltoallv on the same
 // buffers, interleaved. Appends how it was measured to `notes`.
-StatusOr<AlltoallCurve> MeasureAlltoall(const ProcessContext& ctx, comm::Communicator& comm, const ProbeOptions& opt,
+StatusOr<AlltoallCurve> MeasureAlltoall(const ProcessContext& ctx, comm::Communicator& comm,
+                                        const std::vector<comm::Communicator*>& others, const ProbeOptions& opt,
                                         const Say& say, std::vector<std::string>* notes) {
   const int n = ctx.world_size;
   AlltoallCurve curve;
@@ -556,8 +557,10 @@ StatusOr<AlltoallCurve> MeasureAlltoall(const ProcessContext& ctx, comm::Communi
           handoff_us));
       say(absl::StrFormat("[topo probe] stream hand-off (empty task, Enqueue + Synchronize): %.2f us", handoff_us));
     }
-    say(absl::StrFormat("[topo probe] all-to-all-v sweep %d .. %d bytes per block (%s vs MPI_Alltoallv)",
-                        static_cast<int>(opt.min_bytes), static_cast<int>(max_bytes), opt.backend));
+    std::string versus = "MPI_Alltoallv";
+    for (const comm::Communicator* o : others) absl::StrAppend(&versus, ", ", o->name());
+    say(absl::StrFormat("[topo probe] all-to-all-v sweep %d .. %d bytes per block (%s vs %s)",
+                        static_cast<int>(opt.min_bytes), static_cast<int>(max_bytes), opt.backend, versus));
     std::vector<int64_t> sizes;
     for (int64_t s = opt.min_bytes; s < max_bytes; s *= 2) sizes.push_back(s);
     sizes.push_back(max_bytes);
@@ -570,9 +573,10 @@ StatusOr<AlltoallCurve> MeasureAlltoall(const ProcessContext& ctx, comm::Communi
       const int iters = s <= (64 << 10) ? opt.iters * 5 : opt.iters;
       AlltoallPoint pt;
       pt.bytes = s;
-      // Three methods on the same buffers, interleaved in rotating order over five rounds so that drift and
-      // neighbours' noise spread over all of them instead of biasing the one that ran last.
-      std::function<Status()> bodies[3] = {
+      // The methods on the same buffers, interleaved in rotating order over five rounds so that drift and
+      // neighbours' noise spread over all of them instead of biasing the one that ran last: 0 the backend, 1
+      // MPI_Alltoallv, 2 the backend async on a stream, 3.. the other backends (blocking).
+      std::vector<std::function<Status()>> bodies = {
           [&] { return comm.Alltoallv(args); },
           [&]() -> Status {
             WAVEEP_MPI_RETURN_IF_ERROR(MPI_Alltoallv(sbuf.data(), counts.data(), displs.data(), MPI_BYTE, rbuf.data(),
@@ -583,29 +587,32 @@ StatusOr<AlltoallCurve> MeasureAlltoall(const ProcessContext& ctx, comm::Communi
             WAVEEP_RETURN_IF_ERROR(comm.AlltoallvAsync(args, *stream));
             return stream->Synchronize();
           }};
-      double total_s[3] = {0, 0, 0};
-      int done_iters[3] = {0, 0, 0};
+      for (comm::Communicator* o : others) bodies.push_back([o, &args] { return o->Alltoallv(args); });
+      const int methods = static_cast<int>(bodies.size());
+      std::vector<double> total_s(methods, 0);
+      std::vector<int> done_iters(methods, 0);
       constexpr int kRounds = 5;
       // Warm-up, timed: it sets each method's iterations per round, the same on every rank (the loops are
       // collective): iters / kRounds, or more where a round would last less than round_min_ms on the slowest rank.
-      double warm_us[3] = {0, 0, 0};
-      for (int m = 0; m < 3; ++m) {
+      std::vector<double> warm_us(methods, 0);
+      for (int m = 0; m < methods; ++m) {
         if (m == 1 && !mpi_ok) continue;
         const int w = std::max(1, opt.warmup);
         WAVEEP_ASSIGN_OR_RETURN(double sec, TimeLocal(comm, w, bodies[m]));
         warm_us[m] = sec * 1e6 / w;
       }
-      WAVEEP_MPI_RETURN_IF_ERROR(MPI_Allreduce(MPI_IN_PLACE, warm_us, 3, MPI_DOUBLE, MPI_MAX, WorldComm(ctx)));
-      int round_iters[3];
-      for (int m = 0; m < 3; ++m) {
+      WAVEEP_MPI_RETURN_IF_ERROR(
+          MPI_Allreduce(MPI_IN_PLACE, warm_us.data(), methods, MPI_DOUBLE, MPI_MAX, WorldComm(ctx)));
+      std::vector<int> round_iters(methods);
+      for (int m = 0; m < methods; ++m) {
         const double want = opt.round_min_ms * 1e3 / std::max(warm_us[m], 1e-3);
         round_iters[m] = static_cast<int>(
             std::clamp<double>(std::ceil(want), std::max(1, (iters + kRounds - 1) / kRounds), 1 << 20));
       }
-      double round_us[3 * kRounds] = {};  // [method][round]: this rank's per-iteration mean
+      std::vector<double> round_us(methods * kRounds, 0);  // [method][round]: this rank's per-iteration mean
       for (int round = 0; round < kRounds; ++round) {
-        for (int k = 0; k < 3; ++k) {
-          const int m = (round + k) % 3;
+        for (int k = 0; k < methods; ++k) {
+          const int m = (round + k) % methods;
           if (m == 1 && !mpi_ok) continue;
           const int n_it = round_iters[m];
           WAVEEP_ASSIGN_OR_RETURN(double sec, TimeLocal(comm, n_it, bodies[m]));
@@ -616,16 +623,16 @@ StatusOr<AlltoallCurve> MeasureAlltoall(const ProcessContext& ctx, comm::Communi
       }
       // Round-to-round spread of each method, each round averaged over ranks: the noise the verdict allows for.
       WAVEEP_MPI_RETURN_IF_ERROR(
-          MPI_Allreduce(MPI_IN_PLACE, round_us, 3 * kRounds, MPI_DOUBLE, MPI_SUM, WorldComm(ctx)));
+          MPI_Allreduce(MPI_IN_PLACE, round_us.data(), methods * kRounds, MPI_DOUBLE, MPI_SUM, WorldComm(ctx)));
       auto spread = [&](int m) {
-        const double* r = round_us + m * kRounds;
+        const double* r = round_us.data() + m * kRounds;
         const auto [lo, hi] = std::minmax_element(r, r + kRounds);
         double sum = 0;
         for (int i = 0; i < kRounds; ++i) sum += r[i];
         return sum > 0 ? (*hi - *lo) / (sum / kRounds) : 0.0;
       };
       auto median = [&](int m) {
-        return Median(std::vector<double>(round_us + m * kRounds, round_us + (m + 1) * kRounds)) / n;
+        return Median(std::vector<double>(round_us.data() + m * kRounds, round_us.data() + (m + 1) * kRounds)) / n;
       };
       pt.comm_spread = spread(0);
       pt.comm_median_us = median(0);
@@ -645,11 +652,19 @@ StatusOr<AlltoallCurve> MeasureAlltoall(const ProcessContext& ctx, comm::Communi
       pt.comm_min_us = cs.min_us;
       pt.comm_max_us = cs.max_us;
       pt.async_avg_us = as.avg_us;
+      std::string beside;
+      for (size_t k = 0; k < others.size(); ++k) {
+        const int m = 3 + static_cast<int>(k);
+        pt.others.push_back({std::string(others[k]->name()), median(m), spread(m)});
+        // "(ucx 0.90x)": the backend's speed relative to this one's, on the median rounds.
+        absl::StrAppend(&beside, absl::StrFormat("  %s %9.2f us (%s %.2fx)", others[k]->name(), median(m), opt.backend,
+                                                 median(m) / std::max(pt.comm_median_us, 1e-9)));
+      }
       curve.points.push_back(pt);
       const double moved = static_cast<double>(s) * (n - 1);
-      say(absl::StrFormat("[topo probe]   %9d B  %s %9.2f us  MPI %9.2f us  async %9.2f us  (%.3f GB/s)%s",
+      say(absl::StrFormat("[topo probe]   %9d B  %s %9.2f us  MPI %9.2f us  async %9.2f us  (%.3f GB/s)%s%s",
                           static_cast<int>(s), opt.backend, pt.comm_avg_us, pt.mpi_avg_us, pt.async_avg_us,
-                          moved / (pt.comm_avg_us * 1e3),
+                          moved / (pt.comm_avg_us * 1e3), beside,
                           pt.CompareWithMpi() == AlltoallPoint::VersusMpi::kSlower ? "  SLOWER than MPI" : ""));
     }
   }
@@ -891,7 +906,17 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
   info.hostnames = root ? absl::StrJoin(map.node_hosts, ",") : ctx.hostname;
   WAVEEP_ASSIGN_OR_RETURN(info.pairs, MeasurePairs(ctx, *comm, map, opt, say));
   WAVEEP_ASSIGN_OR_RETURN(HostFigures host, MeasureHost(ctx, *comm, model, opt, say));
-  WAVEEP_ASSIGN_OR_RETURN(AlltoallCurve curve, MeasureAlltoall(ctx, *comm, opt, say, &info.notes));
+  // The backends timed beside it in the sweep only, created after the other measurements' communicator is wired.
+  std::vector<std::unique_ptr<comm::Communicator>> compare;
+  std::vector<comm::Communicator*> compare_ptrs;
+  for (const std::string& name : opt.compare_backends) {
+    auto c = comm::CreateCommunicator(name, ctx, copt);
+    WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, Annotate(c.status(), "--probe_compare")));
+    compare.push_back(*std::move(c));
+    compare_ptrs.push_back(compare.back().get());
+  }
+  WAVEEP_ASSIGN_OR_RETURN(AlltoallCurve curve, MeasureAlltoall(ctx, *comm, compare_ptrs, opt, say, &info.notes));
+  compare.clear();
   info.alltoall = std::move(curve);
   WAVEEP_ASSIGN_OR_RETURN(Interference interference, MeasureInterference(ctx, *comm, model, opt, host, say));
   // Every rank has the same numbers except hostnames/date strings; only rank 0's are written by the CLI.

@@ -177,6 +177,14 @@ struct AlltoallPoint {
   double mpi_median_us = 0;
   double comm_spread = 0;
   double mpi_spread = 0;
+  // Other comm backends timed beside it (ProbeOptions::compare_backends): blocking Alltoallv on the same buffers, in
+  // the same rotation; median round and spread as above.
+  struct Other {
+    std::string backend;
+    double median_us = 0;
+    double spread = 0;
+  };
+  std::vector<Other> others;
 
   // How the comm backend's blocking exchange compares with MPI_Alltoallv at this size, on the median rounds (the
   // means where medians were not measured): kFaster when at or below MPI's; kWithinNoise when slower by no more than
@@ -444,7 +452,10 @@ std::string TuneResultToJson(const TuneResult& result, const ModelConfig& model,
 
 struct ProbeOptions {
   std::string backend = "mpi";  // comm backend measured (comm::AvailableBackends())
-  int64_t min_bytes = 1024;     // all-to-all sweep, per peer block, doubling
+  // More comm backends timed in the all-to-all sweep beside `backend` and MPI_Alltoallv, on the same buffers and
+  // sizes, in the same interleaved rounds (AlltoallPoint::others). The cluster's links come from `backend` only.
+  std::vector<std::string> compare_backends;
+  int64_t min_bytes = 1024;  // all-to-all sweep, per peer block, doubling
   int64_t max_bytes = 64ll << 20;
   int iters = 20;  // timed iterations per size and method, at least (small sizes run more, see docs)
   int warmup = 2;

@@ -43,6 +43,9 @@ ABSL_FLAG(double, probe_round_ms, 5,
           "blocks run more iterations)");
 ABSL_FLAG(int64_t, probe_pair_bytes, 4ll << 20, "probe: message size of the pairwise bandwidth test (bytes)");
 ABSL_FLAG(int, probe_pair_iters, 10, "probe: messages per pairwise bandwidth test (x10 ping-pongs for latency)");
+ABSL_FLAG(std::vector<std::string>, probe_compare, {},
+          "probe: more comm backends (comma-separated, e.g. mpi,ucx) timed in the all-to-all sweep beside --backend "
+          "and MPI_Alltoallv, same buffers and sizes; the cluster's links still come from --backend");
 ABSL_FLAG(int, probe_gemm_max_rows, 256, "probe: GEMM-rate probe runs M = 1, 2, 4, .. this rows per expert");
 ABSL_FLAG(double, probe_gemm_min_ms, 20, "probe: each GEMM-rate point runs at least this many milliseconds");
 
@@ -73,6 +76,7 @@ const std::vector<std::string> kTopoFlags = {"model",
                                              "probe_round_ms",
                                              "probe_pair_bytes",
                                              "probe_pair_iters",
+                                             "probe_compare",
                                              "probe_gemm_max_rows",
                                              "probe_gemm_min_ms",
                                              "blas_threads",
@@ -120,6 +124,7 @@ topology::ProbeOptions ProbeOptionsFromFlags(const ProcessContext& ctx) {
   o.round_min_ms = absl::GetFlag(FLAGS_probe_round_ms);
   o.pair_bytes = absl::GetFlag(FLAGS_probe_pair_bytes);
   o.pair_iters = absl::GetFlag(FLAGS_probe_pair_iters);
+  o.compare_backends = absl::GetFlag(FLAGS_probe_compare);
   o.gemm_max_rows = absl::GetFlag(FLAGS_probe_gemm_max_rows);
   o.gemm_min_ms = absl::GetFlag(FLAGS_probe_gemm_min_ms);
   o.blas_threads = ChooseBlasThreads(ctx);

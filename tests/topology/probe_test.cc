@@ -147,6 +147,40 @@ TEST(Probe, BadOptionsFailOnEveryRankBeforeMeasuring) {
   o.backend = "carrier-pigeon";
   s = ProbeCluster(ctx, *model, o).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  o = FastOptions();
+  o.compare_backends = {"mpi", "smoke-signals"};
+  s = ProbeCluster(ctx, *model, o).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("--probe_compare"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("smoke-signals"));
+}
+
+// Other backends beside the probed one: every sweep point carries their times (same buffers, same rounds), and they
+// round-trip through the cluster file.
+TEST(Probe, ComparesOtherBackendsInTheSweep) {
+  const ProcessContext& ctx = waveep::testing::MpiTestContext();
+  auto model = LoadModelConfig("tiny");
+  ASSERT_TRUE(model.ok());
+  ProbeOptions o = FastOptions();
+  o.max_bytes = 4096;
+  o.compare_backends = {"mpi"};
+  auto c = ProbeCluster(ctx, *model, o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(c->probe->alltoall.has_value());
+  ASSERT_EQ(c->probe->alltoall->points.size(), 3u);  // 1, 2, 4 KiB
+  for (const AlltoallPoint& q : c->probe->alltoall->points) {
+    ASSERT_EQ(q.others.size(), 1u);
+    EXPECT_EQ(q.others[0].backend, "mpi");
+    EXPECT_GT(q.others[0].median_us, 0);
+    EXPECT_GE(q.others[0].spread, 0);
+    EXPECT_TRUE(SameEverywhere(ctx, q.others[0].median_us));
+  }
+  auto back = ParseCluster(ClusterToJson(*c), "probed.json");
+  ASSERT_TRUE(back.ok()) << back.status();
+  const AlltoallPoint& last = back->probe->alltoall->points.back();
+  ASSERT_EQ(last.others.size(), 1u);
+  EXPECT_EQ(last.others[0].backend, "mpi");
+  EXPECT_DOUBLE_EQ(last.others[0].median_us, c->probe->alltoall->points.back().others[0].median_us);
 }
 
 }  // namespace

@@ -44,6 +44,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "benchmark/benchmark.h"
@@ -215,19 +216,28 @@ void PrintSummary(size_t max_bytes) {
     auto it = g_busbw.find({family, bytes});
     return it == g_busbw.end() ? -1.0 : it->second;
   };
+  // "-" where a benchmark did not run (--benchmark_filter): nothing is printed that was not measured.
+  auto cell = [](double v, int width, int decimals) {
+    return v < 0 ? absl::StrFormat("%*s", width, "-") : absl::StrFormat("%*.*f", width, decimals, v);
+  };
   for (size_t per_peer = 1024; per_peer <= max_bytes; per_peer *= 4) {
-    std::printf("%-8s", SizeName(per_peer).c_str());
+    std::string line = absl::StrFormat("%-8s", SizeName(per_peer));
+    bool any = false;
     for (const auto& c : g_comms) {
       const std::string name(c->name());
-      std::printf(" %10.4f [%9.4f]", get(name, per_peer), get(name + " blocking", per_peer));
+      const double a = get(name, per_peer), b = get(name + " blocking", per_peer);
+      any = any || a >= 0 || b >= 0;
+      absl::StrAppend(&line, " ", cell(a, 10, 4), " [", cell(b, 9, 4), "]");
     }
-    std::printf(" %14.4f", get("MPI_Alltoallv", per_peer));
+    const double m = get("MPI_Alltoallv", per_peer);
+    any = any || m >= 0;
+    absl::StrAppend(&line, " ", cell(m, 14, 4));
     const double first = get(std::string(g_comms[0]->name()), per_peer);
     for (size_t i = 1; i < g_comms.size(); ++i) {
       const double v = get(std::string(g_comms[i]->name()), per_peer);
-      std::printf(" %10.3f", first > 0 && v > 0 ? v / first : -1.0);
+      absl::StrAppend(&line, " ", cell(first > 0 && v > 0 ? v / first : -1.0, 10, 3));
     }
-    std::printf("\n");
+    if (any) std::printf("%s\n", line.c_str());
   }
 }
 

@@ -39,14 +39,16 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // Active message ids.
-constexpr unsigned kAmCts = 0x57a1;           // receiver -> sender: clear to send, where, and the remote key
-constexpr unsigned kAmFin = 0x57a2;           // sender -> receiver: the put has landed
-constexpr unsigned kAmCtl = 0x57a3;           // control collectives (barrier, allgather, count exchange)
-constexpr size_t kMaxAbortReasonBytes = 480;  // the cause an abort message carries (its header after AbortMsg)
-constexpr unsigned kAmAbort = 0x57a4;         // either side: this rank gave up on an exchange (timeout or error)
-// The channel of an abort that is about the whole job: its sender hit a job-fatal error and is leaving.
+constexpr unsigned kAmCts = 0x57a1;    // receiver -> sender: clear to send, where, and the remote key
+constexpr unsigned kAmFin = 0x57a2;    // sender -> receiver: the put has landed
+constexpr unsigned kAmCtl = 0x57a3;    // control collectives (barrier, allgather, count exchange)
+constexpr unsigned kAmAbort = 0x57a4;  // either side: this rank gave up on an exchange (timeout or error)
+constexpr unsigned kAmData = 0x57a5;   // sender -> receiver: the block itself, for the address its CTS named
+
+// The cause an abort message carries (its header after AbortMsg), at most.
+constexpr size_t kMaxAbortReasonBytes = 480;
+// The channel of an abort that is about the whole job: its sender lost a rank of the job and is leaving.
 constexpr uint32_t kLeavingChannel = 0xffffffffu;
-constexpr unsigned kAmData = 0x57a5;  // sender -> receiver: the block itself, for the address its CTS named
 
 // A block UCX cannot send at once is copied into the message up to this size (see SendAmLocked).
 constexpr size_t kCopyBeforeQueueBytes = size_t{16} << 10;
@@ -217,8 +219,8 @@ class UcxState {
   std::vector<ucp_ep_h> eps;
   std::vector<std::unique_ptr<EpArg>> ep_args;
   std::unique_ptr<std::atomic<int>[]> failed;  // ucs_status_t per peer, UCS_OK while alive
-  // Peers that left the job after a job-fatal error, and why (their kLeavingChannel abort). Written by the abort
-  // handler under mu, read by FailedPeer, which may run without mu: its own lock.
+  // Peers that left the job because they lost a rank of it, and why (their kLeavingChannel abort). Written by the
+  // abort handler under mu, read by FailedPeer, which may run without mu: its own lock.
   std::mutex left_mu;
   std::map<int, std::string> left_job;
 

@@ -184,7 +184,7 @@ struct AlltoallPoint {
     double median_us = 0;
     double spread = 0;
   };
-  std::vector<Other> others;
+  std::vector<Other> others{};  // (an initializer, so that aggregate initialization may leave it out)
 
   // How the comm backend's blocking exchange compares with MPI_Alltoallv at this size, on the median rounds (the
   // means where medians were not measured): kFaster when at or below MPI's; kWithinNoise when slower by no more than

@@ -71,6 +71,34 @@ TEST(Context, GatherStringsInRankOrder) {
 }
 
 // Keep this test last: the late rank's collective completes only after the others gave up on it.
+// Peer-failure checks (what a comm backend registers so that the bounded collectives see a dead peer between
+// exchanges; tests/comm/ucx_dead_peer_test.sh covers them end to end): every registered check runs, the first error
+// comes back naming what was being done, and a removed check no longer runs.
+TEST(Context, PeerFailureChecksRunUntilRemoved) {
+  EXPECT_TRUE(CheckPeerFailures("nothing registered").ok());
+  int calls = 0;
+  const int64_t healthy = AddPeerFailureCheck([&calls](absl::string_view) {
+    ++calls;
+    return absl::OkStatus();
+  });
+  EXPECT_TRUE(CheckPeerFailures("one healthy check").ok());
+  EXPECT_EQ(calls, 1);
+  const int64_t dead = AddPeerFailureCheck(
+      [](absl::string_view doing) { return absl::AbortedError(absl::StrCat("rank 9 died while ", doing)); });
+  EXPECT_NE(dead, healthy);
+  Status s = CheckPeerFailures("the per-step statistics");
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("rank 9 died while the per-step statistics"));
+  EXPECT_TRUE(IsJobFatal(s));
+  RemovePeerFailureCheck(dead);
+  EXPECT_TRUE(CheckPeerFailures("after removing it").ok());
+  RemovePeerFailureCheck(healthy);
+  RemovePeerFailureCheck(12345);  // unknown: nothing happens
+  const int before = calls;
+  EXPECT_TRUE(CheckPeerFailures("none left").ok());
+  EXPECT_EQ(calls, before);
+}
+
 TEST(Context, RollCallNamesTheRankThatNeverCame) {
   const ProcessContext& c = waveep::testing::MpiTestContext();
   if (c.world_size < 2) GTEST_SKIP() << "needs 2 ranks";

@@ -323,6 +323,12 @@ int main(int argc, char** argv) {
   Status setup = stream.status();
   for (absl::string_view name : absl::StrSplit(backend, ',', absl::SkipEmpty())) {
     if (!setup.ok()) break;
+    for (const auto& made : g_comms) {
+      if (made->name() == name) {
+        setup = absl::InvalidArgumentError(absl::StrCat("--comm_bench_backend names '", name, "' twice"));
+      }
+    }
+    if (!setup.ok()) break;
     auto comm = waveep::comm::CreateCommunicator(name, *ctx);
     if (!comm.ok()) {
       setup = comm.status();

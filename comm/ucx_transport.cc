@@ -43,7 +43,7 @@ constexpr unsigned kAmCts = 0x57a1;    // receiver -> sender: clear to send, whe
 constexpr unsigned kAmFin = 0x57a2;    // sender -> receiver: the put has landed
 constexpr unsigned kAmCtl = 0x57a3;    // control collectives (barrier, allgather, count exchange)
 constexpr unsigned kAmAbort = 0x57a4;  // either side: this rank gave up on an exchange (timeout or error)
-constexpr unsigned kAmData = 0x57a5;   // sender -> receiver: the block itself, for the address its CTS named
+constexpr unsigned kAmData = 0x57a5;   // sender -> receiver: the block itself (am path)
 
 // The cause an abort message carries (its header after AbortMsg), at most.
 constexpr size_t kMaxAbortReasonBytes = 480;
@@ -76,7 +76,6 @@ struct DataMsg {
   uint32_t channel;
   int32_t from;
   uint64_t seq;
-  uint64_t addr;
   uint64_t bytes;
 };
 struct AbortMsg {
@@ -105,7 +104,13 @@ struct Cts {
   uint32_t rkey_id = 0;
 };
 
-// A receive this rank announced with a CTS and waits for.
+// A block of another size than the receive posted for it (am path), for recv_errors (the exchange adds its name).
+Status SizeMismatch(int from, size_t got, size_t want) {
+  return absl::InvalidArgumentError(absl::StrCat("received ", got, " bytes from rank ", from, " where ", want,
+                                                 " were expected (recv_bytes disagrees with what it sends)"));
+}
+
+// A receive posted here (am path) whose block has not arrived yet.
 struct Expect {
   char* dst = nullptr;
   uint64_t bytes = 0;
@@ -232,7 +237,7 @@ class UcxState {
   // peer gave up because of such a loss). From then on the communicator cannot serve the job, and the first error
   // tells every peer so (SendLeavingLocked). A timeout alone does not set it: after one the communicator stays usable.
   mutable std::atomic<bool> peer_lost{false};
-  std::map<XKey, Expect> expected;                      // announced receives not landed yet
+  std::map<XKey, Expect> expected;                      // am path: posted receives not landed yet
   std::map<XKey, Status> recv_errors;                   // a block that could not land, and why (no prefix yet)
   std::vector<RndvArrival> rndv_arrivals;               // see ProgressLocked
   std::map<XKey, Unexpected> unexpected;                // am path: blocks that came before their exchange started here
@@ -285,10 +290,7 @@ class UcxState {
     Unexpected got = std::move(u->second);
     unexpected.erase(u);
     if (got.bytes != bytes) {
-      recv_errors[key] = absl::InvalidArgumentError(absl::StrCat("received ", got.bytes, " bytes from rank ",
-                                                                 std::get<2>(key), " where ", bytes,
-                                                                 " were expected (recv_bytes disagrees with what it "
-                                                                 "sends)"));
+      recv_errors[key] = SizeMismatch(std::get<2>(key), got.bytes, bytes);
       if (got.rndv) ucp_am_data_release(worker, got.desc);
       return;
     }
@@ -338,7 +340,7 @@ class UcxState {
     const ucs_status_t s =
         Start(ucp_am_send_nbx(eps[peer], id, m->header.data(), m->header.size(), data, bytes, &param), &m->op);
     if (s == UCS_OK || s == UCS_INPROGRESS) return absl::OkStatus();
-    return PeerError(peer, "sending a control message", s);
+    return PeerError(peer, id == kAmData ? "sending a block" : "sending a control message", s);
   }
 
   // The registration covering [lo, hi), made if needed; marked in use. Requires mu.
@@ -594,7 +596,7 @@ ucs_status_t OnCtl(void* arg, const void* header, size_t header_length, void* da
 
 // A block for an announced receive: eager data is copied into place here; a rendezvous block is received straight
 // into place after the progress call (StartRndvReceiveLocked). A block nobody waits for (its exchange was abandoned
-// here) is dropped; one that does not match its CTS is an error for that exchange.
+// here) is dropped; one whose size differs from the posted receive is an error for that exchange.
 ucs_status_t OnData(void* arg, const void* header, size_t header_length, void* data, size_t length,
                     const ucp_am_recv_param_t* param) {
   auto* st = static_cast<UcxState*>(arg);
@@ -624,10 +626,8 @@ ucs_status_t OnData(void* arg, const void* header, size_t header_length, void* d
     return UCS_INPROGRESS;
   }
   const Expect e = it->second;
-  if ((m.addr != 0 && reinterpret_cast<uint64_t>(e.dst) != m.addr) || e.bytes != m.bytes || length != m.bytes) {
-    st->recv_errors[key] =
-        absl::InvalidArgumentError(absl::StrCat("received ", length, " bytes from rank ", m.from, " where ", e.bytes,
-                                                " were announced (recv_bytes disagrees with what it sends)"));
+  if (e.bytes != m.bytes || length != m.bytes) {
+    st->recv_errors[key] = SizeMismatch(m.from, length, e.bytes);
     st->expected.erase(it);
     return UCS_OK;
   }
@@ -933,7 +933,7 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
         const Block& b = plan.sends[i];
         SendState& s = sends[i];
         s.fin = std::make_unique<AmSend>();
-        const DataMsg h{plan.channel, st.rank, plan.seq, 0, b.bytes};
+        const DataMsg h{plan.channel, st.rank, plan.seq, b.bytes};
         s.fin->header.assign(reinterpret_cast<const char*>(&h), sizeof(h));
         s.fin->payload = b.src;
         s.fin->payload_bytes = b.bytes;
@@ -947,7 +947,6 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       for (const Block& b : plan.recvs) {
         auto m = std::make_unique<AmSend>();
         CtsMsg h{plan.channel, st.rank, plan.seq, reinterpret_cast<uint64_t>(b.dst), b.bytes, region->id, 0};
-        st.expected[XKey{plan.channel, plan.seq, b.peer}] = Expect{b.dst, b.bytes};
         if (!region->sent_to[b.peer]) {
           m->data = region->packed;
           h.rkey_len = static_cast<uint32_t>(m->data.size());
@@ -1127,10 +1126,11 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       " peers done",
       waiting_cts > 0 ? absl::StrCat(" (", waiting_cts, " send(s) never got the receiver's clear-to-send)") : "",
       ". Did every rank issue this exchange, in the same order, with matching sizes?");
-  st.SendAbortsLocked(plan.channel, plan.seq, pending_peers, absl::DeadlineExceededError(WithPrefix(text)));
-  st.SendLeavingLocked(absl::DeadlineExceededError(WithPrefix(text)));
+  const Status timed_out = absl::DeadlineExceededError(WithPrefix(text));
+  st.SendAbortsLocked(plan.channel, plan.seq, pending_peers, timed_out);
+  st.SendLeavingLocked(timed_out);
   const std::string note = abandon();
-  return absl::DeadlineExceededError(WithPrefix(absl::StrCat(text, note)));
+  return Status(timed_out.code(), absl::StrCat(timed_out.message(), note));
 }
 
 // ---- the communicator --------------------------------------------------------------------------------------------

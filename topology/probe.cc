@@ -237,6 +237,13 @@ Status ValidateOptions(const ProbeOptions& o) {
   if (o.blas_threads < 1) return absl::InvalidArgumentError("--blas_threads must be >= 1");
   if (!(o.timeout > absl::ZeroDuration()))
     return absl::InvalidArgumentError(absl::StrCat("--timeout_s must be > 0, got ", absl::ToDoubleSeconds(o.timeout)));
+  for (size_t i = 0; i < o.compare_backends.size(); ++i) {
+    const std::string& name = o.compare_backends[i];
+    // The probed backend itself may be listed (a second communicator of it: the run's own noise floor).
+    if (std::find(o.compare_backends.begin(), o.compare_backends.begin() + i, name) != o.compare_backends.begin() + i) {
+      return absl::InvalidArgumentError(absl::StrCat("--probe_compare names '", name, "' twice"));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -893,6 +900,16 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
   auto comm_or = comm::CreateCommunicator(opt.backend, ctx, copt);
   WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, comm_or.status()));
   std::unique_ptr<comm::Communicator> comm = *std::move(comm_or);
+  // The backends timed beside it in the all-to-all sweep only; made now, so that a name that cannot be built fails
+  // before anything is measured.
+  std::vector<std::unique_ptr<comm::Communicator>> compare;
+  std::vector<comm::Communicator*> compare_ptrs;
+  for (const std::string& name : opt.compare_backends) {
+    auto c = comm::CreateCommunicator(name, ctx, copt);
+    WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, Annotate(c.status(), "--probe_compare")));
+    compare.push_back(*std::move(c));
+    compare_ptrs.push_back(compare.back().get());
+  }
   say(absl::StrFormat("[topo probe] %d ranks on %d node(s) (%d per node%s%s), backend %s, %d BLAS thread(s) per rank",
                       map.ranks, map.nodes, map.per_node, root ? ": " : "",
                       root ? absl::StrJoin(map.node_hosts, ", ") : "", opt.backend, opt.blas_threads));
@@ -906,16 +923,8 @@ StatusOr<Cluster> ProbeCluster(const ProcessContext& ctx, const ModelConfig& mod
   info.hostnames = root ? absl::StrJoin(map.node_hosts, ",") : ctx.hostname;
   WAVEEP_ASSIGN_OR_RETURN(info.pairs, MeasurePairs(ctx, *comm, map, opt, say));
   WAVEEP_ASSIGN_OR_RETURN(HostFigures host, MeasureHost(ctx, *comm, model, opt, say));
-  // The backends timed beside it in the sweep only, created after the other measurements' communicator is wired.
-  std::vector<std::unique_ptr<comm::Communicator>> compare;
-  std::vector<comm::Communicator*> compare_ptrs;
-  for (const std::string& name : opt.compare_backends) {
-    auto c = comm::CreateCommunicator(name, ctx, copt);
-    WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, Annotate(c.status(), "--probe_compare")));
-    compare.push_back(*std::move(c));
-    compare_ptrs.push_back(compare.back().get());
-  }
   WAVEEP_ASSIGN_OR_RETURN(AlltoallCurve curve, MeasureAlltoall(ctx, *comm, compare_ptrs, opt, say, &info.notes));
+  compare_ptrs.clear();
   compare.clear();
   info.alltoall = std::move(curve);
   WAVEEP_ASSIGN_OR_RETURN(Interference interference, MeasureInterference(ctx, *comm, model, opt, host, say));

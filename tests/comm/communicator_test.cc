@@ -748,9 +748,6 @@ class TimeoutTest : public CommConformanceTest {
     CommConformanceTest::SetUp();
     if (IsSkipped() || HasFatalFailure()) return;
     if (size_ < 2) GTEST_SKIP() << "needs at least two ranks";
-    // KNOWN DEFECT (docs/comm_backends.md): on ucx_put a receiver that gives up after its clear-to-send went out
-    // cannot take it back; a late sender may still put into the (by then freed) receive block. ASan caught it here.
-    if (GetParam() == "ucx_put") GTEST_SKIP() << "ucx_put cannot revoke a clear-to-send after a timeout";
     Options opts;
     opts.timeout = kShort;
     auto c = CreateCommunicator(GetParam(), *g_ctx, opts);
@@ -774,6 +771,11 @@ class TimeoutTest : public CommConformanceTest {
   // still wait in the sender's queue). So the late side either completes with their data, or fails within its own
   // timeout naming the exchange — Aborted when the others' abort messages reached it, DeadlineExceeded otherwise —
   // never with wrong data, never hanging.
+  // KNOWN DEFECT (docs/comm_backends.md): on ucx_put a receiver that gives up after its clear-to-send went out
+  // cannot take it back; a late sender may still put into the (by then freed) receive block. ASan caught it in the
+  // two exchange tests below, which skip ucx_put (the barrier test does not exchange blocks and runs).
+  bool SkipLateExchange() const { return GetParam() == "ucx_put"; }
+
   void ExpectLateSideDrains(const Status& s, absl::string_view label, const TestExchange& ex) {
     if (absl::StartsWith(GetParam(), "ucx") && !s.ok()) {
       EXPECT_TRUE(s.code() == absl::StatusCode::kAborted || s.code() == absl::StatusCode::kDeadlineExceeded) << s;
@@ -795,6 +797,7 @@ double SecondsSince(std::chrono::steady_clock::time_point t0) {
 }
 
 TEST_P(TimeoutTest, AsyncExchangeWithMissingRank) {
+  if (SkipLateExchange()) GTEST_SKIP() << "ucx_put cannot revoke a clear-to-send after a timeout";
   REQUIRE_HOST_MEMORY();
   auto ex = Make([](int, int) -> size_t { return kBytes; }, "skipped-by-rank-0");
   auto stream = NewStream("comm");
@@ -823,6 +826,7 @@ TEST_P(TimeoutTest, AsyncExchangeWithMissingRank) {
 }
 
 TEST_P(TimeoutTest, BlockingExchangeWithMissingRank) {
+  if (SkipLateExchange()) GTEST_SKIP() << "ucx_put cannot revoke a clear-to-send after a timeout";
   REQUIRE_HOST_MEMORY();
   auto ex = Make([](int, int) -> size_t { return kBytes; }, "blocking-skipped-by-rank-0");
   if (rank_ != 0) {

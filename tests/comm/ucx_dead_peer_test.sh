@@ -9,11 +9,14 @@
 # the survivors itself when the victim dies: what ends them must be waveep's own detection (a lost peer is
 # job-fatal: each rank that saw it prints it, then the job is aborted). Registered only for builds with the ucx backend.
 set -euo pipefail
+if [[ $# -lt 5 || "$4" != "--" ]]; then
+  echo "usage: $0 WAVEEP VICTIM_RANK VICTIM_HOST -- LAUNCHER..." >&2
+  exit 2
+fi
 WAVEEP="$1"
 VICTIM="$2"
 VICTIM_HOST="$3"
-shift 3
-[[ "${1:-}" == "--" ]] && shift
+shift 4
 LAUNCH=("$@")
 WORK="$(mktemp -d)"
 MARKER="--seed=$((RANDOM + 5000))"  # tells this test's ranks apart from any other waveep on the machine

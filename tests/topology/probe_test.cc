@@ -153,6 +153,11 @@ TEST(Probe, BadOptionsFailOnEveryRankBeforeMeasuring) {
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(s.message()), HasSubstr("--probe_compare"));
   EXPECT_THAT(std::string(s.message()), HasSubstr("smoke-signals"));
+  o = FastOptions();
+  o.compare_backends = {"mpi", "mpi"};
+  s = ProbeCluster(ctx, *model, o).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("--probe_compare names 'mpi' twice"));
 }
 
 // Other backends beside the probed one: every sweep point carries their times (same buffers, same rounds), and they

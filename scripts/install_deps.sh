@@ -22,8 +22,9 @@ PACKAGES=(
   python3 python3-numpy python3-matplotlib
 )
 
-# Only for the tests: a Slurm controller and node daemon on the emulated hosts (scripts/cluster.sh up --slurm).
-TEST_PACKAGES=(slurmctld slurmd slurm-client munge)
+# Only for the tests: a Slurm controller and node daemon on the emulated hosts (scripts/cluster.sh up --slurm), and
+# pgrep/pkill (the hung-peer and dead-peer tests find and stop their ranks; slim images lack procps).
+TEST_PACKAGES=(slurmctld slurmd slurm-client munge procps)
 
 check_only=0
 for arg in "$@"; do

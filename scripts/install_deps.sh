@@ -6,7 +6,7 @@
 #
 #   scripts/install_deps.sh            # install what is missing
 #   scripts/install_deps.sh --check    # list what is missing, install nothing (exit 1 if any)
-#   scripts/install_deps.sh --tests    # also what only the test suite needs: Slurm and munge (cluster.slurm_sbatch)
+#   scripts/install_deps.sh --tests    # also what only the test suite needs: Slurm and munge (cluster.slurm_sbatch), procps
 set -euo pipefail
 
 PACKAGES=(

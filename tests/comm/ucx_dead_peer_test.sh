@@ -18,6 +18,7 @@ VICTIM="$2"
 VICTIM_HOST="$3"
 shift 4
 LAUNCH=("$@")
+[[ -x "$WAVEEP" ]] || { echo "FAIL [ucx dead peer]: $WAVEEP is not built" >&2; exit 1; }
 WORK="$(mktemp -d)"
 MARKER="--seed=$((RANDOM + 5000))"  # tells this test's ranks apart from any other waveep on the machine
 cleanup() {
@@ -38,7 +39,8 @@ launcher=$!
 # which do not watch for dead peers.
 victim=""
 survivors=()
-for _ in $(seq 1 1200); do
+running() { [[ " $(jobs -rp | tr '\n' ' ') " == *" $1 "* ]]; }  # a background job of this shell, not yet ended
+for _ in $(seq 1 900); do
   victim=""
   survivors=()
   for p in $(pgrep -f -- "$WAVEEP run .*$MARKER" 2>/dev/null); do
@@ -47,7 +49,7 @@ for _ in $(seq 1 1200); do
     if [[ $r == "$VICTIM" ]]; then victim=$p; else survivors+=("$p"); fi
   done
   [[ -n $victim ]] && ((${#survivors[@]} == 3)) && grep -q "step [0-9]*/200000" "$WORK/kill.txt" && break
-  kill -0 "$launcher" 2>/dev/null || fail "the run ended before the kill"
+  running "$launcher" || fail "the run ended before the kill"
   sleep 0.1
 done
 grep -q "step [0-9]*/200000" "$WORK/kill.txt" || fail "the run never reached its steps"
@@ -79,8 +81,8 @@ while :; do
   sleep 0.05
 done
 # mpirun --enable-recovery may stay up after the abort (it did with daemons on emulated hosts): it has no rank left.
-for _ in $(seq 1 100); do kill -0 "$launcher" 2>/dev/null || break; sleep 0.1; done
-if kill -0 "$launcher" 2>/dev/null; then
+for _ in $(seq 1 100); do running "$launcher" || break; sleep 0.1; done
+if running "$launcher"; then
   pkill -KILL -P "$launcher" 2>/dev/null || true
   kill -KILL "$launcher" 2>/dev/null || true
 fi

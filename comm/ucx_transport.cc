@@ -133,17 +133,27 @@ struct RndvArrival {
   size_t bytes;
 };
 
-// A registered receive range.
-struct Region {
-  uintptr_t lo = 0;
-  uintptr_t hi = 0;
+// A communicator-owned registered buffer the put path's blocks land in (see AcquireLandingLocked). The receiver copies
+// each block out once its FIN came. A landing buffer of an exchange this rank gave up on is never reused: a late
+// sender may still put into it.
+struct Landing {
+  char* base = nullptr;
+  size_t capacity = 0;
   ucp_mem_h memh = nullptr;
   uint32_t id = 0;
   std::string packed;         // ucp_rkey_pack's output
   std::vector<bool> sent_to;  // peers that already have `packed`
   uint64_t last_use = 0;
-  int in_use = 0;  // exchanges running on it (never evicted then)
+  bool in_use = false;  // an exchange runs on it
 };
+
+// Landing buffers: at least this large, each block in them aligned to kLandingAlign, at most kMaxFreeLandings kept
+// registered while unused.
+constexpr size_t kMinLandingBytes = size_t{64} << 10;
+constexpr size_t kLandingAlign = 64;
+constexpr int kMaxFreeLandings = 4;
+
+size_t AlignUp(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
 std::mutex g_tuning_mu;
 UcxTuning g_tuning;
@@ -246,8 +256,9 @@ class UcxState {
   std::map<std::pair<uint64_t, int>, std::string> ctl;  // (seq, from) -> payload
   std::vector<std::map<uint32_t, std::string>> packed_rkeys;  // per peer, not unpacked yet
   std::vector<std::map<uint32_t, ucp_rkey_h>> rkeys;          // per peer
-  std::list<Region> regions;
-  uint32_t next_region_id = 1;
+  std::list<Landing> landings;                                // put path: free or in use (AcquireLandingLocked)
+  std::list<Landing> quarantined;  // put path: abandoned with puts possibly on their way; freed with the worker
+  uint32_t next_landing_id = 1;
   uint64_t use_clock = 0;
   std::string protocol_error;                      // set by a handler that met a message it cannot take
   std::vector<std::unique_ptr<AmSend>> abandoned;  // sends of a failed exchange, drained by DrainAbandonedLocked
@@ -343,52 +354,74 @@ class UcxState {
     return PeerError(peer, id == kAmData ? "sending a block" : "sending a control message", s);
   }
 
-  // The registration covering [lo, hi), made if needed; marked in use. Requires mu.
-  StatusOr<Region*> RegisterLocked(uintptr_t lo, uintptr_t hi) {
-    for (Region& r : regions) {
-      if (r.lo <= lo && hi <= r.hi) {
-        r.last_use = ++use_clock;
-        ++r.in_use;
-        return &r;
-      }
+  // A free landing buffer of at least `bytes` (the smallest that fits), allocated and registered by UCX if none is;
+  // marked in use. Requires mu.
+  StatusOr<Landing*> AcquireLandingLocked(size_t bytes) {
+    Landing* best = nullptr;
+    int free_count = 0;
+    for (Landing& l : landings) {
+      if (l.in_use) continue;
+      ++free_count;
+      if (l.capacity >= bytes && (best == nullptr || l.capacity < best->capacity)) best = &l;
     }
-    if (static_cast<int>(regions.size()) >= kMaxRegistrations) {
-      auto lru = regions.end();
-      for (auto it = regions.begin(); it != regions.end(); ++it) {
-        if (it->in_use == 0 && (lru == regions.end() || it->last_use < lru->last_use)) lru = it;
-      }
-      if (lru != regions.end()) {
+    if (best == nullptr) {
+      if (free_count >= kMaxFreeLandings) {  // make room: the least recently used free one goes
+        auto lru = landings.end();
+        for (auto it = landings.begin(); it != landings.end(); ++it) {
+          if (!it->in_use && (lru == landings.end() || it->last_use < lru->last_use)) lru = it;
+        }
         ucp_mem_unmap(context, lru->memh);
-        regions.erase(lru);
+        landings.erase(lru);
+      }
+      size_t capacity = kMinLandingBytes;
+      while (capacity < bytes) capacity *= 2;
+      Landing l;
+      ucp_mem_map_params_t mp{};
+      mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+      mp.address = nullptr;
+      mp.length = capacity;
+      mp.flags = UCP_MEM_MAP_ALLOCATE;
+      ucs_status_t s = ucp_mem_map(context, &mp, &l.memh);
+      if (s != UCS_OK) {
+        return UcxError(absl::StatusCode::kResourceExhausted,
+                        absl::StrCat("allocating a registered landing buffer of ", capacity, " bytes"), s);
+      }
+      ucp_mem_attr_t attr{};
+      attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;
+      s = ucp_mem_query(l.memh, &attr);
+      void* key = nullptr;
+      size_t key_len = 0;
+      if (s == UCS_OK) s = ucp_rkey_pack(context, l.memh, &key, &key_len);
+      if (s != UCS_OK) {
+        ucp_mem_unmap(context, l.memh);
+        return UcxError(absl::StatusCode::kInternal, "registering a landing buffer", s);
+      }
+      l.packed.assign(static_cast<const char*>(key), key_len);
+      ucp_rkey_buffer_release(key);
+      l.base = static_cast<char*>(attr.address);
+      l.capacity = attr.length;
+      l.id = next_landing_id++;
+      l.sent_to.assign(size, false);
+      landings.push_back(std::move(l));
+      best = &landings.back();
+    }
+    best->in_use = true;
+    best->last_use = ++use_clock;
+    return best;
+  }
+
+  // Ends an exchange's use of its landing buffer: back to the free ones, or, when a peer may still put into it (the
+  // exchange was abandoned with blocks not landed), into quarantine until the worker is gone. Requires mu.
+  void ReleaseLandingLocked(Landing* l, bool puts_may_follow) {
+    if (l == nullptr) return;
+    l->in_use = false;
+    if (!puts_may_follow) return;
+    for (auto it = landings.begin(); it != landings.end(); ++it) {
+      if (&*it == l) {
+        quarantined.splice(quarantined.end(), landings, it);
+        return;
       }
     }
-    Region r;
-    r.lo = lo;
-    r.hi = hi;
-    ucp_mem_map_params_t mp{};
-    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
-    mp.address = reinterpret_cast<void*>(lo);
-    mp.length = hi - lo;
-    ucs_status_t s = ucp_mem_map(context, &mp, &r.memh);
-    if (s != UCS_OK) {
-      return UcxError(absl::StatusCode::kInternal, absl::StrCat("registering the receive range of ", hi - lo, " bytes"),
-                      s);
-    }
-    void* buf = nullptr;
-    size_t len = 0;
-    s = ucp_rkey_pack(context, r.memh, &buf, &len);
-    if (s != UCS_OK) {
-      ucp_mem_unmap(context, r.memh);
-      return UcxError(absl::StatusCode::kInternal, "packing a remote key", s);
-    }
-    r.packed.assign(static_cast<const char*>(buf), len);
-    ucp_rkey_buffer_release(buf);
-    r.id = next_region_id++;
-    r.sent_to.assign(size, false);
-    r.last_use = ++use_clock;
-    r.in_use = 1;
-    regions.push_back(std::move(r));
-    return &regions.back();
   }
 
   // The remote key `id` of `peer`, unpacked on first use; nullptr while its CTS has not arrived. Requires mu.
@@ -573,7 +606,9 @@ ucs_status_t OnFin(void* arg, const void* header, size_t header_length, void* /*
     st->protocol_error = absl::StrCat("a FIN message from rank ", m.from);
     return UCS_OK;
   }
-  st->fins[XKey{m.channel, m.seq, m.from}] = m.bytes;
+  const XKey key{m.channel, m.seq, m.from};
+  if (st->abandoned_keys.count(key) > 0) return UCS_OK;  // a late put into a quarantined landing buffer: dropped
+  st->fins[key] = m.bytes;
   return UCS_OK;
 }
 
@@ -733,8 +768,10 @@ UcxState::~UcxState() {
     for (Op& op : closes) {
       if (op.req != nullptr) ucp_request_free(op.req);
     }
-    for (Region& r : regions) ucp_mem_unmap(context, r.memh);
+    for (Landing& l : landings) ucp_mem_unmap(context, l.memh);
     ucp_worker_destroy(worker);
+    // Last: a late put (emulated by an active message over shared memory and TCP) lands while the worker progresses.
+    for (Landing& l : quarantined) ucp_mem_unmap(context, l.memh);
   }
   if (context != nullptr) ucp_cleanup(context);
 }
@@ -815,7 +852,6 @@ struct Plan {
   const char* self_src = nullptr;
   char* self_dst = nullptr;
   size_t self_bytes = 0;
-  uintptr_t recv_lo = 0, recv_hi = 0;  // the range the receives span
   size_t bytes_sent = 0, bytes_recv = 0;
   int num_peers = 0;
 };
@@ -848,15 +884,6 @@ StatusOr<Plan> MakePlan(const AlltoallvArgs& args, int rank, int size) {
     if (args.recv_bytes[p] == 0) continue;
     char* dst = static_cast<char*>(args.recv) + args.recv_offsets[p];
     plan.recvs.push_back(Block{p, nullptr, dst, args.recv_bytes[p]});
-    const uintptr_t lo = reinterpret_cast<uintptr_t>(dst);
-    const uintptr_t hi = lo + args.recv_bytes[p];
-    if (plan.recv_hi == 0) {
-      plan.recv_lo = lo;
-      plan.recv_hi = hi;
-    } else {
-      plan.recv_lo = std::min(plan.recv_lo, lo);
-      plan.recv_hi = std::max(plan.recv_hi, hi);
-    }
     plan.bytes_recv += args.recv_bytes[p];
   }
   for (int i = 1; i < size; ++i) {
@@ -891,7 +918,11 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
   std::vector<SendState> sends(plan.sends.size());
   std::vector<bool> recv_done(plan.recvs.size(), false);
   std::vector<std::unique_ptr<AmSend>> ctss;
-  Region* region = nullptr;
+  // Put path: the landing buffer, where each receive block lands (landing_offsets[i]), and the blocks whose FIN came
+  // this round, copied out of it after the lock is released.
+  Landing* landing = nullptr;
+  std::vector<size_t> landing_offsets;
+  std::vector<size_t> to_copy;
   size_t sends_left = plan.sends.size(), recvs_left = plan.recvs.size();
   Status status;
 
@@ -914,11 +945,19 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       st.expected.erase(key);
       st.abandoned_keys.insert(key);
     }
-    if (region != nullptr) --region->in_use;
+    const bool puts_may_follow = std::count(recv_done.begin(), recv_done.end(), false) > 0;
+    std::string note;
+    if (landing != nullptr && puts_may_follow) {
+      note = absl::StrCat(" [its landing buffer (", landing->capacity,
+                          " bytes) stays reserved until the communicator is destroyed: a late sender may still put "
+                          "into it]");
+    }
+    st.ReleaseLandingLocked(landing, puts_may_follow);
+    landing = nullptr;
     puts += st.DrainAbandonedLocked(kCancelGrace);
-    if (puts == 0) return "";
-    return absl::StrCat(" [", puts,
-                        " block(s) still in flight were left to UCX: it may still read their send buffers]");
+    if (puts == 0) return note;
+    return absl::StrCat(" [", puts, " block(s) still in flight were left to UCX: it may still read their send buffers]",
+                        note);
   };
 
   {
@@ -941,16 +980,23 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
         s.phase = SendState::kFin;
       }
     } else if (!plan.recvs.empty()) {
-      StatusOr<Region*> r = st.RegisterLocked(plan.recv_lo, plan.recv_hi);
-      if (!r.ok()) return Status(r.status().code(), absl::StrCat(What(plan), ": ", r.status().message()));
-      region = *r;
+      size_t need = 0;
       for (const Block& b : plan.recvs) {
+        landing_offsets.push_back(need);
+        need += AlignUp(b.bytes, kLandingAlign);
+      }
+      StatusOr<Landing*> l = st.AcquireLandingLocked(need);
+      if (!l.ok()) return Status(l.status().code(), absl::StrCat(What(plan), ": ", l.status().message()));
+      landing = *l;
+      for (size_t i = 0; i < plan.recvs.size(); ++i) {
+        const Block& b = plan.recvs[i];
         auto m = std::make_unique<AmSend>();
-        CtsMsg h{plan.channel, st.rank, plan.seq, reinterpret_cast<uint64_t>(b.dst), b.bytes, region->id, 0};
-        if (!region->sent_to[b.peer]) {
-          m->data = region->packed;
+        CtsMsg h{plan.channel, st.rank,     plan.seq, reinterpret_cast<uint64_t>(landing->base + landing_offsets[i]),
+                 b.bytes,      landing->id, 0};
+        if (!landing->sent_to[b.peer]) {
+          m->data = landing->packed;
           h.rkey_len = static_cast<uint32_t>(m->data.size());
-          region->sent_to[b.peer] = true;
+          landing->sent_to[b.peer] = true;
         }
         m->header.assign(reinterpret_cast<const char*>(&h), sizeof(h));
         status = st.SendAmLocked(b.peer, kAmCts, m);
@@ -1074,7 +1120,11 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
         }
         st.fins.erase(it);
         recv_done[i] = true;
-        --recvs_left;
+        if (landing != nullptr) {
+          to_copy.push_back(i);  // counted as received once copied out (below)
+        } else {
+          --recvs_left;
+        }
         progressed = true;
       }
       bool ctss_left = false;
@@ -1093,7 +1143,7 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
         status = absl::InternalError(WithPrefix(absl::StrCat("ucx: received ", st.protocol_error)));
       }
       if (status.ok() && sends_left == 0 && recvs_left == 0 && !ctss_left) {
-        if (region != nullptr) --region->in_use;
+        st.ReleaseLandingLocked(landing, /*puts_may_follow=*/false);
         return absl::OkStatus();
       }
       // A dead peer fails the exchange at once if this rank still waits on it.
@@ -1105,6 +1155,13 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
         return Status(status.code(), absl::StrCat(status.message(), note));
       }
     }
+    // Blocks that landed: out of the landing buffer (ours until this exchange releases it) into the receive blocks,
+    // without holding the lock.
+    for (size_t i : to_copy) {
+      std::memcpy(plan.recvs[i].dst, landing->base + landing_offsets[i], plan.recvs[i].bytes);
+      --recvs_left;
+    }
+    to_copy.clear();
     if (!waiter.Next(progressed, st)) break;
   }
 

@@ -20,10 +20,14 @@
 //   host above its threshold, by rendezvous (the receiver pulls it straight into the receive block); between hosts it
 //   always goes eagerly (UCX 1.13's TCP rendezvous made the two directions of a link take turns). A block that arrives
 //   before its exchange started here waits in a table (eager: copied; rendezvous: only its descriptor). Data path
-//   "put" (backend "ucx_put"): the receiver registers its receive range (ucp_mem_map, cached), sends a clear-to-send
-//   (CTS) with the address and, once per range and peer, the packed remote key; the sender puts (ucp_put_nbx), flushes
-//   the endpoint and sends a FIN. The CTS is what makes the put safe: the receiver sends it only when its stream
-//   reaches the exchange, so it is done with the buffer's previous contents.
+//   "put" (backend "ucx_put"): the receiver takes a landing buffer from its pool of communicator-owned registered
+//   buffers (ucp_mem_map allocates them; reused, so their remote keys go to each peer once), sends a clear-to-send
+//   (CTS) with the block's address in it and, the first time, the packed remote key; the sender puts (ucp_put_nbx),
+//   flushes the endpoint and sends a FIN; the receiver copies the block out into the caller's receive block. The CTS
+//   makes the put safe (the receiver sends it only when its stream reaches the exchange); the landing buffer makes a
+//   late put safe: a receiver that gives up (timeout, error) cannot revoke a CTS already sent, so the landing buffer
+//   of an abandoned exchange is quarantined (never reused, freed with the worker) instead of the caller's block being
+//   written after the caller freed it.
 // - Barrier, Allgather and AlltoallCounts are eager active messages, one per peer, matched by their own sequence
 //   numbers (an Allgather of more than kMaxControlBytes per rank goes as an exchange). Everything runs over UCX, and
 //   every wait sees a dead peer.
@@ -39,9 +43,6 @@
 //   that they fail at once rather than after their own timeout, and progresses for kCancelGrace so that its last
 //   messages leave. Blocks already handed to UCX cannot be cancelled: they may still read their send buffers (the
 //   message says how many). The job is expected to end (waveep run does).
-// - Put path registrations are cached by address range (at most kMaxRegistrations, least recently used evicted). The
-//   cache does not see free(): a range freed and reused keeps its registration, which is correct for the transports
-//   that do not pin memory (tcp, shared memory) and relies on UCX's memory hooks where they do (RDMA).
 // - Debian's UCX is built without CUDA: capabilities().device_memory is false and device blocks are refused with an
 //   error saying so (use --backend=mpi, which stages them, or nccl/cuda_ipc).
 #ifndef WAVEEP_COMM_UCX_TRANSPORT_H_
@@ -58,8 +59,6 @@ namespace waveep::comm::internal {
 
 // An Allgather larger than this per rank travels as a put exchange instead of eager active messages.
 inline constexpr size_t kMaxControlBytes = size_t{16} << 10;
-// Receive ranges kept registered per communicator.
-inline constexpr int kMaxRegistrations = 64;
 
 // How a waiting thread spends its time (process-wide; read when a wait starts).
 struct UcxTuning {
@@ -80,8 +79,9 @@ Status SetUcxTuning(const UcxTuning& tuning);
 // communicator, Unavailable when UCX cannot be initialised (the message carries UCX's reason).
 StatusOr<std::unique_ptr<Communicator>> NewUcxCommunicator(const ProcessContext& ctx, Options options);
 
-// The "ucx_put" backend, data path "put": the receiver registers its receive range and sends a clear-to-send with
-// the address and remote key; the sender puts the block (ucp_put_nbx), flushes, and sends a FIN. One-sided
+// The "ucx_put" backend, data path "put": the receiver sends a clear-to-send with an address in one of its registered
+// landing buffers (and, once per buffer and peer, the remote key); the sender puts the block (ucp_put_nbx), flushes,
+// and sends a FIN; the receiver copies the block out. One-sided
 // (capabilities().one_sided), but over transports without RDMA (TCP, shared memory) UCX 1.13 emulates the put with
 // active messages and is slower than "ucx": docs/comm_backends.md has the figures. Otherwise as NewUcxCommunicator.
 StatusOr<std::unique_ptr<Communicator>> NewUcxPutCommunicator(const ProcessContext& ctx, Options options);

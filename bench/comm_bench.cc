@@ -9,8 +9,8 @@
 //   --comm_bench_spin_per_mib_us=1000 ...
 //                                      ... --comm_bench_poll_sleep_us=20
 //   # the ucx backends' (comm/ucx_transport.h, UcxTuning; "ucx_put" is the put data path):
-//   mpirun -np 4 ... waveep_comm_bench --comm_bench_backend=mpi,ucx,ucx_put --comm_bench_ucx_spin_us=200
-//       --comm_bench_ucx_min_sleep_us=20 --comm_bench_ucx_max_sleep_us=1000
+//   mpirun -np 4 ... waveep_comm_bench --comm_bench_backend=mpi,ucx,ucx_put --comm_bench_ucx_busy_us=20
+//       --comm_bench_ucx_spin_us=200 --comm_bench_ucx_min_sleep_us=20 --comm_bench_ucx_max_sleep_us=1000
 //
 // For each per-peer block size (1 KiB .. 64 MiB, x4 steps) it runs, side by side, for every backend in
 // --comm_bench_backend (a comma-separated list, default "mpi"):
@@ -286,14 +286,18 @@ int main(int argc, char** argv) {
         waveep::FinalizeProcess();
         return 2;
       }
-    } else if (absl::ConsumePrefix(&a, "--comm_bench_ucx_spin_us=") ||
+    } else if (absl::ConsumePrefix(&a, "--comm_bench_ucx_busy_us=") ||
+               absl::ConsumePrefix(&a, "--comm_bench_ucx_spin_us=") ||
                absl::ConsumePrefix(&a, "--comm_bench_ucx_min_sleep_us=") ||
                absl::ConsumePrefix(&a, "--comm_bench_ucx_max_sleep_us=")) {
       waveep::comm::internal::UcxTuning t = waveep::comm::internal::GetUcxTuning();
       int64_t v = 0;
       const bool parsed = absl::SimpleAtoi(a, &v);
       const absl::Duration d = absl::Microseconds(parsed ? v : -1);
-      if (absl::StartsWith(argv[i], "--comm_bench_ucx_spin_us=")) {
+      if (absl::StartsWith(argv[i], "--comm_bench_ucx_busy_us=")) {
+        t.busy_poll = d;
+        t.no_busy_poll_when_oversubscribed = false;  // the value given applies, oversubscribed or not
+      } else if (absl::StartsWith(argv[i], "--comm_bench_ucx_spin_us=")) {
         t.spin = d;
       } else if (absl::StartsWith(argv[i], "--comm_bench_ucx_min_sleep_us=")) {
         t.min_sleep = d;

@@ -6,6 +6,7 @@
 #include "comm/ucx_transport.h"
 
 #include <poll.h>
+#include <sched.h>
 #include <sys/types.h>
 #include <ucp/api/ucp.h>
 #include <unistd.h>
@@ -155,6 +156,14 @@ constexpr int kMaxFreeLandings = 4;
 
 size_t AlignUp(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
+// The cores this process may run on (its affinity mask; all online cores when that cannot be read).
+int UsableCores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
 std::mutex g_tuning_mu;
 UcxTuning g_tuning;
 
@@ -226,6 +235,7 @@ class UcxState {
   std::vector<bool> watch_pid;  // same-host peers whose /proc entry is visible (same PID namespace)
   std::vector<int> all_peers;   // every rank but this one
   std::atomic<int64_t> next_pid_check_ns{0};
+  bool oversubscribed = false;  // more ranks on this host than this process may use cores (see Waiter)
 
   std::mutex mu;  // every ucp_* call on the worker and every table below
   ucp_context_h context = nullptr;
@@ -779,8 +789,11 @@ UcxState::~UcxState() {
 // Waits between progress rounds: busy, then yielding, then asleep on the worker's event fd.
 class Waiter {
  public:
-  Waiter(const UcxTuning& t, absl::Duration timeout)
-      : busy_(absl::ToChronoNanoseconds(t.busy_poll)),
+  // `oversubscribed` (this host runs more ranks than this process may use cores): no busy polling, the core goes to
+  // the peers from the first idle round on (see UcxTuning::busy_poll).
+  Waiter(const UcxTuning& t, bool oversubscribed, absl::Duration timeout)
+      : busy_(absl::ToChronoNanoseconds(oversubscribed && t.no_busy_poll_when_oversubscribed ? absl::ZeroDuration()
+                                                                                             : t.busy_poll)),
         spin_(absl::ToChronoNanoseconds(t.spin)),
         min_sleep_(absl::ToChronoNanoseconds(t.min_sleep)),
         max_sleep_(absl::ToChronoNanoseconds(t.max_sleep)),
@@ -1011,7 +1024,7 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
   }
   if (plan.self_bytes > 0) std::memcpy(plan.self_dst, plan.self_src, plan.self_bytes);
 
-  Waiter waiter(GetUcxTuning(), timeout);
+  Waiter waiter(GetUcxTuning(), st.oversubscribed, timeout);
   std::vector<int> pending_peers;
   for (;;) {
     bool progressed = false;
@@ -1222,7 +1235,7 @@ class UcxCommunicator final : public Communicator {
       ucp_request_param_t param{};
       u = Start(ucp_worker_flush_nbx(st.worker, &param), &op);
     }
-    Waiter waiter(GetUcxTuning(), Timeout());
+    Waiter waiter(GetUcxTuning(), st_->oversubscribed, Timeout());
     while (u == UCS_INPROGRESS) {
       bool progressed;
       {
@@ -1358,7 +1371,7 @@ class UcxCommunicator final : public Communicator {
         return Status(status.code(), absl::StrCat(what, ": ", status.message()));
       }
     }
-    Waiter waiter(GetUcxTuning(), timeout);
+    Waiter waiter(GetUcxTuning(), st.oversubscribed, timeout);
     std::vector<int> missing;
     for (;;) {
       bool progressed = false;
@@ -1557,6 +1570,7 @@ StatusOr<std::unique_ptr<Communicator>> NewUcx(const ProcessContext& ctx, Option
   WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(st->rank, st->size, local,
                                        [&](const void* s, size_t b, void* r) { return mpi->Allgather(s, b, r); }));
   st->use_put = use_put;
+  st->oversubscribed = ctx.local_size > UsableCores();
   WAVEEP_ASSIGN_OR_RETURN(Directory dir, Exchange(*mpi, ctx, address, st->use_put));
   st->node_ids = dir.node_ids;
   st->hosts = dir.hosts;

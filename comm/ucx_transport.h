@@ -63,7 +63,12 @@ inline constexpr size_t kMaxControlBytes = size_t{16} << 10;
 // How a waiting thread spends its time (process-wide; read when a wait starts).
 struct UcxTuning {
   absl::Duration busy_poll = absl::Microseconds(20);  // ucp_worker_progress back to back
-  absl::Duration spin = absl::Microseconds(200);      // then progress and yield the core between polls
+  // Skip busy_poll where this host runs more ranks (ProcessContext::local_size) than this process may use cores (its
+  // affinity mask), as Open MPI yields when it knows it is oversubscribed: a rank spinning there holds the core its
+  // peer needs to send (np 4 on 2 cores: 2-3x slower exchanges at 1-64 KiB per peer with it, docs/perf/ucx-2026-11-30).
+  // Emulated hosts that share one machine's cores (scripts/cluster.sh) each see only their own ranks.
+  bool no_busy_poll_when_oversubscribed = true;
+  absl::Duration spin = absl::Microseconds(200);  // then progress and yield the core between polls
   // Then sleep on the worker's event fd: the first sleep min_sleep, each next one twice as long, up to max_sleep.
   absl::Duration min_sleep = absl::Microseconds(20);
   absl::Duration max_sleep = absl::Milliseconds(1);

@@ -124,9 +124,15 @@ StatusOr<CheckReport> CheckBalance(const ModelConfig& model, const Cluster& clus
   rep.effective_tflops = rep.peak_tflops * rep.gemm_efficiency;
 
   WAVEEP_ASSIGN_OR_RETURN(std::vector<LinkTraffic> traffic, ExpertTraffic(cluster, r));
-  const double db = static_cast<double>(model.DispatchRowBytes(options.dispatch_dtype));
+  // With deduplication a pair's dispatch row crosses dispatch_rows_per_pair times on average (by symmetry the same
+  // for every destination rank); its combine row still returns once.
+  rep.dispatch_rows_per_pair = options.dedup ? DedupRowsPerPair(model, r, 1) : 1.0;
+  const double db_row = static_cast<double>(model.DispatchRowBytes(options.dispatch_dtype));
+  const double db = db_row * rep.dispatch_rows_per_pair;
   const double cb = internal::CombineRowBytes(model);
   const double flops = rep.effective_tflops * 1e12;
+  const double pairs_per_step = static_cast<double>(options.tokens_per_rank) * model.top_k;
+  rep.pair_bytes = db + cb;
   rep.pair_flops_per_byte = rep.threshold.flops_per_pair / (db + cb);
   double worst = std::numeric_limits<double>::infinity();
   for (size_t li = 0; li < cluster.links.size(); ++li) {
@@ -145,6 +151,8 @@ StatusOr<CheckReport> CheckBalance(const ModelConfig& model, const Cluster& clus
     c.margin = c.required_gbps > 0 ? c.bw_gbps / c.required_gbps : 1e30;
     c.comm_bound = c.margin < 1.0;
     c.exposed_fraction = c.comm_bound ? 1.0 - c.margin : 0.0;
+    c.bytes_per_step = c.share * (db + cb) * pairs_per_step;
+    c.bytes_per_step_without_dedup = t.Share(db_row, cb, l.duplex) * (db_row + cb) * pairs_per_step;
     if (c.margin < worst) {
       worst = c.margin;
       rep.worst = static_cast<int>(rep.links.size());

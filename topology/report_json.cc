@@ -42,7 +42,10 @@ std::string CheckReportToJson(const CheckReport& rep, const ModelConfig& model, 
                  {"gemm_efficiency", rep.gemm_efficiency},
                  {"rows_per_expert", rep.rows_per_expert},
                  {"effective_tflops", rep.effective_tflops},
-                 {"pair_flops_per_byte", rep.pair_flops_per_byte}};
+                 {"pair_flops_per_byte", rep.pair_flops_per_byte},
+                 {"dedup", opt.dedup},
+                 {"dispatch_rows_per_pair", rep.dispatch_rows_per_pair},
+                 {"pair_bytes", rep.pair_bytes}};
   Json links = Json::array();
   for (const LinkCheck& l : rep.links) {
     links.push_back({{"link", l.label},
@@ -55,7 +58,9 @@ std::string CheckReportToJson(const CheckReport& rep, const ModelConfig& model, 
                      {"flops_per_byte", l.flops_per_byte},
                      {"margin", l.margin},
                      {"verdict", l.comm_bound ? "comm-bound" : "balanced"},
-                     {"exposed_fraction", l.exposed_fraction}});
+                     {"exposed_fraction", l.exposed_fraction},
+                     {"bytes_per_step", l.bytes_per_step},
+                     {"bytes_per_step_without_dedup", l.bytes_per_step_without_dedup}});
   }
   j["links"] = links;
   j["any_comm_bound"] = rep.any_comm_bound;

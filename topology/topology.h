@@ -303,6 +303,9 @@ struct CheckOptions {
   DType dispatch_dtype = DType::kFP8E4M3;  // combine is always BF16
   int64_t tokens_per_rank = 4096;          // sets rows per expert, hence the GEMM efficiency
   int num_ranks = 0;                       // EP group size; 0 = every device of the cluster
+  // Dispatch deduplication (ep::LayerConfig::dedup, on by default in the layer and the CLI): a token's dispatch row
+  // crosses to each destination rank once, DedupRowsPerPair(model, R, 1) rows per (token, expert) pair on average.
+  bool dedup = false;
 };
 
 struct LinkCheck {
@@ -318,6 +321,10 @@ struct LinkCheck {
   double margin = 0;            // bw / required (1e30 if the link's share is 0)
   bool comm_bound = false;      // margin < 1
   double exposed_fraction = 0;  // comm-bound: 1 - margin, the part of the link's transfer time compute cannot hide
+  // Bytes the link moves per step in its busiest direction (both together when half duplex): share x T x K x pair
+  // bytes, with CheckOptions::dedup as given, and what they would be without deduplication.
+  double bytes_per_step = 0;
+  double bytes_per_step_without_dedup = 0;
 };
 
 struct CheckReport {
@@ -332,6 +339,10 @@ struct CheckReport {
   // 6HI over the bytes of one pair (dispatch row with scales + combine row): the threshold each link's
   // flops_per_byte is held against. Equals threshold.refined_remote_flops_per_byte * (1 - 1/R) minus metadata.
   double pair_flops_per_byte = 0;
+  // Dispatch rows per (token, expert) pair that cross a link: DedupRowsPerPair(model, R, 1) with CheckOptions::dedup,
+  // else 1. The pair bytes above are dispatch row x this + combine row.
+  double dispatch_rows_per_pair = 1;
+  double pair_bytes = 0;
   std::vector<LinkCheck> links;  // one per link instance that carries expert traffic, in cluster.links order
   bool any_comm_bound = false;
   int worst = -1;  // index into `links` with the smallest margin (-1 if none carries traffic)

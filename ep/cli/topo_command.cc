@@ -65,6 +65,7 @@ const std::vector<std::string> kTopoFlags = {"model",
                                              "strict",
                                              "json",
                                              "all_links",
+                                             "dedup",
                                              "max_waves",
                                              "wave_split",
                                              "out",
@@ -214,6 +215,7 @@ StatusOr<topology::CheckOptions> CheckOptionsFromFlags() {
   if (absl::GetFlag(FLAGS_tokens_per_rank) < 0) return absl::InvalidArgumentError("--tokens_per_rank must be >= 0");
   opt.tokens_per_rank = absl::GetFlag(FLAGS_tokens_per_rank);
   opt.num_ranks = absl::GetFlag(FLAGS_ranks);
+  opt.dedup = absl::GetFlag(FLAGS_dedup);
   return opt;
 }
 
@@ -251,6 +253,13 @@ void PrintThreshold(const ModelConfig& model, const topology::Cluster& c, const 
   row("refined threshold", "",
       absl::StrFormat("= %.1f FLOPs/byte (a device port carrying (R-1)/R of its pairs)",
                       t.refined_remote_flops_per_byte));
+  if (opt.dedup) {
+    row("dispatch dedup (--dedup)", absl::StrFormat("once per token and rank, R=%d", rep.num_ranks),
+        absl::StrFormat("= %.3f dispatch rows per pair -> %.0f B per pair on a link", rep.dispatch_rows_per_pair,
+                        rep.pair_bytes));
+  } else {
+    row("dispatch dedup", "off (--nodedup)", absl::StrFormat("1 dispatch row per pair -> %.0f B", rep.pair_bytes));
+  }
 }
 
 // The device's effective GEMM rate, which every link is held against.
@@ -272,17 +281,21 @@ void PrintLinkTable(const topology::Cluster& c, const topology::CheckReport& rep
   std::printf(
       "\nlinks (uniform routing, contiguous placement; share = part of one rank's pair bytes on the link in "
       "its busiest direction)\n");
-  std::printf("  %-38s %-8s %9s %7s %4s %9s %9s %8s  %s\n", "link", "kind", "bw GB/s", "share", "devs", "need GB/s",
-              "C/B", "margin", "verdict");
+  std::printf("  %-38s %-8s %9s %7s %4s %9s %9s %8s %19s  %s\n", "link", "kind", "bw GB/s", "share", "devs",
+              "need GB/s", "C/B", "margin", rep.dispatch_rows_per_pair < 1 ? "MB/step (no dedup)" : "MB/step",
+              "verdict");
   for (const RowGroup& g : groups) {
     const topology::LinkCheck& l = rep.links[g.members.front()];
     std::string label = l.label;
     if (g.members.size() > 1) label = absl::StrCat(label, " (x", g.members.size(), ")");
     std::string verdict =
         l.comm_bound ? absl::StrFormat("comm-bound, %.0f%% exposed", 100 * l.exposed_fraction) : "balanced";
-    std::printf("  %-38s %-8s %9.4g %6.1f%% %4d %9.4g %9.1f %7.2fx  %s\n", label.c_str(),
+    const std::string bytes = rep.dispatch_rows_per_pair < 1 ? absl::StrFormat("%.4g (%.4g)", l.bytes_per_step / 1e6,
+                                                                               l.bytes_per_step_without_dedup / 1e6)
+                                                             : absl::StrFormat("%.4g", l.bytes_per_step / 1e6);
+    std::printf("  %-38s %-8s %9.4g %6.1f%% %4d %9.4g %9.1f %7.2fx %19s  %s\n", label.c_str(),
                 std::string(topology::LinkKindName(c.links[l.link].kind)).c_str(), l.bw_gbps, 100 * l.share,
-                l.num_devices, l.required_gbps, l.flops_per_byte, l.margin, verdict.c_str());
+                l.num_devices, l.required_gbps, l.flops_per_byte, l.margin, bytes.c_str(), verdict.c_str());
   }
 }
 
@@ -340,6 +353,7 @@ StatusOr<topology::StepShape> ShapeFromFlags() {
   s.max_waves = absl::GetFlag(FLAGS_max_waves);
   if (s.max_waves < 0) return absl::InvalidArgumentError("--max_waves must be >= 0");
   s.shared_experts = absl::GetFlag(FLAGS_shared_experts);
+  s.dedup = absl::GetFlag(FLAGS_dedup);
   s.blas_threads = absl::GetFlag(FLAGS_blas_threads);
   const std::string split = absl::GetFlag(FLAGS_wave_split);
   if (split == "experts") {

@@ -208,6 +208,40 @@ TEST(Check, H20HasHeadroomAndTwoNodesMoveTheBottleneckToTheNic) {
   EXPECT_EQ(two.links[rep->links[rep->worst].link].kind, LinkKind::kRdma);
 }
 
+// Dispatch deduplication: the dispatch row crosses DedupRowsPerPair(R, 1) times per pair, the combine row once. Every
+// link's bytes per step follow from its share; without dedup they equal the plain check's.
+TEST(Check, DedupShrinksDispatchBytesOnEveryLink) {
+  CheckOptions o;
+  o.dispatch_dtype = DType::kFP8E4M3;
+  o.tokens_per_rank = 4096;
+  const ModelConfig m = Model("deepseek-v4-pro");
+  const Cluster two = Preset("h800-8x-ib400", 2);
+  auto plain = CheckBalance(m, two, o);
+  o.dedup = true;
+  auto dedup = CheckBalance(m, two, o);
+  ASSERT_TRUE(plain.ok() && dedup.ok());
+  EXPECT_EQ(plain->dispatch_rows_per_pair, 1.0);
+  const double rows = DedupRowsPerPair(m, 16, 1);
+  EXPECT_LT(rows, 0.9);  // top-8 over 16 ranks: a token reaches ~6 distinct ranks
+  EXPECT_DOUBLE_EQ(dedup->dispatch_rows_per_pair, rows);
+  const double db = static_cast<double>(m.DispatchRowBytes(DType::kFP8E4M3)), cb = 2.0 * m.hidden_size;
+  EXPECT_DOUBLE_EQ(plain->pair_bytes, db + cb);
+  EXPECT_DOUBLE_EQ(dedup->pair_bytes, db * rows + cb);
+  EXPECT_DOUBLE_EQ(dedup->pair_flops_per_byte, dedup->threshold.flops_per_pair / dedup->pair_bytes);
+  ASSERT_EQ(plain->links.size(), dedup->links.size());
+  const double pairs = 4096.0 * m.top_k;
+  for (size_t i = 0; i < plain->links.size(); ++i) {
+    const LinkCheck& a = plain->links[i];
+    const LinkCheck& b = dedup->links[i];
+    EXPECT_DOUBLE_EQ(a.bytes_per_step, a.share * plain->pair_bytes * pairs) << a.label;
+    EXPECT_DOUBLE_EQ(a.bytes_per_step_without_dedup, a.bytes_per_step) << a.label;
+    EXPECT_DOUBLE_EQ(b.bytes_per_step, b.share * dedup->pair_bytes * pairs) << b.label;
+    EXPECT_DOUBLE_EQ(b.bytes_per_step_without_dedup, a.bytes_per_step) << b.label;
+    EXPECT_LT(b.bytes_per_step, a.bytes_per_step) << b.label;
+    EXPECT_GT(b.margin, a.margin) << b.label;
+  }
+}
+
 TEST(Check, SmallGroupAndErrors) {
   CheckOptions o;
   o.dispatch_dtype = DType::kBF16;

@@ -1018,6 +1018,14 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       }
     }
     if (!status.ok()) {
+      // As on the later error paths: the peers of this exchange hear why at once, and, when a rank is gone, every
+      // peer hears that this rank leaves the job and why. Without it a peer on this host saw this rank's process end
+      // (it exits after the job-fatal grace) before anything named the rank that died (cluster.ucx_2x2 in CI).
+      std::vector<int> peers;
+      for (const Block& b : plan.sends) peers.push_back(b.peer);
+      for (const Block& b : plan.recvs) peers.push_back(b.peer);
+      st.SendAbortsLocked(plan.channel, plan.seq, peers, status);
+      st.SendLeavingLocked(status);
       const std::string note = abandon();
       return Status(status.code(), absl::StrCat(What(plan), ": ", status.message(), note));
     }
@@ -1367,6 +1375,7 @@ class UcxCommunicator final : public Communicator {
         sends.push_back(std::move(m));
       }
       if (!status.ok()) {
+        st.SendLeavingLocked(status);  // as below: a lost rank is named to every peer before this rank leaves
         abandon();
         return Status(status.code(), absl::StrCat(what, ": ", status.message()));
       }

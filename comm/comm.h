@@ -36,7 +36,7 @@ namespace waveep::comm {
 struct Capabilities {
   bool host_memory = true;     // buffers in (pageable or pinned) host memory
   bool device_memory = false;  // buffers in GPU memory
-  bool one_sided = false;      // registered-buffer puts into the receiver's blocks (ucx_put)
+  bool one_sided = false;      // one-sided puts into the receiver's registered buffers (ucx_put)
 };
 
 // Modelled (not measured) link between this rank and a peer. topology/ uses it when no probe is available.

@@ -528,7 +528,8 @@ class UcxState {
   // on it, directly or through this one). Best effort. Requires mu.
   void SendAbortsLocked(uint32_t channel, uint64_t seq, const std::vector<int>& peers, const Status& why) {
     const absl::string_view reason = absl::string_view(why.message()).substr(0, kMaxAbortReasonBytes);
-    for (int p : peers) {
+    std::set<int> once(peers.begin(), peers.end());  // a peer both sent to and received from gets one message
+    for (int p : once) {
       if (failed[p].load() != UCS_OK) continue;
       auto m = std::make_unique<AmSend>();
       const AbortMsg h{channel, rank, seq, peer_lost.load() ? 1u : 0u, 0};
@@ -939,8 +940,11 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
   size_t sends_left = plan.sends.size(), recvs_left = plan.recvs.size();
   Status status;
 
-  // Abandons whatever is still in flight (requires mu) and returns the note for the error message.
-  auto abandon = [&]() -> std::string {
+  // Gives up on the exchange (requires mu): tells `peers` why at once (and, when a rank is lost, every peer that this
+  // rank leaves the job), abandons whatever is still in flight, and returns the note for the error message.
+  auto give_up = [&](const std::vector<int>& peers, const Status& why) -> std::string {
+    st.SendAbortsLocked(plan.channel, plan.seq, peers, why);
+    st.SendLeavingLocked(why);
     int puts = 0;
     for (SendState& s : sends) {
       if (s.put.req != nullptr && Check(&s.put) == UCS_INPROGRESS) {
@@ -1018,15 +1022,13 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       }
     }
     if (!status.ok()) {
-      // As on the later error paths: the peers of this exchange hear why at once, and, when a rank is gone, every
-      // peer hears that this rank leaves the job and why. Without it a peer on this host saw this rank's process end
-      // (it exits after the job-fatal grace) before anything named the rank that died (cluster.ucx_2x2 in CI).
+      // Every peer of the exchange hears why, as on the later error paths. Without it a peer on this host saw this
+      // rank's process end (it exits after the job-fatal grace) before anything named the rank that died
+      // (cluster.ucx_2x2 in CI).
       std::vector<int> peers;
       for (const Block& b : plan.sends) peers.push_back(b.peer);
       for (const Block& b : plan.recvs) peers.push_back(b.peer);
-      st.SendAbortsLocked(plan.channel, plan.seq, peers, status);
-      st.SendLeavingLocked(status);
-      const std::string note = abandon();
+      const std::string note = give_up(peers, status);
       return Status(status.code(), absl::StrCat(What(plan), ": ", status.message(), note));
     }
   }
@@ -1170,9 +1172,7 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       // A dead peer fails the exchange at once if this rank still waits on it.
       if (status.ok()) status = st.FailedPeer(pending_peers, What(plan));
       if (!status.ok()) {
-        st.SendAbortsLocked(plan.channel, plan.seq, pending_peers, status);
-        st.SendLeavingLocked(status);
-        const std::string note = abandon();
+        const std::string note = give_up(pending_peers, status);
         return Status(status.code(), absl::StrCat(status.message(), note));
       }
     }
@@ -1205,9 +1205,7 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       waiting_cts > 0 ? absl::StrCat(" (", waiting_cts, " send(s) never got the receiver's clear-to-send)") : "",
       ". Did every rank issue this exchange, in the same order, with matching sizes?");
   const Status timed_out = absl::DeadlineExceededError(WithPrefix(text));
-  st.SendAbortsLocked(plan.channel, plan.seq, pending_peers, timed_out);
-  st.SendLeavingLocked(timed_out);
-  const std::string note = abandon();
+  const std::string note = give_up(pending_peers, timed_out);
   return Status(timed_out.code(), absl::StrCat(timed_out.message(), note));
 }
 
@@ -1358,7 +1356,9 @@ class UcxCommunicator final : public Communicator {
     got[st.rank] = true;
     int left = st.size - 1;
     Status status;
-    auto abandon = [&]() {
+    // Gives up (requires mu): when a rank is lost, every peer hears that this rank leaves the job and why.
+    auto give_up = [&](const Status& why) {
+      st.SendLeavingLocked(why);
       for (auto& m : sends) st.AbandonLocked(std::move(m));
       st.DrainAbandonedLocked(kCancelGrace);
     };
@@ -1375,8 +1375,7 @@ class UcxCommunicator final : public Communicator {
         sends.push_back(std::move(m));
       }
       if (!status.ok()) {
-        st.SendLeavingLocked(status);  // as below: a lost rank is named to every peer before this rank leaves
-        abandon();
+        give_up(status);
         return Status(status.code(), absl::StrCat(what, ": ", status.message()));
       }
     }
@@ -1418,8 +1417,7 @@ class UcxCommunicator final : public Communicator {
           status = absl::InternalError(WithPrefix(absl::StrCat("ucx: received ", st.protocol_error)));
         }
         if (!status.ok()) {
-          st.SendLeavingLocked(status);
-          abandon();
+          give_up(status);
           return status;
         }
         if (left == 0 && !sends_left) return absl::OkStatus();
@@ -1439,8 +1437,7 @@ class UcxCommunicator final : public Communicator {
         WithPrefix(absl::StrCat("ucx communicator: ", what, " timed out after ", absl::FormatDuration(timeout),
                                 " waiting for the other ", st.size - 1, " rank(s); nothing arrived from ",
                                 absl::StrJoin(names, ", "), " (stopped, or issuing collectives in another order)")));
-    st.SendLeavingLocked(s);
-    abandon();
+    give_up(s);
     // As on the mpi backend: once a collective timed out, the ranks may no longer agree on the collective order, so
     // later blocking collectives are refused rather than matched against the wrong call.
     broken_ = absl::FailedPreconditionError(

@@ -65,7 +65,8 @@ struct UcxTuning {
   absl::Duration busy_poll = absl::Microseconds(20);  // ucp_worker_progress back to back
   // Skip busy_poll where this host runs more ranks (ProcessContext::local_size) than this process may use cores (its
   // affinity mask), as Open MPI yields when it knows it is oversubscribed: a rank spinning there holds the core its
-  // peer needs to send (np 4 on 2 cores: 2-3x slower exchanges at 1-64 KiB per peer with it, docs/perf/ucx-2026-11-30).
+  // peer needs to send (np 4 on 2 cores: blocking exchanges 1.2-4.8x faster at 1-256 KiB per peer without it,
+  // docs/perf/ucx-2026-11-30).
   // Emulated hosts that share one machine's cores (scripts/cluster.sh) each see only their own ranks.
   bool no_busy_poll_when_oversubscribed = true;
   absl::Duration spin = absl::Microseconds(200);  // then progress and yield the core between polls

@@ -132,6 +132,10 @@ StatusOr<CheckReport> CheckBalance(const ModelConfig& model, const Cluster& clus
   const double cb = internal::CombineRowBytes(model);
   const double flops = rep.effective_tflops * 1e12;
   const double pairs_per_step = static_cast<double>(options.tokens_per_rank) * model.top_k;
+  // Bytes a link with traffic `t` moves per step in its busiest direction, for dispatch rows of `disp` bytes.
+  auto bytes_per_step = [&](const LinkTraffic& t, bool duplex, double disp) {
+    return t.Share(disp, cb, duplex) * (disp + cb) * pairs_per_step;
+  };
   rep.pair_bytes = db + cb;
   rep.pair_flops_per_byte = rep.threshold.flops_per_pair / (db + cb);
   double worst = std::numeric_limits<double>::infinity();
@@ -151,8 +155,8 @@ StatusOr<CheckReport> CheckBalance(const ModelConfig& model, const Cluster& clus
     c.margin = c.required_gbps > 0 ? c.bw_gbps / c.required_gbps : 1e30;
     c.comm_bound = c.margin < 1.0;
     c.exposed_fraction = c.comm_bound ? 1.0 - c.margin : 0.0;
-    c.bytes_per_step = c.share * (db + cb) * pairs_per_step;
-    c.bytes_per_step_without_dedup = t.Share(db_row, cb, l.duplex) * (db_row + cb) * pairs_per_step;
+    c.bytes_per_step = bytes_per_step(t, l.duplex, db);
+    c.bytes_per_step_without_dedup = bytes_per_step(t, l.duplex, db_row);
     if (c.margin < worst) {
       worst = c.margin;
       rep.worst = static_cast<int>(rep.links.size());

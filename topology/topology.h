@@ -336,13 +336,13 @@ struct CheckReport {
   double peak_tflops = 0;
   double gemm_efficiency = 0;   // at rows_per_expert
   double effective_tflops = 0;  // peak * efficiency
-  // 6HI over the bytes of one pair (dispatch row with scales + combine row): the threshold each link's
-  // flops_per_byte is held against. Equals threshold.refined_remote_flops_per_byte * (1 - 1/R) minus metadata.
-  double pair_flops_per_byte = 0;
   // Dispatch rows per (token, expert) pair that cross a link: DedupRowsPerPair(model, R, 1) with CheckOptions::dedup,
-  // else 1. The pair bytes above are dispatch row x this + combine row.
+  // else 1; and the bytes of one pair on a link: dispatch row (with scales) x dispatch_rows_per_pair + combine row.
   double dispatch_rows_per_pair = 1;
   double pair_bytes = 0;
+  // 6HI / pair_bytes: the threshold each link's flops_per_byte is held against. Without dedup it equals
+  // threshold.refined_remote_flops_per_byte * (1 - 1/R) minus metadata.
+  double pair_flops_per_byte = 0;
   std::vector<LinkCheck> links;  // one per link instance that carries expert traffic, in cluster.links order
   bool any_comm_bound = false;
   int worst = -1;  // index into `links` with the smallest margin (-1 if none carries traffic)

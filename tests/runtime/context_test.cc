@@ -70,7 +70,6 @@ TEST(Context, GatherStringsInRankOrder) {
   }
 }
 
-// Keep this test last: the late rank's collective completes only after the others gave up on it.
 // Peer-failure checks (what a comm backend registers so that the bounded collectives see a dead peer between
 // exchanges; tests/comm/ucx_dead_peer_test.sh covers them end to end): every registered check runs, the first error
 // comes back naming what was being done, and a removed check no longer runs.
@@ -99,6 +98,7 @@ TEST(Context, PeerFailureChecksRunUntilRemoved) {
   EXPECT_EQ(calls, before);
 }
 
+// Keep this test last: the late rank's collective completes only after the others gave up on it.
 TEST(Context, RollCallNamesTheRankThatNeverCame) {
   const ProcessContext& c = waveep::testing::MpiTestContext();
   if (c.world_size < 2) GTEST_SKIP() << "needs 2 ranks";

@@ -52,6 +52,9 @@ class CpuLayerOps final : public LayerOps {
   Status Pack(int w, Stream& s) override {
     return s.Enqueue([this, w] { return PackNow(w); });
   }
+  Status Forward(int w, Stream& s) override {
+    return s.Enqueue([this, w] { return ForwardNow(w); });
+  }
   Status Gemm(int w, Stream& s) override {
     return s.Enqueue([this, w] { return GemmNow(w); });
   }
@@ -84,18 +87,35 @@ class CpuLayerOps final : public LayerOps {
     return absl::OkStatus();
   }
 
-  // pack(w): my dispatch rows for every peer's wave w (one per pair, or one per token and peer with dedup).
+  // pack(w): my dispatch rows for every peer's wave w (one per pair, or one per token and peer with dedup; with a
+  // hierarchical layout also the exchange-1 rows for my proxies, and not the rows Forward fills).
   Status PackNow(int w) {
     if (w == 0) WAVEEP_RETURN_IF_ERROR(EncodeTokens());
     const DispatchLayout& lay = *lay_;
     const int r_count = lay.num_ranks;
     const uint8_t* tok = tokens_.as<uint8_t>();
     uint8_t* send = send_.as<uint8_t>();
+    auto pack = [&](int64_t b, int64_t n) {
+      for (int64_t r = b; r < b + n; ++r) {
+        const int64_t t = lay.dsend_token[r];
+        if (t >= 0) std::memcpy(send + r * drow_, tok + t * drow_, static_cast<size_t>(drow_));
+      }
+    };
     for (int p = 0; p < r_count; ++p) {
-      const int64_t b = lay.dsend_row_begin[w * r_count + p], n = lay.dsend_rows[w * r_count + p];
-      for (int64_t r = b; r < b + n; ++r)
-        std::memcpy(send + r * drow_, tok + lay.dsend_token[r] * drow_, static_cast<size_t>(drow_));
+      pack(lay.dsend_row_begin[w * r_count + p], lay.dsend_rows[w * r_count + p]);
+      pack(lay.x1_send_row_begin[w * r_count + p], lay.x1_send_rows[w * r_count + p]);
     }
+    return absl::OkStatus();
+  }
+
+  // forward(w): rows that arrived for the ranks of my node (exchange 1) into their exchange-2 send rows.
+  Status ForwardNow(int w) {
+    const std::vector<int64_t>& from = lay_->fwd_from[w];
+    const std::vector<int64_t>& to = lay_->fwd_to[w];
+    const uint8_t* fwd = fwd_.as<uint8_t>();
+    uint8_t* send = send_.as<uint8_t>();
+    for (size_t i = 0; i < from.size(); ++i)
+      std::memcpy(send + to[i] * drow_, fwd + from[i] * drow_, static_cast<size_t>(drow_));
     return absl::OkStatus();
   }
 

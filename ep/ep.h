@@ -138,17 +138,36 @@ struct DispatchLayout {
   // reduces exactly as without deduplication and the output is bitwise the same.
   bool dedup = false;
   // dsend_row_begin[w * R + p], dsend_rows[w * R + p]: rows of the dispatch send buffer for peer p in wave w;
-  // dsend_token[r]: the local token (batch index) of send row r.
+  // dsend_token[r]: the local token (batch index) of send row r, or -1 for a row forwarded (hierarchical, below).
   std::vector<int64_t> dsend_row_begin, dsend_rows, dsend_token;
-  // drecv_row_begin[w * R + s], drecv_rows[w * R + s]: rows from source s in wave w's receive buffer.
+  // drecv_row_begin[w * R + x], drecv_rows[w * R + x]: rows that rank x delivers into wave w's receive buffer (its
+  // own, and with `hierarchical` those it forwards).
   std::vector<int64_t> drecv_row_begin, drecv_rows;
+  int64_t send_buffer_rows = 0;  // rows of the dispatch send buffer (every wave)
+
+  // Hierarchical dispatch (`dedup` with the ranks on several nodes, BuildDispatchLayout's node_of_rank): a token
+  // crosses to each other node once per wave, to one proxy rank there (the rank with the sender's index within its
+  // node, modulo that node's ranks), which forwards it to the ranks of its node that need it. dispatch(w) is then
+  // exchange 1 (origin -> its proxies on other nodes: x1_*), forwarding (copy fwd_from rows of the forward buffer to
+  // fwd_to rows of the send buffer) and exchange 2 (within the node: dsend_* / drecv_*, own rows and forwarded
+  // ones). Only the transport changes: a_rows feed the GEMM the same rows in the same order, and the combine
+  // returns one row per pair directly, as without it, so the output is the same bits.
+  bool hierarchical = false;
+  // x1_send_row_begin/rows[w * R + p]: send buffer rows to proxy p in wave w; x1_recv_row_begin/rows[w * R + s]:
+  // forward buffer rows from origin s in wave w. All zero when not hierarchical.
+  std::vector<int64_t> x1_send_row_begin, x1_send_rows, x1_recv_row_begin, x1_recv_rows;
+  std::vector<std::vector<int64_t>> fwd_from, fwd_to;  // [w]
+  int64_t forward_buffer_rows = 0;
 };
 
 // Collective. Validates routing on every rank first (an out-of-range expert index anywhere fails every rank with the
 // offending rank/token/slot named), then exchanges counts and wave boundaries; with `dedup` (every rank must pass the
-// same value) also each pair's dispatch row (one more all-to-all-v of 4 bytes per pair, host memory).
+// same value) also each pair's dispatch row (one more all-to-all-v of 4 bytes per pair, host memory). With `dedup`
+// and `node_of_rank` (the node of every rank, ids in [0, R), the same on every rank) naming at least two nodes, the
+// layout is hierarchical (two more collectives: per-proxy counts, and 4 bytes per forwarded row).
 StatusOr<DispatchLayout> BuildDispatchLayout(comm::Communicator& comm, const Placement& placement,
-                                             const TokenBatch& batch, int num_waves, bool dedup = false);
+                                             const TokenBatch& batch, int num_waves, bool dedup = false,
+                                             const std::vector<int>* node_of_rank = nullptr);
 
 // ---- the layer -------------------------------------------------------------------------------------------------
 struct LayerConfig {
@@ -159,6 +178,12 @@ struct LayerConfig {
   // Send each token once per destination rank and wave instead of once per (token, expert) pair (DispatchLayout).
   // Output unchanged. On the CPU; the CUDA operations send one row per pair for now (MoeLayer::dedup() says which).
   bool dedup = true;
+  // With `dedup`, when the ranks span several nodes: each token crosses to each other node once per wave and is
+  // forwarded inside it (DispatchLayout::hierarchical). Output unchanged.
+  bool dedup_hosts = true;
+  // Node of every rank of the communicator, ids in [0, R): what `dedup_hosts` and StepStats::bytes_sent_internode go
+  // by. Empty = the hosts the ranks run on (ProcessContext::node_id). Tests set it to emulate nodes on one host.
+  std::vector<int> node_of_rank;
   Device device = Device::Cpu();
   absl::Duration timeout = absl::ZeroDuration();  // zero = DefaultTimeout()
 };
@@ -217,11 +242,13 @@ class MoeLayer {
   // (checked); InvalidArgument outside [1, local experts].
   Status SetNumWaves(int num_waves);
 
-  // Turns dispatch deduplication on or off for later steps. Collective: every rank must pass the same value
-  // (checked). Where the operations cannot deduplicate (CUDA for now) it stays off: see dedup().
-  Status SetDedup(bool dedup);
+  // Turns dispatch deduplication (and its per-node form) on or off for later steps. Collective: every rank must
+  // pass the same values (checked). Where the operations cannot deduplicate (CUDA for now) it stays off: see dedup().
+  Status SetDedup(bool dedup, bool dedup_hosts);
   // Whether steps deduplicate dispatch rows (LayerConfig::dedup, where every rank's operations can).
   bool dedup() const { return dedup_; }
+  // Whether steps send each token once per destination node (dedup() && dedup_hosts, ranks on several nodes).
+  bool hierarchical() const { return dedup_ && cfg_.dedup_hosts && num_nodes_ > 1; }
 
   const LayerConfig& config() const { return cfg_; }
   const Placement& placement() const { return placement_; }
@@ -237,7 +264,8 @@ class MoeLayer {
   LayerConfig cfg_;
   Placement placement_;
   bool dedup_ = false;
-  std::vector<int> node_of_rank_;  // node id of every rank of the communicator (for bytes_sent_internode)
+  std::vector<int> node_of_rank_;  // node id of every rank of the communicator (LayerConfig::node_of_rank)
+  int num_nodes_ = 1;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -76,9 +76,19 @@ class LayerOps {
   // Wave w's return slot: its rows in recv row order (every wave has its own, so unpack never waits for a combine).
   void* ret_send(int w) { return ret_send_.as<uint8_t>() + ret_send_row_begin_[w] * crow_; }
   void* ret_recv() { return ret_recv_.data(); }
-  // Whether Pack / Gemm / Unpack follow a deduplicated layout (dsend_token, a_rows into shared rows, ret_rows).
+  // Receives hierarchical dispatch's exchange 1 (DispatchLayout::x1_recv_*), every wave.
+  void* forward_buffer() { return fwd_.data(); }
+  // Whether Pack / Gemm / Unpack follow a deduplicated layout (dsend_token, a_rows into shared rows, ret_rows) and
+  // Forward is implemented (hierarchical layouts).
   virtual bool SupportsDedup() const { return false; }
-  virtual Status Pack(int w, Stream& stream) = 0;    // send rows of wave w (encodes the tokens at w = 0)
+  virtual Status Pack(int w, Stream& stream) = 0;  // send rows of wave w (encodes the tokens at w = 0)
+  // Hierarchical dispatch, between its two exchanges: copies the forward buffer's rows fwd_from[w] to the send
+  // buffer's rows fwd_to[w].
+  virtual Status Forward(int w, Stream& stream) {
+    (void)w;
+    (void)stream;
+    return absl::UnimplementedError("these layer operations do not forward dispatch rows");
+  }
   virtual Status Gemm(int w, Stream& stream) = 0;    // recv(w % 2) -> wave w's expert outputs
   virtual Status Unpack(int w, Stream& stream) = 0;  // wave w's outputs -> ret_send(w), BF16, recv row order
   // The shared expert on part 0 (the first half) or part 1 (the rest) of this rank's tokens: the schedule runs part
@@ -88,8 +98,8 @@ class LayerOps {
   virtual Status Finish(Stream& stream) = 0;  // out = combine-reduce(ret_recv) (+ shared), in host memory
 
  protected:
-  // Remembers the step and sizes the transit buffers (send, ret_send and ret_recv: every pair; recv: the largest
-  // wave). Sets max_wave_ and the return slots.
+  // Remembers the step and sizes the transit buffers (send: the layout's send rows; ret_send and ret_recv: every
+  // pair; recv: the largest wave; forward: the layout's forward rows). Sets max_wave_ and the return slots.
   Status BeginStep(const TokenBatch& batch, const DispatchLayout& lay, float* out);
   // Grows `b` to at least `bytes` (contents not kept; freed first: device memory is the scarce kind). Buffers are
   // reused across steps.
@@ -111,7 +121,7 @@ class LayerOps {
   float* out_ = nullptr;
   int64_t max_wave_ = 0;  // rows of the largest wave this rank receives
   // Transit rows: send (perm order), double-buffered receive, one return slot per wave, returned rows (perm order).
-  Buffer send_, recv_[2], ret_send_, ret_recv_;
+  Buffer send_, recv_[2], ret_send_, ret_recv_, fwd_;
   std::vector<int64_t> ret_send_row_begin_;  // wave_row_begin: first row of wave w's return slot in ret_send_
 };
 // OK when `device` (a CUDA device) is compiled in and visible; otherwise an error naming --device.

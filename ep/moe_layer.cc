@@ -8,6 +8,7 @@
 #include <cstring>
 #include <mutex>
 
+#include "absl/strings/str_join.h"
 #include "ep/ep.h"
 #include "ep/ep_internal.h"
 
@@ -137,7 +138,8 @@ Status LayerOps::BeginStep(const TokenBatch& batch, const DispatchLayout& lay, f
   max_wave_ = 0;
   for (int64_t n : lay.wave_recv_total) max_wave_ = std::max(max_wave_, n);
   const int64_t pairs = lay.perm.num_rows();
-  WAVEEP_RETURN_IF_ERROR(Ensure(send_, pairs * drow_));
+  WAVEEP_RETURN_IF_ERROR(Ensure(send_, lay.send_buffer_rows * drow_));
+  WAVEEP_RETURN_IF_ERROR(Ensure(fwd_, lay.forward_buffer_rows * drow_));
   WAVEEP_RETURN_IF_ERROR(Ensure(ret_recv_, pairs * crow_));
   for (int j = 0; j < 2; ++j) WAVEEP_RETURN_IF_ERROR(Ensure(recv_[j], max_wave_ * drow_));
   ret_send_row_begin_.assign(1, 0);
@@ -159,13 +161,26 @@ StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const ProcessContext& ctx, 
                                                      LayerConfig cfg, const WeightSource& weights) {
   if (comm == nullptr) return absl::InvalidArgumentError("MoeLayer::Create: communicator is null");
   Status valid = ValidateLayerConfig(cfg, comm->size());
+  if (valid.ok() && !cfg.node_of_rank.empty()) {
+    if (static_cast<int>(cfg.node_of_rank.size()) != comm->size()) {
+      valid = absl::InvalidArgumentError(absl::StrCat("node_of_rank has ", cfg.node_of_rank.size(),
+                                                      " entries but the communicator has ", comm->size(), " ranks"));
+    }
+    for (size_t r = 0; r < cfg.node_of_rank.size() && valid.ok(); ++r) {
+      if (cfg.node_of_rank[r] < 0 || cfg.node_of_rank[r] >= comm->size()) {
+        valid = absl::InvalidArgumentError(
+            absl::StrCat("node_of_rank[", r, "] = ", cfg.node_of_rank[r], " is outside [0, ", comm->size(), ")"));
+      }
+    }
+  }
   // The weights must fit before they are loaded (hostile or mistaken shapes end here, not in std::bad_alloc).
   if (valid.ok()) valid = CheckLayerFitsInMemory(cfg, comm->size(), 0);
   WAVEEP_RETURN_IF_ERROR(internal::AgreeStatus(*comm, valid));
-  std::string canon = absl::StrCat(ModelConfigToJson(cfg.model), "|", DTypeName(cfg.dispatch_dtype), "|", cfg.num_waves,
-                                   "|", cfg.shared_experts, "|", cfg.dedup);
-  WAVEEP_RETURN_IF_ERROR(
-      CheckSameOnAllRanks(ctx, "layer config (model, --dtype, --waves, shared experts, --dedup)", canon));
+  std::string canon =
+      absl::StrCat(ModelConfigToJson(cfg.model), "|", DTypeName(cfg.dispatch_dtype), "|", cfg.num_waves, "|",
+                   cfg.shared_experts, "|", cfg.dedup, "|", cfg.dedup_hosts, "|", absl::StrJoin(cfg.node_of_rank, ","));
+  WAVEEP_RETURN_IF_ERROR(CheckSameOnAllRanks(
+      ctx, "layer config (model, --dtype, --waves, shared experts, --dedup, --dedup_hosts, node_of_rank)", canon));
   WAVEEP_ASSIGN_OR_RETURN(Placement placement, Placement::Contiguous(cfg.model.num_experts, comm->size()));
   std::unique_ptr<MoeLayer> layer(new MoeLayer(ctx, comm, std::move(cfg), placement));
   Impl& im = *layer->impl_;
@@ -201,9 +216,12 @@ StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const ProcessContext& ctx, 
   WAVEEP_RETURN_IF_ERROR(comm->Allgather(mine, sizeof(mine), all.data()));
   bool all_dedup = true;
   for (int r = 0; r < comm->size(); ++r) {
-    layer->node_of_rank_.push_back(all[2 * r]);
+    layer->node_of_rank_.push_back(c.node_of_rank.empty() ? all[2 * r] : c.node_of_rank[r]);
     all_dedup = all_dedup && all[2 * r + 1] != 0;
   }
+  std::vector<int> nodes = layer->node_of_rank_;
+  std::sort(nodes.begin(), nodes.end());
+  layer->num_nodes_ = static_cast<int>(std::unique(nodes.begin(), nodes.end()) - nodes.begin());
   im.dedup_capable = all_dedup;
   layer->dedup_ = c.dedup && all_dedup;
   std::vector<float> w13(static_cast<size_t>(l) * 2 * i * h), w2(static_cast<size_t>(l) * h * i), sw13, sw2;
@@ -226,9 +244,11 @@ StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const ProcessContext& ctx, 
   return layer;
 }
 
-Status MoeLayer::SetDedup(bool dedup) {
-  WAVEEP_RETURN_IF_ERROR(CheckSameOnAllRanks(ctx_, "--dedup", dedup ? "1" : "0"));
+Status MoeLayer::SetDedup(bool dedup, bool dedup_hosts) {
+  WAVEEP_RETURN_IF_ERROR(
+      CheckSameOnAllRanks(ctx_, "--dedup / --dedup_hosts", absl::StrCat(dedup ? 1 : 0, dedup_hosts ? 1 : 0)));
   cfg_.dedup = dedup;
+  cfg_.dedup_hosts = dedup_hosts;
   dedup_ = dedup && impl_->dedup_capable;
   return absl::OkStatus();
 }
@@ -260,7 +280,8 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
           : absl::InvalidArgumentError(absl::StrCat("token batch has H=", batch.hidden, " K=", batch.top_k,
                                                     " but the model has H=", h, " K=", k));
   WAVEEP_RETURN_IF_ERROR(internal::AgreeStatus(*comm_, shape_ok));
-  WAVEEP_ASSIGN_OR_RETURN(im.lay, BuildDispatchLayout(*comm_, placement_, batch, w_count, dedup_));
+  WAVEEP_ASSIGN_OR_RETURN(im.lay, BuildDispatchLayout(*comm_, placement_, batch, w_count, dedup_,
+                                                      hierarchical() ? &node_of_rank_ : nullptr));
   const DispatchLayout& lay = im.lay;
   const double t_layout = NowUs();
   spans.push_back(SpanRecord{"comm", "layout", t0, t_layout, 0, 0});
@@ -276,7 +297,8 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
     double b = 0;
     for (int p = 0; p < r_count; ++p) {
       if (p == me || (internode && node_of_rank_[p] == node_of_rank_[me])) continue;
-      b += dispatch ? lay.dsend_rows[w * r_count + p] * drow : lay.recv_rows[w * r_count + p] * crow;
+      const int64_t i = w * r_count + p;
+      b += dispatch ? (lay.dsend_rows[i] + lay.x1_send_rows[i]) * drow : lay.recv_rows[i] * crow;
     }
     return b;
   };
@@ -290,6 +312,19 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
       a.send_offsets.push_back(lay.dsend_row_begin[w * r_count + p] * drow);
       a.recv_bytes.push_back(lay.drecv_rows[w * r_count + p] * drow);
       a.recv_offsets.push_back(lay.drecv_row_begin[w * r_count + p] * drow);
+    }
+    return a;
+  };
+  auto forward_args = [&](int w) {  // hierarchical exchange 1: to my proxies on other nodes
+    comm::AlltoallvArgs a;
+    a.send = ops.send();
+    a.recv = ops.forward_buffer();
+    a.label = absl::StrCat("alltoallv dispatch(", w, ") to node proxies");
+    for (int p = 0; p < r_count; ++p) {
+      a.send_bytes.push_back(lay.x1_send_rows[w * r_count + p] * drow);
+      a.send_offsets.push_back(lay.x1_send_row_begin[w * r_count + p] * drow);
+      a.recv_bytes.push_back(lay.x1_recv_rows[w * r_count + p] * drow);
+      a.recv_offsets.push_back(lay.x1_recv_row_begin[w * r_count + p] * drow);
     }
     return a;
   };
@@ -310,7 +345,13 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
   // ---- run the schedule: the same on every device; the ops enqueue host tasks or kernels ----
   internal::WaveOps wave;
   wave.pack = [&](int w, Stream& st) { return ops.Pack(w, st); };
-  wave.dispatch = [&](int w, Stream& st) { return comm_->AlltoallvAsync(dispatch_args(w), st); };
+  wave.dispatch = [&](int w, Stream& st) {
+    if (lay.hierarchical) {
+      WAVEEP_RETURN_IF_ERROR(comm_->AlltoallvAsync(forward_args(w), st));
+      WAVEEP_RETURN_IF_ERROR(ops.Forward(w, st));
+    }
+    return comm_->AlltoallvAsync(dispatch_args(w), st);
+  };
   wave.gemm = [&](int w, Stream& st) { return ops.Gemm(w, st); };
   wave.unpack = [&](int w, Stream& st) { return ops.Unpack(w, st); };
   wave.combine = [&](int w, Stream& st) { return comm_->AlltoallvAsync(combine_args(w), st); };

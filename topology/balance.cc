@@ -125,8 +125,12 @@ StatusOr<CheckReport> CheckBalance(const ModelConfig& model, const Cluster& clus
 
   WAVEEP_ASSIGN_OR_RETURN(std::vector<LinkTraffic> traffic, ExpertTraffic(cluster, r));
   // With deduplication a pair's dispatch row crosses dispatch_rows_per_pair times on average (by symmetry the same
-  // for every destination rank); its combine row still returns once.
+  // for every destination rank); its combine row still returns once. Per node (dedup_hosts, full nodes only), links
+  // that only inter-node traffic crosses carry the node-level figure.
   rep.dispatch_rows_per_pair = options.dedup ? DedupRowsPerPair(model, r, 1) : 1.0;
+  rep.nodes = (r + cluster.devices_per_node - 1) / cluster.devices_per_node;
+  const bool per_node = options.dedup && options.dedup_hosts && rep.nodes > 1 && r % cluster.devices_per_node == 0;
+  rep.internode_dispatch_rows_per_pair = per_node ? DedupRowsPerPair(model, rep.nodes, 1) : rep.dispatch_rows_per_pair;
   const double db_row = static_cast<double>(model.DispatchRowBytes(options.dispatch_dtype));
   const double db = db_row * rep.dispatch_rows_per_pair;
   const double cb = internal::CombineRowBytes(model);
@@ -146,16 +150,20 @@ StatusOr<CheckReport> CheckBalance(const ModelConfig& model, const Cluster& clus
     LinkCheck c;
     c.link = static_cast<int>(li);
     c.label = LinkLabel(cluster, l);
+    c.internode = t.internode_flows == t.num_flows;
+    c.dispatch_rows_per_pair = c.internode ? rep.internode_dispatch_rows_per_pair : rep.dispatch_rows_per_pair;
+    const double db_link = db_row * c.dispatch_rows_per_pair;
+    c.pair_flops_per_byte = rep.threshold.flops_per_pair / (db_link + cb);
     c.bw_gbps = l.effective_bw_gbps();
-    c.share = t.Share(db, cb, l.duplex);
+    c.share = t.Share(db_link, cb, l.duplex);
     c.num_devices = t.num_devices;
     // Bytes per second this link must move while the device computes: share * pair bytes per pair * pairs/s.
-    c.required_gbps = c.share * (db + cb) * flops / rep.threshold.flops_per_pair / 1e9;
+    c.required_gbps = c.share * (db_link + cb) * flops / rep.threshold.flops_per_pair / 1e9;
     c.flops_per_byte = flops * c.share / (c.bw_gbps * 1e9);
     c.margin = c.required_gbps > 0 ? c.bw_gbps / c.required_gbps : 1e30;
     c.comm_bound = c.margin < 1.0;
     c.exposed_fraction = c.comm_bound ? 1.0 - c.margin : 0.0;
-    c.bytes_per_step = bytes_per_step(t, l.duplex, db);
+    c.bytes_per_step = bytes_per_step(t, l.duplex, db_link);
     c.bytes_per_step_without_dedup = bytes_per_step(t, l.duplex, db_row);
     if (c.margin < worst) {
       worst = c.margin;

@@ -213,6 +213,18 @@ StatusOr<Prediction> PredictStep(const ModelConfig& model, const Cluster& cluste
   p.combine_row_bytes = internal::CombineRowBytes(model);
   p.dispatch_rows_per_pair = shape.dedup ? DedupRowsPerPair(model, r, 1) : 1.0;
   p.dispatch_bytes_per_rank = pairs * p.dispatch_rows_per_pair * (1.0 - p.local_fraction) * p.dispatch_row_bytes;
+  // Per node (dedup_hosts): over full nodes only (the layer's proxies assume every node holds as many ranks).
+  const int dpn = cluster.devices_per_node;
+  const int nodes = (r + dpn - 1) / dpn;
+  p.hierarchical = shape.dedup && shape.dedup_hosts && nodes > 1 && r % dpn == 0;
+  p.internode_rows_per_pair = p.hierarchical ? DedupRowsPerPair(model, nodes, 1) : p.dispatch_rows_per_pair;
+  if (p.hierarchical) {
+    // To other nodes once per node; inside the node, own rows to the node's other ranks and forwarded rows.
+    const double remote = (nodes - 1.0) / nodes, local_peers = (dpn - 1.0) / r;
+    p.dispatch_bytes_per_rank =
+        pairs * p.dispatch_row_bytes *
+        (p.internode_rows_per_pair * remote + p.dispatch_rows_per_pair * (local_peers + remote * (dpn - 1.0) / dpn));
+  }
   p.combine_bytes_per_rank = pairs * (1.0 - p.local_fraction) * p.combine_row_bytes;
   p.gemm_dtype = internal::GemmDtypeName(dev, shape.dispatch_dtype);
   WAVEEP_ASSIGN_OR_RETURN(p.peak_tflops, dev.PeakTflops(p.gemm_dtype));
@@ -280,10 +292,19 @@ StatusOr<Prediction> PredictStep(const ModelConfig& model, const Cluster& cluste
     p.notes.push_back(absl::StrFormat(
         "dispatch deduplication: %.3f dispatch rows per pair at W = 1 (uniform routing within the group limit)",
         p.dispatch_rows_per_pair));
+  if (p.hierarchical)
+    p.notes.push_back(absl::StrFormat(
+        "per-node dispatch: %.3f rows per pair to other nodes at W = 1 (once per node, forwarded inside it); a "
+        "wave's exchange is scaled by the node-level rows (the inter-node link bounds it), plus the forwarding copy "
+        "and hop at memory speed",
+        p.internode_rows_per_pair));
   for (int w_count = 1; w_count <= wmax; ++w_count) {
     std::vector<double> d_us(w_count), c_us(w_count), u_us(w_count), r_us(w_count);
     // Rows a wave's dispatch packs and sends, per pair (one per (token, rank, wave) with deduplication).
-    const double drows = shape.dedup && shape.split == WaveSplit::kExperts ? DedupRowsPerPair(model, r, w_count) : 1.0;
+    const bool by_expert = shape.split == WaveSplit::kExperts;
+    const double drows = shape.dedup && by_expert ? DedupRowsPerPair(model, r, w_count) : 1.0;
+    // Rows per pair the exchange carries where the inter-node link bounds it.
+    const double xrows = p.hierarchical && by_expert ? DedupRowsPerPair(model, nodes, w_count) : drows;
     double eff_sum = 0;
     for (int w = 0; w < w_count; ++w) {
       int experts = l;
@@ -295,7 +316,13 @@ StatusOr<Prediction> PredictStep(const ModelConfig& model, const Cluster& cluste
       }
       const double block = rows / r;  // rows to each peer (and to itself)
       const double pack = rows > 0 ? ovh + ConvertUs(dev, to_key, rows * drows * h * 4.0) : 0.0;
-      d_us[w] = pack + ex.Us(block * drows * p.dispatch_row_bytes, true);
+      d_us[w] = pack + ex.Us(block * xrows * p.dispatch_row_bytes, true);
+      if (p.hierarchical) {
+        // Forwarding: the rows of the other nodes' tokens for this node's ranks are copied into the send buffer and
+        // cross shared memory once more (read + write, twice).
+        const double fwd_bytes = rows * drows * p.dispatch_row_bytes * (nodes - 1.0) / nodes;
+        d_us[w] += ovh + 4.0 * fwd_bytes / (dev.memory_bw_gbps * 1e3);
+      }
       const double eff = internal::GemmEfficiency(dev, model, peak, wbytes, rows_per_expert, experts);
       eff_sum += eff;
       c_us[w] = ovh + ConvertUs(dev, from_key, rows * h * 4.0) +

@@ -44,7 +44,10 @@ std::string CheckReportToJson(const CheckReport& rep, const ModelConfig& model, 
                  {"effective_tflops", rep.effective_tflops},
                  {"pair_flops_per_byte", rep.pair_flops_per_byte},
                  {"dedup", opt.dedup},
+                 {"dedup_hosts", opt.dedup && opt.dedup_hosts},
                  {"dispatch_rows_per_pair", rep.dispatch_rows_per_pair},
+                 {"internode_dispatch_rows_per_pair", rep.internode_dispatch_rows_per_pair},
+                 {"nodes", rep.nodes},
                  {"pair_bytes", rep.pair_bytes}};
   Json links = Json::array();
   for (const LinkCheck& l : rep.links) {
@@ -60,7 +63,10 @@ std::string CheckReportToJson(const CheckReport& rep, const ModelConfig& model, 
                      {"verdict", l.comm_bound ? "comm-bound" : "balanced"},
                      {"exposed_fraction", l.exposed_fraction},
                      {"bytes_per_step", l.bytes_per_step},
-                     {"bytes_per_step_without_dedup", l.bytes_per_step_without_dedup}});
+                     {"bytes_per_step_without_dedup", l.bytes_per_step_without_dedup},
+                     {"internode", l.internode},
+                     {"dispatch_rows_per_pair", l.dispatch_rows_per_pair},
+                     {"pair_flops_per_byte", l.pair_flops_per_byte}});
   }
   j["links"] = links;
   j["any_comm_bound"] = rep.any_comm_bound;
@@ -78,6 +84,12 @@ std::string PredictionToJson(const Prediction& p, const ModelConfig& model, cons
   j["tokens_per_rank"] = shape.tokens_per_rank;
   j["dispatch_dtype"] = std::string(DTypeName(shape.dispatch_dtype));
   j["comm_source"] = p.comm_source;
+  j["dedup"] = shape.dedup;
+  j["dispatch_rows_per_pair"] = p.dispatch_rows_per_pair;
+  j["hierarchical"] = p.hierarchical;
+  j["internode_rows_per_pair"] = p.internode_rows_per_pair;
+  j["dispatch_bytes_per_rank"] = p.dispatch_bytes_per_rank;
+  j["combine_bytes_per_rank"] = p.combine_bytes_per_rank;
   j["t_seq_us"] = p.t_seq_us;
   j["phases_us"] = {{"dispatch", p.dispatch_us}, {"compute", p.compute_us}, {"combine", p.combine_us},
                     {"layout", p.layout_us},     {"shared", p.shared_us},   {"reduce", p.reduce_us}};

@@ -131,6 +131,7 @@ StatusOr<std::vector<LinkTraffic>> ExpertTraffic(const Cluster& cluster, int num
         LinkTraffic& t = out[disp.links[k]];
         (disp.forward[k] ? t.dispatch_fwd : t.dispatch_rev) += frac;
         ++t.num_flows;
+        if (s / cluster.devices_per_node != d / cluster.devices_per_node) ++t.internode_flows;
         (disp.forward[k] ? fwd_sources : rev_sources)[disp.links[k]].insert(s);
       }
       for (size_t k = 0; k < comb.links.size(); ++k) {

@@ -306,6 +306,11 @@ struct CheckOptions {
   // Dispatch deduplication (ep::LayerConfig::dedup, on by default in the layer and the CLI): a token's dispatch row
   // crosses to each destination rank once, DedupRowsPerPair(model, R, 1) rows per (token, expert) pair on average.
   bool dedup = false;
+  // With `dedup`, across nodes (ep::LayerConfig::dedup_hosts, on by default): a token crosses to each other node
+  // once, DedupRowsPerPair(model, nodes, 1) rows per pair on links that only inter-node traffic crosses (NICs,
+  // fabric). Needs every node full (R a multiple of devices_per_node); otherwise per rank. The forwarded copies
+  // inside the destination node are not added to its intra-node links.
+  bool dedup_hosts = false;
 };
 
 struct LinkCheck {
@@ -325,6 +330,11 @@ struct LinkCheck {
   // bytes, with CheckOptions::dedup as given, and what they would be without deduplication.
   double bytes_per_step = 0;
   double bytes_per_step_without_dedup = 0;
+  // Dispatch rows per pair on this link, and 6HI / (those rows' bytes + a combine row): the threshold its
+  // flops_per_byte is held against. The report's values, except on inter-node links with CheckOptions::dedup_hosts.
+  double dispatch_rows_per_pair = 1;
+  double pair_flops_per_byte = 0;
+  bool internode = false;  // only traffic between nodes crosses it
 };
 
 struct CheckReport {
@@ -340,6 +350,10 @@ struct CheckReport {
   // else 1; and the bytes of one pair on a link: dispatch row (with scales) x dispatch_rows_per_pair + combine row.
   double dispatch_rows_per_pair = 1;
   double pair_bytes = 0;
+  // With CheckOptions::dedup_hosts (and dedup) over full nodes: DedupRowsPerPair(model, nodes, 1), the dispatch rows
+  // per pair on inter-node links; else dispatch_rows_per_pair.
+  double internode_dispatch_rows_per_pair = 1;
+  int nodes = 1;  // nodes the EP group spans
   // 6HI / pair_bytes: the threshold each link's flops_per_byte is held against. Without dedup it equals
   // threshold.refined_remote_flops_per_byte * (1 - 1/R) minus metadata.
   double pair_flops_per_byte = 0;
@@ -377,6 +391,10 @@ struct StepShape {
   bool use_measured_alltoall = true;  // use the probe's all-to-all curve when it matches R
   // Dispatch deduplication (ep::LayerConfig::dedup): dispatch rows per pair = DedupRowsPerPair(model, R, W).
   bool dedup = false;
+  // With `dedup` over several full nodes (ep::LayerConfig::dedup_hosts): a wave's exchange carries
+  // DedupRowsPerPair(model, nodes, W) rows per pair (the inter-node link bounds it), plus the forwarding inside the
+  // node (a copy and a shared-memory hop of the per-rank rows, at memory speed).
+  bool dedup_hosts = false;
 };
 
 // Expected dispatch rows per (token, expert) pair when each token is sent once per destination rank and wave (the
@@ -403,11 +421,14 @@ struct WavePrediction {
 struct Prediction {
   int num_ranks = 0;
   int local_experts = 0;
-  double rows_per_expert = 0;          // per step, uniform routing
-  double local_fraction = 0;           // 1 / R
-  double dispatch_row_bytes = 0;       // H * b + FP8 scales
-  double combine_row_bytes = 0;        // 2H
-  double dispatch_rows_per_pair = 1;   // DedupRowsPerPair at W = 1 with StepShape::dedup, else 1
+  double rows_per_expert = 0;         // per step, uniform routing
+  double local_fraction = 0;          // 1 / R
+  double dispatch_row_bytes = 0;      // H * b + FP8 scales
+  double combine_row_bytes = 0;       // 2H
+  double dispatch_rows_per_pair = 1;  // DedupRowsPerPair at W = 1 with StepShape::dedup, else 1
+  // StepShape::dedup_hosts in effect: rows per pair sent to other nodes (DedupRowsPerPair over nodes, W = 1).
+  bool hierarchical = false;
+  double internode_rows_per_pair = 1;
   double dispatch_bytes_per_rank = 0;  // sent to other ranks per step (W = 1)
   double combine_bytes_per_rank = 0;
   std::string gemm_dtype;

@@ -37,7 +37,8 @@ struct LinkTraffic {
   // Fraction of one rank's pairs whose dispatch (resp. combine) row crosses the link in each direction. A device's
   // NVLink port in EP8 carries 7/8 of its pairs' dispatch rows forward (out) and 7/8 of others' rows back (in).
   double dispatch_fwd = 0, dispatch_rev = 0, combine_fwd = 0, combine_rev = 0;
-  int num_flows = 0;  // (src, dst) rank pairs crossing the link
+  int num_flows = 0;        // (src, dst) rank pairs crossing the link
+  int internode_flows = 0;  // ... of which between ranks on different nodes
   // Ranks behind the link: of the ranks whose dispatch rows cross it, the smaller set of the two directions. A
   // GPU's own port: 1; a NIC shared by 4 GPUs: 4; a PCIe uplink of a 2-GPU switch: 2.
   int num_devices = 0;

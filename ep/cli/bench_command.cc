@@ -23,17 +23,22 @@ ABSL_FLAG(std::string, waves_list, "1,2,4,8", "Comma-separated wave counts; 1 (t
 ABSL_FLAG(std::string, tokens_list, "128,512", "Comma-separated tokens per rank");
 ABSL_FLAG(std::string, csv, "", "Write the table as CSV to this file");
 ABSL_FLAG(std::string, dedup_list, "1",
-          "Comma-separated dispatch deduplication settings to measure side by side: 1 (on), 0 (off), or 1,0");
+          "Comma-separated dispatch deduplication settings to measure side by side: 1 or on (--dedup_hosts decides "
+          "per host or per rank), host (per destination host across hosts, per rank inside one), rank (per "
+          "destination rank), 0 or off; e.g. host,rank,off");
 
 namespace waveep::cli {
 
 std::vector<std::string> BenchFlagNames() {
-  return {"models",  "waves_list", "tokens_list",  "steps",          "warmup",  "dtype",
-          "routing", "seed",       "csv",          "json",           "cluster", "backend",
-          "device",  "timeout_s",  "blas_threads", "shared_experts", "quiet",   "dedup_list"};
+  return {"models", "waves_list", "tokens_list", "steps",   "warmup", "dtype",     "routing",      "seed",
+          "csv",    "json",       "cluster",     "backend", "device", "timeout_s", "blas_threads", "shared_experts",
+          "quiet",  "dedup_list", "dedup_hosts"};
 }
 
 namespace {
+
+// What the dedup column says: off, rank (per destination rank), host (per destination host, forwarded inside it).
+const char* DedupName(const BenchRow& r) { return !r.dedup ? "off" : r.dedup_hosts ? "host" : "rank"; }
 
 std::string Fmt(const char* f, double v) {
   char buf[64];
@@ -41,12 +46,19 @@ std::string Fmt(const char* f, double v) {
   return buf;
 }
 
+// One --dedup_list entry: LayerConfig::dedup and dedup_hosts.
+struct DedupSetting {
+  bool dedup = true;
+  bool hosts = true;
+  bool operator==(const DedupSetting& o) const { return dedup == o.dedup && hosts == o.hosts; }
+};
+
 // What the flags ask `waveep bench` to measure: models x tokens per rank x wave counts (W = 1 always included).
 struct BenchPlan {
   std::vector<std::string> models;
   std::vector<int64_t> tokens;
-  std::vector<int64_t> waves;  // sorted, unique, with 1
-  std::vector<bool> dedup;     // deduplication settings, in the order given
+  std::vector<int64_t> waves;       // sorted, unique, with 1
+  std::vector<DedupSetting> dedup;  // deduplication settings, in the order given
   ep::RoutingMode routing = ep::RoutingMode::kGate;
 };
 
@@ -64,10 +76,22 @@ StatusOr<BenchPlan> BenchPlanFromFlags(const ProcessContext& ctx) {
   waves.erase(std::unique(waves.begin(), waves.end()), waves.end());
   for (int64_t t : plan.tokens)
     if (t < 0) return absl::InvalidArgumentError(absl::StrCat("--tokens_list: tokens per rank must be >= 0, got ", t));
-  WAVEEP_ASSIGN_OR_RETURN(std::vector<int64_t> dedup, ParseIntList("dedup_list", absl::GetFlag(FLAGS_dedup_list)));
-  for (int64_t d : dedup) {
-    if (d != 0 && d != 1) return absl::InvalidArgumentError(absl::StrCat("--dedup_list: ", d, " is not 0 or 1"));
-    if (std::find(plan.dedup.begin(), plan.dedup.end(), d == 1) == plan.dedup.end()) plan.dedup.push_back(d == 1);
+  for (absl::string_view v : absl::StrSplit(absl::GetFlag(FLAGS_dedup_list), ',', absl::SkipEmpty())) {
+    v = absl::StripAsciiWhitespace(v);
+    DedupSetting d;
+    if (v == "0" || v == "off") {
+      d = {false, false};
+    } else if (v == "1" || v == "on") {
+      d = {true, absl::GetFlag(FLAGS_dedup_hosts)};
+    } else if (v == "rank") {
+      d = {true, false};
+    } else if (v == "host") {
+      d = {true, true};
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--dedup_list: '", v, "' is not one of 1, on, host, rank, 0, off"));
+    }
+    if (std::find(plan.dedup.begin(), plan.dedup.end(), d) == plan.dedup.end()) plan.dedup.push_back(d);
   }
   if (plan.dedup.empty()) return absl::InvalidArgumentError("--dedup_list is empty");
   plan.models = absl::StrSplit(absl::GetFlag(FLAGS_models), ',', absl::SkipEmpty());
@@ -115,14 +139,16 @@ StatusOr<std::pair<ep::LayerConfig, std::vector<int>>> BenchModel(const ProcessC
 // --warmup + --steps rounds on one session; each round runs every (dedup setting, wave count) once, interleaved so
 // every configuration sees the same machine state. One series per configuration: index d * waves + i.
 StatusOr<std::vector<StepSeries>> MeasureWaves(const ProcessContext& ctx, Session& s, RunPoint p,
-                                               const std::vector<bool>& dedup, const std::vector<int>& model_waves) {
+                                               const std::vector<DedupSetting>& dedup,
+                                               const std::vector<int>& model_waves) {
   const int steps = absl::GetFlag(FLAGS_steps), warmup = absl::GetFlag(FLAGS_warmup);
   std::vector<StepSeries> series(dedup.size() * model_waves.size());
   for (int rep = 0; rep < warmup + steps; ++rep) {
     for (size_t c = 0; c < series.size(); ++c) {
       const size_t i = c % model_waves.size();
-      const bool want = dedup[c / model_waves.size()];
-      if (s.layer->config().dedup != want) WAVEEP_RETURN_IF_ERROR(s.layer->SetDedup(want));
+      const DedupSetting want = dedup[c / model_waves.size()];
+      if (s.layer->config().dedup != want.dedup || s.layer->config().dedup_hosts != want.hosts)
+        WAVEEP_RETURN_IF_ERROR(s.layer->SetDedup(want.dedup, want.hosts));
       WAVEEP_RETURN_IF_ERROR(s.layer->SetNumWaves(model_waves[i]));
       p.steps = 1;
       p.warmup = rep < warmup ? 1 : 0;
@@ -140,6 +166,7 @@ StatusOr<std::vector<StepSeries>> MeasureWaves(const ProcessContext& ctx, Sessio
         acc.dispatch_bytes_per_step = one.dispatch_bytes_per_step;
         acc.internode_bytes_per_step = one.internode_bytes_per_step;
         acc.dedup = one.dedup;
+        acc.hierarchical = one.hierarchical;
       }
     }
   }
@@ -151,6 +178,7 @@ BenchRow MakeBenchRow(const ProcessContext& ctx, const ep::LayerConfig& cfg, int
                       const StepSeries& series, double base_median) {
   BenchRow r;
   r.dedup = series.dedup;
+  r.dedup_hosts = series.hierarchical;
   r.mb_per_step = series.bytes_sent_per_step / 1e6;
   r.dispatch_mb_per_step = series.dispatch_bytes_per_step / 1e6;
   r.internode_mb_per_step = series.internode_bytes_per_step / 1e6;
@@ -232,12 +260,13 @@ Status BenchImpl(const ProcessContext& ctx) {
         if (predictor) {
           ep::LayerConfig row_cfg = cfg;
           row_cfg.dedup = r.dedup;
+          row_cfg.dedup_hosts = r.dedup_hosts;
           WAVEEP_ASSIGN_OR_RETURN(r.predicted_ms, predictor->StepMs(row_cfg, t, model_waves[i], ctx.world_size));
         }
         rows.push_back(r);
         if (ctx.world_rank == 0 && !quiet)
-          std::fprintf(stderr, "[waveep]   waves=%d dedup=%d: median %.3f ms (speedup %.2fx, overlap %.2f)\n", r.waves,
-                       r.dedup ? 1 : 0, r.step_ms_median, r.speedup, r.overlap_efficiency);
+          std::fprintf(stderr, "[waveep]   waves=%d dedup=%s: median %.3f ms (speedup %.2fx, overlap %.2f)\n", r.waves,
+                       DedupName(r), r.step_ms_median, r.speedup, r.overlap_efficiency);
       }
     }
   }
@@ -267,9 +296,9 @@ std::string FormatBenchTable(const std::vector<BenchRow>& rows, int blas_threads
     std::snprintf(
         line, sizeof(line),
         "%-18s %5d %8lld %5s %5d %5s %10.3f %9.3f %9.3f %7.2fx %10.3f %10.3f %8.2f %9.4f %10.3f %9.3f %9.3f%s\n",
-        r.model.c_str(), r.ranks, static_cast<long long>(r.tokens_per_rank), r.dtype.c_str(), r.waves,
-        r.dedup ? "on" : "off", r.step_ms_median, r.step_ms_min, r.step_ms_max, r.speedup, r.compute_ms, r.comm_ms,
-        r.overlap_efficiency, r.tflops, r.gbps_per_rank, r.mb_per_step, r.internode_mb_per_step, p.c_str());
+        r.model.c_str(), r.ranks, static_cast<long long>(r.tokens_per_rank), r.dtype.c_str(), r.waves, DedupName(r),
+        r.step_ms_median, r.step_ms_min, r.step_ms_max, r.speedup, r.compute_ms, r.comm_ms, r.overlap_efficiency,
+        r.tflops, r.gbps_per_rank, r.mb_per_step, r.internode_mb_per_step, p.c_str());
     o << line;
   }
   return o.str();
@@ -279,13 +308,13 @@ std::string BenchCsv(const std::vector<BenchRow>& rows) {
   std::ostringstream o;
   o << "model,ranks,tokens_per_rank,dtype,waves,step_ms_median,step_ms_min,step_ms_max,speedup,compute_ms,comm_ms,"
        "overlap_efficiency,tflops,gbps_per_rank,predicted_ms,nodes,dedup,mb_per_step,dispatch_mb_per_step,"
-       "internode_mb_per_step\n";
+       "internode_mb_per_step,dedup_hosts\n";
   for (const BenchRow& r : rows) {
     o << r.model << ',' << r.ranks << ',' << r.tokens_per_rank << ',' << r.dtype << ',' << r.waves << ','
       << r.step_ms_median << ',' << r.step_ms_min << ',' << r.step_ms_max << ',' << r.speedup << ',' << r.compute_ms
       << ',' << r.comm_ms << ',' << r.overlap_efficiency << ',' << r.tflops << ',' << r.gbps_per_rank << ','
       << r.predicted_ms << ',' << r.nodes << ',' << (r.dedup ? 1 : 0) << ',' << r.mb_per_step << ','
-      << r.dispatch_mb_per_step << ',' << r.internode_mb_per_step << '\n';
+      << r.dispatch_mb_per_step << ',' << r.internode_mb_per_step << ',' << (r.dedup_hosts ? 1 : 0) << '\n';
   }
   return o.str();
 }
@@ -310,6 +339,7 @@ std::string BenchJsonRows(const std::vector<BenchRow>& rows) {
                  {"predicted_ms", r.predicted_ms},
                  {"nodes", r.nodes},
                  {"dedup", r.dedup},
+                 {"dedup_hosts", r.dedup_hosts},
                  {"mb_per_step", r.mb_per_step},
                  {"dispatch_mb_per_step", r.dispatch_mb_per_step},
                  {"internode_mb_per_step", r.internode_mb_per_step}});

@@ -18,7 +18,8 @@ struct BenchRow {
   int64_t tokens_per_rank = 0;
   std::string dtype;
   int waves = 1;
-  bool dedup = true;  // dispatch deduplication in effect (MoeLayer::dedup())
+  bool dedup = true;         // dispatch deduplication in effect (MoeLayer::dedup())
+  bool dedup_hosts = false;  // ... once per destination host (MoeLayer::hierarchical())
   double step_ms_median = 0, step_ms_min = 0, step_ms_max = 0;
   double speedup = 0;  // W=1 median (same dedup setting) / this median, same run
   double compute_ms = 0, comm_ms = 0, overlap_efficiency = 0;

@@ -33,6 +33,7 @@ ABSL_DECLARE_FLAG(std::string, device);
 ABSL_DECLARE_FLAG(int, blas_threads);
 ABSL_DECLARE_FLAG(bool, shared_experts);
 ABSL_DECLARE_FLAG(bool, dedup);
+ABSL_DECLARE_FLAG(bool, dedup_hosts);
 ABSL_DECLARE_FLAG(bool, quiet);
 ABSL_DECLARE_FLAG(std::string, cluster);
 

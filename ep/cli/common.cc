@@ -69,6 +69,7 @@ StatusOr<ep::LayerConfig> LayerConfigFromFlags(const ProcessContext& ctx) {
   cfg.num_waves = absl::GetFlag(FLAGS_waves);
   cfg.shared_experts = absl::GetFlag(FLAGS_shared_experts);
   cfg.dedup = absl::GetFlag(FLAGS_dedup);
+  cfg.dedup_hosts = absl::GetFlag(FLAGS_dedup_hosts);
   WAVEEP_ASSIGN_OR_RETURN(cfg.device, DeviceFromFlag(ctx));
   if (absl::GetFlag(FLAGS_tokens_per_rank) < 0) {
     return absl::InvalidArgumentError(

@@ -27,6 +27,7 @@ constexpr double kProgressEveryS = 5.0;
 StatusOr<StepSeries> RunSteps(const ProcessContext& ctx, Session& s, const RunPoint& p) {
   StepSeries series;
   series.dedup = s.layer->dedup();
+  series.hierarchical = s.layer->hierarchical();
   const int total = p.warmup + p.steps;
   const double started = NowUs();
   double last_progress = started;

@@ -22,6 +22,7 @@ struct StepSeries {
   double dispatch_bytes_per_step = 0;   // the dispatch part of it
   double internode_bytes_per_step = 0;  // the part that went to ranks on other nodes
   bool dedup = false;                   // dispatch deduplication in effect (MoeLayer::dedup())
+  bool hierarchical = false;            // ... once per destination host (MoeLayer::hierarchical())
   int64_t max_rows_per_rank = 0;        // routed rows computed by the busiest rank
   ep::StepStats last_local;             // this rank's last step (spans for the trace)
 };

@@ -35,6 +35,10 @@ ABSL_FLAG(bool, shared_experts, true, "Include the model's shared expert(s), com
 ABSL_FLAG(bool, dedup, true,
           "Dispatch deduplication: send each token once per destination rank and wave instead of once per (token, "
           "expert) pair (output unchanged; --device=cpu only for now, CUDA sends every pair)");
+ABSL_FLAG(bool, dedup_hosts, true,
+          "With --dedup, when the ranks run on several hosts: send each token once per destination host and wave, to "
+          "one rank there that forwards it over shared memory to the host's other ranks that need it (output "
+          "unchanged)");
 ABSL_FLAG(std::string, cluster, "",
           "Cluster description: a preset in configs/clusters/ or a JSON path (e.g. written by `waveep topo probe`); "
           "topo check/model/tune use it, bench adds the topology model's predicted step time next to the measured");
@@ -59,9 +63,9 @@ std::string CanonicalFlags() {
                       ";verify=", absl::GetFlag(FLAGS_verify), ";waves=", absl::GetFlag(FLAGS_waves),
                       ";routing=", absl::GetFlag(FLAGS_routing), ";backend=", absl::GetFlag(FLAGS_backend),
                       ";device=", absl::GetFlag(FLAGS_device), ";shared=", absl::GetFlag(FLAGS_shared_experts),
-                      ";dedup=", absl::GetFlag(FLAGS_dedup), ";checkpoint=", absl::GetFlag(FLAGS_checkpoint),
-                      ";layer=", absl::GetFlag(FLAGS_layer), ";input=", absl::GetFlag(FLAGS_input),
-                      ";output=", absl::GetFlag(FLAGS_output));
+                      ";dedup=", absl::GetFlag(FLAGS_dedup), ";dedup_hosts=", absl::GetFlag(FLAGS_dedup_hosts),
+                      ";checkpoint=", absl::GetFlag(FLAGS_checkpoint), ";layer=", absl::GetFlag(FLAGS_layer),
+                      ";input=", absl::GetFlag(FLAGS_input), ";output=", absl::GetFlag(FLAGS_output));
 }
 
 }  // namespace waveep::cli

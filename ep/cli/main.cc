@@ -35,10 +35,11 @@ constexpr const char* kUsage =
 
 // Flags shown by `waveep run --help`, in this order.
 const std::vector<std::string> kRunFlags = {
-    "model",        "tokens_per_rank", "steps", "warmup",     "dtype",   "waves",  "routing",
-    "seed",         "verify",          "json",  "trace",      "backend", "device", "timeout_s",
-    "blas_threads", "shared_experts",  "dedup", "checkpoint", "layer",   "input",  "output",
-    "quiet"};
+    "model",          "tokens_per_rank", "steps",       "warmup",     "dtype",
+    "waves",          "routing",         "seed",        "verify",     "json",
+    "trace",          "backend",         "device",      "timeout_s",  "blas_threads",
+    "shared_experts", "dedup",           "dedup_hosts", "checkpoint", "layer",
+    "input",          "output",          "quiet"};
 
 bool IsRankZero() {
   for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"}) {

@@ -21,6 +21,7 @@ class TopologyPredictor final : public Predictor {
     shape.max_waves = waves;
     shape.shared_experts = cfg.shared_experts;
     shape.dedup = cfg.dedup;
+    shape.dedup_hosts = cfg.dedup_hosts;
     shape.blas_threads = blas_threads_;
     WAVEEP_ASSIGN_OR_RETURN(topology::Prediction p, topology::PredictStep(cfg.model, cluster_, shape));
     if (static_cast<int>(p.waves.size()) < waves)

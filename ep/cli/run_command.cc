@@ -174,8 +174,9 @@ struct RunReport {
   Sources src;
   std::string backend;
   int blas_threads = 1;
-  bool custom = false;  // --checkpoint or --input
-  bool dedup = false;   // dispatch deduplication in effect (MoeLayer::dedup())
+  bool custom = false;        // --checkpoint or --input
+  bool dedup = false;         // dispatch deduplication in effect (MoeLayer::dedup())
+  bool hierarchical = false;  // ... once per destination host (MoeLayer::hierarchical())
   int ranks = 1, nodes = 1;
   std::string launcher;
   long long min_tokens = 0, max_tokens = 0;  // tokens per rank (uneven with --input)
@@ -241,7 +242,10 @@ void PrintRunSummary(const RunReport& r) {
   }
   std::printf(" experts/rank=%d waves=%d dtype=%s routing=%s backend=%s dedup=%s blas_threads=%d\n", l, r.cfg.num_waves,
               std::string(DTypeName(r.cfg.dispatch_dtype)).c_str(), r.src.routing.c_str(), r.backend.c_str(),
-              r.dedup ? "on" : "off", r.blas_threads);
+              !r.dedup         ? "off"
+              : r.hierarchical ? "host"
+                               : "rank",
+              r.blas_threads);
   if (r.src.ckpt != nullptr) {
     std::printf("  checkpoint  %s layer %d (%s naming, %s weights): read %.2f MB max per rank, %.2f MB all ranks\n",
                 r.src.checkpoint.c_str(), r.src.ckpt->layer(),
@@ -322,6 +326,7 @@ nlohmann::json RunReportToJson(const RunReport& r) {
   j["tflops"] = r.tflops;
   j["bytes_sent_per_step"] = r.series.bytes_sent_per_step;
   j["dedup"] = r.dedup;
+  j["dedup_hosts"] = r.hierarchical;
   j["dispatch_bytes_per_step"] = r.series.dispatch_bytes_per_step;
   j["internode_bytes_per_step"] = r.series.internode_bytes_per_step;
   j["gbps_sent_per_rank"] = r.gbps_per_rank;
@@ -372,6 +377,7 @@ Status RunImpl(const ProcessContext& ctx, int* exit_code) {
   WAVEEP_RETURN_IF_ERROR(AgreeOnStatus(ctx, session_or.status()));
   Session s = *std::move(session_or);
   r.dedup = s.layer->dedup();
+  r.hierarchical = s.layer->hierarchical();
   if (r.src.ckpt != nullptr && ctx.world_rank == 0) {
     for (const std::string& note : r.src.ckpt->notes()) std::fprintf(stderr, "[waveep] note: %s\n", note.c_str());
   }

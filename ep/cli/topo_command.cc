@@ -66,6 +66,7 @@ const std::vector<std::string> kTopoFlags = {"model",
                                              "json",
                                              "all_links",
                                              "dedup",
+                                             "dedup_hosts",
                                              "max_waves",
                                              "wave_split",
                                              "out",
@@ -216,6 +217,7 @@ StatusOr<topology::CheckOptions> CheckOptionsFromFlags() {
   opt.tokens_per_rank = absl::GetFlag(FLAGS_tokens_per_rank);
   opt.num_ranks = absl::GetFlag(FLAGS_ranks);
   opt.dedup = absl::GetFlag(FLAGS_dedup);
+  opt.dedup_hosts = absl::GetFlag(FLAGS_dedup_hosts);
   return opt;
 }
 
@@ -259,6 +261,13 @@ void PrintThreshold(const ModelConfig& model, const topology::Cluster& c, const 
                         rep.pair_bytes));
   } else {
     row("dispatch dedup", "off (--nodedup)", absl::StrFormat("1 dispatch row per pair -> %.0f B", rep.pair_bytes));
+  }
+  if (opt.dedup && rep.internode_dispatch_rows_per_pair != rep.dispatch_rows_per_pair) {
+    const double db = static_cast<double>(model.DispatchRowBytes(opt.dispatch_dtype));
+    const double pb = db * rep.internode_dispatch_rows_per_pair + 2.0 * h;
+    row("per node (--dedup_hosts)", absl::StrFormat("once per token and node, %d nodes", rep.nodes),
+        absl::StrFormat("= %.3f rows per pair -> %.0f B -> %.1f FLOPs/byte on inter-node links",
+                        rep.internode_dispatch_rows_per_pair, pb, t.flops_per_pair / pb));
   }
 }
 
@@ -354,6 +363,7 @@ StatusOr<topology::StepShape> ShapeFromFlags() {
   if (s.max_waves < 0) return absl::InvalidArgumentError("--max_waves must be >= 0");
   s.shared_experts = absl::GetFlag(FLAGS_shared_experts);
   s.dedup = absl::GetFlag(FLAGS_dedup);
+  s.dedup_hosts = absl::GetFlag(FLAGS_dedup_hosts);
   s.blas_threads = absl::GetFlag(FLAGS_blas_threads);
   const std::string split = absl::GetFlag(FLAGS_wave_split);
   if (split == "experts") {
@@ -378,6 +388,12 @@ void PrintPrediction(const ModelConfig& model, const topology::Cluster& c, const
   std::printf("  per step per rank: dispatch %s + combine %s to other ranks (rows of %.0f B / %.0f B)\n",
               Human(p.dispatch_bytes_per_rank).c_str(), Human(p.combine_bytes_per_rank).c_str(), p.dispatch_row_bytes,
               p.combine_row_bytes);
+  if (shape.dedup) {
+    std::printf("  dispatch rows per pair at W=1: %.3f per rank%s\n", p.dispatch_rows_per_pair,
+                p.hierarchical
+                    ? absl::StrFormat(", %.3f to other nodes (once per node)", p.internode_rows_per_pair).c_str()
+                    : "");
+  }
   std::printf("  compute: %s GEMMs at %.4g TFLOP/s peak; comm: %s\n", p.gemm_dtype.c_str(), p.peak_tflops,
               p.comm_source.c_str());
   std::printf("  phases at W=1: D %.1f us, C %.1f us, R %.1f us (+ layout %.1f, shared %.1f, reduce %.1f)\n",

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <set>
 
+#include "absl/strings/str_join.h"
 #include "comm/comm.h"
 #include "ep/ep.h"
 #include "gmock/gmock.h"
@@ -33,9 +34,10 @@ struct Run {
 };
 
 // Runs one layer step on `ctx` for tokens [first, first + n) with the given settings.
+// `nodes` (optional): LayerConfig::node_of_rank, to emulate ranks on several nodes.
 StatusOr<Run> RunLayer(const ProcessContext& ctx, const ModelConfig& m, int waves, DType dtype, RoutingMode routing,
                        int64_t first, int64_t n, uint64_t seed = 5, int steps = 1, Device device = Device::Cpu(),
-                       bool dedup = true) {
+                       bool dedup = true, std::vector<int> nodes = {}, bool dedup_hosts = true) {
   WAVEEP_ASSIGN_OR_RETURN(auto comm, comm::CreateCommunicator("mpi", ctx));
   LayerConfig cfg;
   cfg.device = device;
@@ -43,6 +45,8 @@ StatusOr<Run> RunLayer(const ProcessContext& ctx, const ModelConfig& m, int wave
   cfg.num_waves = waves;
   cfg.dispatch_dtype = dtype;
   cfg.dedup = dedup;
+  cfg.dedup_hosts = dedup_hosts;
+  cfg.node_of_rank = std::move(nodes);
   cfg.timeout = absl::Seconds(60);
   auto weights = MakeSyntheticWeights(m, seed);
   WAVEEP_ASSIGN_OR_RETURN(auto layer, MoeLayer::Create(ctx, comm.get(), cfg, *weights));
@@ -192,6 +196,91 @@ TEST_P(LayerTest, DedupSendsEachTokenOncePerRankAndWaveAndChangesNoBit) {
     }
     EXPECT_EQ(on->stats.bytes_sent_dispatch, expect_bytes) << "waves " << w;
     EXPECT_EQ(off->stats.bytes_sent_dispatch, pair_bytes) << "waves " << w;
+  }
+}
+
+// Per-node dispatch (hierarchical) moves the same rows by another road: the output is the same bits as per-rank
+// deduplication and as none, for every W and for two ways of grouping the ranks into emulated nodes (blocks and
+// interleaved). What crosses between nodes is exactly one row per (token, other node, wave) that any rank of that
+// node needs (counted here from the routing and the allgathered wave boundaries, independently of the layout code),
+// and never more than per-rank deduplication sends between nodes.
+TEST_P(LayerTest, PerNodeDispatchCrossesEachNodeOncePerTokenAndChangesNoBit) {
+  const ProcessContext& ctx = MpiTestContext();
+  if (ctx.world_size < 2) GTEST_SKIP() << "needs 2 ranks (emulated as 2 nodes)";
+  ModelConfig m = Tiny();
+  DType dt = *ParseDType(GetParam().dtype);
+  const int64_t t = 40;
+  const int r_count = ctx.world_size, local = m.num_experts / r_count, me = ctx.world_rank;
+  auto batch = MakeSyntheticBatch(m, GetParam().routing, 5, me * t, t);
+  ASSERT_TRUE(batch.ok());
+  auto comm = comm::CreateCommunicator("mpi", ctx);
+  ASSERT_TRUE(comm.ok());
+  auto placement = Placement::Contiguous(m.num_experts, r_count);
+  ASSERT_TRUE(placement.ok());
+  std::vector<std::vector<int>> groupings;
+  std::vector<int> blocks(r_count), interleaved(r_count);
+  for (int r = 0; r < r_count; ++r) {
+    blocks[r] = r / std::max(1, r_count / 2);
+    interleaved[r] = r % 2;
+  }
+  groupings.push_back(blocks);
+  if (interleaved != blocks) groupings.push_back(interleaved);
+  for (const std::vector<int>& nodes : groupings) {
+    for (int w : {1, 2, 4}) {
+      if (w > local) continue;
+      const std::string what = absl::StrCat("waves ", w, " nodes ", absl::StrJoin(nodes, ","));
+      auto host = RunLayer(ctx, m, w, dt, GetParam().routing, me * t, t, 5, 1, Device::Cpu(), true, nodes, true);
+      auto rank = RunLayer(ctx, m, w, dt, GetParam().routing, me * t, t, 5, 1, Device::Cpu(), true, nodes, false);
+      auto off = RunLayer(ctx, m, w, dt, GetParam().routing, me * t, t, 5, 1, Device::Cpu(), false, nodes, true);
+      ASSERT_TRUE(host.ok()) << host.status();
+      ASSERT_TRUE(rank.ok()) << rank.status();
+      ASSERT_TRUE(off.ok()) << off.status();
+      ASSERT_EQ(0, std::memcmp(host->out.data(), rank->out.data(), host->out.size() * sizeof(float))) << what;
+      ASSERT_EQ(0, std::memcmp(host->out.data(), off->out.data(), host->out.size() * sizeof(float))) << what;
+
+      auto lay = BuildDispatchLayout(**comm, *placement, *batch, w, /*dedup=*/true, &nodes);
+      ASSERT_TRUE(lay.ok()) << lay.status();
+      ASSERT_TRUE(lay->hierarchical) << what;
+      // Distinct (token, wave) per other node, from the routing.
+      int64_t expect_rows = 0;
+      std::set<int> node_ids(nodes.begin(), nodes.end());
+      for (int b : node_ids) {
+        if (b == nodes[me]) continue;
+        for (int wv = 0; wv < w; ++wv) {
+          std::set<int64_t> tokens;
+          for (int64_t i = 0; i < t * m.top_k; ++i) {
+            const int e = batch->topk_idx[i], p = e / local;
+            const int lo = lay->wave_begin[p * (w + 1) + wv], hi = lay->wave_begin[p * (w + 1) + wv + 1];
+            if (nodes[p] == b && e % local >= lo && e % local < hi) tokens.insert(i / m.top_k);
+          }
+          expect_rows += static_cast<int64_t>(tokens.size());
+        }
+      }
+      const double row = static_cast<double>(m.DispatchRowBytes(dt));
+      int64_t x1_rows = 0;
+      for (int64_t n : lay->x1_send_rows) x1_rows += n;
+      EXPECT_EQ(x1_rows, expect_rows) << what;
+      const double combine_internode_host = host->stats.bytes_sent_internode;
+      double combine_internode = 0;
+      for (int p = 0; p < r_count; ++p)
+        if (nodes[p] != nodes[me])
+          for (int wv = 0; wv < w; ++wv) combine_internode += lay->recv_rows[wv * r_count + p] * 2.0 * m.hidden_size;
+      EXPECT_EQ(combine_internode_host, expect_rows * row + combine_internode) << what;
+      EXPECT_LE(host->stats.bytes_sent_internode, rank->stats.bytes_sent_internode) << what;
+    }
+  }
+}
+
+// Bad node maps are refused before anything is exchanged, naming the field.
+TEST(Layer, NodeOfRankIsValidated) {
+  const ProcessContext& ctx = MpiTestContext();
+  std::vector<int> wrong_size(ctx.world_size + 1, 0), out_of_range(ctx.world_size, 0);
+  out_of_range.back() = ctx.world_size;
+  for (const auto& nodes : {wrong_size, out_of_range}) {
+    auto r = RunLayer(ctx, Tiny(), 1, DType::kBF16, RoutingMode::kGate, ctx.world_rank * 8, 8, 5, 1, Device::Cpu(),
+                      true, nodes);
+    ASSERT_FALSE(r.ok());
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("node_of_rank"));
   }
 }
 

@@ -242,6 +242,53 @@ TEST(Check, DedupShrinksDispatchBytesOnEveryLink) {
   }
 }
 
+// Per node (dedup_hosts): links that only inter-node traffic crosses carry DedupRowsPerPair over the nodes (a token
+// crosses to each other node once), every other link the per-rank figure; within one node nothing changes.
+TEST(Check, PerNodeDedupShrinksOnlyInterNodeLinks) {
+  CheckOptions o;
+  o.dispatch_dtype = DType::kFP8E4M3;
+  o.tokens_per_rank = 4096;
+  o.dedup = true;
+  const ModelConfig m = Model("deepseek-v4-pro");
+  const Cluster two = Preset("h800-8x-ib400", 2);
+  auto rank = CheckBalance(m, two, o);
+  o.dedup_hosts = true;
+  auto node = CheckBalance(m, two, o);
+  ASSERT_TRUE(rank.ok() && node.ok());
+  EXPECT_EQ(node->nodes, 2);
+  const double rows_rank = DedupRowsPerPair(m, 16, 1), rows_node = DedupRowsPerPair(m, 2, 1);
+  EXPECT_LT(rows_node, rows_rank);  // 2 nodes: a top-6 token reaches ~1.9 nodes of 6 pairs
+  EXPECT_DOUBLE_EQ(rank->internode_dispatch_rows_per_pair, rows_rank);
+  EXPECT_DOUBLE_EQ(node->internode_dispatch_rows_per_pair, rows_node);
+  EXPECT_DOUBLE_EQ(node->dispatch_rows_per_pair, rows_rank);
+  ASSERT_EQ(rank->links.size(), node->links.size());
+  const double db = static_cast<double>(m.DispatchRowBytes(DType::kFP8E4M3)), cb = 2.0 * m.hidden_size;
+  int internode = 0, intranode = 0;
+  for (size_t i = 0; i < node->links.size(); ++i) {
+    const LinkCheck& a = rank->links[i];
+    const LinkCheck& b = node->links[i];
+    const LinkKind kind = two.links[b.link].kind;
+    EXPECT_EQ(b.internode, kind == LinkKind::kRdma) << b.label;
+    if (b.internode) {
+      ++internode;
+      EXPECT_DOUBLE_EQ(b.dispatch_rows_per_pair, rows_node) << b.label;
+      EXPECT_DOUBLE_EQ(b.pair_flops_per_byte, node->threshold.flops_per_pair / (db * rows_node + cb)) << b.label;
+      EXPECT_LT(b.bytes_per_step, a.bytes_per_step) << b.label;
+      EXPECT_GT(b.margin, a.margin) << b.label;
+    } else {
+      ++intranode;
+      EXPECT_DOUBLE_EQ(b.bytes_per_step, a.bytes_per_step) << b.label;
+      EXPECT_DOUBLE_EQ(b.margin, a.margin) << b.label;
+    }
+  }
+  EXPECT_GT(internode, 0);
+  EXPECT_GT(intranode, 0);
+  // One node: nothing to deduplicate per node.
+  auto one = CheckBalance(m, Preset("h800-8x-ib400"), o);
+  ASSERT_TRUE(one.ok());
+  EXPECT_DOUBLE_EQ(one->internode_dispatch_rows_per_pair, one->dispatch_rows_per_pair);
+}
+
 TEST(Check, SmallGroupAndErrors) {
   CheckOptions o;
   o.dispatch_dtype = DType::kBF16;

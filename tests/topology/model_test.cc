@@ -22,6 +22,14 @@ ModelConfig Model(const char* name) {
   return *m;
 }
 
+Cluster Preset(const char* name, int nodes = 1) {
+  auto c = LoadCluster(name);
+  EXPECT_TRUE(c.ok()) << c.status();
+  auto n = WithNodes(*c, nodes);
+  EXPECT_TRUE(n.ok()) << n.status();
+  return *n;
+}
+
 // 64 experts of H=1024, I=512, top-4: 32 per rank on 2 ranks, enough waves to watch the limit.
 ModelConfig SyntheticModel() {
   ModelConfig m;
@@ -146,6 +154,31 @@ TEST(Model, DedupShrinksTheDispatchOnly) {
   EXPECT_DOUBLE_EQ(p_on->combine_bytes_per_rank, p_off->combine_bytes_per_rank);
   for (size_t w = 0; w < p_on->waves.size(); ++w) EXPECT_LE(p_on->waves[w].step_us, p_off->waves[w].step_us) << w;
   EXPECT_LT(p_on->waves[0].step_us, p_off->waves[0].step_us);
+}
+
+// Per node over 2 full nodes of a NIC-bound cluster: fewer rows to the other node, a shorter dispatch at every W.
+TEST(Model, PerNodeDedupShrinksTheInterNodeDispatch) {
+  const ModelConfig m = Model("deepseek-v4-pro");
+  const Cluster two = Preset("h800-8x-ib400", 2);
+  StepShape rank = Shape(4096, 4), node = Shape(4096, 4);
+  rank.dispatch_dtype = node.dispatch_dtype = DType::kFP8E4M3;
+  rank.dedup = node.dedup = true;
+  node.dedup_hosts = true;
+  auto p_rank = PredictStep(m, two, rank);
+  auto p_node = PredictStep(m, two, node);
+  ASSERT_TRUE(p_rank.ok() && p_node.ok()) << p_rank.status() << p_node.status();
+  EXPECT_FALSE(p_rank->hierarchical);
+  EXPECT_TRUE(p_node->hierarchical);
+  EXPECT_DOUBLE_EQ(p_node->internode_rows_per_pair, DedupRowsPerPair(m, 2, 1));
+  EXPECT_LT(p_node->internode_rows_per_pair, p_node->dispatch_rows_per_pair);
+  for (size_t w = 0; w < p_node->waves.size(); ++w)
+    EXPECT_LT(p_node->waves[w].dispatch_us, p_rank->waves[w].dispatch_us) << "W=" << w + 1;
+  // One node: the flag changes nothing.
+  auto one_rank = PredictStep(m, Preset("h800-8x-ib400"), rank);
+  auto one_node = PredictStep(m, Preset("h800-8x-ib400"), node);
+  ASSERT_TRUE(one_rank.ok() && one_node.ok());
+  EXPECT_FALSE(one_node->hierarchical);
+  EXPECT_DOUBLE_EQ(one_node->t_seq_us, one_rank->t_seq_us);
 }
 
 TEST(Model, OneWaveIsTheSequentialStep) {

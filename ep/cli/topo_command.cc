@@ -277,6 +277,11 @@ void PrintDeviceRate(const topology::Cluster& c, const topology::CheckReport& re
               rep.gemm_dtype.c_str(), rep.peak_tflops, rep.gemm_efficiency, rep.rows_per_expert, rep.effective_tflops);
   std::printf("  balanced iff C/B <= %.1f FLOPs/byte on every link, C = %.4g TFLOP/s, B = link bw / share\n",
               rep.pair_flops_per_byte, rep.effective_tflops);
+  for (const topology::LinkCheck& l : rep.links) {
+    if (l.pair_flops_per_byte == rep.pair_flops_per_byte) continue;
+    std::printf("  (inter-node links, a token once per node: C/B <= %.1f FLOPs/byte)\n", l.pair_flops_per_byte);
+    break;
+  }
   if (rep.rows_per_expert < 64 && c.device.gemm_efficiency.empty()) {
     std::printf(
         "  note: at %.1f rows per expert the GEMMs are weight-read bound; --tokens_per_rank=4096 checks the "

@@ -189,7 +189,8 @@ struct LayerConfig {
 };
 
 // Validates LayerConfig against the model and the number of ranks (before any communication): E % R, waves in
-// [1, E/R], fp8 needs H % fp8_block_size == 0, device supported. InvalidArgument naming the field.
+// [1, E/R], fp8 needs H % fp8_block_size == 0, node_of_rank (when set) one id in [0, R) per rank, device supported.
+// InvalidArgument naming the field.
 Status ValidateLayerConfig(const LayerConfig& cfg, int num_ranks);
 
 // Host memory one rank needs for `cfg` at `tokens_per_rank` (FP32 weights of its experts and the shared expert, the

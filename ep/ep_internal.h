@@ -18,6 +18,10 @@ namespace waveep::ep::internal {
 // ("rank R: ..."). Collective: runtime's AgreeOnStatus over comm.Allgather.
 Status AgreeStatus(comm::Communicator& comm, const Status& local);
 
+// InvalidArgument naming node_of_rank unless it has one node id in [0, num_ranks) per rank (LayerConfig,
+// BuildDispatchLayout).
+Status ValidateNodeOfRank(const std::vector<int>& node_of_rank, int num_ranks);
+
 // What one step does per wave; the WaveScheduler decides when. Every operation *enqueues* its work on the stream
 // it is given and returns at once: a CPU implementation enqueues a host task (Stream::Enqueue), a CUDA one launches
 // kernels / copies on stream.native(), a communicator enqueues an asynchronous exchange. Work must only touch the

@@ -46,6 +46,20 @@ StatusOr<std::vector<int>> PartitionWaves(const std::vector<int64_t>& rows, int 
 
 namespace internal {
 
+Status ValidateNodeOfRank(const std::vector<int>& node_of_rank, int num_ranks) {
+  if (static_cast<int>(node_of_rank.size()) != num_ranks) {
+    return absl::InvalidArgumentError(absl::StrCat("node_of_rank has ", node_of_rank.size(),
+                                                   " entries but the communicator has ", num_ranks, " ranks"));
+  }
+  for (int r = 0; r < num_ranks; ++r) {
+    if (node_of_rank[r] < 0 || node_of_rank[r] >= num_ranks) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("node_of_rank[", r, "] = ", node_of_rank[r], " is outside [0, ", num_ranks, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 Status AgreeStatus(comm::Communicator& comm, const Status& local) {
   return AgreeOnStatus(comm.rank(), comm.size(), local,
                        [&](const void* send, size_t bytes, void* recv) { return comm.Allgather(send, bytes, recv); });
@@ -84,18 +98,12 @@ struct NodeMap {
 };
 
 StatusOr<NodeMap> MakeNodeMap(const std::vector<int>& node_of_rank, int r_count) {
-  if (static_cast<int>(node_of_rank.size()) != r_count) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("node_of_rank has ", node_of_rank.size(), " entries for ", r_count, " ranks"));
-  }
+  WAVEEP_RETURN_IF_ERROR(internal::ValidateNodeOfRank(node_of_rank, r_count));
   NodeMap nm;
   nm.node = node_of_rank;
   nm.local_index.assign(r_count, 0);
   for (int r = 0; r < r_count; ++r) {
     const int b = node_of_rank[r];
-    if (b < 0 || b >= r_count) {
-      return absl::InvalidArgumentError(absl::StrCat("node_of_rank[", r, "] = ", b, " is outside [0, ", r_count, ")"));
-    }
     if (static_cast<int>(nm.members.size()) <= b) nm.members.resize(b + 1);
     nm.local_index[r] = static_cast<int>(nm.members[b].size());
     nm.members[b].push_back(r);
@@ -108,7 +116,8 @@ StatusOr<NodeMap> MakeNodeMap(const std::vector<int>& node_of_rank, int r_count)
 // remote node, to my proxy there: the distinct tokens any rank of that node needs in the wave) and exchange-2 blocks
 // (to each rank of my node: my own rows for it, then the rows I forward for it from each remote origin whose proxy I
 // am, origins ascending), and tells each proxy, per wave and per rank of its node, which of the exchange-1 rows make
-// up that rank's block (its count and index exchange: two more collectives in the layout).
+// up that rank's block (its count and index exchange: two more collectives in the layout). The x1_* and fwd_*
+// fields come zeroed / empty (BuildDispatchLayout).
 // `btok[w * R + p]`: my dispatch rows for rank p in wave w (the per-rank deduplicated tokens, in order).
 Status HierarchicalSendRows(comm::Communicator& comm, const NodeMap& nm, const std::vector<std::vector<int64_t>>& btok,
                             DispatchLayout* lay) {
@@ -128,7 +137,6 @@ Status HierarchicalSendRows(comm::Communicator& comm, const NodeMap& nm, const s
     const int x = nm.Proxy(me, b);
     for (int w = 0; w < w_count; ++w) {
       std::vector<int64_t>& u = ublock[static_cast<size_t>(w) * r_count + x];
-      std::vector<std::pair<int64_t, int32_t>> where;  // token -> its index in u
       int64_t* c = counts.data() + static_cast<size_t>(x) * per_peer + static_cast<size_t>(w) * (1 + nmax);
       for (size_t i = 0; i < nm.members[b].size(); ++i) {
         const std::vector<int64_t>& rows = btok[static_cast<size_t>(w) * r_count + nm.members[b][i]];
@@ -156,8 +164,15 @@ Status HierarchicalSendRows(comm::Communicator& comm, const NodeMap& nm, const s
   std::vector<int64_t> map_begin(r_count + 1, 0);  // origin s's indices in `rmap`
   for (int s = 0; s < r_count; ++s) {
     int64_t n = 0;
-    for (int w = 0; w < w_count; ++w)
-      for (int i = 0; i < nmax; ++i) n += rc(s, w, 1 + i);
+    for (int w = 0; w < w_count; ++w) {
+      for (int i = 0; i <= nmax; ++i) {
+        if (rc(s, w, i) < 0) {
+          return absl::InternalError(
+              absl::StrCat("hierarchical dispatch count ", rc(s, w, i), " from rank ", s, " in wave ", w));
+        }
+        if (i > 0) n += rc(s, w, i);
+      }
+    }
     map_begin[s + 1] = map_begin[s] + n;
   }
   std::vector<int32_t> rmap(static_cast<size_t>(map_begin[r_count]));
@@ -180,9 +195,6 @@ Status HierarchicalSendRows(comm::Communicator& comm, const NodeMap& nm, const s
   std::vector<int> served;
   for (int s = 0; s < r_count; ++s)
     if (nm.Remote(s, me) && nm.Proxy(s, mynode) == me) served.push_back(s);
-  const size_t wr = static_cast<size_t>(w_count) * r_count;
-  lay->x1_recv_row_begin.assign(wr, 0);
-  lay->x1_recv_rows.assign(wr, 0);
   int64_t fwd_rows = 0;
   for (int w = 0; w < w_count; ++w) {
     for (int s : served) {
@@ -192,46 +204,39 @@ Status HierarchicalSendRows(comm::Communicator& comm, const NodeMap& nm, const s
     }
   }
   lay->forward_buffer_rows = fwd_rows;
-  // Check what the origins sent before it is used as row numbers.
-  for (int s : served) {
-    int64_t off = map_begin[s];
-    for (int w = 0; w < w_count; ++w) {
-      for (int i = 0; i < nmax; ++i) {
-        for (int64_t j = 0; j < rc(s, w, 1 + i); ++j, ++off) {
-          if (rmap[off] < 0 || rmap[off] >= rc(s, w, 0)) {
-            return absl::InternalError(absl::StrCat("forward index ", rmap[off], " from rank ", s, " in wave ", w,
-                                                    " is outside [0, ", rc(s, w, 0), ")"));
-          }
+
+  // The send buffer, wave-major: per peer, an exchange-2 block (same node) or an exchange-1 block (my proxy there).
+  // A served origin's indices (w-major, then the ranks of my node in order) are consumed in that order: `next`.
+  const size_t wr = static_cast<size_t>(w_count) * r_count;
+  const int my_ranks = static_cast<int>(nm.members[mynode].size());
+  std::vector<int64_t> next(map_begin.begin(), map_begin.end() - 1);
+  lay->dsend_row_begin.assign(wr, 0);
+  lay->dsend_rows.assign(wr, 0);
+  lay->dsend_token.clear();
+  for (int w = 0; w < w_count; ++w) {
+    for (int s : served) {  // rows for ranks my node does not have: none, or the origin's node map differs
+      for (int i = my_ranks; i < nmax; ++i) {
+        if (rc(s, w, 1 + i) != 0) {
+          return absl::InternalError(absl::StrCat("rank ", s, " sends rows in wave ", w, " for rank ", i,
+                                                  " of a node of ", my_ranks, " (node maps differ?)"));
         }
       }
     }
-  }
-
-  // The send buffer, wave-major: per peer, an exchange-2 block (same node) or an exchange-1 block (my proxy there).
-  lay->dsend_row_begin.assign(wr, 0);
-  lay->dsend_rows.assign(wr, 0);
-  lay->x1_send_row_begin.assign(wr, 0);
-  lay->x1_send_rows.assign(wr, 0);
-  lay->fwd_from.assign(w_count, {});
-  lay->fwd_to.assign(w_count, {});
-  lay->dsend_token.clear();
-  for (int w = 0; w < w_count; ++w) {
     for (int p = 0; p < r_count; ++p) {
       const int64_t first = static_cast<int64_t>(lay->dsend_token.size());
       if (!nm.Remote(p, me)) {
         const std::vector<int64_t>& own = btok[static_cast<size_t>(w) * r_count + p];
         lay->dsend_token.insert(lay->dsend_token.end(), own.begin(), own.end());
-        const int qi = nm.local_index[p];
         for (int s : served) {
-          // Origin s's indices are w-major then q-major: skip to rank qi of wave w.
-          int64_t off = map_begin[s];
-          for (int ww = 0; ww < w; ++ww)
-            for (int i = 0; i < nmax; ++i) off += rc(s, ww, 1 + i);
-          for (int i = 0; i < qi; ++i) off += rc(s, w, 1 + i);
-          const int64_t n = rc(s, w, 1 + qi);
+          const int64_t n = rc(s, w, 1 + nm.local_index[p]), u = rc(s, w, 0);
           for (int64_t j = 0; j < n; ++j) {
+            const int32_t idx = rmap[next[s]++];  // checked before it is used as a row number
+            if (idx < 0 || idx >= u) {
+              return absl::InternalError(
+                  absl::StrCat("forward index ", idx, " from rank ", s, " in wave ", w, " is outside [0, ", u, ")"));
+            }
             lay->fwd_to[w].push_back(static_cast<int64_t>(lay->dsend_token.size()));
-            lay->fwd_from[w].push_back(lay->x1_recv_row_begin[w * r_count + s] + rmap[off + j]);
+            lay->fwd_from[w].push_back(lay->x1_recv_row_begin[w * r_count + s] + idx);
             lay->dsend_token.push_back(-1);
           }
         }

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_join.h"
 #include "ep/ep.h"
@@ -51,6 +53,7 @@ Status ValidateLayerConfig(const LayerConfig& cfg, int num_ranks) {
                                                    " is not a multiple of the FP8 block (", cfg.model.fp8_block_size,
                                                    ") required by --dtype=fp8"));
   }
+  if (!cfg.node_of_rank.empty()) WAVEEP_RETURN_IF_ERROR(internal::ValidateNodeOfRank(cfg.node_of_rank, num_ranks));
   if (!cfg.device.is_cpu()) WAVEEP_RETURN_IF_ERROR(internal::CheckCudaDevice(cfg.device));
   return absl::OkStatus();
 }
@@ -161,18 +164,6 @@ StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const ProcessContext& ctx, 
                                                      LayerConfig cfg, const WeightSource& weights) {
   if (comm == nullptr) return absl::InvalidArgumentError("MoeLayer::Create: communicator is null");
   Status valid = ValidateLayerConfig(cfg, comm->size());
-  if (valid.ok() && !cfg.node_of_rank.empty()) {
-    if (static_cast<int>(cfg.node_of_rank.size()) != comm->size()) {
-      valid = absl::InvalidArgumentError(absl::StrCat("node_of_rank has ", cfg.node_of_rank.size(),
-                                                      " entries but the communicator has ", comm->size(), " ranks"));
-    }
-    for (size_t r = 0; r < cfg.node_of_rank.size() && valid.ok(); ++r) {
-      if (cfg.node_of_rank[r] < 0 || cfg.node_of_rank[r] >= comm->size()) {
-        valid = absl::InvalidArgumentError(
-            absl::StrCat("node_of_rank[", r, "] = ", cfg.node_of_rank[r], " is outside [0, ", comm->size(), ")"));
-      }
-    }
-  }
   // The weights must fit before they are loaded (hostile or mistaken shapes end here, not in std::bad_alloc).
   if (valid.ok()) valid = CheckLayerFitsInMemory(cfg, comm->size(), 0);
   WAVEEP_RETURN_IF_ERROR(internal::AgreeStatus(*comm, valid));
@@ -302,44 +293,36 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
     }
     return b;
   };
-  auto dispatch_args = [&](int w) {
+  // Wave w's blocks of `row` bytes: to peer p send_rows[w * R + p] rows from send row send_begin[...], and from it
+  // recv_rows[...] rows into recv row recv_begin[...].
+  using Rows = std::vector<int64_t>;
+  auto wave_args = [&](int w, void* send, const Rows& send_begin, const Rows& send_rows, void* recv,
+                       const Rows& recv_begin, const Rows& recv_rows, int64_t row, std::string label) {
     comm::AlltoallvArgs a;
-    a.send = ops.send();
-    a.recv = ops.recv(w % 2);
-    a.label = absl::StrCat("alltoallv dispatch(", w, ")");
+    a.send = send;
+    a.recv = recv;
+    a.label = std::move(label);
     for (int p = 0; p < r_count; ++p) {
-      a.send_bytes.push_back(lay.dsend_rows[w * r_count + p] * drow);
-      a.send_offsets.push_back(lay.dsend_row_begin[w * r_count + p] * drow);
-      a.recv_bytes.push_back(lay.drecv_rows[w * r_count + p] * drow);
-      a.recv_offsets.push_back(lay.drecv_row_begin[w * r_count + p] * drow);
+      const int64_t i = w * r_count + p;
+      a.send_bytes.push_back(send_rows[i] * row);
+      a.send_offsets.push_back(send_begin[i] * row);
+      a.recv_bytes.push_back(recv_rows[i] * row);
+      a.recv_offsets.push_back(recv_begin[i] * row);
     }
     return a;
+  };
+  auto dispatch_args = [&](int w) {
+    return wave_args(w, ops.send(), lay.dsend_row_begin, lay.dsend_rows, ops.recv(w % 2), lay.drecv_row_begin,
+                     lay.drecv_rows, drow, absl::StrCat("alltoallv dispatch(", w, ")"));
   };
   auto forward_args = [&](int w) {  // hierarchical exchange 1: to my proxies on other nodes
-    comm::AlltoallvArgs a;
-    a.send = ops.send();
-    a.recv = ops.forward_buffer();
-    a.label = absl::StrCat("alltoallv dispatch(", w, ") to node proxies");
-    for (int p = 0; p < r_count; ++p) {
-      a.send_bytes.push_back(lay.x1_send_rows[w * r_count + p] * drow);
-      a.send_offsets.push_back(lay.x1_send_row_begin[w * r_count + p] * drow);
-      a.recv_bytes.push_back(lay.x1_recv_rows[w * r_count + p] * drow);
-      a.recv_offsets.push_back(lay.x1_recv_row_begin[w * r_count + p] * drow);
-    }
-    return a;
+    return wave_args(w, ops.send(), lay.x1_send_row_begin, lay.x1_send_rows, ops.forward_buffer(),
+                     lay.x1_recv_row_begin, lay.x1_recv_rows, drow,
+                     absl::StrCat("alltoallv dispatch(", w, ") to node proxies"));
   };
-  auto combine_args = [&](int w) {
-    comm::AlltoallvArgs a;
-    a.send = ops.ret_send(w);
-    a.recv = ops.ret_recv();
-    a.label = absl::StrCat("alltoallv combine(", w, ")");
-    for (int p = 0; p < r_count; ++p) {
-      a.send_bytes.push_back(lay.recv_rows[w * r_count + p] * crow);
-      a.send_offsets.push_back(lay.recv_row_begin[w * r_count + p] * crow);
-      a.recv_bytes.push_back(lay.send_rows[w * r_count + p] * crow);
-      a.recv_offsets.push_back(lay.send_row_begin[w * r_count + p] * crow);
-    }
-    return a;
+  auto combine_args = [&](int w) {  // the rows I computed back to their origins, into their send positions
+    return wave_args(w, ops.ret_send(w), lay.recv_row_begin, lay.recv_rows, ops.ret_recv(), lay.send_row_begin,
+                     lay.send_rows, crow, absl::StrCat("alltoallv combine(", w, ")"));
   };
 
   // ---- run the schedule: the same on every device; the ops enqueue host tasks or kernels ----

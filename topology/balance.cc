@@ -128,9 +128,10 @@ StatusOr<CheckReport> CheckBalance(const ModelConfig& model, const Cluster& clus
   // for every destination rank); its combine row still returns once. Per node (dedup_hosts, full nodes only), links
   // that only inter-node traffic crosses carry the node-level figure.
   rep.dispatch_rows_per_pair = options.dedup ? DedupRowsPerPair(model, r, 1) : 1.0;
-  rep.nodes = (r + cluster.devices_per_node - 1) / cluster.devices_per_node;
-  const bool per_node = options.dedup && options.dedup_hosts && rep.nodes > 1 && r % cluster.devices_per_node == 0;
-  rep.internode_dispatch_rows_per_pair = per_node ? DedupRowsPerPair(model, rep.nodes, 1) : rep.dispatch_rows_per_pair;
+  rep.nodes = internal::NodesSpanned(cluster, r);
+  const int per_node = internal::PerNodeDispatchNodes(cluster, r, options.dedup, options.dedup_hosts);
+  rep.internode_dispatch_rows_per_pair =
+      per_node > 0 ? DedupRowsPerPair(model, per_node, 1) : rep.dispatch_rows_per_pair;
   const double db_row = static_cast<double>(model.DispatchRowBytes(options.dispatch_dtype));
   const double db = db_row * rep.dispatch_rows_per_pair;
   const double cb = internal::CombineRowBytes(model);
@@ -142,6 +143,8 @@ StatusOr<CheckReport> CheckBalance(const ModelConfig& model, const Cluster& clus
   };
   rep.pair_bytes = db + cb;
   rep.pair_flops_per_byte = rep.threshold.flops_per_pair / (db + cb);
+  rep.internode_pair_bytes = db_row * rep.internode_dispatch_rows_per_pair + cb;
+  rep.internode_pair_flops_per_byte = rep.threshold.flops_per_pair / rep.internode_pair_bytes;
   double worst = std::numeric_limits<double>::infinity();
   for (size_t li = 0; li < cluster.links.size(); ++li) {
     const Link& l = cluster.links[li];
@@ -152,8 +155,8 @@ StatusOr<CheckReport> CheckBalance(const ModelConfig& model, const Cluster& clus
     c.label = LinkLabel(cluster, l);
     c.internode = t.internode_flows == t.num_flows;
     c.dispatch_rows_per_pair = c.internode ? rep.internode_dispatch_rows_per_pair : rep.dispatch_rows_per_pair;
+    c.pair_flops_per_byte = c.internode ? rep.internode_pair_flops_per_byte : rep.pair_flops_per_byte;
     const double db_link = db_row * c.dispatch_rows_per_pair;
-    c.pair_flops_per_byte = rep.threshold.flops_per_pair / (db_link + cb);
     c.bw_gbps = l.effective_bw_gbps();
     c.share = t.Share(db_link, cb, l.duplex);
     c.num_devices = t.num_devices;

@@ -213,10 +213,10 @@ StatusOr<Prediction> PredictStep(const ModelConfig& model, const Cluster& cluste
   p.combine_row_bytes = internal::CombineRowBytes(model);
   p.dispatch_rows_per_pair = shape.dedup ? DedupRowsPerPair(model, r, 1) : 1.0;
   p.dispatch_bytes_per_rank = pairs * p.dispatch_rows_per_pair * (1.0 - p.local_fraction) * p.dispatch_row_bytes;
-  // Per node (dedup_hosts): over full nodes only (the layer's proxies assume every node holds as many ranks).
+  // Per node (dedup_hosts): over full nodes only.
   const int dpn = cluster.devices_per_node;
-  const int nodes = (r + dpn - 1) / dpn;
-  p.hierarchical = shape.dedup && shape.dedup_hosts && nodes > 1 && r % dpn == 0;
+  const int nodes = internal::PerNodeDispatchNodes(cluster, r, shape.dedup, shape.dedup_hosts);
+  p.hierarchical = nodes > 0;
   p.internode_rows_per_pair = p.hierarchical ? DedupRowsPerPair(model, nodes, 1) : p.dispatch_rows_per_pair;
   if (p.hierarchical) {
     // To other nodes once per node; inside the node, own rows to the node's other ranks and forwarded rows.
@@ -422,7 +422,7 @@ StatusOr<TuneResult> Tune(const ModelConfig& model, const Cluster& cluster, cons
     WAVEEP_ASSIGN_OR_RETURN(Prediction p, PredictStep(model, cluster, s));
     TuneCandidate c;
     c.group_size = g;
-    c.nodes_spanned = (g + cluster.devices_per_node - 1) / cluster.devices_per_node;
+    c.nodes_spanned = internal::NodesSpanned(cluster, g);
     c.best_waves = p.best_waves;
     c.step_us = p.waves[p.best_waves - 1].step_us;
     c.t_seq_us = p.t_seq_us;

@@ -47,6 +47,7 @@ std::string CheckReportToJson(const CheckReport& rep, const ModelConfig& model, 
                  {"dedup_hosts", opt.dedup && opt.dedup_hosts},
                  {"dispatch_rows_per_pair", rep.dispatch_rows_per_pair},
                  {"internode_dispatch_rows_per_pair", rep.internode_dispatch_rows_per_pair},
+                 {"internode_pair_flops_per_byte", rep.internode_pair_flops_per_byte},
                  {"nodes", rep.nodes},
                  {"pair_bytes", rep.pair_bytes}};
   Json links = Json::array();

@@ -91,6 +91,13 @@ Route RouteFromTree(const Cluster& c, const RouteTree& tree, int src, int dst) {
 
 int RanksOnFirstNode(const Cluster& c, int num_ranks) { return std::min(num_ranks, c.devices_per_node); }
 
+int NodesSpanned(const Cluster& c, int num_ranks) { return (num_ranks + c.devices_per_node - 1) / c.devices_per_node; }
+
+int PerNodeDispatchNodes(const Cluster& c, int num_ranks, bool dedup, bool dedup_hosts) {
+  const int nodes = NodesSpanned(c, num_ranks);
+  return dedup && dedup_hosts && nodes > 1 && num_ranks % c.devices_per_node == 0 ? nodes : 0;
+}
+
 }  // namespace internal
 
 StatusOr<Route> FindRoute(const Cluster& cluster, int src, int dst) {

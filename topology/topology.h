@@ -353,6 +353,9 @@ struct CheckReport {
   // With CheckOptions::dedup_hosts (and dedup) over full nodes: DedupRowsPerPair(model, nodes, 1), the dispatch rows
   // per pair on inter-node links; else dispatch_rows_per_pair.
   double internode_dispatch_rows_per_pair = 1;
+  // A pair's bytes on an inter-node link with those rows, and 6HI / them (the threshold of those links).
+  double internode_pair_bytes = 0;
+  double internode_pair_flops_per_byte = 0;
   int nodes = 1;  // nodes the EP group spans
   // 6HI / pair_bytes: the threshold each link's flops_per_byte is held against. Without dedup it equals
   // threshold.refined_remote_flops_per_byte * (1 - 1/R) minus metadata.

@@ -83,6 +83,12 @@ StatusOr<int> ValidateStep(const ModelConfig& model, const Cluster& cluster, int
 
 // Ranks per node when `num_ranks` ranks fill the cluster's devices in order.
 int RanksOnFirstNode(const Cluster& cluster, int num_ranks);
+// Nodes that `num_ranks` ranks filling the devices in order span.
+int NodesSpanned(const Cluster& cluster, int num_ranks);
+// The nodes a per-node dispatch (ep::LayerConfig::dedup_hosts) spans: NodesSpanned when `dedup` and `dedup_hosts`
+// are on and the ranks fill at least two nodes completely (the layer's proxies assume every node holds as many
+// ranks); 0 when the per-rank figures apply. Shared by CheckBalance and PredictStep.
+int PerNodeDispatchNodes(const Cluster& cluster, int num_ranks, bool dedup, bool dedup_hosts);
 
 }  // namespace internal
 }  // namespace waveep::topology

@@ -262,12 +262,11 @@ void PrintThreshold(const ModelConfig& model, const topology::Cluster& c, const 
   } else {
     row("dispatch dedup", "off (--nodedup)", absl::StrFormat("1 dispatch row per pair -> %.0f B", rep.pair_bytes));
   }
-  if (opt.dedup && rep.internode_dispatch_rows_per_pair != rep.dispatch_rows_per_pair) {
-    const double db = static_cast<double>(model.DispatchRowBytes(opt.dispatch_dtype));
-    const double pb = db * rep.internode_dispatch_rows_per_pair + 2.0 * h;
+  if (rep.internode_pair_bytes != rep.pair_bytes) {
     row("per node (--dedup_hosts)", absl::StrFormat("once per token and node, %d nodes", rep.nodes),
         absl::StrFormat("= %.3f rows per pair -> %.0f B -> %.1f FLOPs/byte on inter-node links",
-                        rep.internode_dispatch_rows_per_pair, pb, t.flops_per_pair / pb));
+                        rep.internode_dispatch_rows_per_pair, rep.internode_pair_bytes,
+                        rep.internode_pair_flops_per_byte));
   }
 }
 
@@ -277,10 +276,9 @@ void PrintDeviceRate(const topology::Cluster& c, const topology::CheckReport& re
               rep.gemm_dtype.c_str(), rep.peak_tflops, rep.gemm_efficiency, rep.rows_per_expert, rep.effective_tflops);
   std::printf("  balanced iff C/B <= %.1f FLOPs/byte on every link, C = %.4g TFLOP/s, B = link bw / share\n",
               rep.pair_flops_per_byte, rep.effective_tflops);
-  for (const topology::LinkCheck& l : rep.links) {
-    if (l.pair_flops_per_byte == rep.pair_flops_per_byte) continue;
-    std::printf("  (inter-node links, a token once per node: C/B <= %.1f FLOPs/byte)\n", l.pair_flops_per_byte);
-    break;
+  if (rep.internode_pair_bytes != rep.pair_bytes) {
+    std::printf("  (inter-node links, a token once per node: C/B <= %.1f FLOPs/byte)\n",
+                rep.internode_pair_flops_per_byte);
   }
   if (rep.rows_per_expert < 64 && c.device.gemm_efficiency.empty()) {
     std::printf(

@@ -208,17 +208,23 @@ TEST(Check, H20HasHeadroomAndTwoNodesMoveTheBottleneckToTheNic) {
   EXPECT_EQ(two.links[rep->links[rep->worst].link].kind, LinkKind::kRdma);
 }
 
-// Dispatch deduplication: the dispatch row crosses DedupRowsPerPair(R, 1) times per pair, the combine row once. Every
-// link's bytes per step follow from its share; without dedup they equal the plain check's.
-TEST(Check, DedupShrinksDispatchBytesOnEveryLink) {
+// V4-Pro's FP8 dispatch at 4096 tokens per rank, the dedup tests' step.
+CheckOptions V4ProFp8Step(bool dedup, bool dedup_hosts) {
   CheckOptions o;
   o.dispatch_dtype = DType::kFP8E4M3;
   o.tokens_per_rank = 4096;
+  o.dedup = dedup;
+  o.dedup_hosts = dedup_hosts;
+  return o;
+}
+
+// Dispatch deduplication: the dispatch row crosses DedupRowsPerPair(R, 1) times per pair, the combine row once. Every
+// link's bytes per step follow from its share; without dedup they equal the plain check's.
+TEST(Check, DedupShrinksDispatchBytesOnEveryLink) {
   const ModelConfig m = Model("deepseek-v4-pro");
   const Cluster two = Preset("h800-8x-ib400", 2);
-  auto plain = CheckBalance(m, two, o);
-  o.dedup = true;
-  auto dedup = CheckBalance(m, two, o);
+  auto plain = CheckBalance(m, two, V4ProFp8Step(false, false));
+  auto dedup = CheckBalance(m, two, V4ProFp8Step(true, false));
   ASSERT_TRUE(plain.ok() && dedup.ok());
   EXPECT_EQ(plain->dispatch_rows_per_pair, 1.0);
   const double rows = DedupRowsPerPair(m, 16, 1);
@@ -245,15 +251,10 @@ TEST(Check, DedupShrinksDispatchBytesOnEveryLink) {
 // Per node (dedup_hosts): links that only inter-node traffic crosses carry DedupRowsPerPair over the nodes (a token
 // crosses to each other node once), every other link the per-rank figure; within one node nothing changes.
 TEST(Check, PerNodeDedupShrinksOnlyInterNodeLinks) {
-  CheckOptions o;
-  o.dispatch_dtype = DType::kFP8E4M3;
-  o.tokens_per_rank = 4096;
-  o.dedup = true;
   const ModelConfig m = Model("deepseek-v4-pro");
   const Cluster two = Preset("h800-8x-ib400", 2);
-  auto rank = CheckBalance(m, two, o);
-  o.dedup_hosts = true;
-  auto node = CheckBalance(m, two, o);
+  auto rank = CheckBalance(m, two, V4ProFp8Step(true, false));
+  auto node = CheckBalance(m, two, V4ProFp8Step(true, true));
   ASSERT_TRUE(rank.ok() && node.ok());
   EXPECT_EQ(node->nodes, 2);
   const double rows_rank = DedupRowsPerPair(m, 16, 1), rows_node = DedupRowsPerPair(m, 2, 1);
@@ -263,6 +264,8 @@ TEST(Check, PerNodeDedupShrinksOnlyInterNodeLinks) {
   EXPECT_DOUBLE_EQ(node->dispatch_rows_per_pair, rows_rank);
   ASSERT_EQ(rank->links.size(), node->links.size());
   const double db = static_cast<double>(m.DispatchRowBytes(DType::kFP8E4M3)), cb = 2.0 * m.hidden_size;
+  EXPECT_DOUBLE_EQ(node->internode_pair_bytes, db * rows_node + cb);
+  EXPECT_DOUBLE_EQ(rank->internode_pair_bytes, rank->pair_bytes);
   int internode = 0, intranode = 0;
   for (size_t i = 0; i < node->links.size(); ++i) {
     const LinkCheck& a = rank->links[i];
@@ -273,6 +276,7 @@ TEST(Check, PerNodeDedupShrinksOnlyInterNodeLinks) {
       ++internode;
       EXPECT_DOUBLE_EQ(b.dispatch_rows_per_pair, rows_node) << b.label;
       EXPECT_DOUBLE_EQ(b.pair_flops_per_byte, node->threshold.flops_per_pair / (db * rows_node + cb)) << b.label;
+      EXPECT_DOUBLE_EQ(b.pair_flops_per_byte, node->internode_pair_flops_per_byte) << b.label;
       EXPECT_LT(b.bytes_per_step, a.bytes_per_step) << b.label;
       EXPECT_GT(b.margin, a.margin) << b.label;
     } else {
@@ -284,7 +288,7 @@ TEST(Check, PerNodeDedupShrinksOnlyInterNodeLinks) {
   EXPECT_GT(internode, 0);
   EXPECT_GT(intranode, 0);
   // One node: nothing to deduplicate per node.
-  auto one = CheckBalance(m, Preset("h800-8x-ib400"), o);
+  auto one = CheckBalance(m, Preset("h800-8x-ib400"), V4ProFp8Step(true, true));
   ASSERT_TRUE(one.ok());
   EXPECT_DOUBLE_EQ(one->internode_dispatch_rows_per_pair, one->dispatch_rows_per_pair);
 }

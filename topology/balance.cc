@@ -131,7 +131,7 @@ StatusOr<CheckReport> CheckBalance(const ModelConfig& model, const Cluster& clus
   rep.nodes = internal::NodesSpanned(cluster, r);
   const int per_node = internal::PerNodeDispatchNodes(cluster, r, options.dedup, options.dedup_hosts);
   rep.internode_dispatch_rows_per_pair =
-      per_node > 0 ? DedupRowsPerPair(model, per_node, 1) : rep.dispatch_rows_per_pair;
+      per_node > 0 ? DedupRowsPerPair(model, r, 1, r / per_node) : rep.dispatch_rows_per_pair;
   const double db_row = static_cast<double>(model.DispatchRowBytes(options.dispatch_dtype));
   const double db = db_row * rep.dispatch_rows_per_pair;
   const double cb = internal::CombineRowBytes(model);

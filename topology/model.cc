@@ -136,9 +136,11 @@ double ConvertUs(const DeviceSpec& d, const char* key, double f32_bytes) {
 
 }  // namespace
 
-double DedupRowsPerPair(const ModelConfig& model, int num_ranks, int num_waves) {
+double DedupRowsPerPair(const ModelConfig& model, int num_ranks, int num_waves, int ranks_per_node) {
   const int e_count = model.num_experts, k = model.top_k;
-  if (num_ranks < 1 || num_waves < 1 || e_count < 1 || k < 1 || e_count % num_ranks != 0) return 1.0;
+  if (num_ranks < 1 || num_waves < 1 || e_count < 1 || k < 1 || e_count % num_ranks != 0 || ranks_per_node < 1 ||
+      num_ranks % ranks_per_node != 0)
+    return 1.0;
   const int l = e_count / num_ranks;
   if (num_waves > l) return 1.0;
   // Groups (DeepSeek's n_group / topk_group); none = one group drawn always.
@@ -151,13 +153,15 @@ double DedupRowsPerPair(const ModelConfig& model, int num_ranks, int num_waves) 
   }
   const int n_group = grouped ? model.n_group : 1, topk_group = grouped ? model.topk_group : 1;
   const int g_size = e_count / n_group;
-  // Slices: rank r's wave w = its local experts [b, e), W waves of L / W experts (the first L % W one more).
-  std::vector<std::pair<int, int>> slices;
+  // Slices: rank r's wave w = its local experts [b, e), W waves of L / W experts (the first L % W one more); a
+  // destination's wave w = the union of its ranks' waves w.
+  std::vector<std::vector<int>> slices(static_cast<size_t>(num_ranks / ranks_per_node) * num_waves);
   for (int r = 0; r < num_ranks; ++r) {
     int b = r * l;
     for (int w = 0; w < num_waves; ++w) {
       const int n = l / num_waves + (w < l % num_waves ? 1 : 0);
-      slices.emplace_back(b, b + n);
+      std::vector<int>& slice = slices[static_cast<size_t>(r / ranks_per_node) * num_waves + w];
+      for (int x = b; x < b + n; ++x) slice.push_back(x);
       b += n;
     }
   }
@@ -179,9 +183,9 @@ double DedupRowsPerPair(const ModelConfig& model, int num_ranks, int num_waves) 
     for (int g : chosen) in_draw[g] = 1;
     const int pool = topk_group * g_size;
     double reached = 0;
-    for (const auto& [b, e] : slices) {
+    for (const std::vector<int>& slice : slices) {
       int m = 0;
-      for (int x = b; x < e; ++x) m += in_draw[x / g_size];
+      for (int x : slice) m += in_draw[x / g_size];
       if (m > 0) reached += 1.0 - untouched(pool, m);
     }
     sum += reached;
@@ -217,7 +221,7 @@ StatusOr<Prediction> PredictStep(const ModelConfig& model, const Cluster& cluste
   const int dpn = cluster.devices_per_node;
   const int nodes = internal::PerNodeDispatchNodes(cluster, r, shape.dedup, shape.dedup_hosts);
   p.hierarchical = nodes > 0;
-  p.internode_rows_per_pair = p.hierarchical ? DedupRowsPerPair(model, nodes, 1) : p.dispatch_rows_per_pair;
+  p.internode_rows_per_pair = p.hierarchical ? DedupRowsPerPair(model, r, 1, r / nodes) : p.dispatch_rows_per_pair;
   if (p.hierarchical) {
     // To other nodes once per node; inside the node, own rows to the node's other ranks and forwarded rows.
     const double remote = (nodes - 1.0) / nodes, local_peers = (dpn - 1.0) / r;
@@ -304,7 +308,7 @@ StatusOr<Prediction> PredictStep(const ModelConfig& model, const Cluster& cluste
     const bool by_expert = shape.split == WaveSplit::kExperts;
     const double drows = shape.dedup && by_expert ? DedupRowsPerPair(model, r, w_count) : 1.0;
     // Rows per pair the exchange carries where the inter-node link bounds it.
-    const double xrows = p.hierarchical && by_expert ? DedupRowsPerPair(model, nodes, w_count) : drows;
+    const double xrows = p.hierarchical && by_expert ? DedupRowsPerPair(model, r, w_count, r / nodes) : drows;
     double eff_sum = 0;
     for (int w = 0; w < w_count; ++w) {
       int experts = l;

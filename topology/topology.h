@@ -307,7 +307,7 @@ struct CheckOptions {
   // crosses to each destination rank once, DedupRowsPerPair(model, R, 1) rows per (token, expert) pair on average.
   bool dedup = false;
   // With `dedup`, across nodes (ep::LayerConfig::dedup_hosts, on by default): a token crosses to each other node
-  // once, DedupRowsPerPair(model, nodes, 1) rows per pair on links that only inter-node traffic crosses (NICs,
+  // once, DedupRowsPerPair(model, R, 1, R / nodes) rows per pair on links that only inter-node traffic crosses (NICs,
   // fabric). Needs every node full (R a multiple of devices_per_node); otherwise per rank. The forwarded copies
   // inside the destination node are not added to its intra-node links.
   bool dedup_hosts = false;
@@ -350,7 +350,7 @@ struct CheckReport {
   // else 1; and the bytes of one pair on a link: dispatch row (with scales) x dispatch_rows_per_pair + combine row.
   double dispatch_rows_per_pair = 1;
   double pair_bytes = 0;
-  // With CheckOptions::dedup_hosts (and dedup) over full nodes: DedupRowsPerPair(model, nodes, 1), the dispatch rows
+  // With CheckOptions::dedup_hosts (and dedup) over full nodes: DedupRowsPerPair(model, R, 1, R / nodes), the dispatch rows
   // per pair on inter-node links; else dispatch_rows_per_pair.
   double internode_dispatch_rows_per_pair = 1;
   // A pair's bytes on an inter-node link with those rows, and 6HI / them (the threshold of those links).
@@ -395,7 +395,7 @@ struct StepShape {
   // Dispatch deduplication (ep::LayerConfig::dedup): dispatch rows per pair = DedupRowsPerPair(model, R, W).
   bool dedup = false;
   // With `dedup` over several full nodes (ep::LayerConfig::dedup_hosts): a wave's exchange carries
-  // DedupRowsPerPair(model, nodes, W) rows per pair (the inter-node link bounds it), plus the forwarding inside the
+  // DedupRowsPerPair(model, R, W, R / nodes) rows per pair (the inter-node link bounds it), plus the forwarding inside the
   // node (a copy and a shared-memory hop of the per-rank rows, at memory speed).
   bool dedup_hosts = false;
 };
@@ -406,7 +406,10 @@ struct StepShape {
 // experts, each rank's split into W waves of equal expert counts. E[(rank, wave) slices a token reaches] / K =
 // sum over slices of (1 - C(P - m, K) / C(P, K)) / K, averaged over the group draws (P: the drawn groups' experts, m:
 // the slice's experts among them). In (0, 1]; 1 when every slice holds one expert.
-double DedupRowsPerPair(const ModelConfig& model, int num_ranks, int num_waves);
+// Per node (ep::LayerConfig::dedup_hosts): `ranks_per_node` consecutive ranks form a destination, once per token and
+// wave; its wave w is the union of its ranks' waves w (not contiguous experts when W > 1). num_ranks must be a
+// multiple of it (else 1).
+double DedupRowsPerPair(const ModelConfig& model, int num_ranks, int num_waves, int ranks_per_node = 1);
 
 // Per-wave figures for one W. Times are for one wave unless named otherwise.
 struct WavePrediction {
@@ -429,7 +432,7 @@ struct Prediction {
   double dispatch_row_bytes = 0;      // H * b + FP8 scales
   double combine_row_bytes = 0;       // 2H
   double dispatch_rows_per_pair = 1;  // DedupRowsPerPair at W = 1 with StepShape::dedup, else 1
-  // StepShape::dedup_hosts in effect: rows per pair sent to other nodes (DedupRowsPerPair over nodes, W = 1).
+  // StepShape::dedup_hosts in effect: rows per pair sent to other nodes (DedupRowsPerPair per node, W = 1).
   bool hierarchical = false;
   double internode_rows_per_pair = 1;
   double dispatch_bytes_per_rank = 0;  // sent to other ranks per step (W = 1)

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "topology/topology.h"
@@ -82,15 +83,16 @@ StepShape Shape(int64_t tokens, int max_waves = 16) {
 }
 
 // Brute force of DedupRowsPerPair: every draw of topk_group groups, every K-subset of the drawn experts, equally
-// likely; the distinct (rank, wave) slices a subset reaches, over K. Small shapes only.
-double BruteForceRowsPerPair(int e_count, int k, int n_group, int topk_group, int ranks, int waves) {
+// likely; the distinct (rank or node, wave) slices a subset reaches, over K. Small shapes only.
+double BruteForceRowsPerPair(int e_count, int k, int n_group, int topk_group, int ranks, int waves,
+                             int ranks_per_node = 1) {
   const int g_size = e_count / n_group, l = e_count / ranks;
   auto slice_of = [&](int e) {
     const int r = e / l, x = e % l;
     int b = 0;
     for (int w = 0; w < waves; ++w) {
       const int n = l / waves + (w < l % waves ? 1 : 0);
-      if (x < b + n) return r * waves + w;
+      if (x < b + n) return (r / ranks_per_node) * waves + w;
       b += n;
     }
     return -1;
@@ -138,6 +140,33 @@ TEST(Model, DedupRowsPerPairMatchesBruteForce) {
   m.top_k = 2;
   EXPECT_DOUBLE_EQ(DedupRowsPerPair(m, 8, 1), 1.0);
   EXPECT_NEAR(DedupRowsPerPair(Model("tiny"), 4, 1), 2.0 * (1.0 - 1.0 / 70.0) / 4.0, 1e-12);
+}
+
+// Per node: a node's wave is the union of its ranks' waves (not contiguous experts when W > 1); at W = 1 it is the
+// per-rank figure over nodes; it never exceeds the per-rank figure (a node's slice holds its ranks' slices).
+TEST(Model, DedupRowsPerNodeMatchesBruteForce) {
+  struct Case {
+    int e, k, n_group, topk_group, ranks, waves, per_node;
+  };
+  for (const Case& c : {Case{8, 3, 1, 1, 4, 2, 2}, Case{16, 4, 4, 2, 4, 2, 2}, Case{16, 4, 4, 2, 4, 4, 2},
+                        Case{16, 4, 4, 2, 8, 2, 2}, Case{16, 4, 4, 2, 8, 2, 4}, Case{12, 4, 1, 1, 6, 2, 3},
+                        Case{16, 4, 4, 2, 4, 1, 2}}) {
+    ModelConfig m = SyntheticModel();
+    m.num_experts = c.e;
+    m.top_k = c.k;
+    m.n_group = c.n_group;
+    m.topk_group = c.topk_group;
+    const std::string what = absl::StrCat("E=", c.e, " K=", c.k, " groups ", c.n_group, "/", c.topk_group,
+                                          " R=", c.ranks, " W=", c.waves, " per node ", c.per_node);
+    const double got = DedupRowsPerPair(m, c.ranks, c.waves, c.per_node);
+    EXPECT_NEAR(got, BruteForceRowsPerPair(c.e, c.k, c.n_group, c.topk_group, c.ranks, c.waves, c.per_node), 1e-12)
+        << what;
+    EXPECT_LE(got, DedupRowsPerPair(m, c.ranks, c.waves) + 1e-12) << what;
+    EXPECT_NEAR(DedupRowsPerPair(m, c.ranks, 1, c.per_node), DedupRowsPerPair(m, c.ranks / c.per_node, 1), 1e-12)
+        << what;
+  }
+  // Not full nodes: no per-node figure.
+  EXPECT_DOUBLE_EQ(DedupRowsPerPair(Model("tiny"), 4, 1, 3), 1.0);
 }
 
 TEST(Model, DedupShrinksTheDispatchOnly) {

@@ -350,8 +350,8 @@ struct CheckReport {
   // else 1; and the bytes of one pair on a link: dispatch row (with scales) x dispatch_rows_per_pair + combine row.
   double dispatch_rows_per_pair = 1;
   double pair_bytes = 0;
-  // With CheckOptions::dedup_hosts (and dedup) over full nodes: DedupRowsPerPair(model, R, 1, R / nodes), the dispatch rows
-  // per pair on inter-node links; else dispatch_rows_per_pair.
+  // With CheckOptions::dedup_hosts (and dedup) over full nodes: DedupRowsPerPair(model, R, 1, R / nodes), the dispatch
+  // rows per pair on inter-node links; else dispatch_rows_per_pair.
   double internode_dispatch_rows_per_pair = 1;
   // A pair's bytes on an inter-node link with those rows, and 6HI / them (the threshold of those links).
   double internode_pair_bytes = 0;
@@ -395,8 +395,8 @@ struct StepShape {
   // Dispatch deduplication (ep::LayerConfig::dedup): dispatch rows per pair = DedupRowsPerPair(model, R, W).
   bool dedup = false;
   // With `dedup` over several full nodes (ep::LayerConfig::dedup_hosts): a wave's exchange carries
-  // DedupRowsPerPair(model, R, W, R / nodes) rows per pair (the inter-node link bounds it), plus the forwarding inside the
-  // node (a copy and a shared-memory hop of the per-rank rows, at memory speed).
+  // DedupRowsPerPair(model, R, W, R / nodes) rows per pair (the inter-node link bounds it), plus the forwarding inside
+  // the node (a copy and a shared-memory hop of the per-rank rows, at memory speed).
   bool dedup_hosts = false;
 };
 

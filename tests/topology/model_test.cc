@@ -148,9 +148,9 @@ TEST(Model, DedupRowsPerNodeMatchesBruteForce) {
   struct Case {
     int e, k, n_group, topk_group, ranks, waves, per_node;
   };
-  for (const Case& c : {Case{8, 3, 1, 1, 4, 2, 2}, Case{16, 4, 4, 2, 4, 2, 2}, Case{16, 4, 4, 2, 4, 4, 2},
-                        Case{16, 4, 4, 2, 8, 2, 2}, Case{16, 4, 4, 2, 8, 2, 4}, Case{12, 4, 1, 1, 6, 2, 3},
-                        Case{16, 4, 4, 2, 4, 1, 2}}) {
+  for (const Case& c :
+       {Case{8, 3, 1, 1, 4, 2, 2}, Case{16, 4, 4, 2, 4, 2, 2}, Case{16, 4, 4, 2, 4, 4, 2}, Case{16, 4, 4, 2, 8, 2, 2},
+        Case{16, 4, 4, 2, 8, 2, 4}, Case{12, 4, 1, 1, 6, 2, 3}, Case{16, 4, 4, 2, 4, 1, 2}}) {
     ModelConfig m = SyntheticModel();
     m.num_experts = c.e;
     m.top_k = c.k;

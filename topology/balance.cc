@@ -123,24 +123,25 @@ StatusOr<CheckReport> CheckBalance(const ModelConfig& model, const Cluster& clus
                                internal::WeightBytesPerElement(rep.gemm_dtype), rep.rows_per_expert, rep.local_experts);
   rep.effective_tflops = rep.peak_tflops * rep.gemm_efficiency;
 
-  WAVEEP_ASSIGN_OR_RETURN(std::vector<LinkTraffic> traffic, ExpertTraffic(cluster, r));
   // With deduplication a pair's dispatch row crosses dispatch_rows_per_pair times on average (by symmetry the same
-  // for every destination rank); its combine row still returns once. Per node (dedup_hosts, full nodes only), links
-  // that only inter-node traffic crosses carry the node-level figure.
+  // for every destination rank); its combine row still returns once. Per node (dedup_hosts, full nodes only), rows
+  // to another node go to its proxy once per node (the node-level figure) and the proxy forwards them inside the
+  // node: ExpertTraffic routes both legs.
   rep.dispatch_rows_per_pair = options.dedup ? DedupRowsPerPair(model, r, 1) : 1.0;
   rep.nodes = internal::NodesSpanned(cluster, r);
   const int per_node = internal::PerNodeDispatchNodes(cluster, r, options.dedup, options.dedup_hosts);
   rep.internode_dispatch_rows_per_pair =
       per_node > 0 ? DedupRowsPerPair(model, r, 1, r / per_node) : rep.dispatch_rows_per_pair;
+  DispatchRouting routing;
+  routing.rows_per_pair = rep.dispatch_rows_per_pair;
+  routing.per_node_nodes = per_node;
+  routing.node_rows_per_pair = rep.internode_dispatch_rows_per_pair;
+  WAVEEP_ASSIGN_OR_RETURN(std::vector<LinkTraffic> traffic, ExpertTraffic(cluster, r, routing));
   const double db_row = static_cast<double>(model.DispatchRowBytes(options.dispatch_dtype));
   const double db = db_row * rep.dispatch_rows_per_pair;
   const double cb = internal::CombineRowBytes(model);
   const double flops = rep.effective_tflops * 1e12;
   const double pairs_per_step = static_cast<double>(options.tokens_per_rank) * model.top_k;
-  // Bytes a link with traffic `t` moves per step in its busiest direction, for dispatch rows of `disp` bytes.
-  auto bytes_per_step = [&](const LinkTraffic& t, bool duplex, double disp) {
-    return t.Share(disp, cb, duplex) * (disp + cb) * pairs_per_step;
-  };
   rep.pair_bytes = db + cb;
   rep.pair_flops_per_byte = rep.threshold.flops_per_pair / (db + cb);
   rep.internode_pair_bytes = db_row * rep.internode_dispatch_rows_per_pair + cb;
@@ -154,20 +155,25 @@ StatusOr<CheckReport> CheckBalance(const ModelConfig& model, const Cluster& clus
     c.link = static_cast<int>(li);
     c.label = LinkLabel(cluster, l);
     c.internode = t.internode_flows == t.num_flows;
-    c.dispatch_rows_per_pair = c.internode ? rep.internode_dispatch_rows_per_pair : rep.dispatch_rows_per_pair;
-    c.pair_flops_per_byte = c.internode ? rep.internode_pair_flops_per_byte : rep.pair_flops_per_byte;
+    // The link's dispatch rows per pair of the flows that cross it: the routed rows over the pair flows (with
+    // per-node dispatch a proxy's links also carry the rows it forwards, so this can exceed the per-rank figure).
+    const double flows = t.dispatch_fwd + t.dispatch_rev;
+    c.dispatch_rows_per_pair = flows > 0 ? (t.dispatch_rows_fwd + t.dispatch_rows_rev) / flows : 0.0;
     const double db_link = db_row * c.dispatch_rows_per_pair;
+    c.pair_flops_per_byte = rep.threshold.flops_per_pair / (db_link + cb);
     c.bw_gbps = l.effective_bw_gbps();
-    c.share = t.Share(db_link, cb, l.duplex);
+    // Bytes of one rank's pairs in the busiest direction, as routed; `share` expresses them in the link's pair bytes.
+    const double routed = t.RoutedBytesPerPair(db_row, cb, l.duplex);
+    c.share = routed / (db_link + cb);
     c.num_devices = t.num_devices;
-    // Bytes per second this link must move while the device computes: share * pair bytes per pair * pairs/s.
-    c.required_gbps = c.share * (db_link + cb) * flops / rep.threshold.flops_per_pair / 1e9;
+    // Bytes per second this link must move while the device computes: routed bytes per pair * pairs/s.
+    c.required_gbps = routed * flops / rep.threshold.flops_per_pair / 1e9;
     c.flops_per_byte = flops * c.share / (c.bw_gbps * 1e9);
     c.margin = c.required_gbps > 0 ? c.bw_gbps / c.required_gbps : 1e30;
     c.comm_bound = c.margin < 1.0;
     c.exposed_fraction = c.comm_bound ? 1.0 - c.margin : 0.0;
-    c.bytes_per_step = bytes_per_step(t, l.duplex, db_link);
-    c.bytes_per_step_without_dedup = bytes_per_step(t, l.duplex, db_row);
+    c.bytes_per_step = routed * pairs_per_step;
+    c.bytes_per_step_without_dedup = t.Share(db_row, cb, l.duplex) * (db_row + cb) * pairs_per_step;
     if (c.margin < worst) {
       worst = c.margin;
       rep.worst = static_cast<int>(rep.links.size());

@@ -111,11 +111,19 @@ StatusOr<Route> FindRoute(const Cluster& cluster, int src, int dst) {
   return r;
 }
 
-StatusOr<std::vector<LinkTraffic>> ExpertTraffic(const Cluster& cluster, int num_ranks) {
+StatusOr<std::vector<LinkTraffic>> ExpertTraffic(const Cluster& cluster, int num_ranks,
+                                                 const DispatchRouting& routing) {
   if (num_ranks < 1 || num_ranks > cluster.num_devices()) {
     return absl::InvalidArgumentError(absl::StrCat("EP group of ", num_ranks, " ranks does not fit cluster '",
                                                    cluster.name, "' with ", cluster.num_devices(),
                                                    " devices (use --nodes to add nodes)"));
+  }
+  const int dpn = cluster.devices_per_node;
+  const bool per_node = routing.per_node_nodes > 0;
+  if (per_node && (num_ranks % dpn != 0 || routing.per_node_nodes != num_ranks / dpn)) {
+    return absl::InvalidArgumentError(absl::StrCat("per-node dispatch over ", routing.per_node_nodes,
+                                                   " nodes needs full nodes of ", dpn, " devices; the group has ",
+                                                   num_ranks, " ranks"));
   }
   std::vector<LinkTraffic> out(cluster.links.size());
   // Ranks whose dispatch rows cross each link, per direction.
@@ -134,17 +142,33 @@ StatusOr<std::vector<LinkTraffic>> ExpertTraffic(const Cluster& cluster, int num
         return absl::InvalidArgumentError(absl::StrCat("cluster '", cluster.name, "': no path between ",
                                                        cluster.vertices[s].name, " and ", cluster.vertices[d].name));
       }
+      const bool remote = s / dpn != d / dpn;
       for (size_t k = 0; k < disp.links.size(); ++k) {
         LinkTraffic& t = out[disp.links[k]];
         (disp.forward[k] ? t.dispatch_fwd : t.dispatch_rev) += frac;
         ++t.num_flows;
-        if (s / cluster.devices_per_node != d / cluster.devices_per_node) ++t.internode_flows;
+        if (remote) ++t.internode_flows;
         (disp.forward[k] ? fwd_sources : rev_sources)[disp.links[k]].insert(s);
       }
       for (size_t k = 0; k < comb.links.size(); ++k) {
         LinkTraffic& t = out[comb.links[k]];
         (comb.forward[k] ? t.combine_fwd : t.combine_rev) += frac;
       }
+      // The rows as routed: direct, or through the proxy x on d's node: once per node (d = x) and forwarded (d != x).
+      auto add_rows = [&](int from, int to, double rows) {
+        const Route leg = internal::RouteFromTree(cluster, trees[from], from, to);
+        for (size_t k = 0; k < leg.links.size(); ++k) {
+          LinkTraffic& t = out[leg.links[k]];
+          (leg.forward[k] ? t.dispatch_rows_fwd : t.dispatch_rows_rev) += rows;
+        }
+      };
+      if (!per_node || !remote) {
+        add_rows(s, d, frac * routing.rows_per_pair);
+        continue;
+      }
+      const int x = (d / dpn) * dpn + s % dpn;
+      if (d == x) add_rows(s, x, frac * dpn * routing.node_rows_per_pair);
+      if (d != x) add_rows(x, d, frac * routing.rows_per_pair);
     }
   }
   // The devices "behind" a link are the smaller of its two source sets: a GPU's own port has 1 (the other side is
@@ -161,6 +185,12 @@ double LinkTraffic::Share(double dispatch_bytes, double combine_bytes, bool dupl
   const double rev = dispatch_rev * dispatch_bytes + combine_rev * combine_bytes;
   const double per_pair = dispatch_bytes + combine_bytes;
   return (duplex ? std::max(fwd, rev) : fwd + rev) / per_pair;
+}
+
+double LinkTraffic::RoutedBytesPerPair(double dispatch_row_bytes, double combine_bytes, bool duplex) const {
+  const double fwd = dispatch_rows_fwd * dispatch_row_bytes + combine_fwd * combine_bytes;
+  const double rev = dispatch_rows_rev * dispatch_row_bytes + combine_rev * combine_bytes;
+  return duplex ? std::max(fwd, rev) : fwd + rev;
 }
 
 }  // namespace waveep::topology

@@ -308,16 +308,18 @@ struct CheckOptions {
   bool dedup = false;
   // With `dedup`, across nodes (ep::LayerConfig::dedup_hosts, on by default): a token crosses to each other node
   // once, DedupRowsPerPair(model, R, 1, R / nodes) rows per pair on links that only inter-node traffic crosses (NICs,
-  // fabric). Needs every node full (R a multiple of devices_per_node); otherwise per rank. The forwarded copies
-  // inside the destination node are not added to its intra-node links.
+  // fabric), to the proxy there (the device with the sender's index within its node), which forwards the rows over
+  // its node's links (counted on them). Needs every node full (R a multiple of devices_per_node); otherwise per rank.
   bool dedup_hosts = false;
 };
 
 struct LinkCheck {
-  int link = 0;              // index into cluster.links
-  std::string label;         // LinkLabel
-  double bw_gbps = 0;        // effective (after oversubscription), per direction
-  double share = 0;          // LinkTraffic::Share: fraction of one rank's pair bytes on this link
+  int link = 0;        // index into cluster.links
+  std::string label;   // LinkLabel
+  double bw_gbps = 0;  // effective (after oversubscription), per direction
+  // Fraction of one rank's pair bytes on this link (busiest direction), the pair bytes being this link's
+  // (dispatch_rows_per_pair below): LinkTraffic::RoutedBytesPerPair over them.
+  double share = 0;
   int num_devices = 0;       // ranks behind the link (LinkTraffic::num_devices): GPUs per NIC, ...
   double required_gbps = 0;  // bandwidth that keeps the link hidden behind the expert GEMMs
   // Device FLOPs per byte this link can move for it: effective FLOP/s / (bw / share). Balanced iff it is at most
@@ -331,7 +333,9 @@ struct LinkCheck {
   double bytes_per_step = 0;
   double bytes_per_step_without_dedup = 0;
   // Dispatch rows per pair on this link, and 6HI / (those rows' bytes + a combine row): the threshold its
-  // flops_per_byte is held against. The report's values, except on inter-node links with CheckOptions::dedup_hosts.
+  // flops_per_byte is held against: the rows routed over the link over the pair flows that cross it. The report's
+  // values, except with CheckOptions::dedup_hosts: inter-node links carry the node-level rows, a proxy's
+  // intra-node links also the rows it forwards (a GPU's NVLink port 2x the per-rank rows).
   double dispatch_rows_per_pair = 1;
   double pair_flops_per_byte = 0;
   bool internode = false;  // only traffic between nodes crosses it

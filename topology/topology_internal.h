@@ -37,6 +37,10 @@ struct LinkTraffic {
   // Fraction of one rank's pairs whose dispatch (resp. combine) row crosses the link in each direction. A device's
   // NVLink port in EP8 carries 7/8 of its pairs' dispatch rows forward (out) and 7/8 of others' rows back (in).
   double dispatch_fwd = 0, dispatch_rev = 0, combine_fwd = 0, combine_rev = 0;
+  // Dispatch rows crossing the link per pair of one rank in each direction, as the layer sends them under the
+  // DispatchRouting given to ExpertTraffic: dispatch_fwd/rev x rows per pair without per-node dispatch; with it,
+  // each other node's rows go to its proxy (node rows per pair) and the proxy's forwarded rows cross its node again.
+  double dispatch_rows_fwd = 0, dispatch_rows_rev = 0;
   int num_flows = 0;        // (src, dst) rank pairs crossing the link
   int internode_flows = 0;  // ... of which between ranks on different nodes
   // Ranks behind the link: of the ranks whose dispatch rows cross it, the smaller set of the two directions. A
@@ -45,9 +49,26 @@ struct LinkTraffic {
   // Share of one rank's pair bytes (dispatch + combine) carried in the busiest direction, or in both together on a
   // half-duplex link. `dispatch_bytes` / `combine_bytes` are the row sizes.
   double Share(double dispatch_bytes, double combine_bytes, bool duplex) const;
+  // Bytes of one rank's pairs carried in the busiest direction (both together on a half-duplex link) with the
+  // dispatch rows as routed (dispatch_rows_fwd/rev): `dispatch_row_bytes` is one row, `combine_bytes` one combine row.
+  double RoutedBytesPerPair(double dispatch_row_bytes, double combine_bytes, bool duplex) const;
 };
-// One entry per link of cluster.links. InvalidArgument if num_ranks is < 1 or exceeds the devices.
-StatusOr<std::vector<LinkTraffic>> ExpertTraffic(const Cluster& cluster, int num_ranks);
+
+// How the layer sends dispatch rows (ep::LayerConfig::dedup / dedup_hosts): `rows_per_pair` rows per (token,
+// expert) pair to each destination rank (DedupRowsPerPair over ranks; 1 without deduplication). `per_node_nodes` > 0
+// (per-node dispatch over that many full nodes): rows for another node go once per node, `node_rows_per_pair` per
+// pair, to the proxy there (the device with the sender's index within its node, as the layer picks it), which
+// forwards each destination's rows (`rows_per_pair`) inside its node.
+struct DispatchRouting {
+  double rows_per_pair = 1;
+  int per_node_nodes = 0;
+  double node_rows_per_pair = 1;
+};
+
+// One entry per link of cluster.links. InvalidArgument if num_ranks is < 1 or exceeds the devices, or a per-node
+// routing whose nodes are not full.
+StatusOr<std::vector<LinkTraffic>> ExpertTraffic(const Cluster& cluster, int num_ranks,
+                                                 const DispatchRouting& routing = {});
 
 namespace internal {
 

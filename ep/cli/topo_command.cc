@@ -277,8 +277,10 @@ void PrintDeviceRate(const topology::Cluster& c, const topology::CheckReport& re
   std::printf("  balanced iff C/B <= %.1f FLOPs/byte on every link, C = %.4g TFLOP/s, B = link bw / share\n",
               rep.pair_flops_per_byte, rep.effective_tflops);
   if (rep.internode_pair_bytes != rep.pair_bytes) {
-    std::printf("  (inter-node links, a token once per node: C/B <= %.1f FLOPs/byte)\n",
-                rep.internode_pair_flops_per_byte);
+    std::printf(
+        "  (inter-node links, a token once per node: C/B <= %.1f FLOPs/byte; a proxy's intra-node links also carry "
+        "the rows it forwards: each link's limit is its C/B max)\n",
+        rep.internode_pair_flops_per_byte);
   }
   if (rep.rows_per_expert < 64 && c.device.gemm_efficiency.empty()) {
     std::printf(
@@ -293,9 +295,9 @@ void PrintLinkTable(const topology::Cluster& c, const topology::CheckReport& rep
   std::printf(
       "\nlinks (uniform routing, contiguous placement; share = part of one rank's pair bytes on the link in "
       "its busiest direction)\n");
-  std::printf("  %-38s %-8s %9s %7s %4s %9s %9s %8s %19s  %s\n", "link", "kind", "bw GB/s", "share", "devs",
-              "need GB/s", "C/B", "margin", rep.dispatch_rows_per_pair < 1 ? "MB/step (no dedup)" : "MB/step",
-              "verdict");
+  std::printf("  %-38s %-8s %9s %7s %4s %9s %9s %9s %8s %19s  %s\n", "link", "kind", "bw GB/s", "share", "devs",
+              "need GB/s", "C/B", "C/B max", "margin",
+              rep.dispatch_rows_per_pair < 1 ? "MB/step (no dedup)" : "MB/step", "verdict");
   for (const RowGroup& g : groups) {
     const topology::LinkCheck& l = rep.links[g.members.front()];
     std::string label = l.label;
@@ -305,9 +307,10 @@ void PrintLinkTable(const topology::Cluster& c, const topology::CheckReport& rep
     const std::string bytes = rep.dispatch_rows_per_pair < 1 ? absl::StrFormat("%.4g (%.4g)", l.bytes_per_step / 1e6,
                                                                                l.bytes_per_step_without_dedup / 1e6)
                                                              : absl::StrFormat("%.4g", l.bytes_per_step / 1e6);
-    std::printf("  %-38s %-8s %9.4g %6.1f%% %4d %9.4g %9.1f %7.2fx %19s  %s\n", label.c_str(),
+    std::printf("  %-38s %-8s %9.4g %6.1f%% %4d %9.4g %9.1f %9.1f %7.2fx %19s  %s\n", label.c_str(),
                 std::string(topology::LinkKindName(c.links[l.link].kind)).c_str(), l.bw_gbps, 100 * l.share,
-                l.num_devices, l.required_gbps, l.flops_per_byte, l.margin, bytes.c_str(), verdict.c_str());
+                l.num_devices, l.required_gbps, l.flops_per_byte, l.pair_flops_per_byte, l.margin, bytes.c_str(),
+                verdict.c_str());
   }
 }
 

@@ -249,7 +249,8 @@ TEST(Check, DedupShrinksDispatchBytesOnEveryLink) {
 }
 
 // Per node (dedup_hosts): links that only inter-node traffic crosses carry DedupRowsPerPair over the nodes (a token
-// crosses to each other node once), every other link the per-rank figure; within one node nothing changes.
+// crosses to each other node once, to its proxy there); a GPU's NVLink port also carries the rows it forwards as a
+// proxy and those forwarded to it; within one node nothing changes.
 TEST(Check, PerNodeDedupShrinksOnlyInterNodeLinks) {
   const ModelConfig m = Model("deepseek-v4-pro");
   const Cluster two = Preset("h800-8x-ib400", 2);
@@ -272,17 +273,29 @@ TEST(Check, PerNodeDedupShrinksOnlyInterNodeLinks) {
     const LinkCheck& b = node->links[i];
     const LinkKind kind = two.links[b.link].kind;
     EXPECT_EQ(b.internode, kind == LinkKind::kRdma) << b.label;
+    const double pairs = 4096.0 * m.top_k;
     if (b.internode) {
       ++internode;
-      EXPECT_DOUBLE_EQ(b.dispatch_rows_per_pair, rows_node) << b.label;
-      EXPECT_DOUBLE_EQ(b.pair_flops_per_byte, node->threshold.flops_per_pair / (db * rows_node + cb)) << b.label;
-      EXPECT_DOUBLE_EQ(b.pair_flops_per_byte, node->internode_pair_flops_per_byte) << b.label;
+      EXPECT_NEAR(b.dispatch_rows_per_pair, rows_node, 1e-12) << b.label;
+      EXPECT_NEAR(b.pair_flops_per_byte, node->internode_pair_flops_per_byte, 1e-9) << b.label;
+      // A GPU's IB port: its rows to the other node's proxy, and the rows of the one origin it is proxy for (8 of
+      // 16 pairs each), the combine rows of the other node's 8 ranks.
+      EXPECT_NEAR(b.bytes_per_step, (8.0 / 16 * rows_node * db + 8.0 / 16 * cb) * pairs, 1e-9 * b.bytes_per_step)
+          << b.label;
       EXPECT_LT(b.bytes_per_step, a.bytes_per_step) << b.label;
       EXPECT_GT(b.margin, a.margin) << b.label;
-    } else {
+    } else if (kind == LinkKind::kNvlink) {
       ++intranode;
-      EXPECT_DOUBLE_EQ(b.bytes_per_step, a.bytes_per_step) << b.label;
-      EXPECT_DOUBLE_EQ(b.margin, a.margin) << b.label;
+      // Out: its rows for its 7 node mates, and the rows it forwards to them for the one remote origin it serves
+      // (7 of that origin's 16 sixteenths); in: the same from its mates and their proxies. Combine: its 7 mates.
+      EXPECT_NEAR(b.bytes_per_step, (14.0 / 16 * rows_rank * db + 7.0 / 16 * cb) * pairs, 1e-9 * b.bytes_per_step)
+          << b.label;
+      EXPECT_NEAR(a.bytes_per_step, (7.0 / 16 * rows_rank * db + 7.0 / 16 * cb) * pairs, 1e-9 * a.bytes_per_step)
+          << a.label;
+      EXPECT_NEAR(b.dispatch_rows_per_pair, 2 * rows_rank, 1e-12) << b.label;
+      EXPECT_LT(b.margin, a.margin) << b.label;
+    } else {
+      EXPECT_NEAR(b.bytes_per_step, a.bytes_per_step, 1e-9 * a.bytes_per_step) << b.label;
     }
   }
   EXPECT_GT(internode, 0);

@@ -21,6 +21,8 @@ Status AgreeStatus(comm::Communicator& comm, const Status& local);
 // InvalidArgument naming node_of_rank unless it has one node id in [0, num_ranks) per rank (LayerConfig,
 // BuildDispatchLayout).
 Status ValidateNodeOfRank(const std::vector<int>& node_of_rank, int num_ranks);
+// Distinct node ids in node_of_rank (validated): hierarchical dispatch needs at least two.
+int CountNodes(const std::vector<int>& node_of_rank);
 
 // What one step does per wave; the WaveScheduler decides when. Every operation *enqueues* its work on the stream
 // it is given and returns at once: a CPU implementation enqueues a host task (Stream::Enqueue), a CUDA one launches

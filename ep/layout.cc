@@ -60,6 +60,12 @@ Status ValidateNodeOfRank(const std::vector<int>& node_of_rank, int num_ranks) {
   return absl::OkStatus();
 }
 
+int CountNodes(const std::vector<int>& node_of_rank) {
+  std::vector<int> ids = node_of_rank;
+  std::sort(ids.begin(), ids.end());
+  return static_cast<int>(std::unique(ids.begin(), ids.end()) - ids.begin());
+}
+
 Status AgreeStatus(comm::Communicator& comm, const Status& local) {
   return AgreeOnStatus(comm.rank(), comm.size(), local,
                        [&](const void* send, size_t bytes, void* recv) { return comm.Allgather(send, bytes, recv); });
@@ -495,9 +501,7 @@ StatusOr<DispatchLayout> BuildDispatchLayout(comm::Communicator& comm, const Pla
     std::optional<NodeMap> nm;
     if (node_of_rank != nullptr) {
       WAVEEP_ASSIGN_OR_RETURN(nm, MakeNodeMap(*node_of_rank, r_count));
-      int nodes = 0;
-      for (const std::vector<int>& m : nm->members) nodes += m.empty() ? 0 : 1;
-      if (nodes < 2) nm.reset();
+      if (internal::CountNodes(*node_of_rank) < 2) nm.reset();
     }
     WAVEEP_RETURN_IF_ERROR(DedupDispatchRows(comm, placement, batch, nm ? &*nm : nullptr, &lay));
   } else {

@@ -210,9 +210,7 @@ StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Create(const ProcessContext& ctx, 
     layer->node_of_rank_.push_back(c.node_of_rank.empty() ? all[2 * r] : c.node_of_rank[r]);
     all_dedup = all_dedup && all[2 * r + 1] != 0;
   }
-  std::vector<int> nodes = layer->node_of_rank_;
-  std::sort(nodes.begin(), nodes.end());
-  layer->num_nodes_ = static_cast<int>(std::unique(nodes.begin(), nodes.end()) - nodes.begin());
+  layer->num_nodes_ = internal::CountNodes(layer->node_of_rank_);
   im.dedup_capable = all_dedup;
   layer->dedup_ = c.dedup && all_dedup;
   std::vector<float> w13(static_cast<size_t>(l) * 2 * i * h), w2(static_cast<size_t>(l) * h * i), sw13, sw2;
@@ -315,7 +313,7 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
     return wave_args(w, ops.send(), lay.dsend_row_begin, lay.dsend_rows, ops.recv(w % 2), lay.drecv_row_begin,
                      lay.drecv_rows, drow, absl::StrCat("alltoallv dispatch(", w, ")"));
   };
-  auto forward_args = [&](int w) {  // hierarchical exchange 1: to my proxies on other nodes
+  auto proxy_args = [&](int w) {  // hierarchical exchange 1: to my proxies on other nodes
     return wave_args(w, ops.send(), lay.x1_send_row_begin, lay.x1_send_rows, ops.forward_buffer(),
                      lay.x1_recv_row_begin, lay.x1_recv_rows, drow,
                      absl::StrCat("alltoallv dispatch(", w, ") to node proxies"));
@@ -330,7 +328,7 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
   wave.pack = [&](int w, Stream& st) { return ops.Pack(w, st); };
   wave.dispatch = [&](int w, Stream& st) {
     if (lay.hierarchical) {
-      WAVEEP_RETURN_IF_ERROR(comm_->AlltoallvAsync(forward_args(w), st));
+      WAVEEP_RETURN_IF_ERROR(comm_->AlltoallvAsync(proxy_args(w), st));
       WAVEEP_RETURN_IF_ERROR(ops.Forward(w, st));
     }
     return comm_->AlltoallvAsync(dispatch_args(w), st);

@@ -154,21 +154,21 @@ StatusOr<std::vector<LinkTraffic>> ExpertTraffic(const Cluster& cluster, int num
         LinkTraffic& t = out[comb.links[k]];
         (comb.forward[k] ? t.combine_fwd : t.combine_rev) += frac;
       }
-      // The rows as routed: direct, or through the proxy x on d's node: once per node (d = x) and forwarded (d != x).
-      auto add_rows = [&](int from, int to, double rows) {
-        const Route leg = internal::RouteFromTree(cluster, trees[from], from, to);
+      // The rows as routed: direct, or through the proxy x on d's node: once per node (d = x: the direct route) and
+      // forwarded (d != x: x's route to d).
+      auto add_rows = [&](const Route& leg, double rows) {
         for (size_t k = 0; k < leg.links.size(); ++k) {
           LinkTraffic& t = out[leg.links[k]];
           (leg.forward[k] ? t.dispatch_rows_fwd : t.dispatch_rows_rev) += rows;
         }
       };
       if (!per_node || !remote) {
-        add_rows(s, d, frac * routing.rows_per_pair);
+        add_rows(disp, frac * routing.rows_per_pair);
         continue;
       }
       const int x = (d / dpn) * dpn + s % dpn;
-      if (d == x) add_rows(s, x, frac * dpn * routing.node_rows_per_pair);
-      if (d != x) add_rows(x, d, frac * routing.rows_per_pair);
+      if (d == x) add_rows(disp, frac * dpn * routing.node_rows_per_pair);
+      if (d != x) add_rows(internal::RouteFromTree(cluster, trees[x], x, d), frac * routing.rows_per_pair);
     }
   }
   // The devices "behind" a link are the smaller of its two source sets: a GPU's own port has 1 (the other side is

@@ -37,9 +37,6 @@ std::vector<std::string> BenchFlagNames() {
 
 namespace {
 
-// What the dedup column says: off, rank (per destination rank), host (per destination host, forwarded inside it).
-const char* DedupName(const BenchRow& r) { return !r.dedup ? "off" : r.dedup_hosts ? "host" : "rank"; }
-
 std::string Fmt(const char* f, double v) {
   char buf[64];
   std::snprintf(buf, sizeof(buf), f, v);
@@ -266,7 +263,7 @@ Status BenchImpl(const ProcessContext& ctx) {
         rows.push_back(r);
         if (ctx.world_rank == 0 && !quiet)
           std::fprintf(stderr, "[waveep]   waves=%d dedup=%s: median %.3f ms (speedup %.2fx, overlap %.2f)\n", r.waves,
-                       DedupName(r), r.step_ms_median, r.speedup, r.overlap_efficiency);
+                       DedupModeName(r.dedup, r.dedup_hosts), r.step_ms_median, r.speedup, r.overlap_efficiency);
       }
     }
   }
@@ -296,9 +293,9 @@ std::string FormatBenchTable(const std::vector<BenchRow>& rows, int blas_threads
     std::snprintf(
         line, sizeof(line),
         "%-18s %5d %8lld %5s %5d %5s %10.3f %9.3f %9.3f %7.2fx %10.3f %10.3f %8.2f %9.4f %10.3f %9.3f %9.3f%s\n",
-        r.model.c_str(), r.ranks, static_cast<long long>(r.tokens_per_rank), r.dtype.c_str(), r.waves, DedupName(r),
-        r.step_ms_median, r.step_ms_min, r.step_ms_max, r.speedup, r.compute_ms, r.comm_ms, r.overlap_efficiency,
-        r.tflops, r.gbps_per_rank, r.mb_per_step, r.internode_mb_per_step, p.c_str());
+        r.model.c_str(), r.ranks, static_cast<long long>(r.tokens_per_rank), r.dtype.c_str(), r.waves,
+        DedupModeName(r.dedup, r.dedup_hosts), r.step_ms_median, r.step_ms_min, r.step_ms_max, r.speedup, r.compute_ms,
+        r.comm_ms, r.overlap_efficiency, r.tflops, r.gbps_per_rank, r.mb_per_step, r.internode_mb_per_step, p.c_str());
     o << line;
   }
   return o.str();

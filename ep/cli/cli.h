@@ -53,6 +53,11 @@ void ReportError(const ProcessContext& ctx, absl::string_view cmd, const Status&
 // Returns the layer configuration the flags describe (model loaded, dtype parsed, waves, device), validated for
 // `num_ranks`.
 StatusOr<ep::LayerConfig> LayerConfigFromFlags(const ProcessContext& ctx);
+// What run and bench print for the dispatch a layer does: "off", "rank" (once per destination rank) or "host" (once
+// per destination host, forwarded inside it): MoeLayer::dedup() and hierarchical().
+inline const char* DedupModeName(bool dedup, bool hierarchical) {
+  return !dedup ? "off" : hierarchical ? "host" : "rank";
+}
 // How long a rank that reports a job-fatal error waits before it aborts the job, so that the other ranks that saw the
 // same failure (a dead peer: every rank that talked to it, within ~100 ms) print their own line first.
 inline constexpr absl::Duration kJobFatalGrace = absl::Milliseconds(500);

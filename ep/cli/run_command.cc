@@ -242,10 +242,7 @@ void PrintRunSummary(const RunReport& r) {
   }
   std::printf(" experts/rank=%d waves=%d dtype=%s routing=%s backend=%s dedup=%s blas_threads=%d\n", l, r.cfg.num_waves,
               std::string(DTypeName(r.cfg.dispatch_dtype)).c_str(), r.src.routing.c_str(), r.backend.c_str(),
-              !r.dedup         ? "off"
-              : r.hierarchical ? "host"
-                               : "rank",
-              r.blas_threads);
+              DedupModeName(r.dedup, r.hierarchical), r.blas_threads);
   if (r.src.ckpt != nullptr) {
     std::printf("  checkpoint  %s layer %d (%s naming, %s weights): read %.2f MB max per rank, %.2f MB all ranks\n",
                 r.src.checkpoint.c_str(), r.src.ckpt->layer(),

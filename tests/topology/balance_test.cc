@@ -251,7 +251,7 @@ TEST(Check, DedupShrinksDispatchBytesOnEveryLink) {
 // Per node (dedup_hosts): links that only inter-node traffic crosses carry DedupRowsPerPair over the nodes (a token
 // crosses to each other node once, to its proxy there); a GPU's NVLink port also carries the rows it forwards as a
 // proxy and those forwarded to it; within one node nothing changes.
-TEST(Check, PerNodeDedupShrinksOnlyInterNodeLinks) {
+TEST(Check, PerNodeDedupShrinksInterNodeLinksAndLoadsTheProxies) {
   const ModelConfig m = Model("deepseek-v4-pro");
   const Cluster two = Preset("h800-8x-ib400", 2);
   auto rank = CheckBalance(m, two, V4ProFp8Step(true, false));
@@ -267,13 +267,13 @@ TEST(Check, PerNodeDedupShrinksOnlyInterNodeLinks) {
   const double db = static_cast<double>(m.DispatchRowBytes(DType::kFP8E4M3)), cb = 2.0 * m.hidden_size;
   EXPECT_DOUBLE_EQ(node->internode_pair_bytes, db * rows_node + cb);
   EXPECT_DOUBLE_EQ(rank->internode_pair_bytes, rank->pair_bytes);
+  const double pairs = 4096.0 * m.top_k;
   int internode = 0, intranode = 0;
   for (size_t i = 0; i < node->links.size(); ++i) {
     const LinkCheck& a = rank->links[i];
     const LinkCheck& b = node->links[i];
     const LinkKind kind = two.links[b.link].kind;
     EXPECT_EQ(b.internode, kind == LinkKind::kRdma) << b.label;
-    const double pairs = 4096.0 * m.top_k;
     if (b.internode) {
       ++internode;
       EXPECT_NEAR(b.dispatch_rows_per_pair, rows_node, 1e-12) << b.label;

@@ -4,6 +4,7 @@
 //
 //   mpirun -np 4 --oversubscribe build/bench/waveep_comm_bench --benchmark_counters_tabular=true
 //   mpirun -np 4 ... waveep_comm_bench --comm_bench_backend=mpi,ucx --comm_bench_max_bytes=16777216
+//   mpirun -np 4 ... waveep_comm_bench --comm_bench_backend=mpi,ucx --comm_bench_rounds=7   # interleaved rounds
 //   # the mpi backend's polling knobs (comm/mpi_transport.h, MpiTuning):
 //   mpirun -np 4 ... waveep_comm_bench --comm_bench_busy_us=10 --comm_bench_spin_us=50
 //   --comm_bench_spin_per_mib_us=1000 ...
@@ -21,8 +22,12 @@
 //                                                baseline)
 //   BM_AlltoallvMpi/<size>                       MPI_Alltoallv on the same buffers, counts and displacements (the
 //                                                baseline)
-// After the run, rank 0 prints one summary line per size: each backend's async busbw beside MPI_Alltoallv's, and
-// with several backends, each one's ratio to the first.
+// --comm_bench_rounds=N (default 1) runs all of that N times per size, round after round, so that every backend is
+// measured next to the others at N moments (a 2-core machine running 4 ranks drifts by 2x between seconds); the
+// benchmarks are then named .../<size>/round:<r>.
+// After the run, rank 0 prints one summary line per size: each backend's async busbw beside MPI_Alltoallv's (medians
+// over the rounds), and with several backends, each one's ratio to the first, async and blocking (the median of the
+// rounds' ratios, with the lowest and highest round).
 // Each iteration starts after a barrier; its time is the slowest rank's (manual time), so all ranks agree. Counters
 // follow nccl-tests: algbw = bytes each rank sends (size x block, self included) / time; busbw = algbw x (n-1)/n.
 // bytes_per_second is algbw. Every rank runs fixed iteration counts so that the ranks stay in lockstep; only rank 0
@@ -62,8 +67,8 @@ using waveep::comm::AlltoallvArgs;
 const waveep::ProcessContext* g_ctx = nullptr;
 std::vector<std::unique_ptr<waveep::comm::Communicator>> g_comms;  // in --comm_bench_backend order
 std::unique_ptr<waveep::Stream> g_stream;
-// busbw (GB/s) per (benchmark family, per-peer bytes), for the summary.
-std::map<std::pair<std::string, size_t>, double> g_busbw;
+// busbw (GB/s) per (benchmark family, per-peer bytes), one entry per round, for the summary.
+std::map<std::pair<std::string, size_t>, std::vector<double>> g_busbw;
 
 // Payload byte i of the block src -> dst: cheap to generate and check, never zero.
 inline char Pattern(int src, int dst, size_t i) {
@@ -161,7 +166,7 @@ void RunTimed(benchmark::State& state, const std::string& family, size_t per_pee
   state.counters["algbw_GBps"] = algbw;
   state.counters["busbw_GBps"] = algbw * (n - 1) / n;
   state.counters["ranks"] = n;
-  g_busbw[{family, per_peer}] = algbw * (n - 1) / n;
+  g_busbw[{family, per_peer}].push_back(algbw * (n - 1) / n);
 }
 
 void BM_AlltoallvWaveep(benchmark::State& state, size_t comm_index, size_t per_peer) {
@@ -203,22 +208,51 @@ std::string SizeName(size_t bytes) {
   return absl::StrCat(bytes >> 10, "KiB");
 }
 
-// One line per block size: every backend's async busbw (and blocking, in brackets) beside MPI_Alltoallv's.
-void PrintSummary(size_t max_bytes) {
-  std::printf("\nsummary: busbw GB/s per block size (async [blocking]); ratio = backend / first backend, async\n");
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t m = v.size() / 2;
+  return v.size() % 2 == 1 ? v[m] : (v[m - 1] + v[m]) / 2;
+}
+
+// One line per block size: every backend's async busbw (and blocking, in brackets) beside MPI_Alltoallv's, each the
+// median over the rounds. Each backend's ratio to the first is the median of the per-round ratios (round r of both
+// ran back to back, so the machine's drift cancels in the pair), with the lowest and highest round in brackets.
+void PrintSummary(size_t max_bytes, int rounds) {
+  std::printf(
+      "\nsummary: busbw GB/s per block size (async [blocking]), median of %d round(s); ratio = backend / first "
+      "backend, median of the rounds' ratios%s\n",
+      rounds, rounds > 1 ? " [lowest, highest round]" : "");
   std::printf("%-8s", "block");
   for (const auto& c : g_comms) std::printf(" %22s", std::string(c->name()).c_str());
   std::printf(" %14s", "MPI_Alltoallv");
-  for (size_t i = 1; i < g_comms.size(); ++i)
-    std::printf(" %10s", absl::StrCat(g_comms[i]->name(), "/", g_comms[0]->name()).c_str());
+  for (size_t i = 1; i < g_comms.size(); ++i) {
+    const std::string r = absl::StrCat(g_comms[i]->name(), "/", g_comms[0]->name());
+    std::printf(" %*s %*s", rounds > 1 ? 20 : 10, r.c_str(), rounds > 1 ? 20 : 10, absl::StrCat(r, " blk").c_str());
+  }
   std::printf("\n");
-  auto get = [](const std::string& family, size_t bytes) {
+  auto rounds_of = [](const std::string& family, size_t bytes) {
     auto it = g_busbw.find({family, bytes});
-    return it == g_busbw.end() ? -1.0 : it->second;
+    return it == g_busbw.end() ? std::vector<double>() : it->second;
+  };
+  auto get = [&](const std::string& family, size_t bytes) {
+    const std::vector<double> v = rounds_of(family, bytes);
+    return v.empty() ? -1.0 : Median(v);
   };
   // "-" where a benchmark did not run (--benchmark_filter): nothing is printed that was not measured.
   auto cell = [](double v, int width, int decimals) {
     return v < 0 ? absl::StrFormat("%*s", width, "-") : absl::StrFormat("%*.*f", width, decimals, v);
+  };
+  // Median, lowest and highest of the per-round ratios family / base.
+  auto ratio = [&](const std::string& family, const std::string& base, size_t bytes) {
+    const std::vector<double> a = rounds_of(family, bytes), b = rounds_of(base, bytes);
+    std::vector<double> r;
+    for (size_t k = 0; k < std::min(a.size(), b.size()); ++k) {
+      if (a[k] > 0 && b[k] > 0) r.push_back(a[k] / b[k]);
+    }
+    if (r.empty()) return absl::StrFormat("%*s", rounds > 1 ? 20 : 10, "-");
+    if (rounds == 1) return absl::StrFormat("%10.3f", r[0]);
+    const auto [lo, hi] = std::minmax_element(r.begin(), r.end());
+    return absl::StrFormat("%20s", absl::StrFormat("%.3f [%.2f, %.2f]", Median(r), *lo, *hi));
   };
   for (size_t per_peer = 1024; per_peer <= max_bytes; per_peer *= 4) {
     std::string line = absl::StrFormat("%-8s", SizeName(per_peer));
@@ -232,10 +266,11 @@ void PrintSummary(size_t max_bytes) {
     const double m = get("MPI_Alltoallv", per_peer);
     any = any || m >= 0;
     absl::StrAppend(&line, " ", cell(m, 14, 4));
-    const double first = get(std::string(g_comms[0]->name()), per_peer);
+    const std::string first(g_comms[0]->name());
     for (size_t i = 1; i < g_comms.size(); ++i) {
-      const double v = get(std::string(g_comms[i]->name()), per_peer);
-      absl::StrAppend(&line, " ", cell(first > 0 && v > 0 ? v / first : -1.0, 10, 3));
+      const std::string name(g_comms[i]->name());
+      absl::StrAppend(&line, " ", ratio(name, first, per_peer), " ",
+                      ratio(name + " blocking", first + " blocking", per_peer));
     }
     if (any) std::printf("%s\n", line.c_str());
   }
@@ -255,6 +290,7 @@ int main(int argc, char** argv) {
   // Our flags, then Google Benchmark's. Non-root ranks drop --benchmark_out* so that only rank 0 writes the file.
   std::string backend = "mpi";
   size_t max_bytes = size_t{64} << 20;
+  int rounds = 1;
   std::vector<char*> args = {argv[0]};
   for (int i = 1; i < argc; ++i) {
     absl::string_view a = argv[i];
@@ -263,6 +299,12 @@ int main(int argc, char** argv) {
     } else if (absl::ConsumePrefix(&a, "--comm_bench_max_bytes=")) {
       if (!absl::SimpleAtoi(a, &max_bytes) || max_bytes < 1024) {
         if (root) std::fprintf(stderr, "--comm_bench_max_bytes wants an integer >= 1024, got '%s'\n", argv[i]);
+        waveep::FinalizeProcess();
+        return 2;
+      }
+    } else if (absl::ConsumePrefix(&a, "--comm_bench_rounds=")) {
+      if (!absl::SimpleAtoi(a, &rounds) || rounds < 1 || rounds > 100) {
+        if (root) std::fprintf(stderr, "--comm_bench_rounds wants an integer in [1, 100], got '%s'\n", argv[i]);
         waveep::FinalizeProcess();
         return 2;
       }
@@ -353,26 +395,29 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("waveep_ranks", absl::StrCat(ctx->world_size, " on ", ctx->num_nodes, " node(s)"));
   benchmark::AddCustomContext("waveep_link_to_next_rank",
                               g_comms[0]->Estimate((ctx->world_rank + 1) % ctx->world_size).kind);
+  // Round-major within a size: round r runs every backend and the baseline back to back before round r + 1 starts.
   for (size_t per_peer = 1024; per_peer <= max_bytes; per_peer *= 4) {
     const int64_t iters = IterationsFor(per_peer, ctx->world_size);
-    for (size_t c = 0; c < g_comms.size(); ++c) {
-      const std::string name(g_comms[c]->name());
-      benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvWaveep/", name, "/", SizeName(per_peer)).c_str(),
-                                   BM_AlltoallvWaveep, c, per_peer)
-          ->UseManualTime()
-          ->Iterations(iters)
-          ->Unit(benchmark::kMicrosecond);
-      benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvWaveepBlocking/", name, "/", SizeName(per_peer)).c_str(),
-                                   BM_AlltoallvWaveepBlocking, c, per_peer)
+    for (int r = 0; r < rounds; ++r) {
+      const std::string suffix = rounds > 1 ? absl::StrCat(SizeName(per_peer), "/round:", r) : SizeName(per_peer);
+      for (size_t c = 0; c < g_comms.size(); ++c) {
+        const std::string name(g_comms[c]->name());
+        benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvWaveep/", name, "/", suffix).c_str(), BM_AlltoallvWaveep,
+                                     c, per_peer)
+            ->UseManualTime()
+            ->Iterations(iters)
+            ->Unit(benchmark::kMicrosecond);
+        benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvWaveepBlocking/", name, "/", suffix).c_str(),
+                                     BM_AlltoallvWaveepBlocking, c, per_peer)
+            ->UseManualTime()
+            ->Iterations(iters)
+            ->Unit(benchmark::kMicrosecond);
+      }
+      benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvMpi/", suffix).c_str(), BM_AlltoallvMpi, per_peer)
           ->UseManualTime()
           ->Iterations(iters)
           ->Unit(benchmark::kMicrosecond);
     }
-    benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvMpi/", SizeName(per_peer)).c_str(), BM_AlltoallvMpi,
-                                 per_peer)
-        ->UseManualTime()
-        ->Iterations(iters)
-        ->Unit(benchmark::kMicrosecond);
   }
 
   if (root) {
@@ -381,7 +426,7 @@ int main(int argc, char** argv) {
     NullReporter quiet;
     benchmark::RunSpecifiedBenchmarks(&quiet);
   }
-  if (root) PrintSummary(max_bytes);
+  if (root) PrintSummary(max_bytes, rounds);
   benchmark::Shutdown();
   g_stream.reset();
   g_comms.clear();

@@ -216,6 +216,7 @@ std::string ReleasePending(const Plan& plan, std::vector<MPI_Request>& reqs) {
 Status TestsomeError(int rc, const Plan& plan, const std::vector<int>& idx, const std::vector<MPI_Status>& st,
                      int outcount) {
   std::string detail = ::waveep::internal::MpiErrorString(rc);
+  bool truncated = false;  // the caller's error (the ranks disagree on sizes), not MPI's
   if (rc == MPI_ERR_IN_STATUS) {
     for (int i = 0; i < outcount; ++i) {
       const int err = st[i].MPI_ERROR;
@@ -225,14 +226,16 @@ Status TestsomeError(int rc, const Plan& plan, const std::vector<int>& idx, cons
       MPI_Error_class(err, &err_class);
       detail = absl::StrCat(DescribeMessage(m), " failed: ", ::waveep::internal::MpiErrorString(err));
       if (err_class == MPI_ERR_TRUNCATE) {
+        truncated = true;
         absl::StrAppend(&detail, " (rank ", m.peer, " sent more than recv_bytes[", m.peer, "] = ", m.block_bytes,
-                        ": the ranks disagree on the exchange sizes)");
+                        ": recv_bytes[", m.peer, "] disagrees with what rank ", m.peer, " sends)");
       }
       break;
     }
   }
-  Status s = ::waveep::internal::MakeForeignError(absl::StatusCode::kInternal, "MPI", "MPI_Testsome(...)", __FILE__,
-                                                  __LINE__, absl::StrCat(What(plan), ": ", detail));
+  Status s = ::waveep::internal::MakeForeignError(
+      truncated ? absl::StatusCode::kInvalidArgument : absl::StatusCode::kInternal, "MPI", "MPI_Testsome(...)",
+      __FILE__, __LINE__, absl::StrCat(What(plan), ": ", detail));
   return Status(s.code(), WithPrefix(s.message()));
 }
 

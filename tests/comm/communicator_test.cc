@@ -872,6 +872,45 @@ TEST_P(TimeoutTest, BarrierWithMissingRankPoisonsBlockingCalls) {
   ASSERT_TRUE(comm_->Barrier().ok());
 }
 
+// Rank 1 sends rank 0 one byte more, then one byte fewer, than rank 0 expects, as an eager block and as one above
+// every backend's rendezvous threshold. The pair must name the disagreement: the receiver (mpi, ucx: it sees the
+// size) or the sender (ucx_put: the clear-to-send carries the size) fails with InvalidArgument naming the other rank;
+// neither fails differently, and every rank returns within its short timeout (the others may time out or hear that
+// rank 0 or 1 gave up). A fresh communicator per case: a failed exchange may leave a block unmatched.
+TEST_P(TimeoutTest, PeerSendingAnotherSizeIsNamed) {
+  REQUIRE_HOST_MEMORY();
+  for (size_t base : {size_t{300}, size_t{96} << 10}) {
+    for (int delta : {+1, -1}) {
+      const std::string label = absl::StrCat("size-disagrees-", base, delta > 0 ? "-plus-one" : "-minus-one");
+      SCOPED_TRACE(label);
+      Options opts;
+      opts.timeout = kShort;
+      auto c = CreateCommunicator(GetParam(), *g_ctx, opts);
+      ASSERT_TRUE(c.ok()) << c.status();
+      auto ex = Make([base](int, int) -> size_t { return base; }, label, base + delta);
+      if (rank_ == 1) ex->args.send_bytes[0] = base + delta;  // block 0 is followed by kGap bytes of its buffer
+      const auto t0 = std::chrono::steady_clock::now();
+      const Status s = (*c)->Alltoallv(ex->Args());
+      EXPECT_LT(SecondsSince(t0), 30.0) << s;
+      int named = 0;
+      if (rank_ <= 1 && !s.ok()) {
+        const int other = 1 - rank_;
+        if (s.code() == absl::StatusCode::kInvalidArgument) {
+          EXPECT_TRUE(absl::StrContains(s.message(), absl::StrCat("rank ", other))) << s;
+          EXPECT_TRUE(absl::StrContains(s.message(), "disagrees")) << s;
+          EXPECT_TRUE(absl::StrContains(s.message(), label)) << s;
+          named = 1;
+        } else {
+          EXPECT_TRUE(s.code() == absl::StatusCode::kAborted || s.code() == absl::StatusCode::kDeadlineExceeded) << s;
+        }
+      }
+      MPI_Allreduce(MPI_IN_PLACE, &named, 1, MPI_INT, MPI_MAX, WorldComm(*g_ctx));
+      EXPECT_EQ(named, 1) << "neither rank 0 nor rank 1 named the size disagreement";
+      ASSERT_TRUE(comm_->Barrier().ok());
+    }
+  }
+}
+
 std::string BackendName(const ::testing::TestParamInfo<std::string>& info) { return info.param; }
 
 INSTANTIATE_TEST_SUITE_P(Backends, CommConformanceTest, ::testing::ValuesIn(AvailableBackends()), BackendName);

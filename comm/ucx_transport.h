@@ -1,9 +1,9 @@
 // Copyright 2026 The waveep Authors.
 // IWYU pragma: private, include "comm/comm.h"
 //
-// comm/ucx_transport.h — the "ucx" and "ucx_put" Communicator backends (host memory; active messages or one-sided
-// puts, explicit progress, peer-failure detection). Only comm.cc (the factory), tests/comm and bench/comm_bench.cc
-// include this file; everyone else goes through comm/comm.h:
+// comm/ucx_transport.h — the "ucx" and "ucx_put" Communicator backends (host memory; tagged and active messages or
+// one-sided puts, explicit progress, peer-failure detection). Only comm.cc (the factory), tests/comm and
+// bench/comm_bench.cc include this file; everyone else goes through comm/comm.h:
 //
 //   WAVEEP_ASSIGN_OR_RETURN(auto comm, CreateCommunicator("ucx", ctx));      // data path "am"
 //   WAVEEP_ASSIGN_OR_RETURN(auto comm, CreateCommunicator("ucx_put", ctx));  // data path "put"
@@ -16,10 +16,11 @@
 //   RDMA where a cluster has it.
 // - Exchanges (blocking or async) are told apart by (channel, sequence number), fixed on the host when the call is
 //   issued (identical order on every rank), so exchanges on different streams may run concurrently. Data path "am"
-//   (backend "ucx"): each nonzero block is one active message; UCX sends it eagerly or, inside a
-//   host above its threshold, by rendezvous (the receiver pulls it straight into the receive block); between hosts it
-//   always goes eagerly (UCX 1.13's TCP rendezvous made the two directions of a link take turns). A block that arrives
-//   before its exchange started here waits in a table (eager: copied; rendezvous: only its descriptor). Data path
+//   (backend "ucx"): each nonzero block is one message. Inside a host a tagged message (sender, channel, sequence
+//   number), which UCX matches to the posted receive and lands in the receive block (eager fragments, or rendezvous
+//   over cma: the receiver pulls it); a block that comes early waits in UCX's unexpected queue. Between hosts an
+//   eager active message (UCX 1.13's TCP rendezvous made the two directions of a link take turns), which waits in a
+//   table (copied) when it comes before its exchange started here. Data path
 //   "put" (backend "ucx_put"): the receiver takes a landing buffer from its pool of communicator-owned registered
 //   buffers (ucp_mem_map allocates them; reused, so their remote keys go to each peer once), sends a clear-to-send
 //   (CTS) with the block's address in it and, the first time, the packed remote key; the sender puts (ucp_put_nbx),
@@ -79,10 +80,10 @@ UcxTuning GetUcxTuning();
 // InvalidArgument for a negative duration or unless 0 < min_sleep <= max_sleep. Thread-safe.
 Status SetUcxTuning(const UcxTuning& tuning);
 
-// The "ucx" backend, data path "am": no handshake; each block is an active message that UCX sends eagerly (small) or
-// by rendezvous (large: the receiver pulls it straight into the receive block, zero-copy where the transport can —
-// cma inside a host, TCP zcopy between hosts). Collective over WorldComm(ctx). FailedPrecondition without a world
-// communicator, Unavailable when UCX cannot be initialised (the message carries UCX's reason).
+// The "ucx" backend, data path "am": no handshake; each block is a tagged message inside a host (eager, or rendezvous:
+// the receiver pulls it straight into the receive block over cma) and an eager active message between hosts. Collective
+// over WorldComm(ctx). FailedPrecondition without a world communicator, Unavailable when UCX cannot be initialised (the
+// message carries UCX's reason).
 StatusOr<std::unique_ptr<Communicator>> NewUcxCommunicator(const ProcessContext& ctx, Options options);
 
 // The "ucx_put" backend, data path "put": the receiver sends a clear-to-send with an address in one of its registered

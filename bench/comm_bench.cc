@@ -208,12 +208,6 @@ std::string SizeName(size_t bytes) {
   return absl::StrCat(bytes >> 10, "KiB");
 }
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t m = v.size() / 2;
-  return v.size() % 2 == 1 ? v[m] : (v[m - 1] + v[m]) / 2;
-}
-
 // One line per block size: every backend's async busbw (and blocking, in brackets) beside MPI_Alltoallv's, each the
 // median over the rounds. Each backend's ratio to the first is the median of the per-round ratios (round r of both
 // ran back to back, so the machine's drift cancels in the pair), with the lowest and highest round in brackets.
@@ -236,7 +230,7 @@ void PrintSummary(size_t max_bytes, int rounds) {
   };
   auto get = [&](const std::string& family, size_t bytes) {
     const std::vector<double> v = rounds_of(family, bytes);
-    return v.empty() ? -1.0 : Median(v);
+    return v.empty() ? -1.0 : waveep::Summarize(v).median;
   };
   // "-" where a benchmark did not run (--benchmark_filter): nothing is printed that was not measured.
   auto cell = [](double v, int width, int decimals) {
@@ -251,8 +245,8 @@ void PrintSummary(size_t max_bytes, int rounds) {
     }
     if (r.empty()) return absl::StrFormat("%*s", rounds > 1 ? 20 : 10, "-");
     if (rounds == 1) return absl::StrFormat("%10.3f", r[0]);
-    const auto [lo, hi] = std::minmax_element(r.begin(), r.end());
-    return absl::StrFormat("%20s", absl::StrFormat("%.3f [%.2f, %.2f]", Median(r), *lo, *hi));
+    const waveep::Summary sum = waveep::Summarize(r);
+    return absl::StrFormat("%20s", absl::StrFormat("%.3f [%.2f, %.2f]", sum.median, sum.min, sum.max));
   };
   for (size_t per_peer = 1024; per_peer <= max_bytes; per_peer *= 4) {
     std::string line = absl::StrFormat("%-8s", SizeName(per_peer));

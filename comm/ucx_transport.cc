@@ -112,8 +112,10 @@ constexpr int kTagSeqBits = 40;
 constexpr int kTagChannelBits = 4;
 constexpr int kMaxTagRanks = 1 << (64 - kTagSeqBits - kTagChannelBits);
 constexpr ucp_tag_t kTagMaskAll = ~ucp_tag_t{0};
-// Receives this rank gave up on whose tagged block may still come (to be dropped on arrival), at most.
+// Receives this rank gave up on whose tagged block may still come (to be dropped on arrival), at most; and how often
+// the worker's unexpected queue is probed for them (the probes run in the waiters' progress loop).
 constexpr size_t kMaxAbandonedTags = 64;
+constexpr auto kAbandonedTagProbeEvery = std::chrono::milliseconds(1);
 
 ucp_tag_t DataTag(const XKey& key) {
   const auto [channel, seq, from] = key;
@@ -293,10 +295,12 @@ class UcxState {
   std::vector<RndvArrival> rndv_arrivals;  // see ProgressLocked
   std::map<XKey, Unexpected> unexpected;   // am path: blocks that came before their exchange started here
   std::set<XKey> abandoned_keys;           // receives this rank gave up on: their blocks are dropped
-  std::set<XKey> abandoned_tags;           // the same on the tag path, until the block came (DropAbandonedTagsLocked)
-  std::list<TagDrop> tag_drops;            // those blocks, being received to be dropped
-  bool use_put = false;                    // the data path; the same on every rank (checked at creation)
-  std::map<std::pair<uint64_t, int>, std::string> ctl;        // (seq, from) -> payload
+  // The same on the tag path, with the size the receive expected, until the block came (DropAbandonedTagsLocked).
+  std::map<XKey, size_t> abandoned_tags;
+  std::list<TagDrop> tag_drops;  // those blocks, being received to be dropped
+  Clock::time_point next_tag_probe;
+  bool use_put = false;                                 // the data path; the same on every rank (checked at creation)
+  std::map<std::pair<uint64_t, int>, std::string> ctl;  // (seq, from) -> payload
   std::vector<std::map<uint32_t, std::string>> packed_rkeys;  // per peer, not unpacked yet
   std::vector<std::map<uint32_t, ucp_rkey_h>> rkeys;          // per peer
   std::list<Landing> landings;                                // put path: free or in use (AcquireLandingLocked)
@@ -356,46 +360,48 @@ class UcxState {
     }
   }
 
-  // Tag path, after an exchange gave up on the receive of block `key` (op: its request, if any): cancels it. Returns
-  // true if the block was already being received (a rendezvous under way): UCX may still write the receive block.
-  // Otherwise the block may still come; it is then dropped on arrival. Requires mu.
-  bool AbandonTagReceiveLocked(const XKey& key, Op* op) {
-    bool receiving = false;
+  // Tag path, after an exchange gave up on the receive of block `key` (`bytes` expected; op: its request, if any):
+  // cancels it. Returns true if the block was already being received (a rendezvous under way): UCX may still write
+  // the receive block. Otherwise the block may still come; it is then dropped on arrival. Requires mu.
+  bool AbandonTagReceiveLocked(const XKey& key, size_t bytes, Op* op) {
     if (op->req != nullptr) {
       ucp_request_cancel(worker, op->req);
       const ucs_status_t s = ucp_request_check_status(op->req);
-      receiving = s == UCS_INPROGRESS;
       ucp_request_free(op->req);
       op->req = nullptr;
-      if (s == UCS_OK) return false;  // it had landed
+      if (s == UCS_INPROGRESS) return true;  // matched: it is being received
+      if (s == UCS_OK) return false;         // it had landed
     }
-    if (!receiving) {
-      if (abandoned_tags.size() >= kMaxAbandonedTags) abandoned_tags.erase(abandoned_tags.begin());
-      abandoned_tags.insert(key);
-    }
-    return receiving;
+    if (abandoned_tags.size() >= kMaxAbandonedTags) abandoned_tags.erase(abandoned_tags.begin());
+    abandoned_tags[key] = bytes;
+    return false;
   }
 
   // Receives (into scratch memory, then drops) the tagged blocks of receives this rank gave up on: their senders'
-  // requests complete, and UCX does not keep them as unexpected messages forever. Requires mu.
+  // requests complete, and UCX does not keep them as unexpected messages forever. Probes at most every
+  // kAbandonedTagProbeEvery. The scratch is the size the receive expected: a larger block (a sender that disagrees)
+  // is truncated and dropped all the same, so a block's claimed size never decides an allocation. Requires mu.
   unsigned DropAbandonedTagsLocked() {
     unsigned n = 0;
-    for (auto it = abandoned_tags.begin(); it != abandoned_tags.end();) {
+    const Clock::time_point now = Clock::now();
+    for (auto it = abandoned_tags.begin(); now >= next_tag_probe && it != abandoned_tags.end();) {
       ucp_tag_recv_info_t info{};
-      ucp_tag_message_h msg = ucp_tag_probe_nb(worker, DataTag(*it), kTagMaskAll, /*remove=*/1, &info);
+      ucp_tag_message_h msg = ucp_tag_probe_nb(worker, DataTag(it->first), kTagMaskAll, /*remove=*/1, &info);
       if (msg == nullptr) {
         ++it;
         continue;
       }
       TagDrop d;
-      d.scratch = std::make_unique<char[]>(std::max<size_t>(info.length, 1));
+      const size_t bytes = std::min(info.length, it->second);
+      d.scratch = std::make_unique<char[]>(std::max<size_t>(bytes, 1));
       ucp_request_param_t param{};
-      if (Start(ucp_tag_msg_recv_nbx(worker, d.scratch.get(), info.length, msg, &param), &d.op) == UCS_INPROGRESS) {
+      if (Start(ucp_tag_msg_recv_nbx(worker, d.scratch.get(), bytes, msg, &param), &d.op) == UCS_INPROGRESS) {
         tag_drops.push_back(std::move(d));
       }
       it = abandoned_tags.erase(it);
       ++n;
     }
+    if (now >= next_tag_probe) next_tag_probe = now + kAbandonedTagProbeEvery;
     for (auto it = tag_drops.begin(); it != tag_drops.end();) {
       it = Check(&it->op) == UCS_INPROGRESS ? std::next(it) : tag_drops.erase(it);
     }
@@ -1088,7 +1094,7 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       if (recv_done[i]) continue;
       const XKey key{plan.channel, plan.seq, plan.recvs[i].peer};
       if (st.TagPath(plan.recvs[i].peer)) {
-        receiving += st.AbandonTagReceiveLocked(key, &tag_recvs[i]) ? 1 : 0;
+        receiving += st.AbandonTagReceiveLocked(key, plan.recvs[i].bytes, &tag_recvs[i]) ? 1 : 0;
         st.fins.erase(key);
         st.recv_errors.erase(key);
         continue;

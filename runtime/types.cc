@@ -1,6 +1,8 @@
 // Copyright 2026 The waveep Authors.
 #include "runtime/types.h"
 
+#include <algorithm>
+
 #include "absl/strings/ascii.h"
 
 namespace waveep {
@@ -86,6 +88,17 @@ uint64_t Fnv1a64(const void* data, size_t bytes, uint64_t h) {
     h *= 0x100000001b3ull;
   }
   return h;
+}
+
+Summary Summarize(std::vector<double> v) {
+  Summary s;
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  s.min = v.front();
+  s.max = v.back();
+  const size_t n = v.size();
+  s.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  return s;
 }
 
 }  // namespace waveep

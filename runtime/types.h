@@ -1,16 +1,18 @@
 // Copyright 2026 The waveep Authors.
 //
-// runtime/types.h — element types, devices and the deterministic generator shared by all modules.
+// runtime/types.h — element types, devices, the deterministic generator and sample summaries shared by all modules.
 //
 //   DType t = DType::kBF16;  DTypeSize(t) == 2;  ParseDType("fp8") -> DType::kFP8E4M3
 //   Device d = Device::Cpu();  d.ToString() == "cpu"
 //   float v = UniformSym(seed, RngStream::kWeights, index);   // same value on every rank, every run
+//   Summarize({3, 1, 2}).median == 2
 #ifndef WAVEEP_RUNTIME_TYPES_H_
 #define WAVEEP_RUNTIME_TYPES_H_
 
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 #include "runtime/status.h"
@@ -66,6 +68,12 @@ uint64_t UniformInt(uint64_t seed, RngStream stream, uint64_t index, uint64_t n)
 
 // 64-bit FNV-1a over bytes; `h` chains calls. Used for config fingerprints and output checksums.
 uint64_t Fnv1a64(const void* data, size_t bytes, uint64_t h = 0xcbf29ce484222325ull);
+
+// Median (the mean of the middle two for an even count), min and max of a sample; zeros for an empty one.
+struct Summary {
+  double median = 0, min = 0, max = 0;
+};
+Summary Summarize(std::vector<double> v);
 
 }  // namespace waveep
 

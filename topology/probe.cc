@@ -33,12 +33,7 @@ using Clock = std::chrono::steady_clock;
 
 double SecondsSince(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+double Median(std::vector<double> v) { return Summarize(std::move(v)).median; }
 
 // Median over ranks of entry `idx` of an AllgatherVector result with `stride` entries per rank.
 double MedianOverRanks(const std::vector<double>& gathered, int ranks, size_t stride, size_t idx) {

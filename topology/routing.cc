@@ -167,8 +167,11 @@ StatusOr<std::vector<LinkTraffic>> ExpertTraffic(const Cluster& cluster, int num
         continue;
       }
       const int x = (d / dpn) * dpn + s % dpn;
-      if (d == x) add_rows(disp, frac * dpn * routing.node_rows_per_pair);
-      if (d != x) add_rows(internal::RouteFromTree(cluster, trees[x], x, d), frac * routing.rows_per_pair);
+      if (d == x) {
+        add_rows(disp, frac * dpn * routing.node_rows_per_pair);
+      } else {
+        add_rows(internal::RouteFromTree(cluster, trees[x], x, d), frac * routing.rows_per_pair);
+      }
     }
   }
   // The devices "behind" a link are the smaller of its two source sets: a GPU's own port has 1 (the other side is

@@ -79,12 +79,6 @@ std::string FlagsHelp(const std::vector<std::string>& names, int width);
 // Canonical text of every flag that must agree across ranks (hashed by CheckSameOnAllRanks).
 std::string CanonicalFlags();
 
-// Median / min / max of a sample (empty -> zeros).
-struct Summary {
-  double median = 0, min = 0, max = 0;
-};
-Summary Summarize(std::vector<double> v);
-
 // Writes `text` to `path` (rank 0 callers only).
 Status WriteTextFile(const std::string& path, const std::string& text);
 

@@ -12,6 +12,9 @@
 //   # the ucx backends' (comm/ucx_transport.h, UcxTuning; "ucx_put" is the put data path):
 //   mpirun -np 4 ... waveep_comm_bench --comm_bench_backend=mpi,ucx,ucx_put --comm_bench_ucx_busy_us=20
 //       --comm_bench_ucx_spin_us=200 --comm_bench_ucx_min_sleep_us=20 --comm_bench_ucx_max_sleep_us=1000
+//   # the ucx backend's same-host rings: on (default) or off (UCX tagged messages), and their geometry:
+//   mpirun -np 2 ... waveep_comm_bench --comm_bench_backend=mpi,ucx --comm_bench_ucx_shm=1
+//       --comm_bench_ucx_shm_chunk_bytes=65536 --comm_bench_ucx_shm_slots=4
 //
 // For each per-peer block size (1 KiB .. 64 MiB, x4 steps) it runs, side by side, for every backend in
 // --comm_bench_backend (a comma-separated list, default "mpi"):
@@ -343,6 +346,25 @@ int main(int argc, char** argv) {
       if (Status s = waveep::comm::internal::SetUcxTuning(t); !s.ok() || !parsed) {
         if (root)
           std::fprintf(stderr, "%s: %s\n", argv[i], parsed ? std::string(s.message()).c_str() : "not an integer");
+        waveep::FinalizeProcess();
+        return 2;
+      }
+    } else if (absl::ConsumePrefix(&a, "--comm_bench_ucx_shm=") ||
+               absl::ConsumePrefix(&a, "--comm_bench_ucx_shm_chunk_bytes=") ||
+               absl::ConsumePrefix(&a, "--comm_bench_ucx_shm_slots=")) {
+      waveep::comm::internal::UcxTuning t = waveep::comm::internal::GetUcxTuning();
+      uint64_t v = 0;
+      bool parsed = absl::SimpleAtoi(a, &v);
+      if (absl::StartsWith(argv[i], "--comm_bench_ucx_shm=")) {
+        parsed = parsed && v <= 1;
+        t.shm_rings = v == 1;
+      } else {
+        parsed = parsed && v <= (uint64_t{1} << 30);
+        (absl::StartsWith(argv[i], "--comm_bench_ucx_shm_slots=") ? t.shm_slots : t.shm_chunk_bytes) =
+            static_cast<uint32_t>(v);
+      }
+      if (Status s = waveep::comm::internal::SetUcxTuning(t); !s.ok() || !parsed) {
+        if (root) std::fprintf(stderr, "%s: %s\n", argv[i], parsed ? std::string(s.message()).c_str() : "bad value");
         waveep::FinalizeProcess();
         return 2;
       }

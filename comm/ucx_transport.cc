@@ -5,6 +5,7 @@
 // after an error).
 #include "comm/ucx_transport.h"
 
+#include <errno.h>
 #include <poll.h>
 #include <sched.h>
 #include <sys/types.h>
@@ -12,9 +13,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -33,6 +36,7 @@
 #include "absl/strings/str_join.h"
 #include "comm/comm_internal.h"
 #include "comm/mpi_transport.h"
+#include "comm/shm_ring_internal.h"
 
 namespace waveep::comm::internal {
 namespace {
@@ -310,6 +314,18 @@ class UcxState {
   std::string protocol_error;                      // set by a handler that met a message it cannot take
   std::vector<std::unique_ptr<AmSend>> abandoned;  // sends of a failed exchange, drained by DrainAbandonedLocked
   std::vector<std::unique_ptr<AmSend>> released;   // sends left to UCX after an error (their storage lives on)
+  // Same-host data through shared-memory rings (SetUpShm; data path "am" only): this rank's segment (the rings its
+  // same-host peers send into), and per same-host peer its segment and per channel the ring to send into (its own
+  // lock: async exchanges on two streams send at once) and the inbox to receive from. Not under mu.
+  struct ShmPeer {
+    ShmSegment seg;
+    std::array<ShmRing, 2> out;
+    std::array<std::mutex, 2> out_mu;
+    std::array<ShmInbox, 2> in;
+  };
+  bool shm = false;
+  ShmSegment shm_own;
+  std::vector<std::unique_ptr<ShmPeer>> shm_peers;  // [peer], null for peers on other hosts
 
   // "rank 3 (host wvp-h1)".
   std::string Peer(int p) const {
@@ -336,8 +352,10 @@ class UcxState {
     return total;
   }
 
-  // Whether the blocks between this rank and `peer` are tagged messages (am path, same host) or active messages.
-  bool TagPath(int peer) const { return !use_put && node_ids[peer] == node_ids[rank]; }
+  // Whether the blocks between this rank and `peer` go through the shared-memory rings (am path, same host), are
+  // tagged messages (am path, same host, no rings) or active messages.
+  bool ShmPath(int peer) const { return shm && !use_put && node_ids[peer] == node_ids[rank]; }
+  bool TagPath(int peer) const { return !shm && !use_put && node_ids[peer] == node_ids[rank]; }
 
   // Tag path: posts the receive of block `key` into [dst, +bytes). Always a request (op->req), even for a block that
   // came early, which the exchange tests (ucp_tag_recv_request_test: status and length) and hands to
@@ -933,8 +951,10 @@ class Waiter {
         deadline_(Clock::now() + absl::ToChronoNanoseconds(timeout)),
         idle_since_(Clock::now()) {}
 
-  // After a round; false once the deadline passed. Called without the state's mutex.
-  bool Next(bool progressed, UcxState& st) {
+  // After a round; false once the deadline passed. Called without the state's mutex. `poll_only`: something this
+  // waiter waits for does not wake the worker's event fd (shared-memory rings), so past the spin it sleeps min_sleep
+  // at a time instead.
+  bool Next(bool progressed, UcxState& st, bool poll_only = false) {
     const Clock::time_point now = Clock::now();
     if (progressed) {
       idle_since_ = now;
@@ -944,11 +964,11 @@ class Waiter {
     if (now >= deadline_) return false;
     const Clock::duration idle = now - idle_since_;
     if (idle < busy_) return true;
-    if (idle < spin_ || st.efd < 0) {
+    if (idle < spin_ || st.efd < 0 || poll_only) {
       if (idle < spin_) {
         std::this_thread::yield();
       } else {
-        std::this_thread::sleep_for(std::chrono::microseconds(50));
+        std::this_thread::sleep_for(poll_only ? min_sleep_ : std::chrono::microseconds(50));
       }
       return true;
     }
@@ -1052,8 +1072,9 @@ StatusOr<Plan> MakePlan(const AlltoallvArgs& args, int rank, int size) {
 
 // One send block's progress: waiting for the receiver's CTS, putting (and flushing), sending the FIN, done.
 // Data path "am" (the default): CTS -> data message -> done. Data path "put": CTS -> put + flush -> FIN -> done.
+// A block through a shared-memory ring (same host, am path) is in phase kShm until its ring send is done.
 struct SendState {
-  enum Phase { kWaitCts, kPutting, kFin, kDone } phase = kWaitCts;
+  enum Phase { kWaitCts, kPutting, kFin, kShm, kDone } phase = kWaitCts;
   Op put;
   Op flush;
   std::unique_ptr<AmSend> fin;  // the FIN (put path) or the data message (am path)
@@ -1072,6 +1093,12 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
   std::vector<size_t> to_copy;
   size_t sends_left = plan.sends.size(), recvs_left = plan.recvs.size();
   Status status;
+  // Same-host blocks through the shared-memory rings: their ring state, and which blocks they are.
+  const UcxTuning tuning = GetUcxTuning();
+  const int chan = plan.channel == kChanBlocking ? 1 : 0;
+  std::vector<ShmRing::Send> shm_sends(plan.sends.size());
+  std::vector<ShmInbox::Recv> shm_recvs(plan.recvs.size());  // begun on their inbox: never reallocated
+  std::vector<size_t> shm_send_idx, shm_recv_idx;
 
   // Gives up on the exchange (requires mu): tells `peers` why at once (and, when a rank is lost, every peer that this
   // rank leaves the job), abandons whatever is still in flight, and returns the note for the error message.
@@ -1088,10 +1115,14 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       st.AbandonLocked(std::move(s.fin));
     }
     for (auto& c : ctss) st.AbandonLocked(std::move(c));
+    // Ring receives end here; the rest of a block that did not complete is dropped when it comes. (A ring send
+    // needs nothing: what it published is a copy.)
+    for (size_t i : shm_recv_idx) st.shm_peers[plan.recvs[i].peer]->in[chan].End(&shm_recvs[i], !recv_done[i]);
     // Blocks that arrive from now on are dropped (a rendezvous already under way still lands).
     int receiving = 0;
     for (size_t i = 0; i < plan.recvs.size(); ++i) {
-      if (recv_done[i]) continue;
+      // A ring receive needs nothing: the ring drops the rest of its block when the next exchange comes.
+      if (recv_done[i] || st.ShmPath(plan.recvs[i].peer)) continue;
       const XKey key{plan.channel, plan.seq, plan.recvs[i].peer};
       if (st.TagPath(plan.recvs[i].peer)) {
         receiving += st.AbandonTagReceiveLocked(key, plan.recvs[i].bytes, &tag_recvs[i]) ? 1 : 0;
@@ -1134,7 +1165,14 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       for (size_t i = 0; i < plan.recvs.size(); ++i) {
         const Block& b = plan.recvs[i];
         const XKey key{plan.channel, plan.seq, b.peer};
-        if (st.TagPath(b.peer)) {
+        if (st.ShmPath(b.peer)) {
+          ShmInbox::Recv& r = shm_recvs[i];
+          r.seq = plan.seq;
+          r.dst = b.dst;
+          r.bytes = b.bytes;
+          st.shm_peers[b.peer]->in[chan].Begin(&r);
+          shm_recv_idx.push_back(i);
+        } else if (st.TagPath(b.peer)) {
           st.PostTagReceiveLocked(key, b.dst, b.bytes, &tag_recvs[i]);
         } else {
           st.PostReceiveLocked(key, b.dst, b.bytes);
@@ -1143,6 +1181,15 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       for (size_t i = 0; i < plan.sends.size() && status.ok(); ++i) {
         const Block& b = plan.sends[i];
         SendState& s = sends[i];
+        if (st.ShmPath(b.peer)) {
+          ShmRing::Send& r = shm_sends[i];
+          r.seq = plan.seq;
+          r.src = b.src;
+          r.bytes = b.bytes;
+          shm_send_idx.push_back(i);
+          s.phase = SendState::kShm;
+          continue;
+        }
         s.fin = std::make_unique<AmSend>();
         s.fin->payload = b.src;
         s.fin->payload_bytes = b.bytes;
@@ -1194,23 +1241,64 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
   }
   if (plan.self_bytes > 0) std::memcpy(plan.self_dst, plan.self_src, plan.self_bytes);
 
-  Waiter waiter(GetUcxTuning(), st.oversubscribed, timeout);
+  Waiter waiter(tuning, st.oversubscribed, timeout);
   std::vector<int> pending_peers;
   for (;;) {
     bool progressed = false;
+    // The shared-memory rings need neither UCX nor the lock (one thread per ring side and channel).
+    Status shm_status;
+    size_t shm_left = 0;
+    for (size_t i : shm_send_idx) {
+      if (sends[i].phase != SendState::kShm) continue;
+      UcxState::ShmPeer& sp = *st.shm_peers[plan.sends[i].peer];
+      {
+        std::lock_guard<std::mutex> lock(sp.out_mu[chan]);
+        progressed = sp.out[chan].PushSend(shm_sends[i]) || progressed;
+      }
+      if (shm_sends[i].done) {
+        sends[i].phase = SendState::kDone;
+        --sends_left;
+      } else {
+        ++shm_left;
+      }
+    }
+    for (size_t i : shm_recv_idx) {
+      if (recv_done[i] || !shm_status.ok()) continue;
+      const int p = plan.recvs[i].peer;
+      ShmInbox& inbox = st.shm_peers[p]->in[chan];
+      progressed = inbox.Poll() || progressed;
+      const ShmInbox::Recv& r = shm_recvs[i];
+      if (r.other_total != 0) {
+        shm_status = absl::InvalidArgumentError(WithPrefix(
+            absl::StrCat(What(plan), ": ", st.Peer(p), " sends ", r.other_total, " bytes to this rank where ", r.bytes,
+                         " are expected (recv_bytes[", p, "] disagrees with what it sends)")));
+      } else if (r.done()) {
+        recv_done[i] = true;
+        --recvs_left;
+      } else {
+        ++shm_left;
+      }
+    }
     {
       std::lock_guard<std::mutex> lock(st.mu);
-      progressed = st.ProgressLocked() > 0;
+      progressed = st.ProgressLocked() > 0 || progressed;
       pending_peers.clear();
       for (size_t i = 0; i < sends.size(); ++i) {
-        if (sends[i].phase != SendState::kDone) pending_peers.push_back(plan.sends[i].peer);
+        if (sends[i].phase != SendState::kDone && sends[i].phase != SendState::kShm) {
+          pending_peers.push_back(plan.sends[i].peer);
+        }
+      }
+      // A peer that gave up on this exchange fails it here, before anything is put into its buffers. On the am
+      // path only a peer this rank still waits for counts: one it receives from, or one whose ring send is not done
+      // (a block sent to it otherwise is simply dropped there).
+      const size_t aborts_from = st.use_put ? 0 : pending_peers.size();
+      for (size_t i = 0; i < sends.size(); ++i) {
+        if (sends[i].phase == SendState::kShm) pending_peers.push_back(plan.sends[i].peer);
       }
       for (size_t i = 0; i < plan.recvs.size(); ++i) {
         if (!recv_done[i]) pending_peers.push_back(plan.recvs[i].peer);
       }
-      // A peer that gave up on this exchange fails it here, before anything is put into its buffers. On the am
-      // path only a peer this rank still waits to receive from counts (a block sent to it is simply dropped there).
-      for (size_t k = st.use_put ? 0 : sends_left; k < pending_peers.size(); ++k) {
+      for (size_t k = aborts_from; k < pending_peers.size() && status.ok(); ++k) {
         const int p = pending_peers[k];
         auto it = st.aborts.find(XKey{plan.channel, plan.seq, p});
         if (it == st.aborts.end() || st.fins.count(it->first) > 0) continue;  // its block landed before it gave up
@@ -1333,8 +1421,10 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       if (status.ok() && !st.protocol_error.empty()) {
         status = absl::InternalError(WithPrefix(absl::StrCat("ucx: received ", st.protocol_error)));
       }
+      if (status.ok()) status = shm_status;
       if (status.ok() && sends_left == 0 && recvs_left == 0 && !ctss_left) {
         st.ReleaseLandingLocked(landing, /*puts_may_follow=*/false);
+        for (size_t i : shm_recv_idx) st.shm_peers[plan.recvs[i].peer]->in[chan].End(&shm_recvs[i], false);
         return absl::OkStatus();
       }
       // A dead peer fails the exchange at once if this rank still waits on it.
@@ -1351,7 +1441,7 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       --recvs_left;
     }
     to_copy.clear();
-    if (!waiter.Next(progressed, st)) break;
+    if (!waiter.Next(progressed, st, /*poll_only=*/shm_left > 0)) break;
   }
 
   // Timed out: name what is missing.
@@ -1672,6 +1762,97 @@ StatusOr<Directory> Exchange(Communicator& mpi, const ProcessContext& ctx, const
   return d;
 }
 
+std::atomic<uint64_t> g_shm_serial{0};  // names this process's segments apart
+
+// Sets up the same-host rings (UcxTuning::shm_rings), collectively: every rank creates its segment and opens its
+// same-host peers' ones; the rings are used only if every rank succeeded (otherwise same-host blocks stay UCX tagged
+// messages and the ranks that failed say why on stderr). The segment names are removed once every rank mapped them,
+// so nothing stays in /dev/shm, also after a crash.
+Status SetUpShm(UcxState& st, Communicator& mpi, const UcxTuning& t) {
+  struct Rec {
+    char name[64];
+    uint64_t bytes;
+    uint32_t slots;
+    uint32_t chunk;
+    int32_t ok;
+  };
+  // Same-host peers, in rank order; a ring's index in a segment is its sender's place in its owner's list.
+  auto local_peers_of = [&](int r) {
+    std::vector<int> v;
+    for (int p = 0; p < st.size; ++p) {
+      if (p != r && st.node_ids[p] == st.node_ids[r]) v.push_back(p);
+    }
+    return v;
+  };
+  const std::vector<int> mine_peers = local_peers_of(st.rank);
+  Rec mine{};
+  ShmGeometry g;
+  g.slots = t.shm_slots;
+  g.chunk = t.shm_chunk_bytes;
+  const size_t rings = 2 * mine_peers.size();
+  while (rings * g.RingBytes() > (size_t{32} << 20) && g.chunk > 4096) g.chunk /= 2;
+  mine.slots = g.slots;
+  mine.chunk = g.chunk;
+  Status local;
+  if (t.shm_rings && rings > 0) {
+    const std::string name = absl::StrCat("/waveep-", getpid(), "-", g_shm_serial.fetch_add(1), "-r", st.rank);
+    StatusOr<ShmSegment> seg = ShmSegment::Create(name, rings * g.RingBytes());
+    if (seg.ok()) {
+      st.shm_own = std::move(*seg);
+      std::strncpy(mine.name, name.c_str(), sizeof(mine.name) - 1);
+      mine.bytes = st.shm_own.bytes();
+      mine.ok = 1;
+    } else {
+      local = seg.status();
+    }
+  }
+  std::vector<Rec> all(st.size);
+  WAVEEP_RETURN_IF_ERROR(mpi.Allgather(&mine, sizeof(mine), all.data()));
+  // Map the peers' segments.
+  int32_t ok = t.shm_rings ? 1 : 0;
+  if (t.shm_rings && local.ok() && !mine_peers.empty()) {
+    st.shm_peers.resize(st.size);
+    for (size_t i = 0; i < mine_peers.size() && local.ok(); ++i) {
+      const int p = mine_peers[i];
+      const Rec& r = all[p];
+      if (!r.ok) {
+        local = absl::UnavailableError(absl::StrCat("rank ", p, " could not create its segment"));
+        break;
+      }
+      const std::string peer_name(r.name, strnlen(r.name, sizeof(r.name)));
+      StatusOr<ShmSegment> seg = ShmSegment::Open(peer_name, r.bytes);
+      if (!seg.ok()) {
+        local = seg.status();
+        break;
+      }
+      auto sp = std::make_unique<UcxState::ShmPeer>();
+      sp->seg = std::move(*seg);
+      const std::vector<int> theirs = local_peers_of(p);
+      const size_t my_place = std::find(theirs.begin(), theirs.end(), st.rank) - theirs.begin();
+      const ShmGeometry pg{r.slots, r.chunk};
+      for (int c = 0; c < 2; ++c) {
+        sp->out[c] = ShmRing(sp->seg.base() + (2 * my_place + c) * pg.RingBytes(), pg);
+        sp->in[c].Attach(ShmRing(st.shm_own.base() + (2 * i + c) * g.RingBytes(), g));
+      }
+      st.shm_peers[p] = std::move(sp);
+    }
+  }
+  if (!local.ok()) ok = 0;
+  std::vector<int32_t> oks(st.size);
+  WAVEEP_RETURN_IF_ERROR(mpi.Allgather(&ok, sizeof(ok), oks.data()));
+  st.shm_own.Unlink();  // every rank has opened it (or given up)
+  st.shm = t.shm_rings && std::count(oks.begin(), oks.end(), 0) == 0;
+  if (!st.shm) {
+    if (t.shm_rings && !local.ok()) {
+      std::fprintf(stderr, "[waveep] rank %d: ucx: same-host blocks go through UCX, not shared-memory rings: %s\n",
+                   st.rank, std::string(local.message()).c_str());
+    }
+    st.shm_peers.clear();
+    st.shm_own = ShmSegment();
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 UcxTuning GetUcxTuning() {
@@ -1687,6 +1868,10 @@ Status SetUcxTuning(const UcxTuning& tuning) {
     return absl::InvalidArgumentError(absl::StrCat("UcxTuning: need 0 < min_sleep (",
                                                    absl::FormatDuration(tuning.min_sleep), ") <= max_sleep (",
                                                    absl::FormatDuration(tuning.max_sleep), ")"));
+  }
+  if (tuning.shm_slots < 2 || tuning.shm_chunk_bytes < 4096) {
+    return absl::InvalidArgumentError(absl::StrCat("UcxTuning: need shm_slots >= 2 (", tuning.shm_slots,
+                                                   ") and shm_chunk_bytes >= 4096 (", tuning.shm_chunk_bytes, ")"));
   }
   std::lock_guard<std::mutex> lock(g_tuning_mu);
   g_tuning = tuning;
@@ -1759,6 +1944,7 @@ StatusOr<std::unique_ptr<Communicator>> NewUcx(const ProcessContext& ctx, Option
     st->watch_pid[p] = p != st->rank && dir.node_ids[p] == ctx.node_id && UcxState::ProcessAlive(dir.pids[p]);
     if (p != st->rank) st->all_peers.push_back(p);
   }
+  if (!use_put) WAVEEP_RETURN_IF_ERROR(SetUpShm(*st, *mpi, GetUcxTuning()));
   st->eps.assign(st->size, nullptr);
   local = [&]() -> Status {
     for (int p = 0; p < st->size; ++p) {

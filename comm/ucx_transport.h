@@ -74,6 +74,14 @@ struct UcxTuning {
   // Then sleep on the worker's event fd: the first sleep min_sleep, each next one twice as long, up to max_sleep.
   absl::Duration min_sleep = absl::Microseconds(20);
   absl::Duration max_sleep = absl::Milliseconds(1);
+  // Same-host blocks (data path "am"): through shared-memory rings (shm_ring_internal.h: two copies, no page
+  // pinning) instead of UCX (tagged messages: eager, or rendezvous over cma), when every rank could set them up (read
+  // when a communicator is created; otherwise UCX, and the ranks that failed say why on stderr). One ring per
+  // same-host sender and channel, shm_slots slots of shm_chunk_bytes (halved while a segment would pass 32 MiB: a
+  // host with many ranks).
+  bool shm_rings = true;
+  uint32_t shm_chunk_bytes = uint32_t{64} << 10;
+  uint32_t shm_slots = 4;
 };
 
 UcxTuning GetUcxTuning();

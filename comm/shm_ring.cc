@@ -112,7 +112,7 @@ void ShmInbox::Begin(Recv* r) {
   early_.erase(it);
 }
 
-bool ShmInbox::Poll() {
+bool ShmInbox::Poll(const Recv* r, Recv* state) {
   std::lock_guard<std::mutex> lock(mu_);
   bool did = false;
   ShmRing::Chunk c;
@@ -131,6 +131,7 @@ bool ShmInbox::Poll() {
     }
     ring_.Pop();
   }
+  if (r != nullptr) *state = *r;
   return did;
 }
 

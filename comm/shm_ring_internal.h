@@ -128,9 +128,10 @@ class ShmInbox {
   // Starts receive `r` (its seq not begun before on this inbox) and lands what came early for it. `r` must stay
   // valid until End.
   void Begin(Recv* r);
-  // Drains the ring; true if anything was consumed. Then the state (received, other_total) of every begun receive
-  // is current.
-  bool Poll();
+  // Drains the ring; true if anything was consumed. With `r`: copies r's state (received, other_total) into `*state`
+  // under the inbox's lock (another thread polling this inbox may land r's chunks: read r's fields only this way while
+  // other receivers are active).
+  bool Poll(const Recv* r = nullptr, Recv* state = nullptr);
   // Ends `r`; `abandoned`: it did not complete, and chunks of its block that come later are dropped.
   void End(Recv* r, bool abandoned);
 

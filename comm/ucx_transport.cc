@@ -1266,8 +1266,8 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       if (recv_done[i] || !shm_status.ok()) continue;
       const int p = plan.recvs[i].peer;
       ShmInbox& inbox = st.shm_peers[p]->in[chan];
-      progressed = inbox.Poll() || progressed;
-      const ShmInbox::Recv& r = shm_recvs[i];
+      ShmInbox::Recv r;
+      progressed = inbox.Poll(&shm_recvs[i], &r) || progressed;
       if (r.other_total != 0) {
         shm_status = absl::InvalidArgumentError(WithPrefix(
             absl::StrCat(What(plan), ": ", st.Peer(p), " sends ", r.other_total, " bytes to this rank where ", r.bytes,

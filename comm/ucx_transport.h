@@ -16,9 +16,11 @@
 //   RDMA where a cluster has it.
 // - Exchanges (blocking or async) are told apart by (channel, sequence number), fixed on the host when the call is
 //   issued (identical order on every rank), so exchanges on different streams may run concurrently. Data path "am"
-//   (backend "ucx"): each nonzero block is one message. Inside a host a tagged message (sender, channel, sequence
-//   number), which UCX matches to the posted receive and lands in the receive block (eager fragments, or rendezvous
-//   over cma: the receiver pulls it); a block that comes early waits in UCX's unexpected queue. Between hosts an
+//   (backend "ucx"): inside a host each nonzero block goes through a shared-memory ring (shm_ring_internal.h: chunked,
+//   copied in by the sender and out by the receiver, no page pinning; UcxTuning::shm_rings), or, where the rings
+//   could not be set up, as a tagged message (sender, channel, sequence number), which UCX matches to the posted
+//   receive and lands in the receive block (eager fragments, or rendezvous over cma: the receiver pulls it); a block
+//   that comes early waits in the ring's inbox or UCX's unexpected queue. Between hosts each block is an
 //   eager active message (UCX 1.13's TCP rendezvous made the two directions of a link take turns), which waits in a
 //   table (copied) when it comes before its exchange started here. Data path
 //   "put" (backend "ucx_put"): the receiver takes a landing buffer from its pool of communicator-owned registered
@@ -35,7 +37,8 @@
 // - Progress is driven by the thread that waits (ucp_worker_progress under the communicator's mutex; the worker is
 //   UCS_THREAD_MODE_SERIALIZED). A waiter polls back to back for UcxTuning::busy_poll, then yields for `spin`, then
 //   sleeps in ppoll(2) on the worker's event file descriptor (ucp_worker_arm), min_sleep at first and twice as long
-//   each time up to max_sleep — a waiting rank costs no CPU while its data is on the wire.
+//   each time up to max_sleep — a waiting rank costs no CPU while its data is on the wire. A waiter with same-host
+//   ring work pending (shm_ring_internal.h; no event fd announces it) sleeps min_sleep at a time without arming.
 // - Dead peers: endpoints between hosts run in UCP_ERR_HANDLING_MODE_PEER, so a peer whose process died or whose
 //   connection reset fails every exchange and collective that waits on it at once, with an error naming the rank and
 //   its host. UCX's shared-memory transports do not offer that mode, so same-host endpoints run without it and their
@@ -88,8 +91,8 @@ UcxTuning GetUcxTuning();
 // InvalidArgument for a negative duration or unless 0 < min_sleep <= max_sleep. Thread-safe.
 Status SetUcxTuning(const UcxTuning& tuning);
 
-// The "ucx" backend, data path "am": no handshake; each block is a tagged message inside a host (eager, or rendezvous:
-// the receiver pulls it straight into the receive block over cma) and an eager active message between hosts. Collective
+// The "ucx" backend, data path "am": no handshake; each block goes through a shared-memory ring inside a host (or,
+// where the rings could not be set up, is a tagged message) and is an eager active message between hosts. Collective
 // over WorldComm(ctx). FailedPrecondition without a world communicator, Unavailable when UCX cannot be initialised (the
 // message carries UCX's reason).
 StatusOr<std::unique_ptr<Communicator>> NewUcxCommunicator(const ProcessContext& ctx, Options options);

@@ -1245,7 +1245,8 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
   std::vector<int> pending_peers;
   for (;;) {
     bool progressed = false;
-    // The shared-memory rings need neither UCX nor the lock (one thread per ring side and channel).
+    // The shared-memory rings need neither UCX nor the communicator's mutex (each ring's senders share its out_mu,
+    // each inbox locks itself).
     Status shm_status;
     size_t shm_left = 0;
     for (size_t i : shm_send_idx) {
@@ -1819,6 +1820,17 @@ Status SetUpShm(UcxState& st, Communicator& mpi, const UcxTuning& t) {
         local = absl::UnavailableError(absl::StrCat("rank ", p, " could not create its segment"));
         break;
       }
+      const std::vector<int> theirs = local_peers_of(p);
+      const size_t my_place = std::find(theirs.begin(), theirs.end(), st.rank) - theirs.begin();
+      const ShmGeometry pg{r.slots, r.chunk};
+      // The peer's word on its geometry decides where this rank writes: it must describe its segment.
+      if (r.slots < 2 || r.chunk < 4096 || r.chunk > (uint32_t{1} << 30) || r.slots > 4096 ||
+          (2 * my_place + 2) * pg.RingBytes() > r.bytes) {
+        local =
+            absl::InvalidArgumentError(absl::StrCat("rank ", p, " announced rings of ", r.slots, " slots of ", r.chunk,
+                                                    " bytes that do not fit its segment of ", r.bytes, " bytes"));
+        break;
+      }
       const std::string peer_name(r.name, strnlen(r.name, sizeof(r.name)));
       StatusOr<ShmSegment> seg = ShmSegment::Open(peer_name, r.bytes);
       if (!seg.ok()) {
@@ -1827,9 +1839,6 @@ Status SetUpShm(UcxState& st, Communicator& mpi, const UcxTuning& t) {
       }
       auto sp = std::make_unique<UcxState::ShmPeer>();
       sp->seg = std::move(*seg);
-      const std::vector<int> theirs = local_peers_of(p);
-      const size_t my_place = std::find(theirs.begin(), theirs.end(), st.rank) - theirs.begin();
-      const ShmGeometry pg{r.slots, r.chunk};
       for (int c = 0; c < 2; ++c) {
         sp->out[c] = ShmRing(sp->seg.base() + (2 * my_place + c) * pg.RingBytes(), pg);
         sp->in[c].Attach(ShmRing(st.shm_own.base() + (2 * i + c) * g.RingBytes(), g));
@@ -1869,9 +1878,11 @@ Status SetUcxTuning(const UcxTuning& tuning) {
                                                    absl::FormatDuration(tuning.min_sleep), ") <= max_sleep (",
                                                    absl::FormatDuration(tuning.max_sleep), ")"));
   }
-  if (tuning.shm_slots < 2 || tuning.shm_chunk_bytes < 4096) {
-    return absl::InvalidArgumentError(absl::StrCat("UcxTuning: need shm_slots >= 2 (", tuning.shm_slots,
-                                                   ") and shm_chunk_bytes >= 4096 (", tuning.shm_chunk_bytes, ")"));
+  if (tuning.shm_slots < 2 || tuning.shm_slots > 4096 || tuning.shm_chunk_bytes < 4096 ||
+      tuning.shm_chunk_bytes > (uint32_t{1} << 30)) {
+    return absl::InvalidArgumentError(absl::StrCat("UcxTuning: need 2 <= shm_slots <= 4096 (", tuning.shm_slots,
+                                                   ") and 4 KiB <= shm_chunk_bytes <= 1 GiB (", tuning.shm_chunk_bytes,
+                                                   ")"));
   }
   std::lock_guard<std::mutex> lock(g_tuning_mu);
   g_tuning = tuning;

@@ -353,18 +353,19 @@ int main(int argc, char** argv) {
                absl::ConsumePrefix(&a, "--comm_bench_ucx_shm_chunk_bytes=") ||
                absl::ConsumePrefix(&a, "--comm_bench_ucx_shm_slots=")) {
       waveep::comm::internal::UcxTuning t = waveep::comm::internal::GetUcxTuning();
+      const bool on_off = absl::StartsWith(argv[i], "--comm_bench_ucx_shm=");
       uint64_t v = 0;
-      bool parsed = absl::SimpleAtoi(a, &v);
-      if (absl::StartsWith(argv[i], "--comm_bench_ucx_shm=")) {
-        parsed = parsed && v <= 1;
+      const bool parsed = absl::SimpleAtoi(a, &v) && v <= (on_off ? 1 : uint64_t{UINT32_MAX});
+      if (on_off) {
         t.shm_rings = v == 1;
       } else {
-        parsed = parsed && v <= (uint64_t{1} << 30);
         (absl::StartsWith(argv[i], "--comm_bench_ucx_shm_slots=") ? t.shm_slots : t.shm_chunk_bytes) =
             static_cast<uint32_t>(v);
       }
       if (Status s = waveep::comm::internal::SetUcxTuning(t); !s.ok() || !parsed) {
-        if (root) std::fprintf(stderr, "%s: %s\n", argv[i], parsed ? std::string(s.message()).c_str() : "bad value");
+        const std::string why =
+            !parsed ? (on_off ? "want 0 or 1" : "want an unsigned 32-bit integer") : std::string(s.message());
+        if (root) std::fprintf(stderr, "%s: %s\n", argv[i], why.c_str());
         waveep::FinalizeProcess();
         return 2;
       }

@@ -39,6 +39,16 @@ struct ShmRing::Slot {
 
 size_t ShmGeometry::RingBytes() const { return 128 + size_t{slots} * (64 + size_t{chunk}); }
 
+Status ShmGeometry::Check() const {
+  if (slots < 2 || slots > 4096) {
+    return absl::InvalidArgumentError(absl::StrCat("ring slots = ", slots, ": want 2 to 4096"));
+  }
+  if (chunk < 4096 || chunk > (uint32_t{1} << 30)) {
+    return absl::InvalidArgumentError(absl::StrCat("ring chunk = ", chunk, " bytes: want 4 KiB to 1 GiB"));
+  }
+  return absl::OkStatus();
+}
+
 ShmRing::Header* ShmRing::header() const { return reinterpret_cast<Header*>(base_); }
 ShmRing::Slot* ShmRing::slot(uint64_t pos) const {
   static_assert(sizeof(Slot) == 64 && sizeof(Header) == 128, "a slot header is one cache line, the ring header two");
@@ -88,8 +98,8 @@ void ShmRing::Pop() {
 void ShmInbox::LandLocked(Recv* r, const ShmRing::Chunk& c) {
   if (r->other_total != 0) return;  // already failed
   if (c.total != r->bytes || c.offset != r->received || c.len > r->bytes - r->received) {
-    r->other_total = c.total != r->bytes ? c.total : r->bytes + 1;  // out of order: the sender disagrees
-    if (r->other_total == 0) r->other_total = 1;
+    // Another size, or chunks that do not add up (a sender that disagrees with itself): bytes + 1 says "more".
+    r->other_total = c.total != r->bytes && c.total != 0 ? c.total : r->bytes + 1;
     return;
   }
   std::memcpy(r->dst + c.offset, c.data, c.len);
@@ -102,12 +112,8 @@ void ShmInbox::Begin(Recv* r) {
   abandoned_.erase(r->seq);
   auto it = early_.find(r->seq);
   if (it == early_.end()) return;
-  const Early& e = it->second;
-  if (e.bad || e.total != r->bytes) {
-    r->other_total = e.total != r->bytes && e.total != 0 ? e.total : r->bytes + 1;
-  } else {
-    std::memcpy(r->dst, e.data.data(), e.data.size());
-    r->received = e.data.size();
+  for (const EarlyChunk& e : it->second) {
+    LandLocked(r, ShmRing::Chunk{r->seq, e.total, e.offset, static_cast<uint32_t>(e.data.size()), e.data.data()});
   }
   early_.erase(it);
 }
@@ -120,14 +126,8 @@ bool ShmInbox::Poll(const Recv* r, Recv* state) {
     did = true;
     if (auto a = active_.find(c.seq); a != active_.end()) {
       LandLocked(a->second, c);
-    } else if (abandoned_.count(c.seq) == 0) {
-      Early& e = early_[c.seq];  // a receive not begun here yet: keep it
-      if (e.data.empty()) e.total = c.total;
-      if (e.bad || c.total != e.total || c.offset != e.data.size() || c.len > c.total - e.data.size()) {
-        e.bad = true;
-      } else {
-        e.data.append(c.data, c.len);
-      }
+    } else if (abandoned_.count(c.seq) == 0) {  // a receive not begun here yet: keep the chunk
+      early_[c.seq].push_back(EarlyChunk{c.total, c.offset, std::string(c.data, c.len)});
     }
     ring_.Pop();
   }
@@ -146,26 +146,29 @@ void ShmInbox::End(Recv* r, bool abandoned) {
 size_t ShmInbox::early_bytes() const {
   std::lock_guard<std::mutex> lock(mu_);
   size_t n = 0;
-  for (const auto& [seq, e] : early_) n += e.data.size();
+  for (const auto& [seq, chunks] : early_) {
+    for (const EarlyChunk& e : chunks) n += e.data.size();
+  }
   return n;
 }
 
 // ---- segments ----------------------------------------------------------------------------------------------------
 
-ShmSegment::ShmSegment(ShmSegment&& o) noexcept
-    : name_(std::move(o.name_)), base_(std::exchange(o.base_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {
-  o.name_.clear();
-}
+ShmSegment::ShmSegment(ShmSegment&& o) noexcept { *this = std::move(o); }
 
 ShmSegment& ShmSegment::operator=(ShmSegment&& o) noexcept {
   if (this != &o) {
-    this->~ShmSegment();
-    new (this) ShmSegment(std::move(o));
+    Reset();
+    name_ = std::exchange(o.name_, std::string());
+    base_ = std::exchange(o.base_, nullptr);
+    bytes_ = std::exchange(o.bytes_, 0);
   }
   return *this;
 }
 
-ShmSegment::~ShmSegment() {
+ShmSegment::~ShmSegment() { Reset(); }
+
+void ShmSegment::Reset() {
   Unlink();
   if (base_ != nullptr) munmap(base_, bytes_);
   base_ = nullptr;

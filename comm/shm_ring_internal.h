@@ -6,9 +6,8 @@
 // Why: on one host a block can cross by one copy that the kernel makes (cma: process_vm_readv, what UCX's and Open
 // MPI's rendezvous use) or by two copies through shared memory (the sender copies in, the receiver copies out, in
 // parallel, chunk by chunk). cma pins every 4 KiB page of the sender's block before copying; on the 2-vCPU VM the
-// pinning took 3x the time of the copy itself (perf, 256 KiB blocks), Open MPI's own shared-memory path was 1.4-2.3x
-// faster at 64 KiB-1 MiB per peer without cma than with it, and these rings beat cma at every size from 16 KiB to
-// 64 MiB per peer (docs/perf/ucx-2026-11-30).
+// pinning took 3x the time of the copy itself (perf, 256 KiB blocks), and these rings ran at 1.06-1.42x of Open
+// MPI's shared-memory path (cma) from 64 KiB to 16 MiB per peer in every run (docs/perf/ucx-2026-11-30).
 //
 // Layout: each rank maps one segment (ShmSegment) holding one ring per (same-host sender, channel). A ring is a
 // header (head: slots published by the sender; tail: slots consumed by the receiver; 64-byte lines apart) and
@@ -30,6 +29,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "runtime/runtime.h"
 
@@ -40,6 +40,9 @@ struct ShmGeometry {
   uint32_t chunk = uint32_t{64} << 10;  // data bytes per slot
   // Bytes of one ring in a segment.
   size_t RingBytes() const;
+  // InvalidArgument naming the field unless 2 <= slots <= 4096 and 4 KiB <= chunk <= 1 GiB. Both the tuning and a
+  // peer's announced geometry (which decides where this rank writes) go through it.
+  Status Check() const;
 };
 
 // A mapped POSIX shared-memory segment (shm_open + mmap). Movable, unmaps on destruction.
@@ -64,6 +67,8 @@ class ShmSegment {
   size_t bytes() const { return bytes_; }
 
  private:
+  void Reset();  // unlinks an owned name, unmaps
+
   std::string name_;  // set while this object owns the name (created it, not unlinked yet)
   char* base_ = nullptr;
   size_t bytes_ = 0;
@@ -139,17 +144,18 @@ class ShmInbox {
   size_t early_bytes() const;
 
  private:
-  struct Early {
-    uint64_t total = 0;
-    std::string data;  // the chunks so far, in order
-    bool bad = false;  // chunks out of order: the sender disagrees with itself
+  // A chunk that came before its receive began, kept as sent (LandLocked checks it when the receive begins).
+  struct EarlyChunk {
+    uint64_t total;
+    uint64_t offset;
+    std::string data;
   };
   void LandLocked(Recv* r, const ShmRing::Chunk& c);
 
   mutable std::mutex mu_;
   ShmRing ring_;
   std::map<uint64_t, Recv*> active_;
-  std::map<uint64_t, Early> early_;
+  std::map<uint64_t, std::vector<EarlyChunk>> early_;
   std::set<uint64_t> abandoned_;  // at most kMaxAbandoned, the oldest forgotten first
 };
 

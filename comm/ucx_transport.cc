@@ -1094,7 +1094,6 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
   size_t sends_left = plan.sends.size(), recvs_left = plan.recvs.size();
   Status status;
   // Same-host blocks through the shared-memory rings: their ring state, and which blocks they are.
-  const UcxTuning tuning = GetUcxTuning();
   const int chan = plan.channel == kChanBlocking ? 1 : 0;
   std::vector<ShmRing::Send> shm_sends(plan.sends.size());
   std::vector<ShmInbox::Recv> shm_recvs(plan.recvs.size());  // begun on their inbox: never reallocated
@@ -1241,7 +1240,7 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
   }
   if (plan.self_bytes > 0) std::memcpy(plan.self_dst, plan.self_src, plan.self_bytes);
 
-  Waiter waiter(tuning, st.oversubscribed, timeout);
+  Waiter waiter(GetUcxTuning(), st.oversubscribed, timeout);
   std::vector<int> pending_peers;
   for (;;) {
     bool progressed = false;
@@ -1824,8 +1823,11 @@ Status SetUpShm(UcxState& st, Communicator& mpi, const UcxTuning& t) {
       const size_t my_place = std::find(theirs.begin(), theirs.end(), st.rank) - theirs.begin();
       const ShmGeometry pg{r.slots, r.chunk};
       // The peer's word on its geometry decides where this rank writes: it must describe its segment.
-      if (r.slots < 2 || r.chunk < 4096 || r.chunk > (uint32_t{1} << 30) || r.slots > 4096 ||
-          (2 * my_place + 2) * pg.RingBytes() > r.bytes) {
+      if (Status g_ok = pg.Check(); !g_ok.ok()) {
+        local = absl::InvalidArgumentError(absl::StrCat("rank ", p, " announced ", g_ok.message()));
+        break;
+      }
+      if ((2 * my_place + 2) * pg.RingBytes() > r.bytes) {
         local =
             absl::InvalidArgumentError(absl::StrCat("rank ", p, " announced rings of ", r.slots, " slots of ", r.chunk,
                                                     " bytes that do not fit its segment of ", r.bytes, " bytes"));
@@ -1878,11 +1880,8 @@ Status SetUcxTuning(const UcxTuning& tuning) {
                                                    absl::FormatDuration(tuning.min_sleep), ") <= max_sleep (",
                                                    absl::FormatDuration(tuning.max_sleep), ")"));
   }
-  if (tuning.shm_slots < 2 || tuning.shm_slots > 4096 || tuning.shm_chunk_bytes < 4096 ||
-      tuning.shm_chunk_bytes > (uint32_t{1} << 30)) {
-    return absl::InvalidArgumentError(absl::StrCat("UcxTuning: need 2 <= shm_slots <= 4096 (", tuning.shm_slots,
-                                                   ") and 4 KiB <= shm_chunk_bytes <= 1 GiB (", tuning.shm_chunk_bytes,
-                                                   ")"));
+  if (Status s = ShmGeometry{tuning.shm_slots, tuning.shm_chunk_bytes}.Check(); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("UcxTuning (shm_slots, shm_chunk_bytes): ", s.message()));
   }
   std::lock_guard<std::mutex> lock(g_tuning_mu);
   g_tuning = tuning;

@@ -1,9 +1,9 @@
 // Copyright 2026 The waveep Authors.
 // IWYU pragma: private, include "comm/comm.h"
 //
-// comm/ucx_transport.h — the "ucx" and "ucx_put" Communicator backends (host memory; tagged and active messages or
-// one-sided puts, explicit progress, peer-failure detection). Only comm.cc (the factory), tests/comm and
-// bench/comm_bench.cc include this file; everyone else goes through comm/comm.h:
+// comm/ucx_transport.h — the "ucx" and "ucx_put" Communicator backends (host memory; shared-memory rings, tagged
+// and active messages or one-sided puts, explicit progress, peer-failure detection). Only comm.cc (the factory),
+// tests/comm and bench/comm_bench.cc include this file; everyone else goes through comm/comm.h:
 //
 //   WAVEEP_ASSIGN_OR_RETURN(auto comm, CreateCommunicator("ucx", ctx));      // data path "am"
 //   WAVEEP_ASSIGN_OR_RETURN(auto comm, CreateCommunicator("ucx_put", ctx));  // data path "put"
@@ -88,7 +88,8 @@ struct UcxTuning {
 };
 
 UcxTuning GetUcxTuning();
-// InvalidArgument for a negative duration or unless 0 < min_sleep <= max_sleep. Thread-safe.
+// InvalidArgument for a negative duration, unless 0 < min_sleep <= max_sleep, or for a ring geometry outside 2-4096
+// slots of 4 KiB-1 GiB. Thread-safe.
 Status SetUcxTuning(const UcxTuning& tuning);
 
 // The "ucx" backend, data path "am": no handshake; each block goes through a shared-memory ring inside a host (or,

@@ -14,6 +14,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -61,10 +62,7 @@ void RoundTrip(ShmGeometry g, const std::vector<size_t>& sizes, const std::vecto
   for (size_t i = 0; i < sizes.size(); ++i) src.push_back(RandomBytes(sizes[i], seed + i));
   std::thread sender([&] {
     for (size_t i = 0; i < sizes.size(); ++i) {
-      ShmRing::Send s;
-      s.seq = i;
-      s.src = src[i].data();
-      s.bytes = sizes[i];
+      ShmRing::Send s{i, src[i].data(), sizes[i]};
       const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
       while (!s.done && std::chrono::steady_clock::now() < deadline) {
         if (!m.out.PushSend(s)) std::this_thread::yield();
@@ -74,10 +72,7 @@ void RoundTrip(ShmGeometry g, const std::vector<size_t>& sizes, const std::vecto
   });
   for (int i : recv_order) {
     std::vector<char> dst(sizes[i], 0);
-    ShmInbox::Recv r;
-    r.seq = static_cast<uint64_t>(i);
-    r.dst = dst.data();
-    r.bytes = sizes[i];
+    ShmInbox::Recv r{static_cast<uint64_t>(i), dst.data(), sizes[i]};
     m.in.Begin(&r);
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     while (!r.done() && r.other_total == 0 && std::chrono::steady_clock::now() < deadline) {
@@ -123,10 +118,7 @@ TEST(ShmRing, AbandonedReceiveDropsTheRestOfItsBlock) {
   TwoMappings m(ShmGeometry{2, 4096});
   const std::vector<char> a = RandomBytes(5 * 4096, 1), b = RandomBytes(3000, 2);
   std::vector<char> dst(a.size(), 0);
-  ShmInbox::Recv r;
-  r.seq = 0;
-  r.dst = dst.data();
-  r.bytes = a.size();
+  ShmInbox::Recv r{0, dst.data(), a.size()};
   m.in.Begin(&r);
   ShmRing::Send s{0, a.data(), a.size()};
   ASSERT_TRUE(m.out.PushSend(s));  // the ring's two slots
@@ -140,10 +132,7 @@ TEST(ShmRing, AbandonedReceiveDropsTheRestOfItsBlock) {
   ShmRing::Send s2{1, b.data(), b.size()};
   ASSERT_TRUE(m.out.PushSend(s2));
   std::vector<char> dst2(b.size(), 0);
-  ShmInbox::Recv r2;
-  r2.seq = 1;
-  r2.dst = dst2.data();
-  r2.bytes = b.size();
+  ShmInbox::Recv r2{1, dst2.data(), b.size()};
   m.in.Begin(&r2);
   m.in.Poll();
   EXPECT_TRUE(r2.done());
@@ -160,10 +149,7 @@ TEST(ShmRing, SenderOfAnotherSizeIsReportedWithItsSize) {
     const std::vector<char> a = RandomBytes(10000, 3);
     ShmRing::Send s{5, a.data(), a.size()};
     std::vector<char> dst(9999, 0);
-    ShmInbox::Recv r;
-    r.seq = 5;
-    r.dst = dst.data();
-    r.bytes = dst.size();
+    ShmInbox::Recv r{5, dst.data(), dst.size()};
     if (early) {
       ASSERT_TRUE(m.out.PushSend(s));
       m.in.Poll();  // kept for a receive that has not begun
@@ -176,6 +162,16 @@ TEST(ShmRing, SenderOfAnotherSizeIsReportedWithItsSize) {
     EXPECT_EQ(r.other_total, 10000u) << (early ? "early" : "posted");
     EXPECT_FALSE(r.done());
     m.in.End(&r, true);
+  }
+}
+
+TEST(ShmRing, GeometryOutOfRangeIsNamed) {
+  EXPECT_TRUE((ShmGeometry{2, 4096}.Check().ok()));
+  for (const auto& [g, field] : std::vector<std::pair<ShmGeometry, std::string>>{
+           {{1, 65536}, "slots"}, {{5000, 65536}, "slots"}, {{4, 4095}, "chunk"}, {{4, (1u << 30) + 1}, "chunk"}}) {
+    const Status s = g.Check();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find(field), absl::string_view::npos) << s;
   }
 }
 

@@ -48,7 +48,6 @@ constexpr unsigned kAmCts = 0x57a1;    // receiver -> sender: clear to send, whe
 constexpr unsigned kAmFin = 0x57a2;    // sender -> receiver: the put has landed
 constexpr unsigned kAmCtl = 0x57a3;    // control collectives (barrier, allgather, count exchange)
 constexpr unsigned kAmAbort = 0x57a4;  // either side: this rank gave up on an exchange (timeout or error)
-constexpr unsigned kAmData = 0x57a5;   // sender -> receiver: the block itself (am path)
 
 // The cause an abort message carries (its header after AbortMsg), at most.
 constexpr size_t kMaxAbortReasonBytes = 480;
@@ -80,12 +79,6 @@ struct FinMsg {
   uint64_t seq;
   uint64_t bytes;
 };
-struct DataMsg {
-  uint32_t channel;
-  int32_t from;
-  uint64_t seq;
-  uint64_t bytes;
-};
 struct AbortMsg {
   uint32_t channel;
   int32_t from;
@@ -106,12 +99,12 @@ struct CtlMsg {
 
 using XKey = std::tuple<uint32_t, uint64_t, int>;  // (channel, seq, peer)
 
-// Data path "am" between ranks of one host: each block is a tagged message (ucp_tag_*), so UCX matches it to the
-// posted receive and lands it in the receive block itself, eager fragments included (an active message is
-// reassembled into UCX's buffer and copied from there; measured 0.47-0.64x of the mpi backend at 16 KiB per peer and
-// 0.87-0.93x at 64 KiB-1 MiB on one host, np 2, where Open MPI over UCX's tag matching ran at the mpi backend's speed;
-// docs/perf/ucx-2026-11-30). The tag is (sender rank: 20 bits, channel: 4 bits, sequence number: its low 40 bits),
-// all 64 bits matched. Between hosts blocks stay eager active messages (see SendAmLocked).
+// Data path "am", blocks that do not go through the shared-memory rings (between hosts, or inside a host without
+// rings): each block is a tagged message (ucp_tag_*), so UCX matches it to the posted receive and lands it in the
+// receive block itself, eager fragments included. An active message is reassembled into UCX's buffer and copied from
+// there: measured 0.47-0.64x of the mpi backend at 16 KiB per peer and 0.87-0.93x at 64 KiB-1 MiB on one host, np 2,
+// and 0.87-0.93x at 4 MiB between two emulated hosts (docs/perf/ucx-2026-11-30). The tag is (sender rank: 20 bits,
+// channel: 4 bits, sequence number: its low 40 bits), all 64 bits matched.
 constexpr int kTagSeqBits = 40;
 constexpr int kTagChannelBits = 4;
 constexpr int kMaxTagRanks = 1 << (64 - kTagSeqBits - kTagChannelBits);
@@ -134,36 +127,13 @@ struct Cts {
   uint32_t rkey_id = 0;
 };
 
-// A block of another size than the receive posted for it (am path), for recv_errors (the exchange adds its name).
+// A block of another size than the receive posted for it (tag path), for recv_errors (the exchange adds its name).
 // `got_more`: the block did not fit (a tagged message is not delivered then, so its size is unknown).
 Status SizeMismatch(int from, size_t got, size_t want, bool got_more = false) {
   return absl::InvalidArgumentError(absl::StrCat("received ", got_more ? "more than " : "", got, " bytes from rank ",
                                                  from, " where ", want,
                                                  " were expected (recv_bytes disagrees with what it sends)"));
 }
-
-// A receive posted here (am path) whose block has not arrived yet.
-struct Expect {
-  char* dst = nullptr;
-  uint64_t bytes = 0;
-};
-
-// A block that arrived before its exchange started here (am path): eager data copied, or a rendezvous descriptor
-// held until the receive buffer is known.
-struct Unexpected {
-  bool rndv = false;
-  void* desc = nullptr;
-  std::string data;
-  size_t bytes = 0;
-};
-
-// A rendezvous block that arrived; its receive starts right after the progress call that delivered it.
-struct RndvArrival {
-  XKey key;
-  void* desc;
-  char* dst;
-  size_t bytes;
-};
 
 // A communicator-owned registered buffer the put path's blocks land in (see AcquireLandingLocked). The receiver copies
 // each block out once its FIN came. A landing buffer of an exchange this rank gave up on is never reused: a late
@@ -244,7 +214,26 @@ struct AmSend {
   size_t payload_bytes = 0;
   Op op;
   int peer = -1;
+  // Sent through the packing datatype (UcxState::pack_dt): UCX reads `payload` one fragment at a time, as it sends
+  // them, so a send given up on is repointed to a copy of the block (UcxState::AbandonLocked).
+  bool packed = false;
 };
+
+// The packing datatype's callbacks: the "buffer" UCX is given is the AmSend itself, and each fragment is copied out
+// of its payload when UCX sends it. UCX calls these inside ucp_worker_progress or a send call, so under mu.
+void* PackStart(void* /*context*/, const void* buffer, size_t /*count*/) { return const_cast<void*>(buffer); }
+void* UnpackStart(void* /*context*/, void* /*buffer*/, size_t /*count*/) { return nullptr; }  // never received into
+size_t PackedSize(void* state) { return static_cast<AmSend*>(state)->payload_bytes; }
+size_t PackFragment(void* state, size_t offset, void* dest, size_t max_length) {
+  const auto* m = static_cast<const AmSend*>(state);
+  const size_t n = std::min(max_length, m->payload_bytes - offset);
+  std::memcpy(dest, static_cast<const char*>(m->payload) + offset, n);
+  return n;
+}
+ucs_status_t Unpack(void* /*state*/, size_t /*offset*/, const void* /*src*/, size_t /*length*/) {
+  return UCS_ERR_UNSUPPORTED;
+}
+void PackFinish(void* /*state*/) {}
 
 class UcxState;
 
@@ -277,7 +266,8 @@ class UcxState {
   std::mutex mu;  // every ucp_* call on the worker and every table below
   ucp_context_h context = nullptr;
   ucp_worker_h worker = nullptr;
-  int efd = -1;  // the worker's event fd, -1: none (waiters sleep instead)
+  ucp_datatype_t pack_dt = 0;  // between hosts, blocks go out through it (AmSend::packed); 0: not created
+  int efd = -1;                // the worker's event fd, -1: none (waiters sleep instead)
   std::vector<ucp_ep_h> eps;
   std::vector<std::unique_ptr<EpArg>> ep_args;
   std::unique_ptr<std::atomic<int>[]> failed;  // ucs_status_t per peer, UCS_OK while alive
@@ -294,11 +284,8 @@ class UcxState {
   // peer gave up because of such a loss). From then on the communicator cannot serve the job, and the first error
   // tells every peer so (SendLeavingLocked). A timeout alone does not set it: after one the communicator stays usable.
   mutable std::atomic<bool> peer_lost{false};
-  std::map<XKey, Expect> expected;         // am path: posted receives not landed yet
-  std::map<XKey, Status> recv_errors;      // a block that could not land, and why (no prefix yet)
-  std::vector<RndvArrival> rndv_arrivals;  // see ProgressLocked
-  std::map<XKey, Unexpected> unexpected;   // am path: blocks that came before their exchange started here
-  std::set<XKey> abandoned_keys;           // receives this rank gave up on: their blocks are dropped
+  std::map<XKey, Status> recv_errors;  // a block that could not land, and why (no prefix yet)
+  std::set<XKey> abandoned_keys;       // put path: receives this rank gave up on (a late FIN for one is dropped)
   // The same on the tag path, with the size the receive expected, until the block came (DropAbandonedTagsLocked).
   std::map<XKey, size_t> abandoned_tags;
   std::list<TagDrop> tag_drops;  // those blocks, being received to be dropped
@@ -333,8 +320,8 @@ class UcxState {
     return absl::StrCat("rank ", p, " (host ", hosts[p], ")");
   }
 
-  // Progresses the worker until it has nothing more to do right now, and starts the receives of rendezvous blocks
-  // that arrived meanwhile (outside the handler, as UCX documents). Requires mu.
+  // Progresses the worker until it has nothing more to do right now, and drops the tagged blocks of receives given up
+  // on. Requires mu.
   unsigned ProgressLocked() {
     unsigned total = 0;
     for (int i = 0; i < 64; ++i) {
@@ -342,20 +329,13 @@ class UcxState {
       if (n == 0) break;
       total += n;
     }
-    if (!rndv_arrivals.empty()) {
-      std::vector<RndvArrival> todo;
-      todo.swap(rndv_arrivals);
-      for (const RndvArrival& a : todo) StartRndvReceiveLocked(a);
-      total += static_cast<unsigned>(todo.size());
-    }
     if (!abandoned_tags.empty() || !tag_drops.empty()) total += DropAbandonedTagsLocked();
     return total;
   }
 
-  // Whether the blocks between this rank and `peer` go through the shared-memory rings (am path, same host), are
-  // tagged messages (am path, same host, no rings) or active messages.
+  // Whether the blocks between this rank and `peer` go through the shared-memory rings (am path, same host); the
+  // other blocks of the am path are tagged messages (between hosts, or inside a host without rings).
   bool ShmPath(int peer) const { return shm && !use_put && node_ids[peer] == node_ids[rank]; }
-  bool TagPath(int peer) const { return !shm && !use_put && node_ids[peer] == node_ids[rank]; }
 
   // Tag path: posts the receive of block `key` into [dst, +bytes). Always a request (op->req), even for a block that
   // came early, which the exchange tests (ucp_tag_recv_request_test: status and length) and hands to
@@ -426,45 +406,14 @@ class UcxState {
     return n;
   }
 
-  void StartRndvReceiveLocked(const RndvArrival& a);
-
-  // am path: the receive of block `key` into [dst, +bytes) starts now, from a block that already arrived or, once
-  // it does, in OnData. Requires mu.
-  void PostReceiveLocked(const XKey& key, char* dst, size_t bytes) {
-    auto u = unexpected.find(key);
-    if (u == unexpected.end()) {
-      expected[key] = Expect{dst, bytes};
-      return;
-    }
-    Unexpected got = std::move(u->second);
-    unexpected.erase(u);
-    if (got.bytes != bytes) {
-      recv_errors[key] = SizeMismatch(std::get<2>(key), got.bytes, bytes);
-      if (got.rndv) ucp_am_data_release(worker, got.desc);
-      return;
-    }
-    if (got.rndv) {
-      StartRndvReceiveLocked(RndvArrival{key, got.desc, dst, bytes});
-      return;
-    }
-    if (bytes > 0) std::memcpy(dst, got.data.data(), bytes);
-    fins[key] = bytes;
-  }
-
-  // Sends an active message to `peer`: eager for control messages, UCX's choice (eager or rendezvous) for data.
+  // Sends a control message (clear-to-send, FIN, abort, collective payload) to `peer` as an eager active message.
   // Requires mu.
   Status SendAmLocked(int peer, unsigned id, std::unique_ptr<AmSend>& m) {
-    // Data to a peer on this host: UCX's choice (rendezvous over cma above its threshold: one copy, no bounce
-    // buffer). Data between hosts: eager, as a stream of fragments. UCX 1.13's TCP rendezvous makes the two directions
-    // of a link take turns (its handshakes queue behind the other direction's bulk data); eager fragments keep both
-    // busy at once (docs/perf/ucx-2026-11-30: 0.52-0.64x of the mpi backend with rendezvous, 0.74-1.09x eager).
     const bool same_host = node_ids[peer] == node_ids[rank];
-    const uint32_t flags = id == kAmData && same_host ? 0 : UCP_AM_SEND_FLAG_EAGER;
-    return SendLocked(peer, m, /*copy_if_queued=*/!same_host,
-                      id == kAmData ? "sending a block" : "sending a control message",
+    return SendLocked(peer, m, /*copy_if_queued=*/!same_host, "sending a control message",
                       [&](const void* data, size_t bytes, ucp_request_param_t* param) {
                         param->op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
-                        param->flags = flags;
+                        param->flags = UCP_AM_SEND_FLAG_EAGER;
                         return ucp_am_send_nbx(eps[peer], id, m->header.data(), m->header.size(), data, bytes, param);
                       });
   }
@@ -472,6 +421,21 @@ class UcxState {
   // Tag path: sends block `key` (this rank's block for `peer`) as a tagged message. Requires mu.
   Status SendTagLocked(int peer, const XKey& key, std::unique_ptr<AmSend>& m) {
     const ucp_tag_t tag = DataTag(key);
+    if (node_ids[peer] != node_ids[rank]) {
+      // Between hosts: eager (UCP_OP_ATTR_FLAG_FAST_CMPL takes RNDV_SEND_NBR_THRESH, which NewUcx sets to inf unless
+      // the user set it), a stream of fragments. UCX 1.13's TCP rendezvous makes the two directions of a link take
+      // turns (its handshakes queue behind the other direction's bulk data): 0.52-0.64x of the mpi backend at 64 KiB-
+      // 16 MiB per peer. The block is read through the packing datatype, not copied before it is queued (a copy of
+      // every block cost 3-7% at 4 MiB between two emulated hosts, docs/perf/ucx-2026-11-30).
+      m->peer = peer;
+      m->packed = true;
+      ucp_request_param_t param{};
+      param.op_attr_mask = UCP_OP_ATTR_FIELD_DATATYPE | UCP_OP_ATTR_FLAG_FAST_CMPL;
+      param.datatype = pack_dt;
+      const ucs_status_t s = Start(ucp_tag_send_nbx(eps[peer], m.get(), m->payload_bytes, tag, &param), &m->op);
+      if (s == UCS_OK || s == UCS_INPROGRESS) return absl::OkStatus();
+      return PeerError(peer, "sending a block", s);
+    }
     return SendLocked(peer, m, /*copy_if_queued=*/false, "sending a block",
                       [&](const void* data, size_t bytes, ucp_request_param_t* param) {
                         return ucp_tag_send_nbx(eps[peer], data, bytes, tag, param);
@@ -481,9 +445,10 @@ class UcxState {
   // Starts `m` (its `payload` if set, else its `data`) through `send`. A send from the caller's block must not outlive
   // the exchange in UCX's queues (an exchange that fails returns while such a send may still be queued, and the
   // caller may free the block; ASan caught UCX replaying one after an endpoint's wireup). So it first tries to go at
-  // once; if UCX would have to queue it, a block of at most kCopyBeforeQueueBytes (any size if `copy_if_queued`: an
-  // eager one between hosts) is copied into the message and queued from there. Only a rendezvous block inside a host
-  // is queued from the caller's memory. Requires mu.
+  // once; if UCX would have to queue it, a block of at most kCopyBeforeQueueBytes (any size if `copy_if_queued`: a
+  // control message between hosts) is copied into the message and queued from there. Only a tagged block inside a host
+  // without rings (rendezvous) is queued from the caller's memory; between hosts blocks go through SendTagLocked's
+  // packing datatype instead. Requires mu.
   template <typename SendFn>
   Status SendLocked(int peer, std::unique_ptr<AmSend>& m, bool copy_if_queued, absl::string_view doing,
                     const SendFn& send) {
@@ -699,6 +664,10 @@ class UcxState {
   // Keeps an in-flight send of an exchange or collective that failed, for DrainAbandonedLocked. Requires mu.
   void AbandonLocked(std::unique_ptr<AmSend> m) {
     if (m == nullptr || Check(&m->op) != UCS_INPROGRESS) return;
+    if (m->packed && m->payload != m->data.data()) {
+      m->data.assign(static_cast<const char*>(m->payload), m->payload_bytes);
+      m->payload = m->data.data();
+    }
     abandoned.push_back(std::move(m));
   }
 
@@ -721,7 +690,7 @@ class UcxState {
       if (m->op.req == nullptr) continue;  // done: its storage can go
       ucp_request_free(m->op.req);
       m->op.req = nullptr;
-      if (m->payload != nullptr) ++data_in_flight;
+      if (m->payload != nullptr && !m->packed) ++data_in_flight;
       keep.push_back(std::move(m));
     }
     released.insert(released.end(), std::make_move_iterator(keep.begin()), std::make_move_iterator(keep.end()));
@@ -787,85 +756,6 @@ ucs_status_t OnCtl(void* arg, const void* header, size_t header_length, void* da
   return UCS_OK;
 }
 
-// A block for an announced receive: eager data is copied into place here; a rendezvous block is received straight
-// into place after the progress call (StartRndvReceiveLocked). A block nobody waits for (its exchange was abandoned
-// here) is dropped; one whose size differs from the posted receive is an error for that exchange.
-ucs_status_t OnData(void* arg, const void* header, size_t header_length, void* data, size_t length,
-                    const ucp_am_recv_param_t* param) {
-  auto* st = static_cast<UcxState*>(arg);
-  DataMsg m{};
-  if (header_length != sizeof(m)) {
-    st->protocol_error = absl::StrCat("a data message with a header of ", header_length, " bytes");
-    return UCS_OK;
-  }
-  std::memcpy(&m, header, sizeof(m));
-  if (m.from < 0 || m.from >= st->size) {
-    st->protocol_error = absl::StrCat("a data message from rank ", m.from);
-    return UCS_OK;
-  }
-  const XKey key{m.channel, m.seq, m.from};
-  const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
-  auto it = st->expected.find(key);
-  if (it == st->expected.end()) {
-    if (st->use_put || st->abandoned_keys.count(key) > 0) return UCS_OK;  // nobody waits for it: dropped
-    Unexpected& u = st->unexpected[key];
-    u.rndv = rndv;
-    u.bytes = length;
-    if (!rndv) {
-      u.data.assign(static_cast<const char*>(data), length);
-      return UCS_OK;
-    }
-    u.desc = data;
-    return UCS_INPROGRESS;
-  }
-  const Expect e = it->second;
-  if (e.bytes != m.bytes || length != m.bytes) {
-    st->recv_errors[key] = SizeMismatch(m.from, length, e.bytes);
-    st->expected.erase(it);
-    return UCS_OK;
-  }
-  st->expected.erase(it);
-  if (rndv) {
-    st->rndv_arrivals.push_back(RndvArrival{key, data, e.dst, length});
-    return UCS_INPROGRESS;
-  }
-  if (length > 0) std::memcpy(e.dst, data, length);
-  st->fins[key] = length;
-  return UCS_OK;
-}
-
-struct RndvReceive {
-  UcxState* st;
-  XKey key;
-  size_t bytes;
-};
-
-void OnRndvDone(void* request, ucs_status_t status, size_t /*length*/, void* user_data) {
-  std::unique_ptr<RndvReceive> r(static_cast<RndvReceive*>(user_data));
-  if (status == UCS_OK) {
-    r->st->fins[r->key] = r->bytes;
-  } else {
-    r->st->recv_errors[r->key] = r->st->ReceiveFailed(r->key, status);
-  }
-  ucp_request_free(request);
-}
-
-void UcxState::StartRndvReceiveLocked(const RndvArrival& a) {
-  auto ctx = std::make_unique<RndvReceive>(RndvReceive{this, a.key, a.bytes});
-  ucp_request_param_t param{};
-  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-  param.cb.recv_am = OnRndvDone;
-  param.user_data = ctx.get();
-  ucs_status_ptr_t p = ucp_am_recv_data_nbx(worker, a.desc, a.dst, a.bytes, &param);
-  if (p == nullptr) {
-    fins[a.key] = a.bytes;
-  } else if (UCS_PTR_IS_ERR(p)) {
-    recv_errors[a.key] = ReceiveFailed(a.key, UCS_PTR_STATUS(p));
-  } else {
-    ctx.release();  // OnRndvDone owns it now
-  }
-}
-
 ucs_status_t OnAbort(void* arg, const void* header, size_t header_length, void* /*data*/, size_t length,
                      const ucp_am_recv_param_t* /*param*/) {
   auto* st = static_cast<UcxState*>(arg);
@@ -901,9 +791,6 @@ UcxState::~UcxState() {
     for (auto& per_peer : rkeys) {
       for (auto& [id, rkey] : per_peer) ucp_rkey_destroy(rkey);
     }
-    for (auto& [key, u] : unexpected) {
-      if (u.rndv) ucp_am_data_release(worker, u.desc);
-    }
     // Close every endpoint, flushing what is still queued (our last FINs), bounded: a peer that is gone makes its
     // close fail, not hang.
     std::vector<Op> closes(eps.size());
@@ -934,6 +821,7 @@ UcxState::~UcxState() {
     // Last: a late put (emulated by an active message over shared memory and TCP) lands while the worker progresses.
     for (Landing& l : quarantined) ucp_mem_unmap(context, l.memh);
   }
+  if (pack_dt != 0) ucp_dt_destroy(pack_dt);  // after the worker: a released send may still have been packing
   if (context != nullptr) ucp_cleanup(context);
 }
 
@@ -1077,7 +965,7 @@ struct SendState {
   enum Phase { kWaitCts, kPutting, kFin, kShm, kDone } phase = kWaitCts;
   Op put;
   Op flush;
-  std::unique_ptr<AmSend> fin;  // the FIN (put path) or the data message (am path)
+  std::unique_ptr<AmSend> fin;  // the FIN (put path) or the tagged block (am path)
 };
 
 // Runs one exchange to completion on the calling thread.
@@ -1123,14 +1011,13 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       // A ring receive needs nothing: the ring drops the rest of its block when the next exchange comes.
       if (recv_done[i] || st.ShmPath(plan.recvs[i].peer)) continue;
       const XKey key{plan.channel, plan.seq, plan.recvs[i].peer};
-      if (st.TagPath(plan.recvs[i].peer)) {
-        receiving += st.AbandonTagReceiveLocked(key, plan.recvs[i].bytes, &tag_recvs[i]) ? 1 : 0;
-        st.fins.erase(key);
-        st.recv_errors.erase(key);
+      if (st.use_put) {
+        st.abandoned_keys.insert(key);
         continue;
       }
-      st.expected.erase(key);
-      st.abandoned_keys.insert(key);
+      receiving += st.AbandonTagReceiveLocked(key, plan.recvs[i].bytes, &tag_recvs[i]) ? 1 : 0;
+      st.fins.erase(key);
+      st.recv_errors.erase(key);
     }
     const bool puts_may_follow = std::count(recv_done.begin(), recv_done.end(), false) > 0;
     std::string note;
@@ -1159,8 +1046,8 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
       return absl::InternalError(WithPrefix(absl::StrCat("ucx: received ", st.protocol_error)));
     }
     if (!st.use_put) {
-      // am path: no handshake. Receives are posted (or served from blocks that came early), sends go at once:
-      // tagged messages inside the host, active messages between hosts.
+      // am path: no handshake. Receives are posted, sends go at once: through the rings inside a host, tagged
+      // messages between hosts (and inside a host without rings).
       for (size_t i = 0; i < plan.recvs.size(); ++i) {
         const Block& b = plan.recvs[i];
         const XKey key{plan.channel, plan.seq, b.peer};
@@ -1171,10 +1058,8 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
           r.bytes = b.bytes;
           st.shm_peers[b.peer]->in[chan].Begin(&r);
           shm_recv_idx.push_back(i);
-        } else if (st.TagPath(b.peer)) {
-          st.PostTagReceiveLocked(key, b.dst, b.bytes, &tag_recvs[i]);
         } else {
-          st.PostReceiveLocked(key, b.dst, b.bytes);
+          st.PostTagReceiveLocked(key, b.dst, b.bytes, &tag_recvs[i]);
         }
       }
       for (size_t i = 0; i < plan.sends.size() && status.ok(); ++i) {
@@ -1192,14 +1077,8 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
         s.fin = std::make_unique<AmSend>();
         s.fin->payload = b.src;
         s.fin->payload_bytes = b.bytes;
-        if (st.TagPath(b.peer)) {
-          // The receiver's key for this block names this rank.
-          status = st.SendTagLocked(b.peer, XKey{plan.channel, plan.seq, st.rank}, s.fin);
-        } else {
-          const DataMsg h{plan.channel, st.rank, plan.seq, b.bytes};
-          s.fin->header.assign(reinterpret_cast<const char*>(&h), sizeof(h));
-          status = st.SendAmLocked(b.peer, kAmData, s.fin);
-        }
+        // The receiver's key for this block names this rank.
+        status = st.SendTagLocked(b.peer, XKey{plan.channel, plan.seq, st.rank}, s.fin);
         s.phase = SendState::kFin;
       }
     } else if (!plan.recvs.empty()) {
@@ -1908,6 +1787,7 @@ StatusOr<std::unique_ptr<Communicator>> NewUcx(const ProcessContext& ctx, Option
     ucp_config_t* config = nullptr;
     ucs_status_t s = ucp_config_read(nullptr, nullptr, &config);
     if (s != UCS_OK) return UcxError(absl::StatusCode::kUnavailable, "reading the UCX configuration", s);
+    if (getenv("UCX_RNDV_SEND_NBR_THRESH") == nullptr) ucp_config_modify(config, "RNDV_SEND_NBR_THRESH", "inf");
     ucp_params_t params{};
     params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_ESTIMATED_NUM_EPS | UCP_PARAM_FIELD_NAME;
     params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP | (use_put ? 0 : UCP_FEATURE_TAG);
@@ -1922,8 +1802,11 @@ StatusOr<std::unique_ptr<Communicator>> NewUcx(const ProcessContext& ctx, Option
     s = ucp_worker_create(st->context, &wp, &st->worker);
     if (s != UCS_OK) return UcxError(absl::StatusCode::kUnavailable, "ucp_worker_create", s);
     if (ucp_worker_get_efd(st->worker, &st->efd) != UCS_OK) st->efd = -1;
+    static const ucp_generic_dt_ops_t kPackOps = {PackStart, UnpackStart, PackedSize, PackFragment, Unpack, PackFinish};
+    s = ucp_dt_create_generic(&kPackOps, nullptr, &st->pack_dt);
+    if (s != UCS_OK) return UcxError(absl::StatusCode::kUnavailable, "ucp_dt_create_generic", s);
     const std::pair<unsigned, ucp_am_recv_callback_t> handlers[] = {
-        {kAmCts, OnCts}, {kAmFin, OnFin}, {kAmCtl, OnCtl}, {kAmAbort, OnAbort}, {kAmData, OnData}};
+        {kAmCts, OnCts}, {kAmFin, OnFin}, {kAmCtl, OnCtl}, {kAmAbort, OnAbort}};
     for (const auto& [id, cb] : handlers) {
       ucp_am_handler_param_t hp{};
       hp.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;

@@ -20,9 +20,10 @@
 //   copied in by the sender and out by the receiver, no page pinning; UcxTuning::shm_rings), or, where the rings
 //   could not be set up, as a tagged message (sender, channel, sequence number), which UCX matches to the posted
 //   receive and lands in the receive block (eager fragments, or rendezvous over cma: the receiver pulls it); a block
-//   that comes early waits in the ring's inbox or UCX's unexpected queue. Between hosts each block is an
-//   eager active message (UCX 1.13's TCP rendezvous made the two directions of a link take turns), which waits in a
-//   table (copied) when it comes before its exchange started here. Data path
+//   that comes early waits in the ring's inbox or UCX's unexpected queue. Between hosts each block is a tagged
+//   message too, always eager (UCX 1.13's TCP rendezvous made the two directions of a link take turns): its fragments
+//   land in the posted receive block, and the sender's are read from the caller's block as UCX sends them (a generic
+//   datatype; an exchange that gives up repoints the rest of a block to a copy). Data path
 //   "put" (backend "ucx_put"): the receiver takes a landing buffer from its pool of communicator-owned registered
 //   buffers (ucp_mem_map allocates them; reused, so their remote keys go to each peer once), sends a clear-to-send
 //   (CTS) with the block's address in it and, the first time, the packed remote key; the sender puts (ucp_put_nbx),
@@ -93,7 +94,7 @@ UcxTuning GetUcxTuning();
 Status SetUcxTuning(const UcxTuning& tuning);
 
 // The "ucx" backend, data path "am": no handshake; each block goes through a shared-memory ring inside a host (or,
-// where the rings could not be set up, is a tagged message) and is an eager active message between hosts. Collective
+// where the rings could not be set up, is a tagged message) and is an eager tagged message between hosts. Collective
 // over WorldComm(ctx). FailedPrecondition without a world communicator, Unavailable when UCX cannot be initialised (the
 // message carries UCX's reason).
 StatusOr<std::unique_ptr<Communicator>> NewUcxCommunicator(const ProcessContext& ctx, Options options);

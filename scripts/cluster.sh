@@ -479,6 +479,11 @@ export OMPI_MCA_btl_tcp_if_include=$SUBNET.0/24
 # Open MPI 4.1's orted crashes in hwloc's shared-memory topology setup when several daemons start on one machine.
 export OMPI_MCA_rtc=^hwloc
 export OMPI_MCA_hwloc_base_binding_policy=none
+# The emulated hosts share this machine's cores, but each sees only its own ranks, so Open MPI busy-waits (it yields
+# only when it knows a host is oversubscribed). A rank spinning in a collective on one emulated host then holds the
+# core that a rank on another one needs, which separate hosts never do: ranks waiting on the emulated link lost the
+# CPU for 4-5 ms at a time (docs/perf/ucx-2026-11-30). A value set before this file is sourced wins.
+export OMPI_MCA_mpi_yield_when_idle=\${OMPI_MCA_mpi_yield_when_idle:-1}
 EOF
   write_env "$dir"
   ((SLURM == 0)) || slurm_up

@@ -3,6 +3,7 @@
 # hostname (UTS namespace) and one NIC (a veth pair) into a switch (a bridge); each NIC is shaped with tc in both
 # directions (tbf for the rate; netem for delay, jitter and loss). An unmodified `mpirun --hostfile` launches ranks
 # across the hosts through an rsh agent that enters a host's namespaces: shared memory inside a host, TCP between.
+# The hosts share this machine's cores: Open MPI is told to yield when idle (OMPI_MCA_mpi_yield_when_idle=1 unless set).
 #
 #   sudo scripts/cluster.sh up --hosts 2 --rate 1gbit                  # 2 hosts, every NIC 1 Gbit/s each way
 #   sudo scripts/cluster.sh up --hosts 4 --rate 2gbit --node-rate 3=500mbit --delay 100us

@@ -426,7 +426,7 @@ class UcxState {
       // the user set it), a stream of fragments. UCX 1.13's TCP rendezvous makes the two directions of a link take
       // turns (its handshakes queue behind the other direction's bulk data): 0.52-0.64x of the mpi backend at 64 KiB-
       // 16 MiB per peer. The block is read through the packing datatype, not copied before it is queued (a copy of
-      // every block cost 3-7% at 4 MiB between two emulated hosts, docs/perf/ucx-2026-11-30).
+      // every block cost 4-6% at 4 MiB between two emulated hosts, docs/perf/ucx-2026-11-30).
       m->peer = peer;
       m->packed = true;
       ucp_request_param_t param{};

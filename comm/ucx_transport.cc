@@ -277,7 +277,7 @@ class UcxState {
   std::map<int, std::string> left_job;
 
   std::map<XKey, Cts> cts;
-  std::map<XKey, uint64_t> fins;     // landed blocks (FIN, eager data, finished rendezvous)
+  std::map<XKey, uint64_t> fins;     // landed blocks (put path: FIN; am path: tagged receive done)
   std::map<XKey, AbortNote> aborts;  // (channel, seq, peer that gave up) -> why
   bool leaving = false;              // this rank told every peer it is leaving (SendLeavingLocked)
   // Set once this rank knows that a rank of the job is gone (its endpoint failed, its process died, it left, or a
@@ -959,7 +959,8 @@ StatusOr<Plan> MakePlan(const AlltoallvArgs& args, int rank, int size) {
 }
 
 // One send block's progress: waiting for the receiver's CTS, putting (and flushing), sending the FIN, done.
-// Data path "am" (the default): CTS -> data message -> done. Data path "put": CTS -> put + flush -> FIN -> done.
+// Data path "am" (the default): tagged block (phase kFin until UCX completes it) -> done. Data path "put": CTS ->
+// put + flush -> FIN -> done.
 // A block through a shared-memory ring (same host, am path) is in phase kShm until its ring send is done.
 struct SendState {
   enum Phase { kWaitCts, kPutting, kFin, kShm, kDone } phase = kWaitCts;
@@ -1008,7 +1009,7 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
     // Blocks that arrive from now on are dropped (a rendezvous already under way still lands).
     int receiving = 0;
     for (size_t i = 0; i < plan.recvs.size(); ++i) {
-      // A ring receive needs nothing: the ring drops the rest of its block when the next exchange comes.
+      // Ring receives were ended above.
       if (recv_done[i] || st.ShmPath(plan.recvs[i].peer)) continue;
       const XKey key{plan.channel, plan.seq, plan.recvs[i].peer};
       if (st.use_put) {
@@ -1787,7 +1788,16 @@ StatusOr<std::unique_ptr<Communicator>> NewUcx(const ProcessContext& ctx, Option
     ucp_config_t* config = nullptr;
     ucs_status_t s = ucp_config_read(nullptr, nullptr, &config);
     if (s != UCS_OK) return UcxError(absl::StatusCode::kUnavailable, "reading the UCX configuration", s);
-    if (getenv("UCX_RNDV_SEND_NBR_THRESH") == nullptr) ucp_config_modify(config, "RNDV_SEND_NBR_THRESH", "inf");
+    // Blocks between hosts go eagerly (SendTagLocked). Without it they would take UCX's rendezvous and run slower.
+    if (getenv("UCX_RNDV_SEND_NBR_THRESH") == nullptr) {
+      const ucs_status_t m = ucp_config_modify(config, "RNDV_SEND_NBR_THRESH", "inf");
+      if (m != UCS_OK) {
+        std::fprintf(stderr,
+                     "[waveep] ucx: cannot set RNDV_SEND_NBR_THRESH=inf (%s): blocks between hosts may go by "
+                     "rendezvous, which is slower over TCP\n",
+                     ucs_status_string(m));
+      }
+    }
     ucp_params_t params{};
     params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_ESTIMATED_NUM_EPS | UCP_PARAM_FIELD_NAME;
     params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP | (use_put ? 0 : UCP_FEATURE_TAG);

@@ -15,7 +15,8 @@
 // already the BF16 combine rows (2^-9): the added roundings are independent and enter the norm as sqrt-sums, so the
 // same tolerance holds (not yet measured: CudaLayerTest checks it on a GPU). Bitwise invariance over W: every
 // expert's rows are the same rows in the same order for any W, and the GEMM backend is pinned to one cuBLASLt call
-// per expert, whose algorithm depends only on (M, N, K) — not on which wave the expert is in.
+// per expert, whose algorithm (or the simt kernel, for a shape cuBLASLt has none for) depends only on (M, N, K) and
+// an alignment bound that ignores where the expert's rows start (GroupAlignment) — not on which wave it is in.
 #include <algorithm>
 #include <vector>
 

@@ -3,7 +3,8 @@
 // Library backends of the grouped GEMM:
 //  - CublasLtGroupedGemm: one cublasLtMatmul per non-empty group, BF16 or FP8 with 1x128 block scales
 //    (CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F on both operands, Hopper, cuBLAS >= 12.9). The CUDA 13.0 toolkit's
-//    cuBLASLt (13.1) has no grouped matmul, so this is a host loop; algorithms are cached per shape.
+//    cuBLASLt (13.1) has no grouped matmul, so this is a host loop; algorithms are cached per shape. A shape for
+//    which cuBLASLt has no algorithm runs on the simt kernel (simt_grouped_gemm.cu), reported once on stderr.
 //  - CublasGroupedBatchedGemm: one cublasGemmGroupedBatchedEx (cuBLAS >= 12.5) over all groups, BF16 only.
 //
 // Row-major C = A * B^T is column-major C^T = B * A^T, so cuBLAS sees A' = B_g ([K, N] column-major, transposed:
@@ -21,9 +22,12 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -86,10 +90,20 @@ StatusOr<DeviceHandles*> HandlesFor(int device) {
 // ---- algorithm cache: cublasLtMatmulAlgoGetHeuristic costs tens of microseconds, so once per shape --------------
 using AlgoKey = std::tuple<int /*device*/, bool /*fp8*/, int /*c dtype*/, int /*alignment*/, int64_t /*m*/,
                            int64_t /*n*/, int64_t /*k*/>;
+// What runs one shape: cuBLASLt's algorithm, or (cuBLASLt has none for it) the simt kernel.
+struct ShapePlan {
+  bool simt = false;
+  cublasLtMatmulAlgo_t algo{};
+};
 std::mutex g_algo_mu;
-std::map<AlgoKey, cublasLtMatmulAlgo_t>& AlgoCache() {
-  static auto* cache = new std::map<AlgoKey, cublasLtMatmulAlgo_t>();
+std::map<AlgoKey, ShapePlan>& AlgoCache() {
+  static auto* cache = new std::map<AlgoKey, ShapePlan>();
   return *cache;
+}
+// (fp8, c dtype, n, k) already reported as running on the simt kernel: one line per weight shape, not per M.
+std::set<std::tuple<bool, int, int64_t, int64_t>>& ReportedSimtShapes() {
+  static auto* reported = new std::set<std::tuple<bool, int, int64_t, int64_t>>();
+  return *reported;
 }
 
 // RAII for the cuBLASLt descriptors of one call.
@@ -176,12 +190,17 @@ Status WritePointers(const std::vector<const void*>& ptrs, const void** dst, cud
 
 cudaDataType_t CudaType(DType t) { return t == DType::kF32 ? CUDA_R_32F : CUDA_R_16BF; }
 
-// Largest power of two <= 256 that divides every pointer: cuBLASLt's heuristic assumes 256-byte alignment unless
-// told otherwise, and an algorithm picked under that assumption may not run on a row offset into A or C.
-int CommonAlignment(const std::vector<const void*>& ptrs) {
+// The alignment cuBLASLt may assume for group g's A, B and C: the largest power of two <= 256 that divides the bases of
+// A and C, the row strides of A and C, and B[g] (cuBLASLt's heuristic assumes 256 bytes unless told otherwise, and an
+// algorithm picked under that assumption may not run on a row offset into A or C). NOTES: a lower bound for any row
+// offset, deliberately not the group's actual pointers: a group's first row moves with the wave size, and if the
+// alignment did, so could the algorithm and the rounding (the layer's output must be bitwise identical for every W).
+uint32_t GroupAlignment(const GroupedGemmArgs& args, int g, size_t in_bytes, size_t c_bytes) {
   uintptr_t bits = 256;
-  for (const void* p : ptrs) bits |= reinterpret_cast<uintptr_t>(p);
-  return static_cast<int>(bits & (~bits + 1));  // lowest set bit
+  for (const void* p : {args.a, static_cast<const void*>(args.c), args.b[g]}) bits |= reinterpret_cast<uintptr_t>(p);
+  bits |= static_cast<uintptr_t>(args.k) * in_bytes;
+  bits |= static_cast<uintptr_t>(args.n) * c_bytes;
+  return static_cast<uint32_t>(bits & (~bits + 1));  // lowest set bit
 }
 
 }  // namespace
@@ -247,22 +266,11 @@ Status CublasLtGroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream, int
   const float alpha = 1.0f, beta = 0.0f;
   const char* a_bytes = static_cast<const char*>(args.a);
   char* c_base = static_cast<char*>(args.c);
-  std::vector<const void*> operands;
-  for (int g = 0; g < args.num_groups; ++g) {
-    const int64_t row0 = args.group_offsets[g];
-    if (args.group_offsets[g + 1] == row0) continue;
-    operands.push_back(args.b[g]);
-    operands.push_back(a_bytes + row0 * k * in_bytes);
-    operands.push_back(c_base + row0 * n * c_bytes);
-  }
-  const uint32_t alignment = static_cast<uint32_t>(CommonAlignment(operands));
-  for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
-    WAVEEP_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(desc.pref, attr, &alignment, sizeof(alignment)));
-  }
+  uint32_t pref_alignment = 0;  // what desc.pref says now (0: not set yet)
   for (int g = 0; g < args.num_groups; ++g) {
     const int64_t row0 = args.group_offsets[g], m = args.group_offsets[g + 1] - row0;
     if (m == 0) continue;
+    const uint32_t alignment = GroupAlignment(args, g, in_bytes, c_bytes);
     LtLayouts layout;
     WAVEEP_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&layout.a, in_type, k, n, k));
     WAVEEP_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&layout.b, in_type, k, m, k));
@@ -276,26 +284,46 @@ Status CublasLtGroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream, int
           cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof(b_scale)));
     }
     const AlgoKey key{device, args.fp8, static_cast<int>(args.c_dtype), static_cast<int>(alignment), m, n, k};
-    cublasLtMatmulAlgo_t algo;
+    ShapePlan plan;
     bool cached = false;
     {
       std::lock_guard<std::mutex> lock(g_algo_mu);
       auto it = AlgoCache().find(key);
-      if (it != AlgoCache().end()) algo = it->second, cached = true;
+      if (it != AlgoCache().end()) plan = it->second, cached = true;
     }
     if (!cached) {
+      if (alignment != pref_alignment) {
+        for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                          CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
+          WAVEEP_CUBLAS_RETURN_IF_ERROR(
+              cublasLtMatmulPreferenceSetAttribute(desc.pref, attr, &alignment, sizeof(alignment)));
+        }
+        pref_alignment = alignment;
+      }
       cublasLtMatmulHeuristicResult_t result{};
       int found = 0;
       WAVEEP_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulAlgoGetHeuristic(handles->lt, desc.op, layout.a, layout.b, layout.d,
                                                                    layout.d, desc.pref, 1, &result, &found));
-      if (found == 0)
-        return absl::InternalError(absl::StrCat("cuBLASLt has no algorithm for ", args.fp8 ? "fp8" : "bf16", " m=", m,
-                                                " n=", n, " k=", k, " (C ", DTypeName(args.c_dtype), ")"));
-      algo = result.algo;
+      // No algorithm for this shape (seen for small FP8 block-scaled groups): the simt kernel runs it, for this
+      // shape every time, so which code computes a group still depends only on (M, N, K).
+      plan.simt = found == 0;
+      plan.algo = result.algo;
       std::lock_guard<std::mutex> lock(g_algo_mu);
       if (AlgoCache().size() >= kMaxCachedAlgos) AlgoCache().clear();  // routing makes M vary; keep it bounded
-      AlgoCache().emplace(key, algo);
+      AlgoCache().emplace(key, plan);
+      if (plan.simt && ReportedSimtShapes().emplace(args.fp8, static_cast<int>(args.c_dtype), n, k).second) {
+        std::fprintf(stderr,
+                     "[waveep] cuBLASLt has no %s algorithm for m=%lld n=%lld k=%lld (C %s, %u-byte alignment): such "
+                     "groups run on the simt kernel (slower; reported once per n, k)\n",
+                     args.fp8 ? "fp8" : "bf16", static_cast<long long>(m), static_cast<long long>(n),
+                     static_cast<long long>(k), std::string(DTypeName(args.c_dtype)).c_str(), alignment);
+      }
     }
+    if (plan.simt) {
+      WAVEEP_RETURN_IF_ERROR(SimtGemmGroup(args, g, stream));
+      continue;
+    }
+    const cublasLtMatmulAlgo_t algo = plan.algo;
     const void* b_g = args.b[g];
     const void* a_g = a_bytes + row0 * k * in_bytes;
     void* c_g = c_base + row0 * n * c_bytes;

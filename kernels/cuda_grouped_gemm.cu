@@ -1,7 +1,7 @@
 // Copyright 2026 The waveep Authors.
 //
 // Entry points of the device grouped GEMM: argument checks, the launch plan (kernels/gemm_heuristics.cc) and the
-// dispatch to a backend (cublaslt_grouped_gemm.cu, sm90_grouped_gemm.cu).
+// dispatch to a backend (cublaslt_grouped_gemm.cu, sm90_grouped_gemm.cu, simt_grouped_gemm.cu).
 #include <cuda_runtime.h>
 
 #include <cstdlib>
@@ -127,6 +127,8 @@ Status Run(const GroupedGemmArgs& args, GemmBackend requested, Stream& stream, c
         return cuda_internal::CublasGroupedBatchedGemm(args, s, device);
       case GemmBackend::kSm90:
         return cuda_internal::Sm90GroupedGemm(args, plan->tile.m, plan->num_ctas, s, device);
+      case GemmBackend::kSimt:
+        return cuda_internal::SimtGroupedGemm(args, s);
       case GemmBackend::kAuto:  // never planned
       case GemmBackend::kCublasLt:
         break;

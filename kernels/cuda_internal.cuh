@@ -1,8 +1,8 @@
 // Copyright 2026 The waveep Authors.
 //
-// Helpers shared by the CUDA kernels of this module (kernels/cuda_*.cu, cublaslt_*.cu, sm90_*.cu): error macros,
-// argument checks, the device guard, stream-ordered scratch memory and the bit-exact numeric helpers that mirror
-// convert.cc. Included only from .cu files; never from a public header.
+// Helpers shared by the CUDA kernels of this module (kernels/cuda_*.cu, cublaslt_*.cu, sm90_*.cu, simt_*.cu): error
+// macros, argument checks, the device guard, stream-ordered scratch memory and the bit-exact numeric helpers that
+// mirror convert.cc. Included only from .cu files; never from a public header.
 // IWYU pragma: private
 #ifndef WAVEEP_KERNELS_CUDA_INTERNAL_CUH_
 #define WAVEEP_KERNELS_CUDA_INTERNAL_CUH_
@@ -168,6 +168,9 @@ struct GroupedGemmArgs {
 // kernels/cublaslt_grouped_gemm.cu
 Status CublasLtGroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream, int device);
 Status CublasGroupedBatchedGemm(const GroupedGemmArgs& args, cudaStream_t stream, int device);
+// kernels/simt_grouped_gemm.cu: every non-empty group, or one group (`group` indexes group_offsets).
+Status SimtGroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream);
+Status SimtGemmGroup(const GroupedGemmArgs& args, int group, cudaStream_t stream);
 // kernels/sm90_grouped_gemm.cu (only in builds for sm_90a; see kernels/CMakeLists.txt). `tile_m` is 64 or 128.
 bool Sm90KernelCompiled();
 Status Sm90GroupedGemm(const GroupedGemmArgs& args, int tile_m, int num_ctas, cudaStream_t stream, int device);

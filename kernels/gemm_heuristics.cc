@@ -24,6 +24,8 @@ absl::string_view GemmBackendName(GemmBackend backend) {
       return "cublas_grouped";
     case GemmBackend::kSm90:
       return "sm90";
+    case GemmBackend::kSimt:
+      return "simt";
   }
   return "unknown";
 }
@@ -80,8 +82,15 @@ struct Estimate {
   int num_launches = 0;
 };
 
+// The simt kernel's tile (kernels/simt_grouped_gemm.cu).
+const std::vector<TileOption>& SimtTiles() {
+  static const std::vector<TileOption> tiles = {{{64, 64, 32}, 1.0}};
+  return tiles;
+}
+
 // One launch per non-empty group; each group gets its own best tile.
-Estimate EstimateCublasLt(const GroupedGemmProblem& p, int tile_k, double tflops_per_sm, int elem_bytes) {
+Estimate EstimatePerGroup(const GroupedGemmProblem& p, const std::vector<TileOption>& options, double tflops_per_sm,
+                          double efficiency, int elem_bytes) {
   Estimate e;
   e.us = 0;
   double used_slots = 0, total_slots = 0;
@@ -90,10 +99,9 @@ Estimate EstimateCublasLt(const GroupedGemmProblem& p, int tile_k, double tflops
     if (m == 0) continue;
     double best_us = std::numeric_limits<double>::infinity();
     TileOption best{};
-    for (const TileOption& o : LibraryTiles(tile_k)) {
+    for (const TileOption& o : options) {
       const int64_t tiles = TilesOf(m, p.n, o.tile);
-      const double us =
-          CeilDiv(tiles, p.sm_count) * TileUs(o.tile, p.k, tflops_per_sm, p.cost.cublaslt_efficiency * o.efficiency);
+      const double us = CeilDiv(tiles, p.sm_count) * TileUs(o.tile, p.k, tflops_per_sm, efficiency * o.efficiency);
       if (us < best_us) best_us = us, best = o;
     }
     const int64_t tiles = TilesOf(m, p.n, best.tile);
@@ -214,8 +222,10 @@ StatusOr<GroupedGemmPlan> PlanGroupedGemm(const GroupedGemmProblem& p, GemmBacke
   const int tile_k = fp8 ? 128 : 64;
   const int elem_bytes = fp8 ? 1 : 2;
   const double tflops = fp8 ? p.cost.fp8_tflops_per_sm : p.cost.bf16_tflops_per_sm;
-  const Estimate lt = EstimateCublasLt(p, tile_k, tflops, elem_bytes);
-  Estimate grouped, sm90;
+  const Estimate lt = EstimatePerGroup(p, LibraryTiles(tile_k), tflops, p.cost.cublaslt_efficiency, elem_bytes);
+  Estimate grouped, sm90, simt;
+  if (requested == GemmBackend::kSimt)
+    simt = EstimatePerGroup(p, SimtTiles(), tflops, p.cost.simt_efficiency, elem_bytes);
   if (grouped_ok) {
     grouped = EstimateSingleLaunch(p, GroupedBatchedTiles(), tflops, p.cost.grouped_batched_efficiency, elem_bytes);
   }
@@ -242,7 +252,10 @@ StatusOr<GroupedGemmPlan> PlanGroupedGemm(const GroupedGemmProblem& p, GemmBacke
   } else {
     why = "requested";
   }
-  const Estimate& e = choice == GemmBackend::kCublasLt ? lt : choice == GemmBackend::kCublasGrouped ? grouped : sm90;
+  const Estimate& e = choice == GemmBackend::kCublasLt        ? lt
+                      : choice == GemmBackend::kCublasGrouped ? grouped
+                      : choice == GemmBackend::kSimt          ? simt
+                                                              : sm90;
   plan.backend = choice;
   plan.tile = e.tile;
   plan.num_tiles = e.num_tiles;

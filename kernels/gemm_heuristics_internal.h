@@ -36,6 +36,7 @@ struct GemmCostModel {
   double cublaslt_efficiency = 0.75;         // wgmma kernels on full tiles
   double grouped_batched_efficiency = 0.28;  // cublasGemmGroupedBatchedEx: ~275 of 989 TFLOP/s at any size (H200)
   double sm90_efficiency = 0.70;             // our persistent kernel (experimental; unmeasured)
+  double simt_efficiency = 0.02;             // CUDA-core FMA kernel: ~1/15 of the tensor peak at best (unmeasured)
   double small_tile_efficiency = 0.85;       // a 64-row tile relative to a 128-row one
 };
 
@@ -75,7 +76,8 @@ struct GroupedGemmPlan {
 
 // Plans one grouped GEMM. `requested` != kAuto forces that backend: Unavailable when it cannot run here (kSm90
 // without an sm_90a build on a CC 9.0 device), InvalidArgument for combinations it does not support (kCublasGrouped
-// or kSm90 with FP8, kCublasGrouped with F32 output, FP8 with k % 128 != 0 or n % 16 != 0), as for kAuto. Also
+// or kSm90 with FP8, kCublasGrouped with F32 output, FP8 with k % 128 != 0 or n % 16 != 0), as for kAuto. kSimt
+// takes every other problem and is never chosen by kAuto. Also
 // InvalidArgument on negative sizes, no groups or sm_count < 1.
 StatusOr<GroupedGemmPlan> PlanGroupedGemm(const GroupedGemmProblem& p, GemmBackend requested);
 

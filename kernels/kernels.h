@@ -196,8 +196,12 @@ enum class GemmBackend {
   kCublasGrouped,  // one cublasGemmGroupedBatchedEx over all groups (BF16 only)
   kSm90,           // EXPERIMENTAL: our persistent TMA + wgmma kernel (BF16; sm_90a builds on CC 9.0 only).
                    // kAuto picks it only when WAVEEP_GEMM_EXPERIMENTAL=1 is set in the environment.
+  kSimt,           // our portable CUDA-core kernel (BF16 and FP8, any shape and alignment, every GPU): the device-side
+                   // reference, and what kCublasLt runs a shape on when cuBLASLt has no algorithm for it. Slow;
+                   // kAuto never picks it.
 };
-absl::string_view GemmBackendName(GemmBackend backend);  // "auto", "cublaslt", "cublas_grouped", "sm90"
+// "auto", "cublaslt", "cublas_grouped", "sm90", "simt"
+absl::string_view GemmBackendName(GemmBackend backend);
 
 // C[rows of g, N] = A[rows of g, K] * B[g]^T on the device, FP32 accumulation, like GroupedGemmNT: rows of group g
 // are [group_offsets[g], group_offsets[g+1]) of A and C (no padding; M = 0 groups are skipped). `group_offsets`

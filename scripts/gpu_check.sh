@@ -226,8 +226,13 @@ if has_stage sanitizer && command -v compute-sanitizer >/dev/null; then
     step "synccheck_$t" 120 compute-sanitizer --tool synccheck --error-exitcode 1 "$exe" --gtest_brief=1
   done
   exe="$build/tests/kernels/kernels_cuda_grouped_gemm_test"
-  [[ -x $exe ]] && step memcheck_cuda_grouped_gemm 180 compute-sanitizer --tool memcheck --error-exitcode 1 "$exe" \
-    --gtest_brief=1 --gtest_filter='*Degenerate*:*Bad*:*Small*'
+  if [[ -x $exe ]]; then
+    step memcheck_cuda_grouped_gemm 180 compute-sanitizer --tool memcheck --error-exitcode 1 "$exe" \
+      --gtest_brief=1 --gtest_filter='*Degenerate*:*Bad*:*Small*:*Odd*'
+    # The simt kernel stages operands in shared memory (the odd-shape test runs it, next to cuBLASLt).
+    step racecheck_cuda_grouped_gemm_odd 120 compute-sanitizer --tool racecheck --error-exitcode 1 "$exe" \
+      --gtest_brief=1 --gtest_filter='*Odd*'
+  fi
 fi
 
 echo >>"$summary"

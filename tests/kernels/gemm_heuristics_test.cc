@@ -34,6 +34,7 @@ TEST(GemmHeuristicsTest, BackendNames) {
   EXPECT_EQ(GemmBackendName(GemmBackend::kCublasLt), "cublaslt");
   EXPECT_EQ(GemmBackendName(GemmBackend::kCublasGrouped), "cublas_grouped");
   EXPECT_EQ(GemmBackendName(GemmBackend::kSm90), "sm90");
+  EXPECT_EQ(GemmBackendName(GemmBackend::kSimt), "simt");
 }
 
 TEST(GemmHeuristicsTest, AllGroupsEmptyLaunchesNothing) {
@@ -188,6 +189,30 @@ TEST(GemmHeuristicsTest, RequestedBackendIsHonouredOrRefused) {
   EXPECT_EQ(PlanOrDie(p, GemmBackend::kSm90).backend, GemmBackend::kSm90);  // explicit request needs no opt-in
   p.n = 1020;                                                               // rows not 16-byte aligned for TMA
   EXPECT_EQ(PlanGroupedGemm(p, GemmBackend::kSm90).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(GemmHeuristicsTest, SimtRunsAnythingWhenAskedAndIsNeverPicked) {
+  // Odd shapes, BF16 or FP32 output, BF16 or FP8 input: the portable kernel takes every one, one launch per group.
+  for (DType dtype : {DType::kBF16, DType::kFP8E4M3}) {
+    for (DType c_dtype : {DType::kBF16, DType::kF32}) {
+      GroupedGemmProblem p =
+          dtype == DType::kFP8E4M3 ? Problem({0, 7, 65, 1}, 48, 256, dtype) : Problem({0, 7, 65, 1}, 50, 37, dtype);
+      p.c_dtype = c_dtype;
+      const GroupedGemmPlan plan = PlanOrDie(p, GemmBackend::kSimt);
+      EXPECT_EQ(plan.backend, GemmBackend::kSimt) << plan.reason;
+      EXPECT_EQ(plan.num_launches, 3);
+      EXPECT_EQ(plan.tile, (GemmTile{64, 64, 32}));
+      EXPECT_EQ(plan.num_tiles, 1 + 2 + 1);  // one column tile; 7, 65 (two row tiles) and 1 rows
+      EXPECT_GT(plan.predicted_us, PlanOrDie(p, GemmBackend::kCublasLt).predicted_us);
+      // Left to itself the planner never chooses it, whatever else is available.
+      p.sm90_kernel_available = true;
+      p.allow_experimental = true;
+      EXPECT_NE(PlanOrDie(p).backend, GemmBackend::kSimt);
+    }
+  }
+  // The FP8 layout rules are the API's, not a backend's: still refused.
+  EXPECT_EQ(PlanGroupedGemm(Problem({4}, 4096, 7000, DType::kFP8E4M3), GemmBackend::kSimt).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(GemmHeuristicsTest, BadProblemsAreRejected) {

@@ -4,7 +4,8 @@
 //  - CublasLtGroupedGemm: one cublasLtMatmul per non-empty group, BF16 or FP8 with 1x128 block scales
 //    (CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F on both operands, Hopper, cuBLAS >= 12.9). The CUDA 13.0 toolkit's
 //    cuBLASLt (13.1) has no grouped matmul, so this is a host loop; algorithms are cached per shape. A shape for
-//    which cuBLASLt has no algorithm runs on the simt kernel (simt_grouped_gemm.cu), reported once on stderr.
+//    which cuBLASLt has no algorithm runs on the simt kernel (simt_grouped_gemm.cu), reported once per weight shape on
+//    stderr (every shape with WAVEEP_GEMM_VERBOSE=1).
 //  - CublasGroupedBatchedGemm: one cublasGemmGroupedBatchedEx (cuBLAS >= 12.5) over all groups, BF16 only.
 //
 // Row-major C = A * B^T is column-major C^T = B * A^T, so cuBLAS sees A' = B_g ([K, N] column-major, transposed:
@@ -23,6 +24,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -100,10 +103,19 @@ std::map<AlgoKey, ShapePlan>& AlgoCache() {
   static auto* cache = new std::map<AlgoKey, ShapePlan>();
   return *cache;
 }
-// (fp8, c dtype, n, k) already reported as running on the simt kernel: one line per weight shape, not per M.
-std::set<std::tuple<bool, int, int64_t, int64_t>>& ReportedSimtShapes() {
-  static auto* reported = new std::set<std::tuple<bool, int, int64_t, int64_t>>();
+// Shapes already reported as running on the simt kernel: one line per weight shape (fp8, c dtype, n, k), or, with
+// WAVEEP_GEMM_VERBOSE=1 in the environment, one per (M, alignment) too (which M cuBLASLt refuses, for diagnosis).
+using ReportKey = std::tuple<bool, int, int64_t, int64_t, int64_t, uint32_t>;
+std::set<ReportKey>& ReportedSimtShapes() {
+  static auto* reported = new std::set<ReportKey>();
   return *reported;
+}
+bool VerboseGemm() {
+  static const bool verbose = [] {
+    const char* v = std::getenv("WAVEEP_GEMM_VERBOSE");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return verbose;
 }
 
 // RAII for the cuBLASLt descriptors of one call.
@@ -311,12 +323,17 @@ Status CublasLtGroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream, int
       std::lock_guard<std::mutex> lock(g_algo_mu);
       if (AlgoCache().size() >= kMaxCachedAlgos) AlgoCache().clear();  // routing makes M vary; keep it bounded
       AlgoCache().emplace(key, plan);
-      if (plan.simt && ReportedSimtShapes().emplace(args.fp8, static_cast<int>(args.c_dtype), n, k).second) {
+      const bool verbose = VerboseGemm();
+      if (plan.simt &&
+          ReportedSimtShapes()
+              .emplace(args.fp8, static_cast<int>(args.c_dtype), n, k, verbose ? m : 0, verbose ? alignment : 0)
+              .second) {
         std::fprintf(stderr,
                      "[waveep] cuBLASLt has no %s algorithm for m=%lld n=%lld k=%lld (C %s, %u-byte alignment): such "
-                     "groups run on the simt kernel (slower; reported once per n, k)\n",
+                     "groups run on the simt kernel (slower; %s)\n",
                      args.fp8 ? "fp8" : "bf16", static_cast<long long>(m), static_cast<long long>(n),
-                     static_cast<long long>(k), std::string(DTypeName(args.c_dtype)).c_str(), alignment);
+                     static_cast<long long>(k), std::string(DTypeName(args.c_dtype)).c_str(), alignment,
+                     verbose ? "WAVEEP_GEMM_VERBOSE=1: every such shape" : "reported once per n, k");
       }
     }
     if (plan.simt) {

@@ -63,6 +63,9 @@ mkdir -p "$out/logs"
 out="$(cd "$out" && pwd)"
 summary="$out/summary.md"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+# Every grouped-GEMM shape cuBLASLt has no algorithm for is named in the logs (which M it refuses; it runs on the simt
+# kernel instead). A value set before wins.
+export WAVEEP_GEMM_VERBOSE="${WAVEEP_GEMM_VERBOSE:-1}"
 failed=0
 t_start=$(date +%s)
 

@@ -38,6 +38,8 @@ class CudaLayerOps final : public LayerOps {
     const int64_t l = static_cast<int64_t>(w13.size()) / (2 * inter_ * h_);
     WAVEEP_ASSIGN_OR_RETURN(w13_, Upload(w13));
     WAVEEP_ASSIGN_OR_RETURN(w2_, Upload(w2));
+    b13_.clear();  // a second load replaces the weights: no pointers into the buffers just freed
+    b2_.clear();
     for (int64_t e = 0; e < l; ++e) {
       b13_.push_back(w13_.as<uint16_t>() + e * 2 * inter_ * h_);
       b2_.push_back(w2_.as<uint16_t>() + e * h_ * inter_);
@@ -51,6 +53,12 @@ class CudaLayerOps final : public LayerOps {
 
   Status Prepare(const TokenBatch& batch, const DispatchLayout& lay, float* out, Stream& s) override {
     WAVEEP_RETURN_IF_ERROR(BeginStep(batch, lay, out));
+    // Unpack scatters by the GEMM rows (a_rows_), which are the return rows only without deduplication, which these
+    // ops do not take (SupportsDedup). Say so rather than scatter to the wrong rows if that ever changes.
+    if (lay.ret_rows != lay.a_rows)
+      return absl::InternalError(
+          "CUDA layer ops: the layout's return rows differ from its GEMM rows (deduplicated "
+          "layout?); the CUDA ops support neither");
     const int64_t t = batch.num_tokens, k = batch.top_k, pairs = lay.perm.num_rows(), max_wave = max_wave_;
     // Buffers (grow-only).
     WAVEEP_RETURN_IF_ERROR(Ensure(x_, t * h_ * 4));

@@ -143,7 +143,7 @@ struct TransposeJob {
   int64_t rows;
   int64_t ld;
 };
-constexpr int kMaxJobsPerLaunch = 128;  // 32 bytes each: the parameter block stays under the 4 KB classic limit
+constexpr int kMaxJobsPerLaunch = 127;  // 32 bytes each + 8: the parameter block stays under the 4 KB classic limit
 struct TransposeJobs {
   TransposeJob jobs[kMaxJobsPerLaunch];
   int64_t cols;
@@ -314,11 +314,13 @@ Status CublasLtGroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream, int
       }
       cublasLtMatmulHeuristicResult_t result{};
       int found = 0;
-      WAVEEP_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulAlgoGetHeuristic(handles->lt, desc.op, layout.a, layout.b, layout.d,
-                                                                   layout.d, desc.pref, 1, &result, &found));
       // No algorithm for this shape (seen for small FP8 block-scaled groups): the simt kernel runs it, for this
-      // shape every time, so which code computes a group still depends only on (M, N, K).
-      plan.simt = found == 0;
+      // shape every time, so which code computes a group still depends only on (M, N, K). cuBLASLt says so either
+      // with found == 0 or with CUBLAS_STATUS_NOT_SUPPORTED ("no heuristic available for this configuration").
+      const cublasStatus_t heuristic = cublasLtMatmulAlgoGetHeuristic(
+          handles->lt, desc.op, layout.a, layout.b, layout.d, layout.d, desc.pref, 1, &result, &found);
+      if (heuristic != CUBLAS_STATUS_NOT_SUPPORTED) WAVEEP_CUBLAS_RETURN_IF_ERROR(heuristic);
+      plan.simt = heuristic == CUBLAS_STATUS_NOT_SUPPORTED || found == 0 || result.state != CUBLAS_STATUS_SUCCESS;
       plan.algo = result.algo;
       std::lock_guard<std::mutex> lock(g_algo_mu);
       if (AlgoCache().size() >= kMaxCachedAlgos) AlgoCache().clear();  // routing makes M vary; keep it bounded

@@ -72,6 +72,9 @@ struct CtsMsg {
   uint64_t bytes;
   uint32_t rkey_id;
   uint32_t rkey_len;  // > 0: the packed key follows as the message's data
+  // Every landing buffer of the sender with an id below this is gone (evicted): the receiver of this message may
+  // destroy its keys for them (UcxState::PruneRkeysLocked).
+  uint32_t live_from;
 };
 struct FinMsg {
   uint32_t channel;
@@ -153,7 +156,7 @@ struct Landing {
 // registered while unused.
 constexpr size_t kMinLandingBytes = size_t{64} << 10;
 constexpr size_t kLandingAlign = 64;
-constexpr int kMaxFreeLandings = 4;
+constexpr int kMaxFreeLandings = kUcxMaxFreeLandings;
 
 size_t AlignUp(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
@@ -250,6 +253,8 @@ class UcxState {
     for (int p = 0; p < size; ++p) failed[p].store(UCS_OK);
     packed_rkeys.resize(size);
     rkeys.resize(size);
+    peer_live_from.assign(size, 0);
+    pruned_below.assign(size, 0);
   }
   ~UcxState();
 
@@ -294,7 +299,9 @@ class UcxState {
   std::map<std::pair<uint64_t, int>, std::string> ctl;  // (seq, from) -> payload
   std::vector<std::map<uint32_t, std::string>> packed_rkeys;  // per peer, not unpacked yet
   std::vector<std::map<uint32_t, ucp_rkey_h>> rkeys;          // per peer
-  std::list<Landing> landings;                                // put path: free or in use (AcquireLandingLocked)
+  // Per peer: its landing ids below this are gone (its CTS messages' live_from), and below this we destroyed its keys.
+  std::vector<uint32_t> peer_live_from, pruned_below;
+  std::list<Landing> landings;     // put path: free or in use (AcquireLandingLocked)
   std::list<Landing> quarantined;  // put path: abandoned with puts possibly on their way; freed with the worker
   uint32_t next_landing_id = 1;
   uint64_t use_clock = 0;
@@ -546,8 +553,40 @@ class UcxState {
     }
   }
 
+  // The smallest id of a landing buffer this rank still has (free, in use or quarantined); every id below it was
+  // evicted. Requires mu.
+  uint32_t LiveFromLocked() const {
+    uint32_t live_from = next_landing_id;
+    for (const std::list<Landing>* list : {&landings, &quarantined}) {
+      for (const Landing& l : *list) live_from = std::min(live_from, l.id);
+    }
+    return live_from;
+  }
+
+  // Destroys the keys of `peer`'s landing buffers that it evicted. Safe: a landing buffer is evicted only when free,
+  // i.e. after every put into it completed (a sender flushes its put before its FIN, and the buffer was released
+  // after the FINs); a quarantined one is never evicted (and holds live_from down: pruning stops there). Requires mu.
+  void PruneRkeysLocked(int peer) {
+    const uint32_t below = peer_live_from[peer];
+    if (below <= pruned_below[peer]) return;
+    auto& keys = rkeys[peer];
+    for (auto it = keys.begin(); it != keys.end() && it->first < below; it = keys.erase(it))
+      ucp_rkey_destroy(it->second);
+    auto& packed = packed_rkeys[peer];
+    packed.erase(packed.begin(), packed.lower_bound(below));
+    pruned_below[peer] = below;
+  }
+
+  // How many remote keys (unpacked or not) this rank holds for its peers' landing buffers. Requires mu.
+  size_t RemoteKeysHeldLocked() const {
+    size_t n = 0;
+    for (int p = 0; p < size; ++p) n += rkeys[p].size() + packed_rkeys[p].size();
+    return n;
+  }
+
   // The remote key `id` of `peer`, unpacked on first use; nullptr while its CTS has not arrived. Requires mu.
   StatusOr<ucp_rkey_h> RkeyLocked(int peer, uint32_t id) {
+    PruneRkeysLocked(peer);
     auto it = rkeys[peer].find(id);
     if (it != rkeys[peer].end()) return it->second;
     auto pk = packed_rkeys[peer].find(id);
@@ -716,6 +755,7 @@ ucs_status_t OnCts(void* arg, const void* header, size_t header_length, void* da
     return UCS_OK;
   }
   if (length > 0) st->packed_rkeys[m.from][m.rkey_id].assign(static_cast<const char*>(data), length);
+  st->peer_live_from[m.from] = std::max(st->peer_live_from[m.from], m.live_from);
   st->cts[XKey{m.channel, m.seq, m.from}] = Cts{m.addr, m.bytes, m.rkey_id};
   return UCS_OK;
 }
@@ -1095,7 +1135,7 @@ Status RunExchange(UcxState& st, const Plan& plan, absl::Duration timeout) {
         const Block& b = plan.recvs[i];
         auto m = std::make_unique<AmSend>();
         CtsMsg h{plan.channel, st.rank,     plan.seq, reinterpret_cast<uint64_t>(landing->base + landing_offsets[i]),
-                 b.bytes,      landing->id, 0};
+                 b.bytes,      landing->id, 0,        st.LiveFromLocked()};
         if (!landing->sent_to[b.peer]) {
           m->data = landing->packed;
           h.rkey_len = static_cast<uint32_t>(m->data.size());
@@ -1368,6 +1408,10 @@ class UcxCommunicator final : public Communicator {
   }
 
   LinkEstimate Estimate(int peer) const override { return HostLinkEstimate(st_->rank, peer, st_->node_ids); }
+  size_t RemoteKeysHeld() const {
+    std::lock_guard<std::mutex> lock(st_->mu);
+    return st_->RemoteKeysHeldLocked();
+  }
 
   // Waits until every endpoint is wired up and has nothing outstanding (ucp_worker_flush_nbx), progressing.
   Status FlushEndpoints() {
@@ -1888,6 +1932,11 @@ StatusOr<std::unique_ptr<Communicator>> NewUcx(const ProcessContext& ctx, Option
 
 StatusOr<std::unique_ptr<Communicator>> NewUcxCommunicator(const ProcessContext& ctx, Options options) {
   return NewUcx(ctx, options, /*use_put=*/false);
+}
+
+int64_t UcxRemoteKeysHeld(const Communicator& comm) {
+  const auto* ucx = dynamic_cast<const UcxCommunicator*>(&comm);
+  return ucx == nullptr ? -1 : static_cast<int64_t>(ucx->RemoteKeysHeld());
 }
 
 StatusOr<std::unique_ptr<Communicator>> NewUcxPutCommunicator(const ProcessContext& ctx, Options options) {

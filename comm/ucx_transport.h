@@ -54,6 +54,7 @@
 #define WAVEEP_COMM_UCX_TRANSPORT_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 
 #include "absl/time/time.h"
@@ -105,6 +106,12 @@ StatusOr<std::unique_ptr<Communicator>> NewUcxCommunicator(const ProcessContext&
 // (capabilities().one_sided), but over transports without RDMA (TCP, shared memory) UCX 1.13 emulates the put with
 // active messages and is slower than "ucx": docs/comm_backends.md has the figures. Otherwise as NewUcxCommunicator.
 StatusOr<std::unique_ptr<Communicator>> NewUcxPutCommunicator(const ProcessContext& ctx, Options options);
+
+// ucx_put: free registered landing buffers kept for reuse (the least recently used one goes when another is needed).
+inline constexpr int kUcxMaxFreeLandings = 4;
+// How many remote keys `comm` holds for its peers' landing buffers (a key goes once its owner evicted the buffer);
+// -1 when `comm` is not a ucx communicator. For tests.
+int64_t UcxRemoteKeysHeld(const Communicator& comm);
 
 }  // namespace waveep::comm::internal
 

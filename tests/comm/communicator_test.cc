@@ -25,6 +25,9 @@
 #include "absl/strings/str_cat.h"
 #include "comm/comm.h"
 #include "comm/mpi_transport.h"
+#ifdef WAVEEP_HAVE_UCX
+#include "comm/ucx_transport.h"
+#endif
 #ifdef WAVEEP_HAVE_CUDA
 #include <cuda_runtime_api.h>
 #endif
@@ -519,6 +522,40 @@ TEST_P(CommConformanceTest, BlockingCollectivesWhileExchangeInFlight) {
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_EQ(CheckReceived(*ex), "");
 }
+
+#ifdef WAVEEP_HAVE_UCX
+// ucx_put: each exchange lands in one registered buffer of the receiver, whose key a sender unpacks once and keeps.
+// Growing exchanges (every one needs a buffer twice the last) make each receiver evict the least recently used of
+// its kUcxMaxFreeLandings free buffers; the senders must drop the keys of evicted buffers (announced in later
+// clear-to-send messages), so what they hold stays bounded by the buffers still alive, and later exchanges into
+// those buffers must still land. Without the pruning a sender holds one key per buffer a peer ever had (8 here).
+TEST_P(CommConformanceTest, RemoteKeysOfEvictedLandingBuffersAreDropped) {
+  REQUIRE_HOST_MEMORY();
+  if (internal::UcxRemoteKeysHeld(*comm_) < 0) GTEST_SKIP() << "not a ucx communicator";
+  if (size_ < 2) GTEST_SKIP() << "needs peers";
+  constexpr int kSizes = 2 * internal::kUcxMaxFreeLandings;
+  // Rank r receives 3/4 of 64 KiB << i in all (the smallest landing buffer is 64 KiB): a new buffer each time.
+  auto sizes = [&](int i) -> SizeFn {
+    const size_t per_peer = (size_t{3} << (14 + i)) / static_cast<size_t>(size_ - 1);
+    return [per_peer](int src, int dst) -> size_t { return src == dst ? 64 : per_peer - 8 * (src % 3); };
+  };
+  for (int pass = 0; pass < 2; ++pass) {  // growing, then shrinking: the second pass reuses the live buffers' keys
+    for (int j = 0; j < kSizes; ++j) {
+      const int i = pass == 0 ? j : kSizes - 1 - j;
+      auto ex = Make(sizes(i), absl::StrCat("landing-growth ", pass, "/", i), 500 + 16 * pass + i);
+      Status s = comm_->Alltoallv(ex->Args());
+      ASSERT_TRUE(s.ok()) << s;
+      ASSERT_EQ(CheckReceived(*ex), "");
+    }
+    const int64_t held = internal::UcxRemoteKeysHeld(*comm_);
+    if (GetParam() == "ucx_put") {
+      // Each peer keeps at most kUcxMaxFreeLandings buffers alive (none is in use between exchanges).
+      EXPECT_LE(held, int64_t{size_ - 1} * internal::kUcxMaxFreeLandings) << "after pass " << pass;
+      EXPECT_GT(held, 0) << "the put path holds the keys of the buffers it puts into";
+    }
+  }
+}
+#endif
 
 TEST_P(CommConformanceTest, TraceSpanPerExchange) {
   REQUIRE_HOST_MEMORY();

@@ -754,6 +754,11 @@ ucs_status_t OnCts(void* arg, const void* header, size_t header_length, void* da
                                       " bytes and ", length, " bytes of data");
     return UCS_OK;
   }
+  if (m.live_from > m.rkey_id) {  // the buffer it names is live, so live_from <= its id
+    st->protocol_error = absl::StrCat("a clear-to-send message from rank ", m.from, " naming landing buffer ",
+                                      m.rkey_id, " with live_from ", m.live_from, " (above it)");
+    return UCS_OK;
+  }
   if (length > 0) st->packed_rkeys[m.from][m.rkey_id].assign(static_cast<const char*>(data), length);
   st->peer_live_from[m.from] = std::max(st->peer_live_from[m.from], m.live_from);
   st->cts[XKey{m.channel, m.seq, m.from}] = Cts{m.addr, m.bytes, m.rkey_id};

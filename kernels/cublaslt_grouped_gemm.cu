@@ -50,7 +50,6 @@ namespace waveep::kernels::cuda_internal {
 namespace {
 
 constexpr size_t kLtWorkspaceBytes = size_t{32} << 20;  // what cuBLASLt's Hopper kernels like to have
-constexpr int64_t kScaleBlock = 128;
 constexpr size_t kMaxCachedAlgos = 4096;
 constexpr uint64_t kPoolKeepBytes = uint64_t{256} << 20;
 
@@ -226,7 +225,7 @@ Status CublasLtGroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream, int
   const cudaDataType_t c_type = CudaType(args.c_dtype);
 
   // Scratch: the cuBLASLt workspace, then (FP8) every group's transposed A and B scales, 16-byte aligned each.
-  const int64_t kb = k / kScaleBlock;
+  const int64_t kb = k / kGemmScaleBlock;
   std::vector<int64_t> a_scale_at(args.num_groups, -1), b_scale_at(args.num_groups, -1);
   size_t scratch_bytes = kLtWorkspaceBytes;
   if (args.fp8) {
@@ -283,6 +282,18 @@ Status CublasLtGroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream, int
     const int64_t row0 = args.group_offsets[g], m = args.group_offsets[g + 1] - row0;
     if (m == 0) continue;
     const uint32_t alignment = GroupAlignment(args, g, in_bytes, c_bytes);
+    const AlgoKey key{device, args.fp8, static_cast<int>(args.c_dtype), static_cast<int>(alignment), m, n, k};
+    ShapePlan plan;
+    bool cached = false;
+    {
+      std::lock_guard<std::mutex> lock(g_algo_mu);
+      auto it = AlgoCache().find(key);
+      if (it != AlgoCache().end()) plan = it->second, cached = true;
+    }
+    if (cached && plan.simt) {  // a shape cuBLASLt has no algorithm for (see below): no descriptors needed
+      WAVEEP_RETURN_IF_ERROR(SimtGemmGroup(args, g, stream));
+      continue;
+    }
     LtLayouts layout;
     WAVEEP_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&layout.a, in_type, k, n, k));
     WAVEEP_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&layout.b, in_type, k, m, k));
@@ -294,14 +305,6 @@ Status CublasLtGroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream, int
           cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof(a_scale)));
       WAVEEP_CUBLAS_RETURN_IF_ERROR(
           cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof(b_scale)));
-    }
-    const AlgoKey key{device, args.fp8, static_cast<int>(args.c_dtype), static_cast<int>(alignment), m, n, k};
-    ShapePlan plan;
-    bool cached = false;
-    {
-      std::lock_guard<std::mutex> lock(g_algo_mu);
-      auto it = AlgoCache().find(key);
-      if (it != AlgoCache().end()) plan = it->second, cached = true;
     }
     if (!cached) {
       if (alignment != pref_alignment) {

@@ -149,6 +149,9 @@ __device__ __forceinline__ void QuantizeBlockWarp(ValueFn value, int block, int 
 }
 
 // ---- grouped GEMM backends (kernels/cuda_grouped_gemm.cu dispatches to these) --------------------------------
+// FP8 grouped GEMM operands carry one FP32 scale per this many consecutive K elements of a row (kernels.h).
+constexpr int64_t kGemmScaleBlock = 128;
+
 // One validated grouped GEMM: host arrays as in CudaGroupedGemmNTBf16/Fp8, device operands, a non-empty problem
 // (some group has rows, n > 0, k > 0).
 struct GroupedGemmArgs {

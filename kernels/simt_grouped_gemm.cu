@@ -28,7 +28,6 @@ constexpr int kTileK = 32;                        // K per shared-memory stage (
 constexpr int kThreads = 256;                     // 16 x 16 threads, 4 x 4 outputs each
 constexpr int kSpread = 16;                       // a thread's rows (columns) are kSpread apart
 constexpr int64_t kMaxRowTilesPerLaunch = 65535;  // gridDim.y limit
-constexpr int64_t kScaleBlock = 128;
 
 // One group's operands, already offset to its first row.
 struct SimtGroup {
@@ -47,7 +46,7 @@ __device__ __forceinline__ float LoadWidened(const void* x, const float* scales,
   if (row >= rows || col >= k) return 0.0f;
   if constexpr (kFp8) {
     const uint8_t q = static_cast<const uint8_t*>(x)[row * k + col];
-    return __fmul_rn(Fp8E4M3BitsToFloat(q), scales[row * (k / kScaleBlock) + col / kScaleBlock]);
+    return __fmul_rn(Fp8E4M3BitsToFloat(q), scales[row * (k / kGemmScaleBlock) + col / kGemmScaleBlock]);
   } else {
     return Bf16Bits(static_cast<const uint16_t*>(x)[row * k + col]);
   }
@@ -127,7 +126,7 @@ Status SimtGemmGroup(const GroupedGemmArgs& args, int group, cudaStream_t stream
     const int64_t r = row0 + first;
     SimtGroup g;
     g.a = static_cast<const char*>(args.a) + r * k * in_bytes;
-    g.a_scales = args.fp8 ? args.a_scales + r * (k / kScaleBlock) : nullptr;
+    g.a_scales = args.fp8 ? args.a_scales + r * (k / kGemmScaleBlock) : nullptr;
     g.b = args.b[group];
     g.b_scales = args.fp8 ? args.b_scales[group] : nullptr;
     g.c = static_cast<char*>(args.c) + r * n * c_bytes;

@@ -181,8 +181,9 @@ class CudaLayerOps final : public LayerOps {
                                           kLayerGemm);
   }
 
-  // out = combine-reduce (+ shared) on the device, then device -> pinned -> the caller's host array (a host task:
-  // it only copies host memory, as CUDA host functions must).
+  // out = combine-reduce (+ shared) on the device, then device -> pinned; Collect copies pinned -> the caller's host
+  // array once the streams have drained (T x H floats, ~117 MB at V4 sizes: too long to hold the driver's callback
+  // thread with a host function).
   Status Finish(Stream& s) override {
     const TokenBatch& b = *batch_;
     const int64_t n = b.num_tokens * h_;
@@ -191,13 +192,15 @@ class CudaLayerOps final : public LayerOps {
                                                           topk_w_.as<float>(), b.num_tokens, b.top_k, h_,
                                                           out_dev_.as<float>(), s));
     if (shared_) WAVEEP_RETURN_IF_ERROR(kernels::CudaAddF32(s_out_.as<float>(), out_dev_.as<float>(), n, s));
-    WAVEEP_RETURN_IF_ERROR(kernels::CudaCopyAsync(out_host_.data(), out_dev_.data(), n * 4, s));
-    float* dst = out_;
+    return kernels::CudaCopyAsync(out_host_.data(), out_dev_.data(), n * 4, s);
+  }
+
+  Status Collect() override {
+    const int64_t n = batch_->num_tokens * h_;
+    if (n == 0) return absl::OkStatus();
     const float* src = out_host_.as<float>();
-    return s.Enqueue([dst, src, n] {
-      std::copy(src, src + n, dst);
-      return absl::OkStatus();
-    });
+    std::copy(src, src + n, out_);
+    return absl::OkStatus();
   }
 
  private:

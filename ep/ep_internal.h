@@ -101,7 +101,11 @@ class LayerOps {
   // 0 in the fill and part 1 in the drain. The split depends only on the tokens, never on W, so the output does not
   // either.
   virtual Status Shared(int part, Stream& stream) = 0;
-  virtual Status Finish(Stream& stream) = 0;  // out = combine-reduce(ret_recv) (+ shared), in host memory
+  virtual Status Finish(Stream& stream) = 0;  // out = combine-reduce(ret_recv) (+ shared), in host memory (+ Collect)
+  // On the calling thread, after both streams have drained without error: whatever of Finish's result still has to
+  // reach `out` (the CUDA ops copy pinned -> the caller's array here, not in a host function on the driver's
+  // callback thread).
+  virtual Status Collect() { return absl::OkStatus(); }
 
  protected:
   // Remembers the step and sizes the transit buffers (send: the layout's send rows; ret_send and ret_recv: every

@@ -347,6 +347,7 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
   wave.head_flops = static_cast<double>(internal::SharedPartTokens(batch, 0)) * 6.0 * h * si;
   wave.tail_flops = static_cast<double>(internal::SharedPartTokens(batch, 1)) * 6.0 * h * si;
   Status local = im.scheduler->Run(w_count, wave, &spans);
+  if (local.ok()) local = ops.Collect();
   WAVEEP_RETURN_IF_ERROR(internal::AgreeStatus(*comm_, local));
   const double t1 = NowUs();
 

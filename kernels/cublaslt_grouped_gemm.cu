@@ -224,14 +224,35 @@ Status CublasLtGroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream, int
   const cudaDataType_t in_type = args.fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
   const cudaDataType_t c_type = CudaType(args.c_dtype);
 
-  // Scratch: the cuBLASLt workspace, then (FP8) every group's transposed A and B scales, 16-byte aligned each.
+  // Each group's shape key, and what the cache already knows about it (a shape known to run on simt needs neither
+  // transposed scales nor descriptors).
+  std::vector<AlgoKey> keys(args.num_groups);
+  std::vector<char> known_simt(args.num_groups, 0);
+  {
+    std::lock_guard<std::mutex> lock(g_algo_mu);
+    for (int g = 0; g < args.num_groups; ++g) {
+      const int64_t m = args.group_offsets[g + 1] - args.group_offsets[g];
+      if (m == 0) continue;
+      keys[g] = AlgoKey{device,
+                        args.fp8,
+                        static_cast<int>(args.c_dtype),
+                        static_cast<int>(GroupAlignment(args, g, in_bytes, c_bytes)),
+                        m,
+                        n,
+                        k};
+      auto it = AlgoCache().find(keys[g]);
+      known_simt[g] = it != AlgoCache().end() && it->second.simt;
+    }
+  }
+  // Scratch: the cuBLASLt workspace, then (FP8) the transposed A and B scales of every group that may run on
+  // cuBLASLt, 16-byte aligned each.
   const int64_t kb = k / kGemmScaleBlock;
   std::vector<int64_t> a_scale_at(args.num_groups, -1), b_scale_at(args.num_groups, -1);
   size_t scratch_bytes = kLtWorkspaceBytes;
   if (args.fp8) {
     for (int g = 0; g < args.num_groups; ++g) {
       const int64_t m = args.group_offsets[g + 1] - args.group_offsets[g];
-      if (m == 0) continue;
+      if (m == 0 || known_simt[g]) continue;
       a_scale_at[g] = static_cast<int64_t>(scratch_bytes);
       scratch_bytes += sizeof(float) * kb * Pad4(m);
       b_scale_at[g] = static_cast<int64_t>(scratch_bytes);
@@ -248,7 +269,7 @@ Status CublasLtGroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream, int
     std::vector<TransposeJob> jobs;
     for (int g = 0; g < args.num_groups; ++g) {
       const int64_t row0 = args.group_offsets[g], m = args.group_offsets[g + 1] - row0;
-      if (m == 0) continue;
+      if (m == 0 || known_simt[g]) continue;
       jobs.push_back({args.a_scales + row0 * kb, reinterpret_cast<float*>(base + a_scale_at[g]), m, Pad4(m)});
       jobs.push_back({args.b_scales[g], reinterpret_cast<float*>(base + b_scale_at[g]), n, Pad4(n)});
     }
@@ -281,18 +302,18 @@ Status CublasLtGroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream, int
   for (int g = 0; g < args.num_groups; ++g) {
     const int64_t row0 = args.group_offsets[g], m = args.group_offsets[g + 1] - row0;
     if (m == 0) continue;
-    const uint32_t alignment = GroupAlignment(args, g, in_bytes, c_bytes);
-    const AlgoKey key{device, args.fp8, static_cast<int>(args.c_dtype), static_cast<int>(alignment), m, n, k};
+    if (known_simt[g]) {  // a shape cuBLASLt has no algorithm for (see below): no scales or descriptors needed
+      WAVEEP_RETURN_IF_ERROR(SimtGemmGroup(args, g, stream));
+      continue;
+    }
+    const AlgoKey& key = keys[g];
+    const uint32_t alignment = static_cast<uint32_t>(std::get<3>(key));
     ShapePlan plan;
     bool cached = false;
     {
       std::lock_guard<std::mutex> lock(g_algo_mu);
-      auto it = AlgoCache().find(key);
+      auto it = AlgoCache().find(key);  // another thread may have cleared the cache since: then ask again
       if (it != AlgoCache().end()) plan = it->second, cached = true;
-    }
-    if (cached && plan.simt) {  // a shape cuBLASLt has no algorithm for (see below): no descriptors needed
-      WAVEEP_RETURN_IF_ERROR(SimtGemmGroup(args, g, stream));
-      continue;
     }
     LtLayouts layout;
     WAVEEP_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&layout.a, in_type, k, n, k));

@@ -4,11 +4,12 @@
 # point --build at a CUDA build made on the GPU machine.
 #
 #   scripts/gpu_check.sh [--bundle .gpu | --build build-gpu] [--out DIR] [--stages LIST] [--quick] [--budget_s N]
+#                        [--dry_run]
 #
 # Stages (default: all, in this order, most important first):
 #   info       the machine: GPU, driver, nvcc, torch, cores; which libraries the binaries resolve to
-#   unit       GPU unit tests (kernels and the CUDA layer vs the CPU reference, CUDA streams/events, comm on device
-#              buffers at np 1)
+#   unit       GPU unit tests (kernels and the CUDA layer vs the CPU reference, CUDA streams/events, the device
+#              proxy's CUDA stream gate, comm on device buffers at np 1)
 #   layer      waveep run --device=cuda --verify at np 1 (bf16, fp8), and at np 2 under MPS with --backend=cuda_ipc
 #              and mpi; output checksums must not depend on W
 #   comm2      the comm conformance suite at np 2 sharing the GPU under MPS (cuda_ipc, host-staged mpi)
@@ -17,6 +18,10 @@
 #   sanitizer  compute-sanitizer memcheck on every kernel test, racecheck/synccheck on the ones with shared memory
 # --quick trims the GEMM bench to the uniform distribution and the sweep to one model. --budget_s N (default 450)
 # skips the steps that would start after N seconds (listed as SKIP (budget)), so the run ends inside a lease.
+# --dry_run needs no GPU: it resolves every executable's libraries as a real run would (the bundle's lib/, then its
+# lib-fallback/ for a library this machine lacks, then the machine's CUDA folders) and lists the steps without running
+# them; exit status 1 if a library stays unresolved or a step's executable is missing. Run it on the CPU machine
+# before spending device time.
 #
 # DIR (default docs/perf/<date>-<gpu>) gets summary.md (one line per step: PASS/FAIL/SKIP, seconds), logs/*.log,
 # and the JSON/CSV/markdown each stage writes. Exit status: 0 when every step passed, 1 otherwise.
@@ -28,6 +33,7 @@ build=""
 out=""
 stages="info,unit,layer,comm2,sweep,gemm,sanitizer"
 quick=0
+dry_run=0
 budget_s=450
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -37,7 +43,8 @@ while [[ $# -gt 0 ]]; do
     --stages) stages="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
     --budget_s) budget_s="$2"; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --dry_run) dry_run=1; shift ;;
+    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -49,15 +56,29 @@ for s in ${stages//,/ }; do
   esac
 done
 [[ $budget_s =~ ^[0-9]+$ ]] || { echo "gpu_check.sh: --budget_s must be a whole number of seconds, got '$budget_s'" >&2; exit 2; }
+if [[ $bundle == *.tar.gz ]]; then  # gpu_bundle.sh's packed bundle: unpacked beside it, under /tmp
+  packed="$bundle"
+  [[ -f $packed ]] || { echo "gpu_check.sh: no bundle '$packed'" >&2; exit 2; }
+  unpacked="$(mktemp -d "${TMPDIR:-/tmp}/waveep-gpu-bundle.XXXXXX")"
+  tar -xzf "$packed" -C "$unpacked" || { echo "gpu_check.sh: cannot unpack '$packed'" >&2; exit 2; }
+  bundle="$(find "$unpacked" -mindepth 2 -maxdepth 2 -name manifest.txt -printf '%h\n' | head -1)"
+  [[ -n $bundle ]] || { echo "gpu_check.sh: '$packed' holds no gpu_bundle.sh bundle (no manifest.txt)" >&2; exit 2; }
+fi
 if [[ -n "$bundle" ]]; then
   build="$bundle/build"
-  export LD_LIBRARY_PATH="$(cd "$bundle/lib" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  bundle_lib="$(cd "$bundle/lib" && pwd)" || { echo "gpu_check.sh: $bundle has no lib/ (see gpu_bundle.sh)" >&2; exit 2; }
+  export LD_LIBRARY_PATH="$bundle_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 [[ -n "$build" ]] || build="$ROOT/build-gpu"
 build="$(cd "$build" 2>/dev/null && pwd)" || { echo "gpu_check.sh: no build folder (see --help)" >&2; exit 2; }
 [[ -x "$build/bin/waveep" ]] || { echo "gpu_check.sh: $build/bin/waveep missing" >&2; exit 2; }
-command -v nvidia-smi >/dev/null || { echo "gpu_check.sh: no nvidia-smi: not a GPU machine" >&2; exit 2; }
-gpu_name="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' | tr -cd 'A-Za-z0-9_.-')"
+if [[ $dry_run -eq 1 ]]; then
+  [[ -n "$out" ]] || out="$(mktemp -d /tmp/waveep-gpu-dry.XXXXXX)"
+  gpu_name="dry-run"
+else
+  command -v nvidia-smi >/dev/null || { echo "gpu_check.sh: no nvidia-smi: not a GPU machine (--dry_run checks the bundle without one)" >&2; exit 2; }
+  gpu_name="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' | tr -cd 'A-Za-z0-9_.-')"
+fi
 [[ -n "$out" ]] || out="$ROOT/docs/perf/$(date -u +%F)-${gpu_name:-gpu}"
 mkdir -p "$out/logs"
 out="$(cd "$out" && pwd)"
@@ -69,27 +90,76 @@ export WAVEEP_GEMM_VERBOSE="${WAVEEP_GEMM_VERBOSE:-1}"
 failed=0
 t_start=$(date +%s)
 
-# Libraries the GPU image keeps outside the default search path (CUDA, NCCL from a pip wheel): add their folders.
+# Libraries the executables cannot resolve: first the bundle's fallbacks (UCX, libnuma: linked one by one into a
+# temporary folder, so that a library the machine has — Open MPI's own UCX above all — is never shadowed), then the
+# folders the GPU image keeps outside the default search path (CUDA, NCCL from a pip wheel). Until nothing changes,
+# since a fallback's own needs show only once it resolves.
+unresolved_libs() {
+  for e in "$build"/bin/waveep "$build"/tests/*/*_test "$build"/bench/*; do [[ -x $e ]] && ldd "$e"; done 2>/dev/null |
+    awk '/not found/ {print $1}' | sort -u
+}
 add_lib_dirs() {
-  local missing lib dir
-  missing=$(for e in "$build"/bin/waveep "$build"/tests/*/*_test "$build"/bench/*; do [[ -x $e ]] && ldd "$e"; done 2>/dev/null |
-    awk '/not found/ {print $1}' | sort -u)
-  for lib in $missing; do
-    dir=$(find /usr/local /usr/lib /opt -name "$lib" -not -path '*/stubs/*' 2>/dev/null | head -1)
-    if [[ -n "$dir" ]]; then
-      export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$dir")"
-    else
-      echo "gpu_check.sh: WARNING: $lib not found anywhere" >&2
+  local missing lib dir pass changed fallback="" links="${TMPDIR:-/tmp}/waveep-gpu-libs.$$"
+  [[ -n "$bundle" && -d "$bundle/lib-fallback" ]] && fallback="$(cd "$bundle/lib-fallback" && pwd)"
+  for pass in 1 2 3 4; do  # at most 4 rounds
+    missing=$(unresolved_libs)
+    [[ -n "$missing" ]] || return 0
+    echo "gpu_check.sh: round $pass: unresolved: $(echo $missing)" >&2
+    changed=0
+    for lib in $missing; do
+      if [[ -n "$fallback" && -f "$fallback/$lib" ]]; then
+        mkdir -p "$links"
+        ln -sfn "$fallback/$lib" "$links/$lib"
+        # UCX loads its transport modules from ucx/ beside the libucs it was loaded as.
+        [[ $lib == libucs.so* && -d "$fallback/ucx" ]] && ln -sfn "$fallback/ucx" "$links/ucx"
+        [[ ":$LD_LIBRARY_PATH:" == *":$links:"* ]] || export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$links"
+        echo "gpu_check.sh: $lib: not on this machine, using the bundle's copy" >&2
+        changed=1
+        continue
+      fi
+      dir=$(find /usr/local /usr/lib /opt -name "$lib" -not -path '*/stubs/*' -not -path "$links/*" 2>/dev/null | head -1)
+      if [[ -n "$dir" && ":$LD_LIBRARY_PATH:" != *":$(dirname "$dir"):"* ]]; then
+        dir="$(dirname "$dir")"
+        export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$dir"
+        changed=1
+      fi
+    done
+    [[ $changed -eq 1 ]] || break
+  done
+  for lib in $(unresolved_libs); do echo "gpu_check.sh: WARNING: $lib not found anywhere" >&2; done
+}
+add_lib_dirs
+
+# --dry_run: every executable must also load and start (its libraries' symbols resolve), which ldd alone does not show.
+load_check() {
+  local e arg
+  for e in "$build"/bin/waveep "$build"/tests/*/*_test "$build"/bench/*; do
+    [[ -x $e ]] || continue
+    case "$e" in *_test) arg=--gtest_list_tests ;; *) arg=--help ;; esac
+    if ! timeout 20 "$e" "$arg" >/dev/null 2>"$out/logs/load_$(basename "$e").log"; then
+      printf '| load %s | FAIL (%s: see logs/load_%s.log) | 0 | `%s %s` |\n' "$(basename "$e")" "$arg" \
+        "$(basename "$e")" "$e" "$arg" >>"$summary"
+      echo "   load $(basename "$e"): FAIL: $(head -2 "$out/logs/load_$(basename "$e").log")" >&2
+      failed=1
     fi
   done
 }
-add_lib_dirs
 
 has_stage() { [[ ",$stages," == *",$1,"* ]]; }
 # step NAME TIMEOUT_S CMD...: runs CMD with a deadline, logs to logs/NAME.log, one summary line.
 step() {
   local name="$1" limit="$2"; shift 2
   local log="$out/logs/$name.log" t0 rc verdict
+  if [[ $dry_run -eq 1 ]]; then  # every file of ours the step names must be there (tools of the GPU image need not)
+    local arg missing=""
+    for arg in "$@"; do
+      [[ ($arg == "$build"/* || $arg == "$ROOT"/*) && $arg != "$out"/* && ! -e $arg ]] && missing+=" $arg"
+    done
+    if [[ -z $missing ]]; then verdict="DRY"; else verdict="FAIL (missing:$missing)"; failed=1; fi
+    printf '| %s | %s | 0 | `%s` |\n' "$name" "$verdict" "$*" >>"$summary"
+    echo "   $name: $verdict  ($limit s)  $*" >&2
+    return 0
+  fi
   if (( $(date +%s) - t_start > budget_s )); then
     printf '| %s | SKIP (budget %ss) | 0 | `%s` |\n' "$name" "$budget_s" "$*" >>"$summary"
     return 0
@@ -117,13 +187,13 @@ mps_start() {
   nvidia-cuda-mps-control -d 2>/dev/null && echo "MPS started" >&2
 }
 mps_stop() { echo quit | nvidia-cuda-mps-control 2>/dev/null; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; }
-trap 'mps_stop >/dev/null 2>&1' EXIT
+trap 'mps_stop >/dev/null 2>&1; rm -rf "${TMPDIR:-/tmp}/waveep-gpu-libs.$$" ${unpacked:+"$unpacked"}' EXIT
 waveep="$build/bin/waveep"
 # np 2 on one GPU: both ranks bind cuda:0 (local rank modulo the GPUs) and share it through MPS.
 MPIRUN2=(mpirun -np 2 --bind-to none -x LD_LIBRARY_PATH -x CUDA_MPS_PIPE_DIRECTORY)
 
 {
-  echo "# waveep on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+  echo "# waveep on $([[ $dry_run -eq 1 ]] && echo "no GPU (dry run)" || nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
   echo
   echo "$(date -u +%FT%TZ); stages: $stages; build: $build"
   [[ -f "${bundle:-/nonexistent}/manifest.txt" ]] && sed -n '1,3p' "$bundle/manifest.txt" | sed 's/^/    /'
@@ -131,7 +201,20 @@ MPIRUN2=(mpirun -np 2 --bind-to none -x LD_LIBRARY_PATH -x CUDA_MPS_PIPE_DIRECTO
   echo "| step | result | seconds | command |"
   echo "|---|---|---|---|"
 } >"$summary"
+# Executables the stages need: one a stage's loop would skip when absent (renamed, not built) fails the run here
+# instead of going unnoticed.
+required=(bin/waveep tests/kernels/kernels_cuda_grouped_gemm_test tests/kernels/kernels_cuda_gating_test
+  tests/kernels/kernels_cuda_permute_test tests/runtime/runtime_stream_test tests/ep/ep_moe_layer_test
+  tests/comm/comm_conformance_test tests/comm/comm_device_proxy_test)
+grep -q '^WAVEEP_BUILD_BENCH:BOOL=OFF' "$build/CMakeCache.txt" 2>/dev/null || required+=(bench/waveep_gpu_gemm_bench)
+for e in "${required[@]}"; do
+  [[ -x "$build/$e" ]] && continue
+  printf '| %s | FAIL (missing from %s) | 0 | |\n' "$(basename "$e")" "$build" >>"$summary"
+  echo "gpu_check.sh: $build/$e missing" >&2
+  failed=1
+done
 
+[[ $dry_run -eq 1 ]] && load_check
 if has_stage info; then
   {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,compute_cap --format=csv
@@ -142,12 +225,13 @@ if has_stage info; then
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
     ldd "$waveep"
   } >"$out/logs/info.log" 2>&1
-  grep -q 'not found' "$out/logs/info.log" && echo "| info | FAIL (unresolved libraries, see logs/info.log) | 0 | ldd |" >>"$summary" && failed=1
+  grep -q '=> not found' "$out/logs/info.log" && echo "| info | FAIL (unresolved libraries, see logs/info.log) | 0 | ldd |" >>"$summary" && failed=1
 fi
 
 if has_stage unit; then
   for t in "$build"/tests/kernels/kernels_cuda_*_test "$build"/tests/kernels/kernels_gemm_heuristics_test \
-           "$build"/tests/runtime/runtime_stream_test "$build"/tests/ep/ep_*_test; do
+           "$build"/tests/runtime/runtime_stream_test "$build"/tests/comm/comm_device_proxy_test \
+           "$build"/tests/ep/ep_*_test; do
     [[ -x $t ]] && step "$(basename "$t")" 90 "$t" --gtest_brief=1
   done
   [[ -x "$build/tests/comm/comm_conformance_test" ]] &&
@@ -216,7 +300,7 @@ if has_stage gemm && [[ -x "$build/bench/waveep_gpu_gemm_bench" ]]; then
     --markdown "$out/gemm_v4pro.md"
 fi
 
-if has_stage sanitizer && command -v compute-sanitizer >/dev/null; then
+if has_stage sanitizer && { command -v compute-sanitizer >/dev/null || [[ $dry_run -eq 1 ]]; }; then
   for t in cuda_gating cuda_permute cuda_quant cuda_swiglu cuda_combine cuda_convert; do
     exe="$build/tests/kernels/kernels_${t}_test"
     [[ -x $exe ]] || continue
@@ -239,6 +323,10 @@ if has_stage sanitizer && command -v compute-sanitizer >/dev/null; then
 fi
 
 echo >>"$summary"
-echo "total $(( $(date +%s) - t_start )) s; $([[ $failed -eq 0 ]] && echo 'all steps passed' || echo 'SOME STEPS FAILED')" >>"$summary"
+if [[ $dry_run -eq 1 ]]; then
+  echo "dry run: $([[ $failed -eq 0 ]] && echo "every step's files and every library found" || echo 'SOMETHING IS MISSING')" >>"$summary"
+else
+  echo "total $(( $(date +%s) - t_start )) s; $([[ $failed -eq 0 ]] && echo 'all steps passed' || echo 'SOME STEPS FAILED')" >>"$summary"
+fi
 cat "$summary" >&2
 exit $failed

@@ -270,7 +270,10 @@ fi
 
 if has_stage comm2; then
   mps_start
-  step comm_conformance_np2_mps 150 "${MPIRUN2[@]}" "$build/tests/comm/comm_conformance_test" --gtest_brief=1
+  # The ucx backends take host memory only; CI covers them at np 2 and 4 (their timeout cases alone take ~30 s).
+  step comm_conformance_np2_mps 150 "${MPIRUN2[@]}" "$build/tests/comm/comm_conformance_test" --gtest_brief=1 \
+    '--gtest_filter=-*/ucx:*/ucx_put'
+
   mps_stop
 fi
 

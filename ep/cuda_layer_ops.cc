@@ -5,8 +5,8 @@
 //
 // Per wave, on the compute stream: gather the wave's rows expert-major (BF16; FP8 rows are split into payload and
 // scales, dequantized to FP32 and rounded to BF16), gate/up grouped GEMM (BF16 x BF16 -> FP32), SwiGLU (FP32),
-// round to BF16, down grouped GEMM (-> FP32), round to BF16 and scatter into the return rows. The shared expert is
-// one GEMM pair over all local tokens; the combine-reduce is the bitwise slot-order kernel.
+// round to BF16, down grouped GEMM (-> FP32), round to BF16 and scatter into the return rows. The shared expert runs
+// on fixed-size blocks aligned to global token ids (see Shared); the combine-reduce is the bitwise slot-order kernel.
 //
 // NOTES: numerics. Against the CPU layer (FP32 activations between the GEMMs, FP32 BLAS): the weights and the BF16
 // dispatch rows are exact in BF16 on both; the device rounds the SwiGLU output to BF16 before the down GEMM (and FP8
@@ -27,6 +27,8 @@ namespace {
 
 // One backend for every shape, so a wave's size never changes which code computes a row (see NOTES).
 constexpr kernels::GemmBackend kLayerGemm = kernels::GemmBackend::kCublasLt;
+// Rows of one shared-expert GEMM (see Shared): a multiple of kSharedBlockRows, large enough for the tensor cores.
+constexpr int64_t kSharedGemmRows = 2 * kSharedBlockRows;
 
 class CudaLayerOps final : public LayerOps {
  public:
@@ -80,10 +82,12 @@ class CudaLayerOps final : public LayerOps {
     WAVEEP_RETURN_IF_ERROR(Ensure(out_dev_, t * h_ * 4));
     WAVEEP_RETURN_IF_ERROR(Ensure(out_host_, t * h_ * 4, MemoryKind::kPinnedHost));
     if (shared_) {
-      WAVEEP_RETURN_IF_ERROR(Ensure(xs_, t * h_ * 2));
-      WAVEEP_RETURN_IF_ERROR(Ensure(s_gate_up_, t * 2 * si_ * 4));
-      WAVEEP_RETURN_IF_ERROR(Ensure(s_act_, t * si_ * 4));
-      WAVEEP_RETURN_IF_ERROR(Ensure(s_act_bf_, t * si_ * 2));
+      const int64_t rows = (SharedBlocks(batch, 0) + SharedBlocks(batch, 1)) * kSharedGemmRows;
+      WAVEEP_RETURN_IF_ERROR(Ensure(xs_, rows * h_ * 2));
+      WAVEEP_RETURN_IF_ERROR(Ensure(s_gate_up_, rows * 2 * si_ * 4));
+      WAVEEP_RETURN_IF_ERROR(Ensure(s_act_, rows * si_ * 4));
+      WAVEEP_RETURN_IF_ERROR(Ensure(s_act_bf_, rows * si_ * 2));
+      WAVEEP_RETURN_IF_ERROR(Ensure(s_y_, rows * h_ * 4));
       WAVEEP_RETURN_IF_ERROR(Ensure(s_out_, t * h_ * 4));
     }
     // Index arrays: every wave's GEMM rows in one array (wave w's start at wave_row_begin(w)).
@@ -101,7 +105,6 @@ class CudaLayerOps final : public LayerOps {
     WAVEEP_RETURN_IF_ERROR(kernels::CudaCopyAsync(topk_w_.data(), batch.topk_weights.data(), t * k * 4, s));
     WAVEEP_RETURN_IF_ERROR(
         kernels::CudaCopyAsync(a_rows_.data(), a_rows_all_.data(), static_cast<int64_t>(a_rows_all_.size()) * 8, s));
-    if (shared_) WAVEEP_RETURN_IF_ERROR(kernels::CudaConvertF32ToBf16(x_.as<float>(), xs_.as<uint16_t>(), t * h_, s));
     return absl::OkStatus();
   }
 
@@ -161,24 +164,38 @@ class CudaLayerOps final : public LayerOps {
     return kernels::CudaScatterRows(y_bf_.data(), crow_, a_rows_.as<int64_t>() + wave_row_begin(w), m, ret_send(w), s);
   }
 
-  // Part 0 = tokens [0, split), part 1 = [split, t), each in its own rows of the scratch buffers. The split never
-  // depends on W (nor does the output).
+  // NOTES: invariance over np (and W). cuBLASLt's algorithm, and with it a row's rounding, depends on M, and a row's
+  // result may depend on its position in the GEMM; this rank's tokens change with np. So, as on the CPU, the shared
+  // expert runs on blocks of kSharedGemmRows rows aligned to *global* token ids (block b = tokens [b*B, (b+1)*B),
+  // absent rows zero), one group per block in one grouped call: every token sits at row (id mod B) of an M = B GEMM
+  // for any np, and its output is bitwise identical. Part 0 = the rank's tokens before the split, part 1 the rest;
+  // each part has its own blocks in the scratch buffers (part 1's after part 0's), and a block the split cuts (the
+  // split is a multiple of kSharedBlockRows, not of B) is computed in both parts, each keeping its own rows.
   Status Shared(int part, Stream& s) override {
-    const int64_t split = SharedSplitToken(*batch_);
-    const int64_t r0 = part == 0 ? 0 : split, t = SharedPartTokens(*batch_, part);
-    if (t == 0) return absl::OkStatus();
-    const int64_t off[2] = {0, t};
-    const uint16_t* b13 = sw13_.as<uint16_t>();
-    const uint16_t* b2 = sw2_.as<uint16_t>();
-    float* gate_up = s_gate_up_.as<float>() + r0 * 2 * si_;
-    float* act = s_act_.as<float>() + r0 * si_;
-    uint16_t* act_bf = s_act_bf_.as<uint16_t>() + r0 * si_;
-    WAVEEP_RETURN_IF_ERROR(kernels::CudaGroupedGemmNTBf16(xs_.as<uint16_t>() + r0 * h_, off, 1, h_, &b13, 2 * si_,
+    const TokenBatch& b = *batch_;
+    const int64_t blk = kSharedGemmRows, first = SharedPartBegin(b, part), last = first + SharedPartTokens(b, part);
+    if (first == last) return absl::OkStatus();
+    const int64_t nb = SharedBlocks(b, part), row0 = part == 0 ? 0 : SharedBlocks(b, 0) * blk;
+    const int64_t lead = first - first / blk * blk;  // rows of the first block before this part's first token
+    const int64_t rows = nb * blk, n_tok = last - first, tok0 = first - b.first_token;
+    uint16_t* x = xs_.as<uint16_t>() + row0 * h_;
+    float* gate_up = s_gate_up_.as<float>() + row0 * 2 * si_;
+    float* act = s_act_.as<float>() + row0 * si_;
+    uint16_t* act_bf = s_act_bf_.as<uint16_t>() + row0 * si_;
+    float* y = s_y_.as<float>() + row0 * h_;
+    // Host arrays for the grouped calls (read before they return): the blocks as groups, all with the same weights.
+    std::vector<int64_t> off(nb + 1);
+    for (int64_t i = 0; i <= nb; ++i) off[i] = i * blk;
+    const std::vector<const uint16_t*> b13(nb, sw13_.as<uint16_t>()), b2(nb, sw2_.as<uint16_t>());
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaFillZeroAsync(x, rows * h_ * 2, s));
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaConvertF32ToBf16(x_.as<float>() + tok0 * h_, x + lead * h_, n_tok * h_, s));
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaGroupedGemmNTBf16(x, off.data(), static_cast<int>(nb), h_, b13.data(), 2 * si_,
                                                           gate_up, DType::kF32, s, kLayerGemm));
-    WAVEEP_RETURN_IF_ERROR(kernels::CudaSwiGLU(gate_up, t, si_, act, s));
-    WAVEEP_RETURN_IF_ERROR(kernels::CudaConvertF32ToBf16(act, act_bf, t * si_, s));
-    return kernels::CudaGroupedGemmNTBf16(act_bf, off, 1, si_, &b2, h_, s_out_.as<float>() + r0 * h_, DType::kF32, s,
-                                          kLayerGemm);
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaSwiGLU(gate_up, rows, si_, act, s));
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaConvertF32ToBf16(act, act_bf, rows * si_, s));
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaGroupedGemmNTBf16(act_bf, off.data(), static_cast<int>(nb), si_, b2.data(), h_,
+                                                          y, DType::kF32, s, kLayerGemm));
+    return kernels::CudaCopyAsync(s_out_.as<float>() + tok0 * h_, y + lead * h_, n_tok * h_ * 4, s);
   }
 
   // out = combine-reduce (+ shared) on the device, then device -> pinned; Collect copies pinned -> the caller's host
@@ -204,6 +221,15 @@ class CudaLayerOps final : public LayerOps {
   }
 
  private:
+  // Global id of part `part`'s first token, and how many kSharedGemmRows blocks its tokens touch.
+  static int64_t SharedPartBegin(const TokenBatch& b, int part) {
+    return b.first_token + (part == 0 ? 0 : SharedSplitToken(b));
+  }
+  static int64_t SharedBlocks(const TokenBatch& b, int part) {
+    const int64_t n = SharedPartTokens(b, part), first = SharedPartBegin(b, part), blk = kSharedGemmRows;
+    return n == 0 ? 0 : (first + n - 1) / blk - first / blk + 1;
+  }
+
   // FP32 host weights (BF16-representable: synthetic and checkpoint weights are widened BF16, FP8 dequantized to
   // FP32 is rounded here) -> BF16 on the device. Synchronous: weights load once.
   StatusOr<Buffer> Upload(const std::vector<float>& w) {
@@ -229,7 +255,8 @@ class CudaLayerOps final : public LayerOps {
   Buffer pair_of_row_, row_of_pair_, topk_w_, a_rows_;
   Buffer q_, sc_;  // pack: FP8 payload and scales of the local tokens (comm stream)
   Buffer aq_, as_, a_rows8_, a_f32_, a_, gate_up_, act_, act_bf_, y_, y_bf_;
-  Buffer xs_, s_gate_up_, s_act_, s_act_bf_, s_out_, out_dev_, out_host_;
+  // The shared expert's blocks (BF16 input, gate/up, activation, output) and its output in token order.
+  Buffer xs_, s_gate_up_, s_act_, s_act_bf_, s_y_, s_out_, out_dev_, out_host_;
 };
 
 }  // namespace

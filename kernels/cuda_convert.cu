@@ -89,6 +89,15 @@ Status CudaCopyAsync(void* dst, const void* src, int64_t bytes, Stream& stream) 
   return absl::OkStatus();
 }
 
+Status CudaFillZeroAsync(void* dst_dev, int64_t bytes, Stream& stream) {
+  WAVEEP_RETURN_IF_ERROR(CheckLaunch(dst_dev, dst_dev, bytes, stream, "CudaFillZeroAsync"));
+  if (bytes == 0) return absl::OkStatus();
+  DeviceGuard guard;
+  WAVEEP_RETURN_IF_ERROR(guard.Enter(stream.device().ordinal));
+  WAVEEP_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(dst_dev, 0, static_cast<size_t>(bytes), Native(stream)));
+  return absl::OkStatus();
+}
+
 Status CudaCopyRowsAsync(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t row_bytes,
                          int64_t rows, Stream& stream) {
   if (rows < 0 || row_bytes < 0 || src_pitch < row_bytes || dst_pitch < row_bytes) {

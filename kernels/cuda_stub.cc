@@ -31,6 +31,10 @@ Status CudaCopyAsync(void* /*dst*/, const void* /*src*/, int64_t /*bytes*/, Stre
   return NoCuda("CudaCopyAsync");
 }
 
+Status CudaFillZeroAsync(void* /*dst_dev*/, int64_t /*bytes*/, Stream& /*stream*/) {
+  return NoCuda("CudaFillZeroAsync");
+}
+
 Status CudaCopyRowsAsync(const void* /*src*/, int64_t /*src_pitch*/, void* /*dst*/, int64_t /*dst_pitch*/,
                          int64_t /*row_bytes*/, int64_t /*rows*/, Stream& /*stream*/) {
   return NoCuda("CudaCopyRowsAsync");

@@ -125,6 +125,8 @@ Status CudaAddF32(const float* x_dev, float* y_dev, int64_t n, Stream& stream);
 // Asynchronous copy of `bytes` on `stream` between any mix of device, pinned and pageable host memory (UVA;
 // pageable host memory makes the copy synchronous with the host, as cudaMemcpyAsync does).
 Status CudaCopyAsync(void* dst, const void* src, int64_t bytes, Stream& stream);
+// Sets `bytes` bytes of device memory at `dst_dev` to zero on `stream` (cudaMemsetAsync).
+Status CudaFillZeroAsync(void* dst_dev, int64_t bytes, Stream& stream);
 // Strided copy of `rows` rows of `row_bytes` each: dst + r * dst_pitch <- src + r * src_pitch (cudaMemcpy2DAsync;
 // e.g. interleaving FP8 payloads and their scales into dispatch rows). Pitches must be >= row_bytes.
 Status CudaCopyRowsAsync(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t row_bytes,

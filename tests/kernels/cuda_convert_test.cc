@@ -29,13 +29,13 @@ TEST(CudaConvertTest, StubOrCpuStreamIsRejected) {
   std::vector<uint16_t> b(4);
   const Status s1 = CudaConvertF32ToBf16(f.data(), b.data(), 4, **cpu);
   const Status s2 = CudaConvertBf16ToF32(b.data(), f.data(), 4, **cpu);
-  if (CudaKernelsCompiledIn()) {
-    EXPECT_EQ(s1.code(), absl::StatusCode::kInvalidArgument) << s1;
-    EXPECT_EQ(s2.code(), absl::StatusCode::kInvalidArgument) << s2;
-  } else {
-    EXPECT_EQ(s1.code(), absl::StatusCode::kUnavailable) << s1;
-    EXPECT_EQ(s2.code(), absl::StatusCode::kUnavailable) << s2;
-  }
+  const Status s3 = CudaFillZeroAsync(f.data(), 16, **cpu);
+  const absl::StatusCode want =
+      CudaKernelsCompiledIn() ? absl::StatusCode::kInvalidArgument : absl::StatusCode::kUnavailable;
+  EXPECT_EQ(s1.code(), want) << s1;
+  EXPECT_EQ(s2.code(), want) << s2;
+  EXPECT_EQ(s3.code(), want) << s3;
+  EXPECT_EQ(f[0], 1.0f);  // a rejected fill touches nothing
 }
 
 #ifdef WAVEEP_HAVE_CUDA
@@ -123,6 +123,33 @@ TEST(CudaConvertTest, Bf16ToF32MatchesCpuBitwise) {
   EXPECT_TRUE(CudaConvertBf16ToF32(in_dev->as<uint16_t>(), out_dev->as<float>(), 0, **stream).ok());
   EXPECT_EQ(CudaConvertBf16ToF32(in_dev->as<uint16_t>(), out_dev->as<float>(), -1, **stream).code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// Zeroes exactly the bytes asked for: random bytes around an odd-sized, odd-offset range stay as they were.
+TEST(CudaConvertTest, FillZeroTouchesOnlyItsRange) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device (or CUDA kernels not compiled in)";
+  constexpr int64_t kBytes = 1 << 20, kBegin = 4099, kCount = 300001;
+  std::vector<uint8_t> in(kBytes);
+  std::mt19937 rng(7);
+  for (uint8_t& b : in) b = static_cast<uint8_t>(1 + rng() % 255);  // never zero
+  StreamOptions options;
+  options.name = "fill";
+  auto stream = Stream::Create(Device::Cuda(0), options);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  auto dev = Buffer::Allocate(Device::Cuda(0), MemoryKind::kDevice, kBytes);
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  ASSERT_TRUE(ToDevice(in.data(), *dev, kBytes).ok());
+  ASSERT_TRUE(CudaFillZeroAsync(dev->as<uint8_t>() + kBegin, kCount, **stream).ok());
+  ASSERT_TRUE((*stream)->Synchronize().ok());
+  std::vector<uint8_t> got(kBytes);
+  ASSERT_TRUE(ToHost(*dev, got.data(), kBytes).ok());
+  for (int64_t i = 0; i < kBytes; ++i) {
+    const bool inside = i >= kBegin && i < kBegin + kCount;
+    ASSERT_EQ(got[i], inside ? 0 : in[i]) << "byte " << i;
+  }
+  EXPECT_TRUE(CudaFillZeroAsync(dev->data(), 0, **stream).ok());
+  EXPECT_EQ(CudaFillZeroAsync(dev->data(), -1, **stream).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CudaFillZeroAsync(nullptr, 16, **stream).code(), absl::StatusCode::kInvalidArgument);
 }
 
 #else

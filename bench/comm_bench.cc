@@ -413,27 +413,25 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("waveep_link_to_next_rank",
                               g_comms[0]->Estimate((ctx->world_rank + 1) % ctx->world_size).kind);
   // Round-major within a size: round r runs every backend and the baseline back to back before round r + 1 starts.
+  // Every benchmark times itself (manual time) for a fixed iteration count, in microseconds.
+  auto add = [](benchmark::internal::Benchmark* b, int64_t iters) {
+    b->UseManualTime()->Iterations(iters)->Unit(benchmark::kMicrosecond);
+  };
   for (size_t per_peer = 1024; per_peer <= max_bytes; per_peer *= 4) {
     const int64_t iters = IterationsFor(per_peer, ctx->world_size);
     for (int r = 0; r < rounds; ++r) {
       const std::string suffix = rounds > 1 ? absl::StrCat(SizeName(per_peer), "/round:", r) : SizeName(per_peer);
       for (size_t c = 0; c < g_comms.size(); ++c) {
         const std::string name(g_comms[c]->name());
-        benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvWaveep/", name, "/", suffix).c_str(), BM_AlltoallvWaveep,
-                                     c, per_peer)
-            ->UseManualTime()
-            ->Iterations(iters)
-            ->Unit(benchmark::kMicrosecond);
-        benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvWaveepBlocking/", name, "/", suffix).c_str(),
-                                     BM_AlltoallvWaveepBlocking, c, per_peer)
-            ->UseManualTime()
-            ->Iterations(iters)
-            ->Unit(benchmark::kMicrosecond);
+        add(benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvWaveep/", name, "/", suffix).c_str(),
+                                         BM_AlltoallvWaveep, c, per_peer),
+            iters);
+        add(benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvWaveepBlocking/", name, "/", suffix).c_str(),
+                                         BM_AlltoallvWaveepBlocking, c, per_peer),
+            iters);
       }
-      benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvMpi/", suffix).c_str(), BM_AlltoallvMpi, per_peer)
-          ->UseManualTime()
-          ->Iterations(iters)
-          ->Unit(benchmark::kMicrosecond);
+      add(benchmark::RegisterBenchmark(absl::StrCat("BM_AlltoallvMpi/", suffix).c_str(), BM_AlltoallvMpi, per_peer),
+          iters);
     }
   }
 

@@ -82,7 +82,7 @@ class CudaLayerOps final : public LayerOps {
     WAVEEP_RETURN_IF_ERROR(Ensure(out_dev_, t * h_ * 4));
     WAVEEP_RETURN_IF_ERROR(Ensure(out_host_, t * h_ * 4, MemoryKind::kPinnedHost));
     if (shared_) {
-      const int64_t rows = (SharedBlocks(batch, 0) + SharedBlocks(batch, 1)) * kSharedGemmRows;
+      const int64_t rows = std::max(SharedBlocks(batch, 0), SharedBlocks(batch, 1)) * kSharedGemmRows;
       WAVEEP_RETURN_IF_ERROR(Ensure(xs_, rows * h_ * 2));
       WAVEEP_RETURN_IF_ERROR(Ensure(s_gate_up_, rows * 2 * si_ * 4));
       WAVEEP_RETURN_IF_ERROR(Ensure(s_act_, rows * si_ * 4));
@@ -168,21 +168,22 @@ class CudaLayerOps final : public LayerOps {
   // result may depend on its position in the GEMM; this rank's tokens change with np. So, as on the CPU, the shared
   // expert runs on blocks of kSharedGemmRows rows aligned to *global* token ids (block b = tokens [b*B, (b+1)*B),
   // absent rows zero), one group per block in one grouped call: every token sits at row (id mod B) of an M = B GEMM
-  // for any np, and its output is bitwise identical. Part 0 = the rank's tokens before the split, part 1 the rest;
-  // each part has its own blocks in the scratch buffers (part 1's after part 0's), and a block the split cuts (the
-  // split is a multiple of kSharedBlockRows, not of B) is computed in both parts, each keeping its own rows.
+  // for any np, and its output is bitwise identical. Part 0 = the rank's tokens before the split, part 1 the rest.
+  // Both parts use the same scratch rows: the schedule runs them on one stream (the compute stream's head and tail),
+  // and part 0 has copied its rows out before part 1 starts. A block the split cuts (the split is a multiple of
+  // kSharedBlockRows, not of B) is computed in both parts, each keeping its own rows.
   Status Shared(int part, Stream& s) override {
     const TokenBatch& b = *batch_;
     const int64_t blk = kSharedGemmRows, first = SharedPartBegin(b, part), last = first + SharedPartTokens(b, part);
     if (first == last) return absl::OkStatus();
-    const int64_t nb = SharedBlocks(b, part), row0 = part == 0 ? 0 : SharedBlocks(b, 0) * blk;
+    const int64_t nb = SharedBlocks(b, part);
     const int64_t lead = first - first / blk * blk;  // rows of the first block before this part's first token
     const int64_t rows = nb * blk, n_tok = last - first, tok0 = first - b.first_token;
-    uint16_t* x = xs_.as<uint16_t>() + row0 * h_;
-    float* gate_up = s_gate_up_.as<float>() + row0 * 2 * si_;
-    float* act = s_act_.as<float>() + row0 * si_;
-    uint16_t* act_bf = s_act_bf_.as<uint16_t>() + row0 * si_;
-    float* y = s_y_.as<float>() + row0 * h_;
+    uint16_t* x = xs_.as<uint16_t>();
+    float* gate_up = s_gate_up_.as<float>();
+    float* act = s_act_.as<float>();
+    uint16_t* act_bf = s_act_bf_.as<uint16_t>();
+    float* y = s_y_.as<float>();
     // Host arrays for the grouped calls (read before they return): the blocks as groups, all with the same weights.
     std::vector<int64_t> off(nb + 1);
     for (int64_t i = 0; i <= nb; ++i) off[i] = i * blk;

@@ -103,14 +103,15 @@ Status WaveScheduler::Run(int num_waves, const WaveOps& ops, std::vector<SpanRec
 
   // Host order == the schedule of docs/architecture.md: dispatch(0); for each w: gemm(w) | dispatch(w+1), combine(w-1);
   // combine(W-1). The head (the first half of the shared expert) fills the compute stream while pack(0) and dispatch(0)
-  // run; it needs only the inputs LayerOps::Prepare staged on the comm stream before this.
+  // run; it needs only the inputs LayerOps::Prepare staged on the comm stream before this. It is enqueued after
+  // dispatch(0), so that its host-side cost (on CUDA, one library call per GEMM block) never delays the first exchange.
   Status enq = absl::OkStatus();
-  if (ops.head) {
-    enq = cs.Record(*inputs_ready_);
-    if (enq.ok()) enq = xs.Wait(*inputs_ready_);
+  if (ops.head) enq = cs.Record(*inputs_ready_);
+  if (enq.ok()) enq = dispatch(0);
+  if (enq.ok() && ops.head) {
+    enq = xs.Wait(*inputs_ready_);
     if (enq.ok()) enq = Timed(xs, 5 * num_waves, "shared(0)", 0, ops.head_flops, ops.head);
   }
-  if (enq.ok()) enq = dispatch(0);
   for (int w = 0; w < num_waves && enq.ok(); ++w) {
     enq = compute(w);
     if (enq.ok() && w + 1 < num_waves) enq = dispatch(w + 1);

@@ -128,10 +128,15 @@ struct LtDescriptors {
 };
 struct LtLayouts {
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
-  ~LtLayouts() {
-    if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
+  // Destroys the layouts that depend on M (b: the rows of A, d: the rows of C).
+  void ResetRows() {
     if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
     if (d != nullptr) cublasLtMatrixLayoutDestroy(d);
+    b = d = nullptr;
+  }
+  ~LtLayouts() {
+    if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
+    ResetRows();
   }
 };
 
@@ -299,6 +304,8 @@ Status CublasLtGroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream, int
   const char* a_bytes = static_cast<const char*>(args.a);
   char* c_base = static_cast<char*>(args.c);
   uint32_t pref_alignment = 0;  // what desc.pref says now (0: not set yet)
+  LtLayouts layout;
+  int64_t layout_m = -1;  // the M layout.b and layout.d describe (-1: none yet)
   for (int g = 0; g < args.num_groups; ++g) {
     const int64_t row0 = args.group_offsets[g], m = args.group_offsets[g + 1] - row0;
     if (m == 0) continue;
@@ -315,10 +322,15 @@ Status CublasLtGroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream, int
       auto it = AlgoCache().find(key);  // another thread may have cleared the cache since: then ask again
       if (it != AlgoCache().end()) plan = it->second, cached = true;
     }
-    LtLayouts layout;
-    WAVEEP_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&layout.a, in_type, k, n, k));
-    WAVEEP_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&layout.b, in_type, k, m, k));
-    WAVEEP_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&layout.d, c_type, n, m, n));
+    // Layouts: the weights' once per call, the rows' when M changes (groups of equal M, e.g. the shared expert's
+    // blocks, share them).
+    if (layout.a == nullptr) WAVEEP_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&layout.a, in_type, k, n, k));
+    if (m != layout_m) {
+      layout.ResetRows();
+      WAVEEP_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&layout.b, in_type, k, m, k));
+      WAVEEP_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&layout.d, c_type, n, m, n));
+      layout_m = m;
+    }
     if (args.fp8) {
       const void* a_scale = base + b_scale_at[g];  // cuBLAS "A" is our weight B_g
       const void* b_scale = base + a_scale_at[g];

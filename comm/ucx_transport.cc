@@ -152,11 +152,10 @@ struct Landing {
   bool in_use = false;  // an exchange runs on it
 };
 
-// Landing buffers: at least this large, each block in them aligned to kLandingAlign, at most kMaxFreeLandings kept
+// Landing buffers: at least this large, each block in them aligned to kLandingAlign, at most kUcxMaxFreeLandings kept
 // registered while unused.
 constexpr size_t kMinLandingBytes = size_t{64} << 10;
 constexpr size_t kLandingAlign = 64;
-constexpr int kMaxFreeLandings = kUcxMaxFreeLandings;
 
 size_t AlignUp(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
@@ -494,7 +493,7 @@ class UcxState {
       if (l.capacity >= bytes && (best == nullptr || l.capacity < best->capacity)) best = &l;
     }
     if (best == nullptr) {
-      if (free_count >= kMaxFreeLandings) {  // make room: the least recently used free one goes
+      if (free_count >= kUcxMaxFreeLandings) {  // make room: the least recently used free one goes
         auto lru = landings.end();
         for (auto it = landings.begin(); it != landings.end(); ++it) {
           if (!it->in_use && (lru == landings.end() || it->last_use < lru->last_use)) lru = it;

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -268,6 +269,13 @@ Status MoeLayer::Forward(const TokenBatch& batch, float* out, StepStats* stats) 
           ? absl::OkStatus()
           : absl::InvalidArgumentError(absl::StrCat("token batch has H=", batch.hidden, " K=", batch.top_k,
                                                     " but the model has H=", h, " K=", k));
+  // Global token ids place the shared expert's blocks (and name tokens in errors): they must be ids.
+  if (shape_ok.ok() && (batch.first_token < 0 || batch.num_tokens < 0 ||
+                        batch.first_token > std::numeric_limits<int64_t>::max() / 2 - batch.num_tokens)) {
+    shape_ok = absl::InvalidArgumentError(absl::StrCat("token batch has first_token=", batch.first_token,
+                                                       " num_tokens=", batch.num_tokens,
+                                                       ": global token ids must be in [0, 2^62)"));
+  }
   WAVEEP_RETURN_IF_ERROR(internal::AgreeStatus(*comm_, shape_ok));
   WAVEEP_ASSIGN_OR_RETURN(im.lay, BuildDispatchLayout(*comm_, placement_, batch, w_count, dedup_,
                                                       hierarchical() ? &node_of_rank_ : nullptr));

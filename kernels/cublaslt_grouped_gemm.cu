@@ -229,10 +229,11 @@ Status CublasLtGroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream, int
   const cudaDataType_t in_type = args.fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
   const cudaDataType_t c_type = CudaType(args.c_dtype);
 
-  // Each group's shape key, and what the cache already knows about it (a shape known to run on simt needs neither
-  // transposed scales nor descriptors).
+  // Each group's shape key and what the cache knows about it, looked up once per call (a shape known to run on simt
+  // needs neither transposed scales nor descriptors; a shape not cached yet is planned in the loop below).
   std::vector<AlgoKey> keys(args.num_groups);
-  std::vector<char> known_simt(args.num_groups, 0);
+  std::vector<ShapePlan> plans(args.num_groups);
+  std::vector<char> cached(args.num_groups, 0), known_simt(args.num_groups, 0);
   {
     std::lock_guard<std::mutex> lock(g_algo_mu);
     for (int g = 0; g < args.num_groups; ++g) {
@@ -246,7 +247,10 @@ Status CublasLtGroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream, int
                         n,
                         k};
       auto it = AlgoCache().find(keys[g]);
-      known_simt[g] = it != AlgoCache().end() && it->second.simt;
+      if (it == AlgoCache().end()) continue;
+      plans[g] = it->second;
+      cached[g] = 1;
+      known_simt[g] = it->second.simt;
     }
   }
   // Scratch: the cuBLASLt workspace, then (FP8) the transposed A and B scales of every group that may run on
@@ -315,13 +319,7 @@ Status CublasLtGroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream, int
     }
     const AlgoKey& key = keys[g];
     const uint32_t alignment = static_cast<uint32_t>(std::get<3>(key));
-    ShapePlan plan;
-    bool cached = false;
-    {
-      std::lock_guard<std::mutex> lock(g_algo_mu);
-      auto it = AlgoCache().find(key);  // another thread may have cleared the cache since: then ask again
-      if (it != AlgoCache().end()) plan = it->second, cached = true;
-    }
+    ShapePlan& plan = plans[g];
     // Layouts: the weights' once per call, the rows' when M changes (groups of equal M, e.g. the shared expert's
     // blocks, share them).
     if (layout.a == nullptr) WAVEEP_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&layout.a, in_type, k, n, k));
@@ -339,7 +337,7 @@ Status CublasLtGroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream, int
       WAVEEP_CUBLAS_RETURN_IF_ERROR(
           cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof(b_scale)));
     }
-    if (!cached) {
+    if (!cached[g]) {
       if (alignment != pref_alignment) {
         for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
                           CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
@@ -361,6 +359,9 @@ Status CublasLtGroupedGemm(const GroupedGemmArgs& args, cudaStream_t stream, int
       std::lock_guard<std::mutex> lock(g_algo_mu);
       if (AlgoCache().size() >= kMaxCachedAlgos) AlgoCache().clear();  // routing makes M vary; keep it bounded
       AlgoCache().emplace(key, plan);
+      for (int h = g + 1; h < args.num_groups; ++h) {  // later groups of this call with the same shape: planned now
+        if (!cached[h] && keys[h] == key) plans[h] = plan, cached[h] = 1;
+      }
       const bool verbose = VerboseGemm();
       if (plan.simt &&
           ReportedSimtShapes()

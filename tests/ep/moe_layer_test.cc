@@ -431,6 +431,34 @@ TEST(Layer, OutOfRangeExpertFailsOnEveryRank) {
   EXPECT_TRUE((*layer)->Forward(*batch, out.data(), nullptr).ok());
 }
 
+// Global token ids place the shared expert's blocks: a batch whose ids are negative is refused on every rank (one
+// rank's bad batch fails the step everywhere, as a routing error does), and the layer stays usable.
+TEST(Layer, NegativeFirstTokenFailsOnEveryRank) {
+  const ProcessContext& ctx = MpiTestContext();
+  ModelConfig m = Tiny();
+  auto comm = comm::CreateCommunicator("mpi", ctx);
+  ASSERT_TRUE(comm.ok());
+  LayerConfig cfg;
+  cfg.model = m;
+  cfg.timeout = absl::Seconds(20);
+  auto weights = MakeSyntheticWeights(m, 5);
+  auto layer = MoeLayer::Create(ctx, comm->get(), cfg, *weights);
+  ASSERT_TRUE(layer.ok()) << layer.status();
+  auto batch = MakeSyntheticBatch(m, RoutingMode::kUniform, 5, ctx.world_rank * 8, 8);
+  ASSERT_TRUE(batch.ok());
+  const int bad_rank = ctx.world_size - 1;
+  if (ctx.world_rank == bad_rank) batch->first_token = -3;
+  std::vector<float> out(8 * m.hidden_size);
+  Status s = (*layer)->Forward(*batch, out.data(), nullptr);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  if (ctx.world_rank == bad_rank) {
+    EXPECT_THAT(std::string(s.message()), HasSubstr("first_token=-3")) << s;
+    batch->first_token = ctx.world_rank * 8;
+  }
+  EXPECT_TRUE((*layer)->Forward(*batch, out.data(), nullptr).ok());
+}
+
 TEST(Layer, ConfigErrorsBeforeCommunication) {
   const ProcessContext& ctx = MpiTestContext();
   ModelConfig m = Tiny();

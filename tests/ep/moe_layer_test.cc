@@ -403,23 +403,37 @@ TEST(Layer, ZeroTokensOnSomeRanks) {
   EXPECT_TRUE(v->passed);
 }
 
-TEST(Layer, OutOfRangeExpertFailsOnEveryRank) {
-  const ProcessContext& ctx = MpiTestContext();
-  ModelConfig m = Tiny();
-  auto comm = comm::CreateCommunicator("mpi", ctx);
-  ASSERT_TRUE(comm.ok());
+// A tiny layer on the mpi backend (20 s timeout), this rank's 8 tokens and room for their output, for the bad-batch
+// tests; the last rank is the one that spoils its batch.
+struct SmallStep {
+  std::unique_ptr<comm::Communicator> comm;
+  std::unique_ptr<MoeLayer> layer;
+  TokenBatch batch;
+  std::vector<float> out;
+  int bad_rank = 0;
+};
+StatusOr<SmallStep> MakeSmallStep(const ProcessContext& ctx, const ModelConfig& m) {
+  SmallStep step;
+  WAVEEP_ASSIGN_OR_RETURN(step.comm, comm::CreateCommunicator("mpi", ctx));
   LayerConfig cfg;
   cfg.model = m;
   cfg.timeout = absl::Seconds(20);
   auto weights = MakeSyntheticWeights(m, 5);
-  auto layer = MoeLayer::Create(ctx, comm->get(), cfg, *weights);
-  ASSERT_TRUE(layer.ok()) << layer.status();
-  auto batch = MakeSyntheticBatch(m, RoutingMode::kUniform, 5, ctx.world_rank * 8, 8);
-  ASSERT_TRUE(batch.ok());
-  const int bad_rank = ctx.world_size - 1;
-  if (ctx.world_rank == bad_rank) batch->topk_idx[5] = m.num_experts + 3;
-  std::vector<float> out(8 * m.hidden_size);
-  Status s = (*layer)->Forward(*batch, out.data(), nullptr);
+  WAVEEP_ASSIGN_OR_RETURN(step.layer, MoeLayer::Create(ctx, step.comm.get(), cfg, *weights));
+  WAVEEP_ASSIGN_OR_RETURN(step.batch, MakeSyntheticBatch(m, RoutingMode::kUniform, 5, ctx.world_rank * 8, 8));
+  step.out.resize(8 * m.hidden_size);
+  step.bad_rank = ctx.world_size - 1;
+  return step;
+}
+
+TEST(Layer, OutOfRangeExpertFailsOnEveryRank) {
+  const ProcessContext& ctx = MpiTestContext();
+  ModelConfig m = Tiny();
+  auto step = MakeSmallStep(ctx, m);
+  ASSERT_TRUE(step.ok()) << step.status();
+  const int bad_rank = step->bad_rank;
+  if (ctx.world_rank == bad_rank) step->batch.topk_idx[5] = m.num_experts + 3;
+  Status s = step->layer->Forward(step->batch, step->out.data(), nullptr);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(s.message()), HasSubstr(absl::StrCat(m.num_experts + 3)));
@@ -427,8 +441,8 @@ TEST(Layer, OutOfRangeExpertFailsOnEveryRank) {
     EXPECT_THAT(std::string(s.message()), HasSubstr(absl::StrCat("rank ", bad_rank)));
   }
   // The layer is still usable after a rejected step.
-  if (ctx.world_rank == bad_rank) batch->topk_idx[5] = 0;
-  EXPECT_TRUE((*layer)->Forward(*batch, out.data(), nullptr).ok());
+  if (ctx.world_rank == bad_rank) step->batch.topk_idx[5] = 0;
+  EXPECT_TRUE(step->layer->Forward(step->batch, step->out.data(), nullptr).ok());
 }
 
 // Global token ids place the shared expert's blocks: a batch whose ids are negative is refused on every rank (one
@@ -436,27 +450,18 @@ TEST(Layer, OutOfRangeExpertFailsOnEveryRank) {
 TEST(Layer, NegativeFirstTokenFailsOnEveryRank) {
   const ProcessContext& ctx = MpiTestContext();
   ModelConfig m = Tiny();
-  auto comm = comm::CreateCommunicator("mpi", ctx);
-  ASSERT_TRUE(comm.ok());
-  LayerConfig cfg;
-  cfg.model = m;
-  cfg.timeout = absl::Seconds(20);
-  auto weights = MakeSyntheticWeights(m, 5);
-  auto layer = MoeLayer::Create(ctx, comm->get(), cfg, *weights);
-  ASSERT_TRUE(layer.ok()) << layer.status();
-  auto batch = MakeSyntheticBatch(m, RoutingMode::kUniform, 5, ctx.world_rank * 8, 8);
-  ASSERT_TRUE(batch.ok());
-  const int bad_rank = ctx.world_size - 1;
-  if (ctx.world_rank == bad_rank) batch->first_token = -3;
-  std::vector<float> out(8 * m.hidden_size);
-  Status s = (*layer)->Forward(*batch, out.data(), nullptr);
+  auto step = MakeSmallStep(ctx, m);
+  ASSERT_TRUE(step.ok()) << step.status();
+  const bool bad = ctx.world_rank == step->bad_rank;
+  if (bad) step->batch.first_token = -3;
+  Status s = step->layer->Forward(step->batch, step->out.data(), nullptr);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
-  if (ctx.world_rank == bad_rank) {
+  if (bad) {
     EXPECT_THAT(std::string(s.message()), HasSubstr("first_token=-3")) << s;
-    batch->first_token = ctx.world_rank * 8;
   }
-  EXPECT_TRUE((*layer)->Forward(*batch, out.data(), nullptr).ok());
+  step->batch.first_token = ctx.world_rank * 8;
+  EXPECT_TRUE(step->layer->Forward(step->batch, step->out.data(), nullptr).ok());
 }
 
 TEST(Layer, ConfigErrorsBeforeCommunication) {

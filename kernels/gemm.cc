@@ -92,4 +92,12 @@ std::string BlasInfo() {
 #endif
 }
 
+std::string BlasCoreName() {
+#ifdef WAVEEP_HAVE_OPENBLAS
+  return openblas_get_corename();
+#else
+  return "";
+#endif
+}
+
 }  // namespace waveep::kernels

@@ -113,6 +113,9 @@ void CombineReduceBf16(const uint16_t* rows, const int64_t* row_of_pair, const f
 int SetBlasThreads(int num_threads);
 // Name and version string of the BLAS in use, e.g. "OpenBLAS 0.3.21 Haswell".
 std::string BlasInfo();
+// The compute kernel the BLAS runs on this CPU, e.g. "Cooperlake" or "Haswell" (OpenBLAS picks it per CPU unless
+// OPENBLAS_CORETYPE forces one); empty when the BLAS does not say. Low-order bits of GEMM results depend on it.
+std::string BlasCoreName();
 
 // ---- CUDA ------------------------------------------------------------------------------------------------------
 // True when the CUDA kernels were compiled in (they still need a device to run).

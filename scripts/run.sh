@@ -40,7 +40,8 @@ for name in ("run_bf16.json", "run_fp8.json"):
     print(f"{j['model']:>10} np={j['ranks']} dtype={j['dtype']:<4} waves={j['waves']} tokens/rank={j['tokens_per_rank']}: "
           f"step {j['step_ms_median']:.3f} ms, {j['tflops']:.4f} TFLOP/s, "
           f"verify {'PASS' if j.get('verify_passed') else 'FAIL'} (err {j.get('verify_max_rel_err', float('nan')):.2e} "
-          f"<= {j.get('verify_tolerance', float('nan')):.2e}), checksum {j['output_checksum']}")
+          f"<= {j.get('verify_tolerance', float('nan')):.2e}), checksum {j['output_checksum']}"
+          + (f" (BLAS kernel {j['blas_core']})" if j.get("blas_core") else ""))
 p = os.path.join(out, "topo_check.json")
 if os.path.exists(p):
     t = json.load(open(p))

@@ -11,6 +11,7 @@
 
 #include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
 #include "ep/cli/driver.h"
 #include "ep/io/io.h"
 #include "kernels/kernels.h"
@@ -267,7 +268,11 @@ void PrintRunSummary(const RunReport& r) {
     std::printf("  verify      %s  max error %.3e (tolerance %.3e)  max rel L2 %.3e  worst token %lld\n",
                 r.v.passed ? "PASS" : "FAIL", r.v.max_normalized, r.v.tolerance, r.v.max_rel_l2, r.v.worst_token);
   }
-  std::printf("  output_checksum %s\n", r.checksum_hex);
+  // On CPU the low-order bits of the expert GEMMs depend on the BLAS kernel (OpenBLAS picks one per CPU), so the
+  // line names it: checksums compare only between runs on the same kernel.
+  const std::string core = r.cfg.device.is_cpu() ? kernels::BlasCoreName() : "";
+  std::printf("  output_checksum %s%s\n", r.checksum_hex,
+              core.empty() ? "" : absl::StrCat("  (BLAS kernel ", core, ")").c_str());
   if (!r.output_path.empty())
     std::printf("  output      %s (output [%lld, %lld] F32, topk_idx, topk_weights)\n", r.output_path.c_str(),
                 static_cast<long long>(r.src.total_tokens), static_cast<long long>(m.hidden_size));
@@ -309,6 +314,7 @@ nlohmann::json RunReportToJson(const RunReport& r) {
   j["shared_experts"] = r.cfg.shared_experts;
   j["blas_threads"] = r.blas_threads;
   j["blas"] = kernels::BlasInfo();
+  j["blas_core"] = kernels::BlasCoreName();  // the checksum depends on it on CPU
   j["steps"] = r.p.steps;
   j["warmup"] = r.p.warmup;
   j["step_ms_median"] = r.step.median;

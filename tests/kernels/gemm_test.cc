@@ -164,6 +164,9 @@ TEST(BlasTest, ThreadsAndInfo) {
   EXPECT_EQ(SetBlasThreads(0), previous);  // < 1 leaves the setting alone
   EXPECT_EQ(SetBlasThreads(previous), previous);
   EXPECT_THAT(BlasInfo(), HasSubstr("OpenBLAS"));
+  // The core the checksum line names is the one the config string reports.
+  ASSERT_FALSE(BlasCoreName().empty());
+  EXPECT_THAT(BlasInfo(), HasSubstr(BlasCoreName()));
 }
 
 }  // namespace

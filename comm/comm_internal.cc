@@ -57,6 +57,26 @@ std::vector<size_t> AbandonRequests(std::vector<MPI_Request>& reqs, absl::Durati
   return left;
 }
 
+FailedStatus FirstFailedStatus(int rc, const MPI_Status* st, int outcount) {
+  FailedStatus f;
+  if (rc != MPI_ERR_IN_STATUS || st == nullptr) return f;
+  for (int k = 0; k < outcount; ++k) {
+    if (st[k].MPI_ERROR == MPI_SUCCESS) continue;
+    f.k = k;
+    f.err = st[k].MPI_ERROR;
+    int err_class = f.err;
+    MPI_Error_class(f.err, &err_class);
+    f.truncated = err_class == MPI_ERR_TRUNCATE;
+    break;
+  }
+  return f;
+}
+
+std::string TruncationNote(int peer, size_t block_bytes) {
+  return absl::StrCat(" (rank ", peer, " sent more than recv_bytes[", peer, "] = ", block_bytes, ": recv_bytes[", peer,
+                      "] disagrees with what rank ", peer, " sends)");
+}
+
 void PendingPeers::Add(int peer, bool is_send, size_t bytes, size_t block_bytes) {
   Entry& e = pending_[{peer, is_send}];
   e.bytes += bytes;

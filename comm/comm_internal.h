@@ -41,6 +41,19 @@ std::string WithPrefix(absl::string_view msg);
 // MPI errors are ignored: they would only hide the error being reported. Blocking for at most about `grace`.
 std::vector<size_t> AbandonRequests(std::vector<MPI_Request>& reqs, absl::Duration grace);
 
+// After MPI_Testsome returned `rc` with `outcount` completed requests: the first failed status (its position k in
+// the completed list, -1 when rc is not MPI_ERR_IN_STATUS or no status carries the error) and its error code.
+// `truncated`: a receive got more bytes than it posted, i.e. the ranks disagree on a block size (the caller's error,
+// not MPI's: report it as InvalidArgument with TruncationNote).
+struct FailedStatus {
+  int k = -1;
+  int err = MPI_SUCCESS;
+  bool truncated = false;
+};
+FailedStatus FirstFailedStatus(int rc, const MPI_Status* st, int outcount);
+// " (rank P sent more than recv_bytes[P] = B: recv_bytes[P] disagrees with what rank P sends)"
+std::string TruncationNote(int peer, size_t block_bytes);
+
 // Pending work per (peer, direction), for timeout messages:
 //   "send to rank 1 (4096 of 8192 bytes in 2 messages), recv from rank 3 (100 of 100 bytes), and 2 more"
 class PendingPeers {

@@ -39,10 +39,12 @@ constexpr size_t kArenaAlign = 256;
 
 size_t AlignUp(size_t x) { return (x + kArenaAlign - 1) / kArenaAlign * kArenaAlign; }
 
-// Receiver -> sender, once per exchange and block: where in the receiver's arena the block goes.
+// Receiver -> sender, once per exchange and block: where in the receiver's arena the block goes, and how large the
+// receiver expects it (a sender whose block differs fails instead of writing past its slot).
 struct ControlMsg {
   uint64_t generation;  // of the receiver's arena; a new one means "reopen the handle"
   uint64_t offset;
+  uint64_t bytes;  // the receiver's recv_bytes for this sender
   cudaIpcMemHandle_t handle;
 };
 
@@ -72,40 +74,80 @@ struct IpcState {
     char* base = nullptr;
   };
   std::vector<Mapped> peers;
+  // Outgrown arenas and the peers' outgrown mappings, released only in the destructor. cudaFree synchronizes the
+  // device, and while an exchange runs the issuing CUDA stream waits (cuStreamWaitValue32) for this very proxy
+  // thread to release it: a cudaFree here would wait for the stream and the stream for the proxy, for ever (no
+  // timeout can end a wait inside the driver). cudaIpcCloseMemHandle is deferred alike, and because the exporter
+  // must not free before its importers closed. Growth doubles, so the retired arenas add up to less than the live one.
+  std::vector<char*> retired_arenas;
+  std::vector<char*> retired_mappings;
   cudaStream_t copy = nullptr;
   std::vector<cudaEvent_t> copy_done;  // per peer: our copy into its arena finished
   cudaEvent_t local_done = nullptr;    // arena -> caller copies finished
+  // Set by the first exchange that fails: a peer may still copy into the arena at that exchange's offsets (it had our
+  // control message), so no later exchange may use the arena. Later exchanges fail fast with this.
+  Status broken;
 
   ~IpcState() {
-    // Best effort; the driver may already be going away at exit.
+    // Best effort; the driver may already be going away at exit. Importers close first; the exporters free only after
+    // every rank closed (a bounded barrier), as CUDA IPC requires.
     for (Mapped& m : peers) {
       if (m.base != nullptr) cudaIpcCloseMemHandle(m.base);
     }
+    for (char* m : retired_mappings) cudaIpcCloseMemHandle(m);
     for (cudaEvent_t e : copy_done) cudaEventDestroy(e);
     if (local_done != nullptr) cudaEventDestroy(local_done);
     if (copy != nullptr) cudaStreamDestroy(copy);
-    if (arena != nullptr) cudaFree(arena);
     int finalized = 0;
     MPI_Finalized(&finalized);
+    const bool closed_everywhere = !finalized && ctrl != MPI_COMM_NULL && BoundedBarrier(absl::Seconds(10));
+    if (closed_everywhere) {
+      if (arena != nullptr) cudaFree(arena);
+      for (char* a : retired_arenas) cudaFree(a);
+    }
+    // Otherwise the arenas are left to process exit: freeing memory a peer may still map is undefined behaviour.
     if (!finalized && ctrl != MPI_COMM_NULL) MPI_Comm_free(&ctrl);
+  }
+
+  // MPI_Ibarrier on ctrl, polled until `limit`; false (request abandoned) when a rank never arrived.
+  bool BoundedBarrier(absl::Duration limit) {
+    MPI_Request req = MPI_REQUEST_NULL;
+    if (MPI_Ibarrier(ctrl, &req) != MPI_SUCCESS) return false;
+    const Clock::time_point deadline = Clock::now() + absl::ToChronoNanoseconds(limit);
+    for (;;) {
+      int done = 0;
+      if (MPI_Test(&req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) return false;
+      if (done) return true;
+      if (Clock::now() >= deadline) {
+        MPI_Request_free(&req);
+        return false;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
   }
 
   Status EnsureArena(size_t bytes) {
     if (bytes <= arena_bytes) return absl::OkStatus();
-    // Grow-only. Safe to free: every earlier exchange finished (the proxy runs them one at a time), so no peer writes
-    // into the old arena, and the new generation makes the peers reopen before their next copy.
-    if (arena != nullptr) WAVEEP_CUDA_RETURN_IF_ERROR(cudaFree(arena));
-    arena = nullptr;
-    arena_bytes = 0;
-    const size_t grown = std::max(bytes, size_t{1} << 20);
-    cudaError_t rc = cudaMalloc(reinterpret_cast<void**>(&arena), grown);
+    // Grow-only, by at least 2x; the old arena is retired, not freed (see retired_arenas). The new generation makes
+    // the peers map it before their next copy.
+    const size_t grown = std::max({bytes, 2 * arena_bytes, size_t{1} << 20});
+    char* fresh = nullptr;
+    cudaError_t rc = cudaMalloc(reinterpret_cast<void**>(&fresh), grown);
     if (rc == cudaErrorMemoryAllocation) {
       cudaGetLastError();
       return absl::ResourceExhaustedError(
           WithPrefix(absl::StrCat("cuda_ipc: receive arena of ", grown, " bytes does not fit on device ", device)));
     }
     WAVEEP_CUDA_RETURN_IF_ERROR(rc);
-    WAVEEP_CUDA_RETURN_IF_ERROR(cudaIpcGetMemHandle(&handle, arena));
+    cudaIpcMemHandle_t h{};
+    rc = cudaIpcGetMemHandle(&h, fresh);
+    if (rc != cudaSuccess) {
+      retired_arenas.push_back(fresh);  // never freed mid-exchange, not even this one
+      WAVEEP_CUDA_RETURN_IF_ERROR(rc);
+    }
+    if (arena != nullptr) retired_arenas.push_back(arena);
+    arena = fresh;
+    handle = h;
     arena_bytes = grown;
     ++generation;
     return absl::OkStatus();
@@ -114,8 +156,9 @@ struct IpcState {
   StatusOr<char*> PeerArena(int peer, const ControlMsg& c) {
     Mapped& m = peers[peer];
     if (m.generation != c.generation) {
-      if (m.base != nullptr) WAVEEP_CUDA_RETURN_IF_ERROR(cudaIpcCloseMemHandle(m.base));
+      if (m.base != nullptr) retired_mappings.push_back(m.base);  // closed in the destructor (see retired_arenas)
       m.base = nullptr;
+      m.generation = 0;
       void* p = nullptr;
       WAVEEP_CUDA_RETURN_IF_ERROR(cudaIpcOpenMemHandle(&p, c.handle, cudaIpcMemLazyEnablePeerAccess));
       m.base = static_cast<char*>(p);
@@ -131,6 +174,20 @@ class IpcExchange {
   IpcExchange(IpcState& s, const IpcPlan& plan) : s_(s), plan_(plan), a_(plan.args) {}
 
   Status Run(absl::Duration timeout) {
+    WAVEEP_RETURN_IF_ERROR(s_.broken);
+    Status st = RunOnce(timeout);
+    if (!st.ok()) {
+      // st's message carries the rank prefix already.
+      s_.broken = absl::FailedPreconditionError(
+          absl::StrCat("cuda_ipc communicator unusable after an earlier exchange failed (a peer may still copy into "
+                       "this rank's arena): ",
+                       st.message()));
+    }
+    return st;
+  }
+
+ private:
+  Status RunOnce(absl::Duration timeout) {
     const Clock::time_point deadline = Clock::now() + absl::ToChronoNanoseconds(timeout);
     WAVEEP_CUDA_RETURN_IF_ERROR(cudaSetDevice(s_.device));
     const int n = s_.size;
@@ -159,7 +216,7 @@ class IpcExchange {
             MPI_Irecv(&ctrl_in_[p], sizeof(ControlMsg), MPI_BYTE, p, plan_.tag, s_.ctrl, &reqs_[p]));
       }
       if (a_.recv_bytes[p] > 0) {
-        ctrl_out_[p] = ControlMsg{s_.generation, arena_off[p], s_.handle};
+        ctrl_out_[p] = ControlMsg{s_.generation, arena_off[p], static_cast<uint64_t>(a_.recv_bytes[p]), s_.handle};
         WAVEEP_MPI_RETURN_IF_ERROR(
             MPI_Irecv(&done_word_[p], 1, MPI_UINT64_T, p, plan_.tag + 1, s_.ctrl, &reqs_[2 * n + p]));
         WAVEEP_MPI_RETURN_IF_ERROR(
@@ -171,6 +228,7 @@ class IpcExchange {
     Status st;
     for (;;) {
       bool progressed = false;
+      bool posted = false;  // a request posted after this pass's MPI_Testsome: not yet tested
       int outcount = 0;
       idx_.resize(reqs_.size());
       const int rc =
@@ -187,6 +245,13 @@ class IpcExchange {
           if (i >= n) continue;  // sends done, or a completion received
           // A receiver told us where our block goes: copy it into its arena.
           const int p = i;
+          if (ctrl_in_[p].bytes != static_cast<uint64_t>(a_.send_bytes[p])) {
+            st = absl::InvalidArgumentError(
+                WithPrefix(absl::StrCat(plan_.what, ": this rank sends ", a_.send_bytes[p], " bytes to rank ", p,
+                                        ", which expects ", ctrl_in_[p].bytes, " (send_bytes[", p,
+                                        "] disagrees with rank ", p, "'s recv_bytes); nothing was copied")));
+            break;
+          }
           StatusOr<char*> base = s_.PeerArena(p, ctrl_in_[p]);
           if (!base.ok()) {
             st = base.status();
@@ -217,6 +282,7 @@ class IpcExchange {
         copying[p] = false;
         --copies_in_flight;
         progressed = true;
+        posted = true;
         const int mrc = MPI_Isend(&ack_word_[p], 1, MPI_UINT64_T, p, plan_.tag + 1, s_.ctrl, &reqs_[3 * n + p]);
         if (mrc != MPI_SUCCESS) {
           st = absl::InternalError(WithPrefix(absl::StrCat(plan_.what, ": MPI_Isend of a completion to rank ", p,
@@ -225,7 +291,7 @@ class IpcExchange {
         }
       }
       if (!st.ok()) break;
-      if (outcount == MPI_UNDEFINED && copies_in_flight == 0) break;  // everything done
+      if (outcount == MPI_UNDEFINED && copies_in_flight == 0 && !posted) break;  // everything done
       if (progressed) continue;
       if (Clock::now() >= deadline) {
         st = absl::DeadlineExceededError(WithPrefix(
@@ -262,7 +328,6 @@ class IpcExchange {
     }
   }
 
- private:
   std::string DescribePending(const std::vector<bool>& copying) const {
     const int n = s_.size;
     std::string out;

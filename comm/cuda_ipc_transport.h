@@ -7,10 +7,11 @@
 //   WAVEEP_ASSIGN_OR_RETURN(auto comm, CreateCommunicator("cuda_ipc", ctx));   // every rank on one node
 //
 // How the backend works (the contract is in comm.h):
-// - Every rank owns a receive arena in device memory, allocated on first use and grown (never shrunk) when an
-//   exchange needs more. Its cudaIpcMemHandle_t travels to the senders with the per-exchange control message and is
-//   opened once per (peer, arena generation) with cudaIpcMemLazyEnablePeerAccess, so one process per GPU and several
-//   processes on one GPU (MPS) both work.
+// - Every rank owns a receive arena in device memory, allocated on first use and grown (by at least 2x, never shrunk)
+//   when an exchange needs more; outgrown arenas are freed only at destruction (cudaFree would synchronize with the
+//   stream that waits on the running exchange). Its cudaIpcMemHandle_t travels to the senders with the per-exchange
+//   control message and is opened once per (peer, arena generation) with cudaIpcMemLazyEnablePeerAccess, so one process
+//   per GPU and several processes on one GPU (MPS) both work.
 // - An exchange, run in issue order on every rank: (1) each receiver tells each sender, in a small MPI message, where
 //   in its arena the sender's block goes (the arena is laid out by peer); (2) each sender cudaMemcpyAsync's its block
 //   into the peer's arena (copy engine, no SMs) on a private stream, waits for it, and sends a one-word completion

@@ -25,6 +25,17 @@
 namespace waveep::comm::internal {
 namespace {
 
+// Makes `device` current on the calling thread once (the proxy's thread starts on device 0).
+void BindThreadToDevice(int device) {
+  thread_local int bound = -1;
+  if (bound == device) return;
+  if (cudaSetDevice(device) == cudaSuccess) {
+    bound = device;
+  } else {
+    cudaGetLastError();  // the next CUDA call reports the real problem
+  }
+}
+
 using WaitValue32Fn = CUresult(CUDAAPI*)(CUstream stream, CUdeviceptr addr, cuuint32_t value, unsigned int flags);
 
 // Release flags: one 32-bit slot per job sequence number modulo kRingSlots. NOTES: slot reuse is safe because a job
@@ -178,7 +189,8 @@ class CudaStreamGate final : public StreamGate {
     ++ring_->next_seq;
     auto started = std::make_shared<bool>(false);
     Armed armed;
-    armed.ready = [start, started]() -> StatusOr<bool> {
+    armed.ready = [start, started, device = device_]() -> StatusOr<bool> {
+      BindThreadToDevice(device);  // the proxy thread's current device is 0 until set
       const cudaError_t q = cudaEventQuery(start);
       if (q == cudaErrorNotReady) return false;
       WAVEEP_CUDA_RETURN_IF_ERROR(q);
@@ -186,6 +198,7 @@ class CudaStreamGate final : public StreamGate {
       return true;
     };
     armed.release = [this, start, started, seq, slot]() {
+      BindThreadToDevice(device_);
       // NOTES: the job's copies completed before this (the job waited for their events), and its Status is stored.
       __atomic_store_n(ring_->host + slot, seq, __ATOMIC_SEQ_CST);
       if (*started) {

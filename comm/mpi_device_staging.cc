@@ -189,8 +189,16 @@ class Pipeline {
       int outcount = 0;
       const int rc = MPI_Testsome(n, reqs_.data(), &outcount, idx_.data(), st_.data());
       if (rc != MPI_SUCCESS) {
-        return absl::InternalError(
-            WithPrefix(absl::StrCat(plan_.what, ": MPI_Testsome failed: ", ::waveep::internal::MpiErrorString(rc))));
+        const FailedStatus f = FirstFailedStatus(rc, st_.data(), outcount);
+        if (f.k < 0) {
+          return absl::InternalError(
+              WithPrefix(absl::StrCat(plan_.what, ": MPI_Testsome failed: ", ::waveep::internal::MpiErrorString(rc))));
+        }
+        const StagedMessage& m = plan_.messages[idx_[f.k]];
+        return Status(f.truncated ? absl::StatusCode::kInvalidArgument : absl::StatusCode::kInternal,
+                      WithPrefix(absl::StrCat(plan_.what, ": ", m.is_send ? "send to" : "receive from", " rank ",
+                                              m.peer, " failed: ", ::waveep::internal::MpiErrorString(f.err),
+                                              f.truncated ? TruncationNote(m.peer, m.block_bytes) : "")));
       }
       if (outcount != MPI_UNDEFINED) {
         for (int k = 0; k < outcount; ++k) {

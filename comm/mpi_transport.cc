@@ -216,25 +216,14 @@ std::string ReleasePending(const Plan& plan, std::vector<MPI_Request>& reqs) {
 Status TestsomeError(int rc, const Plan& plan, const std::vector<int>& idx, const std::vector<MPI_Status>& st,
                      int outcount) {
   std::string detail = ::waveep::internal::MpiErrorString(rc);
-  bool truncated = false;  // the caller's error (the ranks disagree on sizes), not MPI's
-  if (rc == MPI_ERR_IN_STATUS) {
-    for (int i = 0; i < outcount; ++i) {
-      const int err = st[i].MPI_ERROR;
-      if (err == MPI_SUCCESS) continue;
-      const Message& m = plan.messages[idx[i]];
-      int err_class = err;
-      MPI_Error_class(err, &err_class);
-      detail = absl::StrCat(DescribeMessage(m), " failed: ", ::waveep::internal::MpiErrorString(err));
-      if (err_class == MPI_ERR_TRUNCATE) {
-        truncated = true;
-        absl::StrAppend(&detail, " (rank ", m.peer, " sent more than recv_bytes[", m.peer, "] = ", m.block_bytes,
-                        ": recv_bytes[", m.peer, "] disagrees with what rank ", m.peer, " sends)");
-      }
-      break;
-    }
+  const FailedStatus f = FirstFailedStatus(rc, st.data(), outcount);
+  if (f.k >= 0) {
+    const Message& m = plan.messages[idx[f.k]];
+    detail = absl::StrCat(DescribeMessage(m), " failed: ", ::waveep::internal::MpiErrorString(f.err));
+    if (f.truncated) absl::StrAppend(&detail, TruncationNote(m.peer, m.block_bytes));
   }
   Status s = ::waveep::internal::MakeForeignError(
-      truncated ? absl::StatusCode::kInvalidArgument : absl::StatusCode::kInternal, "MPI", "MPI_Testsome(...)",
+      f.truncated ? absl::StatusCode::kInvalidArgument : absl::StatusCode::kInternal, "MPI", "MPI_Testsome(...)",
       __FILE__, __LINE__, absl::StrCat(What(plan), ": ", detail));
   return Status(s.code(), WithPrefix(s.message()));
 }
@@ -456,14 +445,20 @@ class MpiCommunicator final : public Communicator {
         return absl::OkStatus();
       }
     }
-    WAVEEP_RETURN_IF_ERROR(
-        stream.Enqueue([comm = p2p_, plan, row = std::string(stream.name()), timeout = Timeout(), tuning]() {
-          ScopedSpan span(row, plan->label, "comm");
-          span.Arg("bytes_sent", static_cast<double>(plan->bytes_sent));
-          span.Arg("bytes_recv", static_cast<double>(plan->bytes_recv));
-          Scratch scratch;
-          return RunExchange(comm->comm, *plan, scratch, timeout, tuning);
-        }));
+    auto exchange = [comm = p2p_, plan, row = std::string(stream.name()), timeout = Timeout(), tuning]() {
+      ScopedSpan span(row, plan->label, "comm");
+      span.Arg("bytes_sent", static_cast<double>(plan->bytes_sent));
+      span.Arg("bytes_recv", static_cast<double>(plan->bytes_recv));
+      Scratch scratch;
+      return RunExchange(comm->comm, *plan, scratch, timeout, tuning);
+    };
+    if (stream.native() != nullptr) {
+      // Host blocks on a CUDA stream: the blocking exchange is a proxy job as well (a CUDA host function must not
+      // wait on MPI); the stream waits on the proxy's release.
+      WAVEEP_ASSIGN_OR_RETURN(DeviceProxy * proxy, Proxy(stream));
+      return proxy->Enqueue(stream, plan->label, Timeout(), std::move(exchange));
+    }
+    WAVEEP_RETURN_IF_ERROR(stream.Enqueue(std::move(exchange)));
     return absl::OkStatus();
   }
 

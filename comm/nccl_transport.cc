@@ -76,12 +76,23 @@ Status WaitNotInProgress(ncclComm_t comm, absl::Duration timeout, absl::string_v
 // ncclCommGetAsyncError / ncclCommAbort on its own. call_mu is never held while waiting for a stream, so a launch
 // waits at most for one other launch (bounded by the timeout) or one error poll. After the abort `comm` is gone:
 // AsyncError() and Launch check `aborted` under call_mu and never touch it again.
+//
+// The queued host functions hold only the health (NcclHealth), never the state: the last reference to the state must
+// not go away inside a CUDA host function, where ~NcclState's ncclCommDestroy (a CUDA-calling function) is forbidden.
+struct NcclHealth {
+  std::mutex mu;  // guards broken and aborted (read without call_mu by the host functions)
+  Status broken;  // set once, before ncclCommAbort
+  bool aborted = false;
+  Status Get() {
+    std::lock_guard<std::mutex> lock(mu);
+    return broken;
+  }
+};
+
 struct NcclState {
   ncclComm_t comm = nullptr;
   std::mutex call_mu;  // serialises every NCCL call on comm (see above)
-  std::mutex mu;       // guards broken and aborted (read without call_mu by the host functions)
-  Status broken;       // set once, before ncclCommAbort
-  bool aborted = false;
+  const std::shared_ptr<NcclHealth> health = std::make_shared<NcclHealth>();
 
   // Fails the communicator and releases its kernels. Idempotent. Must not hold call_mu (AbortLocked then).
   void Abort(Status why) {
@@ -91,21 +102,18 @@ struct NcclState {
   // Requires call_mu.
   void AbortLocked(Status why) {
     {
-      std::lock_guard<std::mutex> lock(mu);
-      if (aborted) return;
-      broken = absl::FailedPreconditionError(
+      std::lock_guard<std::mutex> lock(health->mu);
+      if (health->aborted) return;
+      health->broken = absl::FailedPreconditionError(
           absl::StrCat("nccl communicator aborted after an earlier failure: ", why.message()));
-      aborted = true;
+      health->aborted = true;
     }
     ncclCommAbort(comm);
   }
-  Status Health() {
-    std::lock_guard<std::mutex> lock(mu);
-    return broken;
-  }
+  Status Health() { return health->Get(); }
   bool Aborted() {
-    std::lock_guard<std::mutex> lock(mu);
-    return aborted;
+    std::lock_guard<std::mutex> lock(health->mu);
+    return health->aborted;
   }
   // ncclCommGetAsyncError under call_mu; ncclSuccess once aborted (Health() then carries the error).
   ncclResult_t AsyncError() {
@@ -116,7 +124,7 @@ struct NcclState {
     return rc != ncclSuccess ? rc : async;
   }
   ~NcclState() {
-    if (!aborted && comm != nullptr) ncclCommDestroy(comm);
+    if (!Aborted() && comm != nullptr) ncclCommDestroy(comm);
   }
 };
 
@@ -225,9 +233,9 @@ class NcclCommunicator final : public Communicator {
     Status st = Launch(args, s, watch->what);
     if (st.ok()) {
       // Runs after NCCL's kernels returned, normally or released by an abort: reports the watchdog's verdict.
-      st = stream.Enqueue([watch, state = state_]() -> Status {
+      st = stream.Enqueue([watch, health = state_->health]() -> Status {
         watch->finished.store(true);
-        WAVEEP_RETURN_IF_ERROR(state->Health());
+        WAVEEP_RETURN_IF_ERROR(health->Get());
         std::lock_guard<std::mutex> lock(watch->mu);
         return watch->verdict;
       });
@@ -303,6 +311,9 @@ class NcclCommunicator final : public Communicator {
 
   // Bounds every queued exchange by the timeout, counted from when its stream reached it.
   void WatchdogLoop() {
+    // Its event queries and destroys act on the current device: this thread's is device 0 until set.
+    cudaSetDevice(device_);
+    cudaGetLastError();
     std::unique_lock<std::mutex> lock(watch_mu_);
     while (!stop_) {
       if (watches_.empty()) {

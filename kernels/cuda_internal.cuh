@@ -36,8 +36,10 @@ class DeviceGuard {
   DeviceGuard() = default;
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;
+  // A failure here is cleared: left pending, the next launch check (cudaGetLastError) would report it under that
+  // launch's name.
   ~DeviceGuard() {
-    if (previous_ >= 0) cudaSetDevice(previous_);
+    if (previous_ >= 0 && cudaSetDevice(previous_) != cudaSuccess) cudaGetLastError();
   }
   Status Enter(int ordinal) {
     int current = 0;
@@ -66,8 +68,10 @@ class StreamScratch {
     WAVEEP_CUDA_RETURN_IF_ERROR(cudaMallocAsync(&ptr_, bytes, stream_));
     return absl::OkStatus();
   }
+  // A failed free is cleared rather than left for the next launch check to misreport (the stream's own error, if
+  // any, surfaces at its next synchronization).
   void Free() {
-    if (ptr_ != nullptr) cudaFreeAsync(ptr_, stream_);
+    if (ptr_ != nullptr && cudaFreeAsync(ptr_, stream_) != cudaSuccess) cudaGetLastError();
     ptr_ = nullptr;
   }
   template <typename T>

@@ -357,6 +357,13 @@ Status Sm90GroupedGemm(const GroupedGemmArgs& args, int tile_m, int num_ctas, cu
       aligned = aligned && reinterpret_cast<uintptr_t>(args.b[g]) % 16 == 0;
   }
   if (!aligned) return absl::InvalidArgumentError("the sm90 kernel needs 16-byte aligned A and B (TMA)");
+  // The epilogue stores column pairs: a float2 (F32) or a uint32 (BF16) per pair, so C needs 8- or 4-byte alignment
+  // (rows keep it: n is even).
+  const uintptr_t c_align = args.c_dtype == DType::kF32 ? 8 : 4;
+  if (reinterpret_cast<uintptr_t>(args.c) % c_align != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the sm90 kernel needs C aligned to ", c_align, " bytes (it stores column pairs)"));
+  }
   (void)device;  // the caller made the stream's device current
   if (tile_m == 64) return Launch<1>(args, num_ctas, stream);
   if (tile_m == 128) return Launch<2>(args, num_ctas, stream);

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -118,8 +119,17 @@ class CudaStream final : public Stream {
  public:
   CudaStream(StreamOptions opts, Device device, cudaStream_t s)
       : opts_(std::move(opts)), device_(device), s_(s), state_(std::make_shared<StreamState>(opts_.name)) {}
+  // Waits for the stream's work, bounded (a stream stuck on a flag nobody will release must not hang the process
+  // after the error that got us here was reported): after the stream's timeout it says so on stderr and destroys the
+  // stream anyway (CUDA frees it once its work completed).
   ~CudaStream() override {
-    cudaStreamSynchronize(s_);
+    const absl::Duration limit = opts_.timeout > absl::ZeroDuration() ? opts_.timeout : DefaultTimeout();
+    const Status drained = Synchronize(limit);
+    if (cudaStreamQuery(s_) == cudaErrorNotReady) {
+      std::fprintf(stderr, "waveep: destroying CUDA stream '%s' with work still queued: %s\n", opts_.name.c_str(),
+                   std::string(drained.message()).c_str());
+    }
+    cudaGetLastError();
     cudaStreamDestroy(s_);
   }
   absl::string_view name() const override { return opts_.name; }

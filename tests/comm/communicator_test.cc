@@ -636,6 +636,25 @@ TEST_P(CommConformanceTest, InvalidArgumentsFailWithoutCommunicating) {
   EXPECT_EQ(CheckReceived(*blocking), "");
 }
 
+// After rank 1 sent rank 0 a block of another size than rank 0 expects: rank 0 or rank 1 (the receiver or the sender,
+// by backend) failed with InvalidArgument naming the other rank, "disagrees" and `label`; neither failed otherwise
+// than by a timeout or an abort. Collective over the world.
+void ExpectSizeDisagreementNamed(const Status& s, int rank, absl::string_view label) {
+  int named = 0;
+  if (rank <= 1 && !s.ok()) {
+    if (s.code() == absl::StatusCode::kInvalidArgument) {
+      EXPECT_TRUE(absl::StrContains(s.message(), absl::StrCat("rank ", 1 - rank))) << s;
+      EXPECT_TRUE(absl::StrContains(s.message(), "disagrees")) << s;
+      EXPECT_TRUE(absl::StrContains(s.message(), label)) << s;
+      named = 1;
+    } else {
+      EXPECT_TRUE(s.code() == absl::StatusCode::kAborted || s.code() == absl::StatusCode::kDeadlineExceeded) << s;
+    }
+  }
+  MPI_Allreduce(MPI_IN_PLACE, &named, 1, MPI_INT, MPI_MAX, WorldComm(*g_ctx));
+  EXPECT_EQ(named, 1) << "neither rank 0 nor rank 1 named the size disagreement";
+}
+
 // ---- device memory: every backend with capabilities().device_memory, on a GPU machine -----------------------------
 
 // A TestExchange mirrored into device memory: the payload is copied up before the exchange and the receive buffer
@@ -716,6 +735,18 @@ class DeviceMemoryTest : public CommConformanceTest {
     EXPECT_EQ(ex.Check(), "");
   }
 
+  // Issues every exchange on one CUDA stream without waiting in between, then synchronizes once and checks each.
+  void RunBackToBack(const std::vector<std::unique_ptr<DeviceExchange>>& exs) {
+    StreamOptions opts;
+    opts.name = "comm";
+    auto stream = Stream::Create(Device::Cuda(device_), opts);
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    for (const auto& ex : exs) ASSERT_TRUE(comm_->AlltoallvAsync(ex->Args(), **stream).ok());
+    Status s = (*stream)->Synchronize();
+    ASSERT_TRUE(s.ok()) << s;
+    for (const auto& ex : exs) EXPECT_EQ(ex->Check(), "");
+  }
+
   int device_ = 0;
 };
 
@@ -759,19 +790,66 @@ TEST_P(DeviceMemoryTest, LargeBlocksPipelined) {
 }
 
 TEST_P(DeviceMemoryTest, BackToBackOnOneCudaStream) {
-  StreamOptions opts;
-  opts.name = "comm";
-  auto stream = Stream::Create(Device::Cuda(device_), opts);
-  ASSERT_TRUE(stream.ok()) << stream.status();
   std::vector<std::unique_ptr<DeviceExchange>> exs;
   for (int i = 0; i < 4; ++i) {
     exs.push_back(MakeDevice(UnevenSizes(seed_ + 110 + i), absl::StrCat("device-b2b(", i, ")"), 110 + i));
     ASSERT_NE(exs.back(), nullptr);
-    ASSERT_TRUE(comm_->AlltoallvAsync(exs.back()->Args(), **stream).ok());
   }
+  RunBackToBack(exs);
+}
+
+// Exchanges that outgrow every earlier one, queued back to back on one CUDA stream, so that the stream already waits
+// on the proxy when a larger exchange runs (cuda_ipc grows its receive arena then: a cudaFree there would wait for the
+// waiting stream for ever), then a small one into the grown arena.
+TEST_P(DeviceMemoryTest, GrowingExchangesOnOneCudaStream) {
+  std::vector<std::unique_ptr<DeviceExchange>> exs;
+  const size_t kib[] = {64, 2048, 8192, 16};
+  for (int i = 0; i < 4; ++i) {
+    const size_t base = kib[i] << 10;
+    exs.push_back(MakeDevice([base](int src, int dst) -> size_t { return base + 97 * (src + 1) + 13 * dst; },
+                             absl::StrCat("device-growing(", kib[i], " KiB)"), 120 + i));
+    ASSERT_NE(exs.back(), nullptr);
+  }
+  RunBackToBack(exs);
+}
+
+// Host buffers on a CUDA stream (backends that take host memory): the exchange is the proxy's job too, never a CUDA
+// host function that blocks on MPI.
+TEST_P(DeviceMemoryTest, HostBuffersOnCudaStream) {
+  REQUIRE_HOST_MEMORY();
+  StreamOptions opts;
+  opts.name = "comm";
+  auto stream = Stream::Create(Device::Cuda(device_), opts);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  auto first = Make(UnevenSizes(seed_ + 130), "host-on-cuda-stream(0)", 130);
+  auto second = Make(UnevenSizes(seed_ + 131), "host-on-cuda-stream(1)", 131);
+  ASSERT_TRUE(comm_->AlltoallvAsync(first->Args(), **stream).ok());
+  ASSERT_TRUE(comm_->AlltoallvAsync(second->Args(), **stream).ok());
   Status s = (*stream)->Synchronize();
   ASSERT_TRUE(s.ok()) << s;
-  for (auto& ex : exs) EXPECT_EQ(ex->Check(), "");
+  EXPECT_EQ(CheckReceived(*first), "");
+  EXPECT_EQ(CheckReceived(*second), "");
+}
+
+// Rank 1 sends rank 0 one byte more than rank 0 expects, in device memory: the pair names the disagreement (mpi
+// staging: the receiver; cuda_ipc: the sender, which learns the expected size from the control message and copies
+// nothing) instead of writing past the block; every rank returns within the short timeout.
+TEST_P(DeviceMemoryTest, PeerSendingAnotherSizeIsNamed) {
+  if (size_ < 2) GTEST_SKIP() << "needs at least two ranks";
+  Options opts;
+  opts.timeout = absl::Seconds(2);
+  auto c = CreateCommunicator(GetParam(), *g_ctx, opts);
+  ASSERT_TRUE(c.ok()) << c.status();
+  constexpr size_t kBase = size_t{96} << 10;
+  auto host = Make([](int, int) -> size_t { return kBase; }, "device-size-disagrees", 140);
+  if (rank_ == 1) host->args.send_bytes[0] = kBase + 1;  // block 0 is followed by kGap bytes of its buffer
+  auto ex = DeviceExchange::Make(std::move(host), device_);
+  ASSERT_NE(ex, nullptr);
+  const auto t0 = std::chrono::steady_clock::now();
+  const Status s = (*c)->Alltoallv(ex->Args());
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 30.0) << s;
+  ExpectSizeDisagreementNamed(s, rank_, "device-size-disagrees");
+  ASSERT_TRUE(comm_->Barrier().ok());
 }
 
 // ---- timeouts: a rank that skips an exchange makes the others fail, not hang ------------------------------------
@@ -962,20 +1040,7 @@ TEST_P(TimeoutTest, PeerSendingAnotherSizeIsNamed) {
       const auto t0 = std::chrono::steady_clock::now();
       const Status s = (*c)->Alltoallv(ex->Args());
       EXPECT_LT(SecondsSince(t0), 30.0) << s;
-      int named = 0;
-      if (rank_ <= 1 && !s.ok()) {
-        const int other = 1 - rank_;
-        if (s.code() == absl::StatusCode::kInvalidArgument) {
-          EXPECT_TRUE(absl::StrContains(s.message(), absl::StrCat("rank ", other))) << s;
-          EXPECT_TRUE(absl::StrContains(s.message(), "disagrees")) << s;
-          EXPECT_TRUE(absl::StrContains(s.message(), label)) << s;
-          named = 1;
-        } else {
-          EXPECT_TRUE(s.code() == absl::StatusCode::kAborted || s.code() == absl::StatusCode::kDeadlineExceeded) << s;
-        }
-      }
-      MPI_Allreduce(MPI_IN_PLACE, &named, 1, MPI_INT, MPI_MAX, WorldComm(*g_ctx));
-      EXPECT_EQ(named, 1) << "neither rank 0 nor rank 1 named the size disagreement";
+      ExpectSizeDisagreementNamed(s, rank_, label);
       ASSERT_TRUE(comm_->Barrier().ok());
     }
   }

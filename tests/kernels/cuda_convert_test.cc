@@ -43,8 +43,11 @@ TEST(CudaConvertTest, StubOrCpuStreamIsRejected) {
 bool HaveGpu() { return CudaKernelsCompiledIn() && CudaDeviceCount() > 0; }
 
 // Copies host -> device buffer, or reports why not.
+// Synchronizes the device after the copy: a pageable cudaMemcpy may return before the data landed, and the runtime's
+// non-blocking streams do not order after the legacy default stream.
 Status ToDevice(const void* src, Buffer& dst, size_t bytes) {
-  const cudaError_t rc = cudaMemcpy(dst.data(), src, bytes, cudaMemcpyHostToDevice);
+  cudaError_t rc = cudaMemcpy(dst.data(), src, bytes, cudaMemcpyHostToDevice);
+  if (rc == cudaSuccess) rc = cudaDeviceSynchronize();
   return rc == cudaSuccess ? absl::OkStatus() : absl::InternalError(cudaGetErrorString(rc));
 }
 

@@ -101,9 +101,10 @@ void ExpectClose(const std::vector<uint8_t>& c_bytes, DType c_dtype, const std::
   }
 }
 
+// The experimental sm90 kernel has its own tests (Sm90*): a hang or fault there must not take the other backends'
+// results with it (scripts/gpu_check.sh runs them last, as their own step).
 std::vector<GemmBackend> AllBackends() {
-  return {GemmBackend::kAuto, GemmBackend::kCublasLt, GemmBackend::kCublasGrouped, GemmBackend::kSm90,
-          GemmBackend::kSimt};
+  return {GemmBackend::kAuto, GemmBackend::kCublasLt, GemmBackend::kCublasGrouped, GemmBackend::kSimt};
 }
 
 void RunBf16Case(const GemmCase& c, uint32_t seed, const std::vector<GemmBackend>& backends = AllBackends()) {
@@ -254,6 +255,16 @@ TEST(CudaGroupedGemmTest, Bf16OddShapesAndAlignments) {
   // K and N odd: rows start at 2-byte offsets (A) and C rows at 2- or 4-byte ones. cuBLASLt must be told (or fall
   // back to the simt kernel); the experimental sm90 kernel needs k % 64 == 0 and is not asked.
   RunBf16Case({{0, 7, 65, 1}, 50, 37}, 250, {GemmBackend::kAuto, GemmBackend::kCublasLt, GemmBackend::kSimt});
+}
+
+TEST(CudaGroupedGemmTest, Sm90Bf16SmallGroupsIncludingEmpty) {
+  WAVEEP_SKIP_WITHOUT_GPU();
+  RunBf16Case({{0, 1, 3, 0, 5, 64, 127, 128, 300, 0}, 256, 512}, 100, {GemmBackend::kSm90});
+}
+
+TEST(CudaGroupedGemmTest, Sm90Bf16SkewedAndPartialTiles) {
+  WAVEEP_SKIP_WITHOUT_GPU();
+  RunBf16Case({{2000, 1, 0, 70, 3, 700, 0, 64}, 1000, 2048}, 200, {GemmBackend::kSm90});
 }
 
 TEST(CudaGroupedGemmTest, Fp8SmallGroupsIncludingEmpty) {

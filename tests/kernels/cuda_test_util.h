@@ -36,10 +36,19 @@ inline std::unique_ptr<Stream> MakeStream(Device device, const char* name) {
   return s.ok() ? std::move(*s) : nullptr;
 }
 
+// The helpers below use the legacy default stream, which the runtime's streams (cudaStreamNonBlocking) do not order
+// after, and a pageable cudaMemcpy to the device or a cudaMemset may return before the data landed: each ends with a
+// device synchronize, so that a kernel enqueued next on a runtime stream sees the data.
+#ifdef WAVEEP_HAVE_CUDA
+inline Status SyncedResult(cudaError_t rc) {
+  if (rc == cudaSuccess) rc = cudaDeviceSynchronize();
+  return rc == cudaSuccess ? absl::OkStatus() : absl::InternalError(cudaGetErrorString(rc));
+}
+#endif
+
 inline Status CopyToDevice(void* dst, const void* src, size_t bytes) {
 #ifdef WAVEEP_HAVE_CUDA
-  const cudaError_t rc = cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice);
-  return rc == cudaSuccess ? absl::OkStatus() : absl::InternalError(cudaGetErrorString(rc));
+  return SyncedResult(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
 #else
   return absl::UnavailableError("built without CUDA");
 #endif
@@ -57,8 +66,7 @@ inline Status CopyToHost(void* dst, const void* src, size_t bytes) {
 // Fills device memory with a byte pattern, so tests can tell "untouched" from "written".
 inline Status FillDevice(void* dst, int byte, size_t bytes) {
 #ifdef WAVEEP_HAVE_CUDA
-  const cudaError_t rc = cudaMemset(dst, byte, bytes);
-  return rc == cudaSuccess ? absl::OkStatus() : absl::InternalError(cudaGetErrorString(rc));
+  return SyncedResult(cudaMemset(dst, byte, bytes));
 #else
   return absl::UnavailableError("built without CUDA");
 #endif

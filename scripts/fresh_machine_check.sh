@@ -53,8 +53,8 @@ if ! command -v debootstrap >/dev/null 2>&1; then
   log "installing debootstrap"
   apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null
 fi
-mirror=$(grep -rhoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null |
-  awk '{print $2}' | head -1)
+mirror=$( (grep -rshoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/ ||
+  true) | awk '{print $2}' | head -1)
 mirror="${mirror:-http://deb.debian.org/debian}"
 log "debootstrap $suite (minbase) from $mirror into $root"
 t0=$(date +%s)

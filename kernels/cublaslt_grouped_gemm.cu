@@ -16,8 +16,8 @@
 // (transposed, padded)"); PyTorch's _scaled_mm with BlockWise1x128 hands cuBLAS the same (scales made outer-dim-major
 // with scale.t().contiguous().t(), rows padded to a multiple of 4). Our API takes the QuantizeFp8Blockwise layout
 // [rows, K / 128], so each call transposes both operands' scales into scratch, one kernel for all groups.
-// Unverified without a GPU: the M % 4 != 0 test
-// cases in tests/kernels/cuda_grouped_gemm_test.cc check the padding assumption.
+// Unverified without a GPU: the M % 4 != 0 test cases in tests/kernels/cuda_grouped_gemm_test.cc check the padding
+// assumption.
 // TODO(waveep): accept pre-transposed (and 128x128) weight scales so the per-call weight-scale transpose goes away.
 #include <cublasLt.h>
 #include <cublas_v2.h>

@@ -102,7 +102,7 @@ void ExpectClose(const std::vector<uint8_t>& c_bytes, DType c_dtype, const std::
 }
 
 // The experimental sm90 kernel has its own tests (Sm90*): a hang or fault there must not take the other backends'
-// results with it (scripts/gpu_check.sh runs them last, as their own step).
+// results with it (scripts/gpu_check.sh runs them as a step of their own, in its gemm stage).
 std::vector<GemmBackend> AllBackends() {
   return {GemmBackend::kAuto, GemmBackend::kCublasLt, GemmBackend::kCublasGrouped, GemmBackend::kSimt};
 }

@@ -337,6 +337,11 @@ void BM_Gemm(benchmark::State& state, Case c) {
   state.SetLabel(c.dense ? "dense cublaslt" : BackendLabel(c, rows, n, k, sm90_available));
 }
 
+// Measured time per benchmark. Each iteration runs kBatch GEMMs and reports one GEMM's time, so the wall time is
+// about kBatch x this (0.2 made the V4-Pro selection of gpu_check.sh take ~2.9 s per benchmark, 144 of them: past its
+// step limit); 0.02 s of GEMM time is still tens of GEMMs at every shape but the largest.
+constexpr double kMinTimeS = 0.02;
+
 void RegisterAll() {
   for (const ModelShape& model : kModels) {
     for (bool gate_up : {true, false}) {
@@ -353,7 +358,7 @@ void RegisterAll() {
           benchmark::RegisterBenchmark(absl::StrCat("BM_GpuDenseGemm/", prefix, "/rows:", rows).c_str(), BM_Gemm, dense)
               ->UseManualTime()
               ->Unit(benchmark::kMicrosecond)
-              ->MinTime(0.2);
+              ->MinTime(kMinTimeS);
           for (bool skewed : {false, true}) {
             for (GemmBackend backend : backends) {
               Case c{model, gate_up, fp8, skewed, rows, backend, false};
@@ -364,7 +369,7 @@ void RegisterAll() {
                   BM_Gemm, c)
                   ->UseManualTime()
                   ->Unit(benchmark::kMicrosecond)
-                  ->MinTime(0.2);
+                  ->MinTime(kMinTimeS);
             }
           }
         }

@@ -57,8 +57,12 @@ def load_ours(paths):
     """{(model, gemm, dtype, dist, rows): {"auto": (tflops, label), backend: tflops, "dense": tflops}}."""
     table = {}
     for path in paths:
-        with open(path) as f:
-            data = json.load(f)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:  # a killed benchmark leaves no or half a file: keep the rest
+            print(f"warning: {path}: {e}; its numbers are left out", file=sys.stderr)
+            continue
         for b in data.get("benchmarks", []):
             m = NAME_RE.match(b.get("name", ""))
             if not m or b.get("error_occurred"):

@@ -338,8 +338,8 @@ void BM_Gemm(benchmark::State& state, Case c) {
 }
 
 // Measured time per benchmark. Each iteration runs kBatch GEMMs and reports one GEMM's time, so the wall time is
-// about kBatch x this (0.2 made the V4-Pro selection of gpu_check.sh take ~2.9 s per benchmark, 144 of them: past its
-// step limit); 0.02 s of GEMM time is still tens of GEMMs at every shape but the largest.
+// about kBatch x this. With 0.2, run1 of docs/perf/2026-11-29-NVIDIA-H200 took 135.5 s for 36 benchmarks (3.8 s
+// each), so gpu_check.sh's 144 would pass its 200 s step limit; 0.02 is a tenth of that (not measured yet).
 constexpr double kMinTimeS = 0.02;
 
 void RegisterAll() {

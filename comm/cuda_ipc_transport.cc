@@ -104,12 +104,13 @@ struct IpcState {
     if (closed_everywhere) {
       if (arena != nullptr) cudaFree(arena);
       for (char* a : retired_arenas) cudaFree(a);
+      MPI_Comm_free(&ctrl);
     }
-    // Otherwise the arenas are left to process exit: freeing memory a peer may still map is undefined behaviour.
-    if (!finalized && ctrl != MPI_COMM_NULL) MPI_Comm_free(&ctrl);
+    // Otherwise the arenas are left to process exit (freeing memory a peer may still map is undefined behaviour), and
+    // so are ctrl and its barrier request: an active collective request can be neither freed nor waited for here.
   }
 
-  // MPI_Ibarrier on ctrl, polled until `limit`; false (request abandoned) when a rank never arrived.
+  // MPI_Ibarrier on ctrl, polled until `limit`; false when a rank never arrived (the request is then left to MPI).
   bool BoundedBarrier(absl::Duration limit) {
     MPI_Request req = MPI_REQUEST_NULL;
     if (MPI_Ibarrier(ctrl, &req) != MPI_SUCCESS) return false;
@@ -118,10 +119,7 @@ struct IpcState {
       int done = 0;
       if (MPI_Test(&req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) return false;
       if (done) return true;
-      if (Clock::now() >= deadline) {
-        MPI_Request_free(&req);
-        return false;
-      }
+      if (Clock::now() >= deadline) return false;
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
   }
@@ -227,8 +225,7 @@ class IpcExchange {
     int copies_in_flight = 0;
     Status st;
     for (;;) {
-      bool progressed = false;
-      bool posted = false;  // a request posted after this pass's MPI_Testsome: not yet tested
+      bool progressed = false;  // also: a completion posted after this pass's MPI_Testsome, not yet tested
       int outcount = 0;
       idx_.resize(reqs_.size());
       const int rc =
@@ -282,7 +279,6 @@ class IpcExchange {
         copying[p] = false;
         --copies_in_flight;
         progressed = true;
-        posted = true;
         const int mrc = MPI_Isend(&ack_word_[p], 1, MPI_UINT64_T, p, plan_.tag + 1, s_.ctrl, &reqs_[3 * n + p]);
         if (mrc != MPI_SUCCESS) {
           st = absl::InternalError(WithPrefix(absl::StrCat(plan_.what, ": MPI_Isend of a completion to rank ", p,
@@ -291,7 +287,7 @@ class IpcExchange {
         }
       }
       if (!st.ok()) break;
-      if (outcount == MPI_UNDEFINED && copies_in_flight == 0 && !posted) break;  // everything done
+      if (outcount == MPI_UNDEFINED && copies_in_flight == 0 && !progressed) break;  // everything done
       if (progressed) continue;
       if (Clock::now() >= deadline) {
         st = absl::DeadlineExceededError(WithPrefix(

@@ -188,7 +188,9 @@ class CudaLayerOps final : public LayerOps {
     std::vector<int64_t> off(nb + 1);
     for (int64_t i = 0; i <= nb; ++i) off[i] = i * blk;
     const std::vector<const uint16_t*> b13(nb, sw13_.as<uint16_t>()), b2(nb, sw2_.as<uint16_t>());
-    WAVEEP_RETURN_IF_ERROR(kernels::CudaFillZeroAsync(x, rows * h_ * 2, s));
+    // Only the padding rows are zeroed (before and after this part's tokens); the tokens' rows are written next.
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaFillZeroAsync(x, lead * h_ * 2, s));
+    WAVEEP_RETURN_IF_ERROR(kernels::CudaFillZeroAsync(x + (lead + n_tok) * h_, (rows - lead - n_tok) * h_ * 2, s));
     WAVEEP_RETURN_IF_ERROR(kernels::CudaConvertF32ToBf16(x_.as<float>() + tok0 * h_, x + lead * h_, n_tok * h_, s));
     WAVEEP_RETURN_IF_ERROR(kernels::CudaGroupedGemmNTBf16(x, off.data(), static_cast<int>(nb), h_, b13.data(), 2 * si_,
                                                           gate_up, DType::kF32, s, kLayerGemm));

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -300,6 +301,12 @@ void CudaFree(void* p, bool pinned) {
 
 int CudaDeviceCount() {
   static const int count = [] {
+    // Before the first CUDA call of the process (every CUDA path asks for the device count first). Each stream is
+    // mapped onto one of CUDA_DEVICE_MAX_CONNECTIONS hardware queues (8 by default), and streams sharing a queue run
+    // its work in one FIFO: a comm stream that waits on the device proxy's release flag (cuStreamWaitValue32) would
+    // hold up the proxy's own copy streams behind it until the timeout. A rank creates several streams
+    // (docs/gpu.md); 32 queues keep them apart. A value the user set wins.
+    setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", /*overwrite=*/0);
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
       cudaGetLastError();  // clear the sticky "no driver" error

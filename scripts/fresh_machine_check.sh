@@ -5,7 +5,7 @@
 #
 #   scripts/fresh_machine_check.sh                 # ./scripts/run.sh (the main job)
 #   scripts/fresh_machine_check.sh --test          # ./scripts/test.sh (install, -Werror build, the whole ctest suite)
-#   scripts/fresh_machine_check.sh --keep --dir /tmp/fm   # keep the chroot (re-running reuses nothing: it is rebuilt)
+#   scripts/fresh_machine_check.sh --keep --dir /tmp/fm   # keep the chroot there (DIR must be new or empty)
 #
 # Needs root, debootstrap (installed with apt-get when missing) and the distribution's package mirror (the one in
 # /etc/apt/sources.list*, else deb.debian.org). The chroot shares this machine's kernel: the tests' network
@@ -20,17 +20,29 @@ keep=0
 suite=bookworm
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --dir|--suite) [[ $# -ge 2 ]] || { echo "fresh_machine_check.sh: $1 needs a value (see --help)" >&2; exit 2; } ;;&
     --test) cmd="test"; shift ;;
     --run) cmd="run"; shift ;;
     --dir) dir="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
     --suite) suite="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "fresh_machine_check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ $(id -u) -eq 0 ]] || { echo "fresh_machine_check.sh: needs root (debootstrap, chroot, mounts)" >&2; exit 2; }
-dir="${dir:-$(mktemp -d /tmp/waveep-fresh.XXXXXX)}"
+if [[ -n $dir ]]; then
+  # Absolute (the mount check below compares with findmnt's paths), and new or empty: its contents are deleted at
+  # the end without --keep, and the clone needs an empty place.
+  dir="$(realpath -m "$dir")"
+  if [[ -e $dir && -n "$(ls -A "$dir" 2>/dev/null)" ]]; then
+    echo "fresh_machine_check.sh: --dir $dir is not empty (give a new or empty folder)" >&2
+    exit 2
+  fi
+  mkdir -p "$dir"
+else
+  dir="$(mktemp -d /tmp/waveep-fresh.XXXXXX)"
+fi
 root="$dir/root"
 log() { echo "[fresh] $*" >&2; }
 
@@ -67,13 +79,21 @@ git clone -q "$ROOT" "$root/work/main"
 # A machine resolves its own name: without /etc/hosts every mpirun waits ~5 s for DNS to fail on the host name.
 cp /etc/resolv.conf /etc/hosts "$root/etc/"
 mkdir -p "$root/run/netns"
+# mnt TARGET MOUNT-ARGS...: mounts and records it for the cleanup; a failure ends the run naming the mount.
+mnt() {
+  local target="$1"
+  shift
+  mount "$@" "$target" || { log "mount $* $target failed"; exit 1; }
+  mounted+=("$target")
+}
 # The chroot's / must be a mount point, as a machine's is: `ip netns add` (the cluster tests) remounts it.
-mount --bind "$root" "$root" && mounted+=("$root")
-mount -t proc proc "$root/proc" && mounted+=("$root/proc")
-mount --rbind /sys "$root/sys" && mount --make-rslave "$root/sys" && mounted+=("$root/sys")
-mount --bind /dev "$root/dev" && mounted+=("$root/dev")
-mount -t devpts devpts "$root/dev/pts" -o newinstance,ptmxmode=0666 && mounted+=("$root/dev/pts")
-mount -t tmpfs tmpfs "$root/dev/shm" && mounted+=("$root/dev/shm")
+mnt "$root" --bind "$root"
+mnt "$root/proc" -t proc proc
+mnt "$root/sys" --rbind /sys
+mount --make-rslave "$root/sys" || { log "mount --make-rslave $root/sys failed"; exit 1; }
+mnt "$root/dev" --bind /dev
+mnt "$root/dev/pts" -t devpts devpts -o newinstance,ptmxmode=0666
+mnt "$root/dev/shm" -t tmpfs tmpfs
 
 log "$(git -C "$root/work/main" log --oneline -1)"
 log "running ./scripts/$cmd.sh in the chroot (log: $dir/$cmd.log)"

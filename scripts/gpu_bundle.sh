@@ -21,8 +21,9 @@ build="$WAVEEP_ROOT/build-gpu"
 dest="$WAVEEP_ROOT/.gpu"
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --build|--dest) [[ $# -ge 2 ]] || { echo "gpu_bundle.sh: $1 needs a value (see --help)" >&2; exit 2; } ;;&
     --build) build="$2"; shift 2 ;;
-    --dest) dest="$2"; shift 2 ;;
+    --dest) dest="${2%/}"; shift 2 ;;  # .gpu/ -> .gpu, so that the archive .gpu.tar.gz lands beside it
     -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_bundle.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac

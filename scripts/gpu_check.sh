@@ -37,6 +37,8 @@ dry_run=0
 budget_s=450
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --bundle|--build|--out|--stages|--budget_s)
+      [[ $# -ge 2 ]] || { echo "gpu_check.sh: $1 needs a value (see --help)" >&2; exit 2; } ;;&
     --bundle) bundle="$2"; shift 2 ;;
     --build) build="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
@@ -60,6 +62,7 @@ if [[ $bundle == *.tar.gz ]]; then  # gpu_bundle.sh's packed bundle: unpacked be
   packed="$bundle"
   [[ -f $packed ]] || { echo "gpu_check.sh: no bundle '$packed'" >&2; exit 2; }
   unpacked="$(mktemp -d "${TMPDIR:-/tmp}/waveep-gpu-bundle.XXXXXX")"
+  trap 'rm -rf "$unpacked"' EXIT  # replaced by the full cleanup below, once it exists
   tar -xzf "$packed" -C "$unpacked" || { echo "gpu_check.sh: cannot unpack '$packed'" >&2; exit 2; }
   bundle="$(find "$unpacked" -mindepth 2 -maxdepth 2 -name manifest.txt -printf '%h\n' | head -1)"
   [[ -n $bundle ]] || { echo "gpu_check.sh: '$packed' holds no gpu_bundle.sh bundle (no manifest.txt)" >&2; exit 2; }
@@ -113,7 +116,7 @@ add_lib_dirs() {
         ln -sfn "$fallback/$lib" "$links/$lib"
         # UCX loads its transport modules from ucx/ beside the libucs it was loaded as.
         [[ $lib == libucs.so* && -d "$fallback/ucx" ]] && ln -sfn "$fallback/ucx" "$links/ucx"
-        [[ ":$LD_LIBRARY_PATH:" == *":$links:"* ]] || export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$links"
+        [[ ":$LD_LIBRARY_PATH:" == *":$links:"* ]] || export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$links"
         echo "gpu_check.sh: $lib: not on this machine, using the bundle's copy" >&2
         changed=1
         continue
@@ -121,7 +124,7 @@ add_lib_dirs() {
       dir=$(find /usr/local /usr/lib /opt -name "$lib" -not -path '*/stubs/*' -not -path "$links/*" 2>/dev/null | head -1)
       if [[ -n "$dir" && ":$LD_LIBRARY_PATH:" != *":$(dirname "$dir"):"* ]]; then
         dir="$(dirname "$dir")"
-        export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$dir"
+        export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$dir"
         changed=1
       fi
     done
@@ -218,7 +221,7 @@ mps_stop() {
 trap 'mps_stop >/dev/null 2>&1; rm -rf "${TMPDIR:-/tmp}/waveep-gpu-libs.$$" ${unpacked:+"$unpacked"}' EXIT
 waveep="$build/bin/waveep"
 # 32 hardware queues instead of 8, so that a stream waiting on the device proxy's release flag never shares a queue
-# with the proxy's copy streams (the waveep CLI sets the same itself; the test binaries get it from here).
+# with the proxy's copy streams (the runtime sets the same before its first CUDA call; exported here for mpirun -x).
 export CUDA_DEVICE_MAX_CONNECTIONS="${CUDA_DEVICE_MAX_CONNECTIONS:-32}"
 # np 2 on one GPU: both ranks bind cuda:0 (local rank modulo the GPUs) and share it through MPS.
 MPIRUN2=(mpirun -np 2 --bind-to none -x LD_LIBRARY_PATH -x CUDA_MPS_PIPE_DIRECTORY -x CUDA_DEVICE_MAX_CONNECTIONS)
@@ -299,6 +302,7 @@ layer_np_invariance() {
   [[ $(printf '%s\n' "${sums[@]#*=}" | sort -u | wc -l) -eq 1 ]] || { echo "checksum depends on np or backend"; return 1; }
 }
 if has_stage layer; then
+  rm -f "$out"/layer_*.sum  # a step that fails this time must not leave an earlier run's checksum to compare
   export -f layer_checksums layer_np_invariance
   export waveep out
   for dt in bf16 fp8; do

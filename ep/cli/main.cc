@@ -61,12 +61,6 @@ std::string TopoUsage();
 }  // namespace waveep::cli
 
 int main(int argc, char** argv) {
-  // Before any CUDA call. Each CUDA stream is mapped onto one of CUDA_DEVICE_MAX_CONNECTIONS hardware queues (8 by
-  // default), and streams sharing a queue run its work in one FIFO. A comm stream that waits on the proxy's release
-  // flag (cuStreamWaitValue32, comm/device_proxy_internal.h) would then hold up the proxy's own copy streams behind
-  // it until the timeout. A rank creates several streams (docs/gpu.md); 32 queues keep them apart. A value the user set
-  // wins.
-  setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", /*overwrite=*/0);
   absl::SetProgramUsageMessage(kUsage);
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0 ||
       std::strcmp(argv[1], "help") == 0) {

@@ -20,7 +20,7 @@ rc=$?
 [[ $rc -eq 0 ]] || { cat "$tmp/ok.log" >&2; fail "dry run on the full bundle exited $rc"; }
 # The steps that matter most must be planned (a stage silently dropped would pass otherwise).
 for s in kernels_cuda_grouped_gemm_test comm_conformance_np1 layer_np1_bf16 layer_np2_cuda_ipc_mps layer_np_invariance \
-  comm_conformance_np2_mps sweep_np2_mpi_mps memcheck_cuda_grouped_gemm; do
+  comm_conformance_np2_mps sweep_np2_mpi_mps sm90_grouped_gemm_test memcheck_cuda_grouped_gemm; do
   grep -q "^| $s | DRY |" "$tmp/ok/summary.md" || { cat "$tmp/ok/summary.md" >&2; fail "step $s not planned"; }
 done
 grep -q "every library found" "$tmp/ok/summary.md" || fail "summary does not say every library was found"

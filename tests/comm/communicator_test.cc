@@ -636,6 +636,10 @@ TEST_P(CommConformanceTest, InvalidArgumentsFailWithoutCommunicating) {
   EXPECT_EQ(CheckReceived(*blocking), "");
 }
 
+double SecondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 // After rank 1 sent rank 0 a block of another size than rank 0 expects: rank 0 or rank 1 (the receiver or the sender,
 // by backend) failed with InvalidArgument naming the other rank, "disagrees" and `label`; neither failed otherwise
 // than by a timeout or an abort. Collective over the world.
@@ -847,7 +851,7 @@ TEST_P(DeviceMemoryTest, PeerSendingAnotherSizeIsNamed) {
   ASSERT_NE(ex, nullptr);
   const auto t0 = std::chrono::steady_clock::now();
   const Status s = (*c)->Alltoallv(ex->Args());
-  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 30.0) << s;
+  EXPECT_LT(SecondsSince(t0), 30.0) << s;
   ExpectSizeDisagreementNamed(s, rank_, "device-size-disagrees");
   ASSERT_TRUE(comm_->Barrier().ok());
 }
@@ -931,10 +935,6 @@ class TimeoutTest : public CommConformanceTest {
     Status s = short_->Alltoallv(after->Args());
     ASSERT_TRUE(s.ok()) << s;
     EXPECT_EQ(CheckReceived(*after), "");
-  }
-
-  static double SecondsSince(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 
   std::unique_ptr<Communicator> short_;
